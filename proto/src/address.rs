@@ -120,7 +120,8 @@ impl Domain {
     }
 
     /// Parses the argument of HELO/EHLO, which is lenient about `_` (a common host-name habit,
-    /// smtp-edge-cases 4) and strict about everything else.
+    /// smtp-edge-cases 4) and strict about everything else, non-ASCII included (RFC 5321
+    /// 4.1.2 wants a 501 for invalid characters in the client's name).
     pub fn parse_helo(s: &str) -> Result<Domain, AddressError> {
         parse_domain(s, DomainSyntax::Helo)
     }
@@ -494,7 +495,7 @@ fn parse_local_part(s: &str) -> Result<(String, &str), AddressError> {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum DomainSyntax {
     Strict,
-    /// HELO/EHLO: `_` tolerated in labels.
+    /// HELO/EHLO: `_` tolerated in labels, ASCII only.
     Helo,
 }
 
@@ -533,7 +534,7 @@ fn parse_domain(s: &str, syntax: DomainSyntax) -> Result<Domain, AddressError> {
             !(c.is_ascii_alphanumeric()
                 || c == '-'
                 || (c == '_' && syntax == DomainSyntax::Helo)
-                || (!c.is_ascii() && c.is_alphanumeric()))
+                || (!c.is_ascii() && c.is_alphanumeric() && syntax == DomainSyntax::Strict))
         }) {
             return Err(match c {
                 '@' => AddressError::MultipleAt,

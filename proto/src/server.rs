@@ -665,6 +665,9 @@ impl ServerSession {
             return self.error(replies::bad_sequence("need MAIL before DATA"));
         }
         if self.envelope.rcpts.is_empty() {
+            // The transaction is over: a client that pipelined its body after this DATA must
+            // not see those lines add recipients to it (smtp-edge-cases 79).
+            self.reset_transaction();
             return self.error(Reply::new(554, (5, 5, 1), "No valid recipients"));
         }
         if self.envelope.mail_params.body == Some(Body::BinaryMime) {
