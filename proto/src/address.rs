@@ -440,7 +440,9 @@ fn is_qtext_or_pair(c: char) -> bool {
 }
 
 fn is_dot_string(s: &str) -> bool {
-    !s.is_empty() && s.split('.').all(|atom| !atom.is_empty() && atom.chars().all(is_atext))
+    !s.is_empty()
+        && s.split('.')
+            .all(|atom| !atom.is_empty() && atom.chars().all(is_atext))
 }
 
 /// Parses the local part at the start of `s`, returning it unquoted and the rest (which
@@ -562,7 +564,10 @@ mod tests {
         let a = mb("\"bob\"@example.org");
         assert_eq!(a, mb("bob@example.org"));
         assert_eq!(a.to_string(), "bob@example.org");
-        assert_eq!(mb("\"john smith\"@x.org").to_string(), "\"john smith\"@x.org");
+        assert_eq!(
+            mb("\"john smith\"@x.org").to_string(),
+            "\"john smith\"@x.org"
+        );
         assert_eq!(mb(r#""a\"b\\c"@x.org"#).local_part(), r#"a"b\c"#);
         assert_eq!(mb(r#""a\"b\\c"@x.org"#).to_string(), r#""a\"b\\c"@x.org"#);
     }
@@ -588,7 +593,10 @@ mod tests {
         assert_eq!(Mailbox::parse("chengli"), Err(AddressError::MissingAt));
         assert_eq!(Mailbox::parse("chengli@"), Err(AddressError::MissingDomain));
         assert_eq!(Mailbox::parse("bupt.edu.cn"), Err(AddressError::MissingAt));
-        assert_eq!(Mailbox::parse("@163.com"), Err(AddressError::MissingLocalPart));
+        assert_eq!(
+            Mailbox::parse("@163.com"),
+            Err(AddressError::MissingLocalPart)
+        );
         assert_eq!(Mailbox::parse("a@b@c"), Err(AddressError::MultipleAt));
         assert!(AddressError::MissingAt.to_string().contains("no @"));
     }

@@ -59,7 +59,11 @@ impl Outgoing {
     pub fn is_secret(&self) -> bool {
         matches!(
             self,
-            Outgoing::AuthResponse(_) | Outgoing::Command(Command::Auth { initial: Some(_), .. })
+            Outgoing::AuthResponse(_)
+                | Outgoing::Command(Command::Auth {
+                    initial: Some(_),
+                    ..
+                })
         )
     }
 }
@@ -76,7 +80,10 @@ pub enum ClientEvent {
     Ready,
     Mail(Reply),
     /// The reply to the `index`th RCPT of this transaction (from 0).
-    Rcpt { index: usize, reply: Reply },
+    Rcpt {
+        index: usize,
+        reply: Reply,
+    },
     /// The reply to DATA: on 354 send the body, then call [`ClientSession::data_sent`].
     Data(Reply),
     /// The final reply after the end of data.
@@ -119,7 +126,8 @@ impl ClientError {
 
     /// Worth retrying later (the server said 4yz).
     pub fn is_transient(&self) -> bool {
-        self.reply().is_some_and(|r| r.severity() == Severity::Transient)
+        self.reply()
+            .is_some_and(|r| r.severity() == Severity::Transient)
     }
 }
 
@@ -257,23 +265,23 @@ impl ClientSession {
             Stage::PlainChallenge if reply.code == 334 => {
                 let creds = self.credentials()?;
                 self.stage = Stage::AuthFinal;
-                Ok(ClientEvent::Send(vec![Outgoing::AuthResponse(AuthResponse::Data(
-                    creds.to_plain(),
-                ))]))
+                Ok(ClientEvent::Send(vec![Outgoing::AuthResponse(
+                    AuthResponse::Data(creds.to_plain()),
+                )]))
             }
             Stage::LoginUser if reply.code == 334 => {
                 let creds = self.credentials()?;
                 self.stage = Stage::LoginPass;
-                Ok(ClientEvent::Send(vec![Outgoing::AuthResponse(AuthResponse::Data(
-                    SaslData(creds.username.into_bytes()),
-                ))]))
+                Ok(ClientEvent::Send(vec![Outgoing::AuthResponse(
+                    AuthResponse::Data(SaslData(creds.username.into_bytes())),
+                )]))
             }
             Stage::LoginPass if reply.code == 334 => {
                 let creds = self.credentials()?;
                 self.stage = Stage::AuthFinal;
-                Ok(ClientEvent::Send(vec![Outgoing::AuthResponse(AuthResponse::Data(
-                    SaslData(creds.secret.into_bytes()),
-                ))]))
+                Ok(ClientEvent::Send(vec![Outgoing::AuthResponse(
+                    AuthResponse::Data(SaslData(creds.secret.into_bytes())),
+                )]))
             }
             Stage::AuthFinal if ok => {
                 self.stage = Stage::Ready;
@@ -302,7 +310,9 @@ impl ClientSession {
                 return Err(self.fail(ClientError::TlsNotOffered));
             }
             self.stage = Stage::StartTls;
-            return Ok(ClientEvent::Send(vec![Outgoing::Command(Command::StartTls)]));
+            return Ok(ClientEvent::Send(vec![Outgoing::Command(
+                Command::StartTls,
+            )]));
         }
         let Some(creds) = self.config.credentials.clone() else {
             self.stage = Stage::Ready;

@@ -87,23 +87,47 @@ impl fmt::Display for Verb {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
     /// HELO domain: the argument as the client sent it (a domain or an address literal).
-    Helo { domain: String },
-    Ehlo { domain: String },
-    Mail { from: ReversePath, params: MailParams },
-    Rcpt { to: ForwardPath, params: RcptParams },
+    Helo {
+        domain: String,
+    },
+    Ehlo {
+        domain: String,
+    },
+    Mail {
+        from: ReversePath,
+        params: MailParams,
+    },
+    Rcpt {
+        to: ForwardPath,
+        params: RcptParams,
+    },
     Data,
     /// BDAT size [LAST], RFC 3030.
-    Bdat { size: u64, last: bool },
+    Bdat {
+        size: u64,
+        last: bool,
+    },
     Rset,
     /// NOOP with its ignored argument, kept for transcripts.
-    Noop { text: Option<String> },
+    Noop {
+        text: Option<String>,
+    },
     Quit,
-    Vrfy { arg: String },
-    Expn { arg: String },
-    Help { topic: Option<String> },
+    Vrfy {
+        arg: String,
+    },
+    Expn {
+        arg: String,
+    },
+    Help {
+        topic: Option<String>,
+    },
     StartTls,
     /// AUTH mechanism [initial-response]; `=` on the wire is `Some(empty)`.
-    Auth { mechanism: Mechanism, initial: Option<SaslData> },
+    Auth {
+        mechanism: Mechanism,
+        initial: Option<SaslData>,
+    },
 }
 
 /// Why a command line was refused. [`CommandError::reply`] gives the reply it produces.
@@ -141,13 +165,17 @@ impl CommandError {
     pub fn reply(&self) -> Reply {
         match self {
             CommandError::Empty => Reply::new(500, (5, 5, 2), "Error: empty command"),
-            CommandError::UnknownVerb => Reply::new(500, (5, 5, 2), "Error: command not recognized"),
+            CommandError::UnknownVerb => {
+                Reply::new(500, (5, 5, 2), "Error: command not recognized")
+            }
             CommandError::ControlByte(b) => Reply::new(
                 501,
                 (5, 5, 2),
                 format!("Error: control character 0x{b:02x} in command"),
             ),
-            CommandError::InvalidUtf8 => Reply::new(501, (5, 5, 2), "Error: invalid UTF-8 in command"),
+            CommandError::InvalidUtf8 => {
+                Reply::new(501, (5, 5, 2), "Error: invalid UTF-8 in command")
+            }
             CommandError::UnexpectedArgument(v) => {
                 Reply::new(501, (5, 5, 4), format!("Error: {v} takes no argument"))
             }
@@ -188,17 +216,25 @@ fn is_space(b: u8) -> bool {
 
 /// `MAIL FROM:` / `RCPT TO:` keyword handling: `FROM`, optional white space, `:`, optional
 /// white space (smtp-edge-cases 11, 12, 34). Returns the path argument.
-fn after_keyword<'a>(verb: Verb, arg: &'a str, keyword: &'static str) -> Result<&'a str, CommandError> {
+fn after_keyword<'a>(
+    verb: Verb,
+    arg: &'a str,
+    keyword: &'static str,
+) -> Result<&'a str, CommandError> {
     let what = match verb {
         Verb::Mail => "expected FROM:<address>",
         _ => "expected TO:<address>",
     };
-    let head = arg.get(..keyword.len()).ok_or(CommandError::Syntax(verb, what))?;
+    let head = arg
+        .get(..keyword.len())
+        .ok_or(CommandError::Syntax(verb, what))?;
     if !head.eq_ignore_ascii_case(keyword) {
         return Err(CommandError::Syntax(verb, what));
     }
     let rest = arg[keyword.len()..].trim_start_matches([' ', '\t']);
-    let rest = rest.strip_prefix(':').ok_or(CommandError::Syntax(verb, what))?;
+    let rest = rest
+        .strip_prefix(':')
+        .ok_or(CommandError::Syntax(verb, what))?;
     let rest = rest.trim_start_matches([' ', '\t']);
     if rest.is_empty() {
         return Err(CommandError::MissingArgument(verb));
@@ -214,7 +250,10 @@ impl Command {
         }
         let verb_end = line.iter().position(|&b| is_space(b)).unwrap_or(line.len());
         let verb = Verb::parse(&line[..verb_end]).ok_or(CommandError::UnknownVerb)?;
-        if let Some(&b) = line.iter().find(|&&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+        if let Some(&b) = line
+            .iter()
+            .find(|&&b| (b < 0x20 && b != b'\t') || b == 0x7f)
+        {
             return Err(CommandError::ControlByte(b));
         }
         let rest = std::str::from_utf8(&line[verb_end..]).map_err(|_| CommandError::InvalidUtf8)?;
@@ -269,7 +308,9 @@ impl Command {
                 let last = match words.next() {
                     None => false,
                     Some(w) if w.eq_ignore_ascii_case("LAST") => true,
-                    Some(_) => return Err(CommandError::Syntax(verb, "expected BDAT <size> [LAST]")),
+                    Some(_) => {
+                        return Err(CommandError::Syntax(verb, "expected BDAT <size> [LAST]"));
+                    }
                 };
                 if words.next().is_some() {
                     return Err(CommandError::Syntax(verb, "expected BDAT <size> [LAST]"));
@@ -300,7 +341,10 @@ impl Command {
                     Some(ir) => Some(SaslData::decode_base64(ir).ok_or(CommandError::BadBase64)?),
                 };
                 if words.next().is_some() {
-                    return Err(CommandError::Syntax(verb, "expected AUTH <mechanism> [initial-response]"));
+                    return Err(CommandError::Syntax(
+                        verb,
+                        "expected AUTH <mechanism> [initial-response]",
+                    ));
                 }
                 Ok(Command::Auth { mechanism, initial })
             }
@@ -402,14 +446,20 @@ mod tests {
                 initial: Some(SaslData::default())
             })
         );
-        assert_eq!(Command::parse(b"AUTH PLAIN ####"), Err(CommandError::BadBase64));
+        assert_eq!(
+            Command::parse(b"AUTH PLAIN ####"),
+            Err(CommandError::BadBase64)
+        );
     }
 
     #[test]
     fn bdat() {
         assert_eq!(
             Command::parse(b"BDAT 100 last"),
-            Ok(Command::Bdat { size: 100, last: true })
+            Ok(Command::Bdat {
+                size: 100,
+                last: true
+            })
         );
         assert!(Command::parse(b"BDAT x").is_err());
         assert!(Command::parse(b"BDAT 1 LAST more").is_err());

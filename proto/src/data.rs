@@ -57,7 +57,7 @@ pub enum DataProgress {
 pub struct DataOutcome {
     /// Decoded size in octets (after unstuffing and normalisation), counted past the limit.
     pub size: u64,
-    /// The size limit was passed: the output stopped growing at that point.
+    /// The size limit was passed: the output stopped at `limit` octets.
     pub too_large: bool,
     pub bare_lf: u64,
     pub bare_cr: u64,
@@ -102,15 +102,15 @@ impl DataDecoder {
         self.state == DecodeState::Done
     }
 
+    /// Outputs message bytes up to the limit: whatever the chunking, the output is the first
+    /// `limit` octets of the decoded message.
     fn put(&mut self, out: &mut Vec<u8>, bytes: &[u8]) {
-        if bytes.is_empty() {
-            return;
-        }
+        let room = self.limit.saturating_sub(self.outcome.size);
+        let take = (bytes.len() as u64).min(room) as usize;
+        out.extend_from_slice(&bytes[..take]);
         self.outcome.size += bytes.len() as u64;
-        if self.outcome.too_large || self.outcome.size > self.limit {
+        if self.outcome.size > self.limit {
             self.outcome.too_large = true;
-        } else {
-            out.extend_from_slice(bytes);
         }
     }
 
@@ -339,14 +339,20 @@ mod tests {
 
     #[test]
     fn unstuffs_and_stops_at_terminator() {
-        let (out, p, _) = decode_all(b"..hidden\r\n..\r\n....\r\n.\r\nMAIL", BareLineEnding::Reject);
+        let (out, p, _) = decode_all(
+            b"..hidden\r\n..\r\n....\r\n.\r\nMAIL",
+            BareLineEnding::Reject,
+        );
         assert_eq!(out, b".hidden\r\n.\r\n...\r\n");
         assert_eq!(p, DataProgress::Done { consumed: 23 });
     }
 
     #[test]
     fn encoder_stuffs_and_normalises() {
-        assert_eq!(DataEncoder::encode_all(b".a\nb\r.c"), b"..a\r\nb\r\n..c\r\n.\r\n");
+        assert_eq!(
+            DataEncoder::encode_all(b".a\nb\r.c"),
+            b"..a\r\nb\r\n..c\r\n.\r\n"
+        );
         assert_eq!(DataEncoder::encode_all(b""), b".\r\n");
         assert_eq!(DataEncoder::encode_all(b"x\r\n"), b"x\r\n.\r\n");
     }
@@ -366,9 +372,12 @@ mod tests {
         let mut d = DataDecoder::new(4, BareLineEnding::Reject);
         let mut out = Vec::new();
         assert_eq!(d.decode(b"abcdef\r\n", &mut out), DataProgress::NeedMore);
-        assert_eq!(d.decode(b".\r\n", &mut out), DataProgress::Done { consumed: 3 });
+        assert_eq!(
+            d.decode(b".\r\n", &mut out),
+            DataProgress::Done { consumed: 3 }
+        );
         assert!(d.outcome().too_large);
         assert_eq!(d.outcome().size, 8);
-        assert!(out.len() <= 4);
+        assert_eq!(out, b"abcd");
     }
 }

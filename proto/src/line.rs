@@ -108,7 +108,9 @@ impl LineDecoder {
                 }
                 None => {
                     // Keep nothing: the line is being thrown away. Remember a trailing CR.
-                    self.discarded_cr = buf.last() == Some(&b'\r');
+                    if let Some(&last) = buf.last() {
+                        self.discarded_cr = last == b'\r';
+                    }
                     return Decoded::NeedMore {
                         consumed: buf.len(),
                     };
@@ -159,7 +161,11 @@ impl LineDecoder {
         let found = match self.endings {
             LineEndings::CrlfOnly => memchr::memmem::find(window, b"\r\n").map(|p| (p, p + 2)),
             LineEndings::AcceptBareLf => memchr::memchr(b'\n', window).map(|p| {
-                let len = if p > 0 && window[p - 1] == b'\r' { p - 1 } else { p };
+                let len = if p > 0 && window[p - 1] == b'\r' {
+                    p - 1
+                } else {
+                    p
+                };
                 (len, p + 1)
             }),
         };
@@ -176,9 +182,14 @@ impl LineDecoder {
 }
 
 enum Frame {
-    Line { len: usize, end: usize },
+    Line {
+        len: usize,
+        end: usize,
+    },
     /// `end`: where the over-long line ends, when it is already in the buffer.
-    TooLong { end: Option<usize> },
+    TooLong {
+        end: Option<usize>,
+    },
     Partial,
 }
 
@@ -204,6 +215,24 @@ mod tests {
             Decoded::Line {
                 line: b"EHLO x",
                 consumed: 8
+            }
+        );
+    }
+
+    #[test]
+    fn cr_at_the_limit_survives_an_empty_read_while_discarding() {
+        let mut d = LineDecoder::new(5, LineEndings::CrlfOnly);
+        assert!(matches!(
+            d.decode(b"aaaa\r"),
+            Decoded::Error { consumed: 5, .. }
+        ));
+        assert_eq!(d.decode(b""), Decoded::NeedMore { consumed: 0 });
+        assert_eq!(d.decode(b"\n"), Decoded::NeedMore { consumed: 1 });
+        assert_eq!(
+            d.decode(b"\r\n"),
+            Decoded::Line {
+                line: b"",
+                consumed: 2
             }
         );
     }

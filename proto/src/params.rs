@@ -326,7 +326,9 @@ impl RcptParams {
                         reason: "expected addr-type;xtext",
                     };
                     let (t, a) = v.split_once(';').ok_or(bad.clone())?;
-                    let atom = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+                    let atom = |s: &str| {
+                        !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    };
                     if !atom(t) || a.is_empty() || !is_xtext(a) || v.len() > 500 {
                         return Err(bad);
                     }
@@ -381,10 +383,11 @@ impl fmt::Display for RcptParams {
                 failure,
                 delay,
             }) => {
-                let items: Vec<&str> = [(success, "SUCCESS"), (failure, "FAILURE"), (delay, "DELAY")]
-                    .into_iter()
-                    .filter_map(|(on, name)| on.then_some(name))
-                    .collect();
+                let items: Vec<&str> =
+                    [(success, "SUCCESS"), (failure, "FAILURE"), (delay, "DELAY")]
+                        .into_iter()
+                        .filter_map(|(on, name)| on.then_some(name))
+                        .collect();
                 write!(f, " NOTIFY={}", items.join(","))?;
             }
             None => {}

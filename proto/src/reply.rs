@@ -160,7 +160,9 @@ impl fmt::Display for ReplyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ReplyError::BadCode(l) => write!(f, "reply line without a valid code: {l:?}"),
-            ReplyError::BadSeparator(l) => write!(f, "reply code not followed by '-' or ' ': {l:?}"),
+            ReplyError::BadSeparator(l) => {
+                write!(f, "reply code not followed by '-' or ' ': {l:?}")
+            }
             ReplyError::CodeChanged { first, line } => {
                 write!(f, "multi-line reply {first} continued with {line:?}")
             }
@@ -303,7 +305,10 @@ pub enum Extension {
     /// AUTH with the mechanisms listed (from `AUTH ...` or the legacy `AUTH=...` line).
     Auth(Vec<Mechanism>),
     /// Any other keyword, with its parameters, as the server wrote it.
-    Other { keyword: String, params: Vec<String> },
+    Other {
+        keyword: String,
+        params: Vec<String>,
+    },
 }
 
 impl Extension {
@@ -322,7 +327,12 @@ impl Extension {
         };
         match keyword.to_ascii_uppercase().as_str() {
             "PIPELINING" => Extension::Pipelining,
-            "SIZE" => Extension::Size(params.first().and_then(|p| p.parse().ok()).filter(|&n| n > 0)),
+            "SIZE" => Extension::Size(
+                params
+                    .first()
+                    .and_then(|p| p.parse().ok())
+                    .filter(|&n| n > 0),
+            ),
             "8BITMIME" => Extension::EightBitMime,
             "SMTPUTF8" => Extension::SmtpUtf8,
             "ENHANCEDSTATUSCODES" => Extension::EnhancedStatusCodes,
@@ -384,7 +394,12 @@ impl Capabilities {
             .to_string();
         Capabilities {
             domain,
-            extensions: reply.lines.iter().skip(1).map(|l| Extension::parse(l)).collect(),
+            extensions: reply
+                .lines
+                .iter()
+                .skip(1)
+                .map(|l| Extension::parse(l))
+                .collect(),
         }
     }
 
@@ -498,9 +513,15 @@ mod tests {
     fn parser_rejects_code_change_and_garbage() {
         let mut p = ReplyParser::default();
         assert_eq!(p.push_line(b"250-a"), Ok(None));
-        assert!(matches!(p.push_line(b"251 b"), Err(ReplyError::CodeChanged { .. })));
+        assert!(matches!(
+            p.push_line(b"251 b"),
+            Err(ReplyError::CodeChanged { .. })
+        ));
         assert!(matches!(p.push_line(b"hello"), Err(ReplyError::BadCode(_))));
-        assert!(matches!(p.push_line(b"250x"), Err(ReplyError::BadSeparator(_))));
+        assert!(matches!(
+            p.push_line(b"250x"),
+            Err(ReplyError::BadSeparator(_))
+        ));
         assert!(matches!(p.push_line(b"650 x"), Err(ReplyError::BadCode(_))));
     }
 

@@ -133,7 +133,10 @@ pub enum Decision {
     Authenticate(Credentials),
     /// Accept this sender? Syntax, sequence and parameters are already checked; AUTH= is
     /// removed from `params` (it is not forwarded as is, RFC 4954 5).
-    Mail { from: ReversePath, params: MailParams },
+    Mail {
+        from: ReversePath,
+        params: MailParams,
+    },
     /// Accept this recipient? Duplicates and the recipient limit are already handled.
     Rcpt { to: ForwardPath, params: RcptParams },
     /// May the client send data now (354)? A live relay asks its upstream first.
@@ -179,9 +182,17 @@ enum Phase {
 
 #[derive(Clone, Debug)]
 enum Pending {
-    Auth { username: String },
-    Mail { from: ReversePath, params: MailParams },
-    Rcpt { to: ForwardPath, params: RcptParams },
+    Auth {
+        username: String,
+    },
+    Mail {
+        from: ReversePath,
+        params: MailParams,
+    },
+    Rcpt {
+        to: ForwardPath,
+        params: RcptParams,
+    },
     BeginData,
     Deliver,
 }
@@ -244,17 +255,28 @@ impl ServerSession {
 
     /// The 220 greeting.
     pub fn greeting(&self) -> Reply {
-        Reply::plain(220, format!("{} {}", self.config.hostname, self.config.greeting))
+        Reply::plain(
+            220,
+            format!("{} {}", self.config.hostname, self.config.greeting),
+        )
     }
 
     /// `421 4.3.2`: sent to sessions when the server shuts down.
     pub fn shutdown_reply(&self) -> Reply {
-        Reply::new(421, (4, 3, 2), format!("{} Service shutting down", self.config.hostname))
+        Reply::new(
+            421,
+            (4, 3, 2),
+            format!("{} Service shutting down", self.config.hostname),
+        )
     }
 
     /// `421 4.4.2`: sent when the client was idle or slow for too long.
     pub fn timeout_reply(&self) -> Reply {
-        Reply::new(421, (4, 4, 2), format!("{} Timeout, closing connection", self.config.hostname))
+        Reply::new(
+            421,
+            (4, 4, 2),
+            format!("{} Timeout, closing connection", self.config.hostname),
+        )
     }
 
     pub fn transport(&self) -> Transport {
@@ -368,7 +390,11 @@ impl ServerSession {
             other => {
                 // Not reading lines now: a driver bug, not the client's. Keep the phase.
                 self.phase = other;
-                Step::Reply(Reply::new(451, (4, 3, 0), "Internal error: unexpected input"))
+                Step::Reply(Reply::new(
+                    451,
+                    (4, 3, 0),
+                    "Internal error: unexpected input",
+                ))
             }
         }
     }
@@ -428,9 +454,11 @@ impl ServerSession {
                 (2, 0, 0),
                 "Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP STARTTLS AUTH",
             )),
-            Command::Help { topic: Some(_) } => {
-                Step::Reply(Reply::new(504, (5, 5, 4), "HELP for a command is not available"))
-            }
+            Command::Help { topic: Some(_) } => Step::Reply(Reply::new(
+                504,
+                (5, 5, 4),
+                "HELP for a command is not available",
+            )),
             Command::StartTls => self.starttls(),
             Command::Auth { mechanism, initial } => self.auth(mechanism, initial),
             Command::Mail { from, params } => self.mail(from, params),
@@ -473,7 +501,9 @@ impl ServerSession {
             return self.error(replies::bad_sequence("already authenticated"));
         }
         if self.in_transaction() {
-            return self.error(replies::bad_sequence("AUTH not allowed during a mail transaction"));
+            return self.error(replies::bad_sequence(
+                "AUTH not allowed during a mail transaction",
+            ));
         }
         if self.config.auth_mechanisms.is_empty() {
             return self.error(Reply::new(502, (5, 5, 1), "AUTH not available"));
@@ -486,7 +516,11 @@ impl ServerSession {
             ));
         }
         if !self.config.auth_mechanisms.contains(&mechanism) {
-            return self.error(Reply::new(504, (5, 5, 4), "Unrecognized authentication type"));
+            return self.error(Reply::new(
+                504,
+                (5, 5, 4),
+                "Unrecognized authentication type",
+            ));
         }
         match (mechanism, initial) {
             (Mechanism::Plain, Some(ir)) => self.plain(&ir.0),
@@ -499,7 +533,11 @@ impl ServerSession {
                 self.phase = Phase::AuthLoginUser;
                 Step::Reply(Reply::plain(334, LOGIN_USERNAME_PROMPT))
             }
-            _ => self.error(Reply::new(504, (5, 5, 4), "Unrecognized authentication type")),
+            _ => self.error(Reply::new(
+                504,
+                (5, 5, 4),
+                "Unrecognized authentication type",
+            )),
         }
     }
 
@@ -590,7 +628,11 @@ impl ServerSession {
 
     fn check_mail_params(&self, from: &ReversePath, p: &MailParams) -> Option<Reply> {
         let unsupported = |what: &str| {
-            Some(Reply::new(555, (5, 5, 4), format!("{what} parameter not supported")))
+            Some(Reply::new(
+                555,
+                (5, 5, 4),
+                format!("{what} parameter not supported"),
+            ))
         };
         let has_params = p != &MailParams::default();
         if has_params && !self.esmtp {
@@ -637,7 +679,11 @@ impl ServerSession {
             ));
         }
         if (params.notify.is_some() || params.orcpt.is_some()) && !self.config.dsn {
-            return self.error(Reply::new(555, (5, 5, 4), "NOTIFY/ORCPT parameter not supported"));
+            return self.error(Reply::new(
+                555,
+                (5, 5, 4),
+                "NOTIFY/ORCPT parameter not supported",
+            ));
         }
         if !to.is_ascii() && !self.envelope.mail_params.smtputf8 {
             return self.error(Reply::new(
@@ -671,7 +717,9 @@ impl ServerSession {
             return self.error(Reply::new(554, (5, 5, 1), "No valid recipients"));
         }
         if self.envelope.mail_params.body == Some(Body::BinaryMime) {
-            return self.error(replies::bad_sequence("BODY=BINARYMIME needs BDAT, not DATA"));
+            return self.error(replies::bad_sequence(
+                "BODY=BINARYMIME needs BDAT, not DATA",
+            ));
         }
         self.phase = Phase::Pending(Pending::BeginData);
         Step::Decide(Decision::BeginData)
@@ -704,7 +752,11 @@ impl ServerSession {
     /// returns a refusal).
     pub fn handle_chunk_end(&mut self) -> Step {
         let Phase::Chunk { last, .. } = std::mem::replace(&mut self.phase, Phase::Command) else {
-            return Step::Reply(Reply::new(451, (4, 3, 0), "Internal error: unexpected chunk"));
+            return Step::Reply(Reply::new(
+                451,
+                (4, 3, 0),
+                "Internal error: unexpected chunk",
+            ));
         };
         if let Some(reply) = self.chunk_error.clone() {
             if last || !self.in_transaction() {
@@ -727,7 +779,11 @@ impl ServerSession {
     /// The DATA decoder found the terminator.
     pub fn handle_data_end(&mut self, outcome: DataOutcome) -> Step {
         if !matches!(self.phase, Phase::Data) {
-            return Step::Reply(Reply::new(451, (4, 3, 0), "Internal error: unexpected data end"));
+            return Step::Reply(Reply::new(
+                451,
+                (4, 3, 0),
+                "Internal error: unexpected data end",
+            ));
         }
         self.phase = Phase::Command;
         if outcome.too_large {
@@ -754,7 +810,11 @@ impl ServerSession {
     /// The driver's answer to the last [`Step::Decide`].
     pub fn decide(&mut self, verdict: Verdict) -> Step {
         let Phase::Pending(pending) = std::mem::replace(&mut self.phase, Phase::Command) else {
-            return Step::Reply(Reply::new(451, (4, 3, 0), "Internal error: no decision pending"));
+            return Step::Reply(Reply::new(
+                451,
+                (4, 3, 0),
+                "Internal error: no decision pending",
+            ));
         };
         let (accepted, reply) = match verdict {
             Verdict::Accept => (true, None),
@@ -764,9 +824,11 @@ impl ServerSession {
             Pending::Auth { username } => {
                 if accepted {
                     self.authenticated = Some(username);
-                    Step::Reply(reply.unwrap_or_else(|| {
-                        Reply::new(235, (2, 7, 0), "Authentication successful")
-                    }))
+                    Step::Reply(
+                        reply.unwrap_or_else(|| {
+                            Reply::new(235, (2, 7, 0), "Authentication successful")
+                        }),
+                    )
                 } else {
                     self.auth_failures += 1;
                     self.auth_failed(reply.unwrap_or_else(|| {
@@ -791,15 +853,17 @@ impl ServerSession {
                 if accepted {
                     self.phase = Phase::Data;
                 }
-                Step::Reply(reply.unwrap_or_else(|| {
-                    Reply::plain(354, "End data with <CR><LF>.<CR><LF>")
-                }))
+                Step::Reply(
+                    reply.unwrap_or_else(|| Reply::plain(354, "End data with <CR><LF>.<CR><LF>")),
+                )
             }
             Pending::Deliver => {
                 self.reset_transaction();
-                Step::Reply(reply.unwrap_or_else(|| {
-                    Reply::new(250, (2, 0, 0), "Message accepted for delivery")
-                }))
+                Step::Reply(
+                    reply.unwrap_or_else(|| {
+                        Reply::new(250, (2, 0, 0), "Message accepted for delivery")
+                    }),
+                )
             }
         }
     }

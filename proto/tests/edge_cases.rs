@@ -138,8 +138,14 @@ fn decided_rcpt(line: &str) -> String {
 
 #[test]
 fn b11_space_after_colon_is_accepted_and_canonicalised() {
-    assert_eq!(decided_sender("MAIL FROM: <alice@example.com>"), "<alice@example.com>");
-    assert_eq!(decided_rcpt("RCPT TO: <bob@example.org>"), "<bob@example.org>");
+    assert_eq!(
+        decided_sender("MAIL FROM: <alice@example.com>"),
+        "<alice@example.com>"
+    );
+    assert_eq!(
+        decided_rcpt("RCPT TO: <bob@example.org>"),
+        "<bob@example.org>"
+    );
 }
 
 #[test]
@@ -150,7 +156,10 @@ fn b12_space_before_colon() {
 
 #[test]
 fn b13_missing_angle_brackets() {
-    assert_eq!(decided_sender("MAIL FROM:alice@example.com"), "<alice@example.com>");
+    assert_eq!(
+        decided_sender("MAIL FROM:alice@example.com"),
+        "<alice@example.com>"
+    );
     assert_eq!(decided_rcpt("RCPT TO:bob@example.org"), "<bob@example.org>");
 }
 
@@ -176,7 +185,13 @@ fn b14_null_reverse_path_refused_by_policy_is_not_a_syntax_error() {
         } => Verdict::Reply(Reply::new(550, (5, 7, 1), "NULL sender is not allowed")),
         _ => Verdict::Accept,
     });
-    let mut h = Harness::with(open_config(), Transport::Plain, LineEndings::CrlfOnly, policy).ehlo();
+    let mut h = Harness::with(
+        open_config(),
+        Transport::Plain,
+        LineEndings::CrlfOnly,
+        policy,
+    )
+    .ehlo();
     assert_reply(&h.reply("MAIL FROM:<>"), 550, (5, 7, 1));
     assert_eq!(h.code("RCPT TO:<b@y.example>"), 503);
 }
@@ -226,12 +241,18 @@ fn b19_needlessly_quoted_local_part_is_the_same_mailbox() {
     assert_eq!(h.code("RCPT TO:<\"bob\"@example.org>"), 250);
     assert_eq!(h.code("RCPT TO:<bob@example.org>"), 250);
     assert_eq!(h.session.envelope().rcpts.len(), 1);
-    assert_eq!(h.session.envelope().rcpts[0].0.to_string(), "<bob@example.org>");
+    assert_eq!(
+        h.session.envelope().rcpts[0].0.to_string(),
+        "<bob@example.org>"
+    );
 }
 
 #[test]
 fn b20_ip_literal_domain() {
-    assert_eq!(decided_rcpt("RCPT TO:<bob@[192.0.2.7]>"), "<bob@[192.0.2.7]>");
+    assert_eq!(
+        decided_rcpt("RCPT TO:<bob@[192.0.2.7]>"),
+        "<bob@[192.0.2.7]>"
+    );
     assert_eq!(
         decided_rcpt("RCPT TO:<bob@[IPv6:2001:db8::7]>"),
         "<bob@[IPv6:2001:db8::7]>"
@@ -334,7 +355,11 @@ fn b28_bad_domain_syntax() {
 fn b29_bad_dot_string() {
     for local in [".alice", "al..ice", "alice."] {
         let mut h = open();
-        assert_reply(&h.reply(&format!("MAIL FROM:<{local}@example.com>")), 501, (5, 1, 7));
+        assert_reply(
+            &h.reply(&format!("MAIL FROM:<{local}@example.com>")),
+            501,
+            (5, 1, 7),
+        );
         assert_eq!(
             decided_sender(&format!("MAIL FROM:<\"{local}\"@example.com>")),
             format!("<\"{local}\"@example.com>")
@@ -356,7 +381,11 @@ fn b31_smtputf8_only_when_offered() {
     // envelope can reach the upstream.
     let mut h = open();
     assert!(!h.session.capabilities().smtputf8());
-    assert_reply(&h.reply("MAIL FROM:<用户@例子.中国> SMTPUTF8"), 555, (5, 5, 4));
+    assert_reply(
+        &h.reply("MAIL FROM:<用户@例子.中国> SMTPUTF8"),
+        555,
+        (5, 5, 4),
+    );
     // Offered: accepted.
     let mut h = Harness::new(ServerConfig {
         smtputf8: true,
@@ -375,7 +404,11 @@ fn b32_smtputf8_with_a_value() {
         ..open_config()
     })
     .ehlo();
-    assert_reply(&h.reply("MAIL FROM:<a@x.example> SMTPUTF8=YES"), 501, (5, 5, 4));
+    assert_reply(
+        &h.reply("MAIL FROM:<a@x.example> SMTPUTF8=YES"),
+        501,
+        (5, 5, 4),
+    );
 }
 
 #[test]
@@ -418,13 +451,21 @@ fn b35_angle_bracket_inside_the_path() {
 fn c36_size_within_the_limit() {
     let mut h = open();
     assert!(h.session.capabilities().size());
-    assert_reply(&h.reply("MAIL FROM:<a@x.example> SIZE=1000"), 250, (2, 1, 0));
+    assert_reply(
+        &h.reply("MAIL FROM:<a@x.example> SIZE=1000"),
+        250,
+        (2, 1, 0),
+    );
 }
 
 #[test]
 fn c37_size_over_the_fixed_limit() {
     let mut h = open();
-    assert_reply(&h.reply("MAIL FROM:<a@x.example> SIZE=999999999"), 552, (5, 3, 4));
+    assert_reply(
+        &h.reply("MAIL FROM:<a@x.example> SIZE=999999999"),
+        552,
+        (5, 3, 4),
+    );
     assert_eq!(h.code("RCPT TO:<b@y.example>"), 503);
     assert_eq!(h.code("DATA"), 503);
 }
@@ -433,7 +474,11 @@ fn c37_size_over_the_fixed_limit() {
 fn c38_malformed_size() {
     for v in ["abc", "", "-1", "123456789012345678901"] {
         let mut h = open();
-        assert_reply(&h.reply(&format!("MAIL FROM:<a@x.example> SIZE={v}")), 501, (5, 5, 4));
+        assert_reply(
+            &h.reply(&format!("MAIL FROM:<a@x.example> SIZE={v}")),
+            501,
+            (5, 5, 4),
+        );
     }
 }
 
@@ -455,7 +500,11 @@ fn c40_body_parameter() {
         ("FOO", 501),
     ] {
         let mut h = open();
-        assert_eq!(h.code(&format!("MAIL FROM:<a@x.example> BODY={v}")), code, "{v}");
+        assert_eq!(
+            h.code(&format!("MAIL FROM:<a@x.example> BODY={v}")),
+            code,
+            "{v}"
+        );
     }
 }
 
@@ -463,7 +512,11 @@ fn c40_body_parameter() {
 fn c41_duplicate_parameter() {
     for p in ["SIZE=10 SIZE=20", "BODY=7BIT BODY=8BITMIME"] {
         let mut h = open();
-        assert_reply(&h.reply(&format!("MAIL FROM:<a@x.example> {p}")), 501, (5, 5, 4));
+        assert_reply(
+            &h.reply(&format!("MAIL FROM:<a@x.example> {p}")),
+            501,
+            (5, 5, 4),
+        );
     }
 }
 
@@ -481,7 +534,11 @@ fn c42_dsn_parameters() {
         h.code("RCPT TO:<b@y.example> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;b@y.example"),
         250
     );
-    assert_reply(&h.reply("RCPT TO:<c@y.example> NOTIFY=NEVER,SUCCESS"), 501, (5, 5, 4));
+    assert_reply(
+        &h.reply("RCPT TO:<c@y.example> NOTIFY=NEVER,SUCCESS"),
+        501,
+        (5, 5, 4),
+    );
 }
 
 #[test]
@@ -495,7 +552,11 @@ fn c43_auth_parameter_is_accepted_and_not_passed_on() {
     h.code("RSET");
     assert_eq!(h.code("MAIL FROM:<a@x.example> AUTH=a+2Bb@x"), 250);
     h.code("RSET");
-    assert_reply(&h.reply("MAIL FROM:<a@x.example> AUTH=a+zz"), 501, (5, 5, 4));
+    assert_reply(
+        &h.reply("MAIL FROM:<a@x.example> AUTH=a+zz"),
+        501,
+        (5, 5, 4),
+    );
 }
 
 // ---------------------------------------------------------------- D. RCPT specifics
@@ -769,7 +830,10 @@ fn send_body(body: &[u8], bare: BareLineEnding) -> (Vec<Reply>, Harness) {
 
 #[test]
 fn g66_dot_stuffing_is_removed() {
-    let (r, h) = send_body(b"..hidden\r\n..\r\n....\r\n..leading\r\n.\r\n", BareLineEnding::Reject);
+    let (r, h) = send_body(
+        b"..hidden\r\n..\r\n....\r\n..leading\r\n.\r\n",
+        BareLineEnding::Reject,
+    );
     assert_eq!(r.len(), 1);
     assert_eq!(h.delivered[0].1, b".hidden\r\n.\r\n...\r\n.leading\r\n");
 }
@@ -830,7 +894,11 @@ fn smuggling(separator: &[u8]) {
     for bare in [BareLineEnding::Reject, BareLineEnding::Normalize] {
         let (replies, h) = send_body(&body, bare);
         assert_eq!(replies.len(), 1, "{separator:?} {bare:?}: {replies:?}");
-        assert_eq!(h.mail_decisions(), 1, "{separator:?} {bare:?}: smuggled MAIL ran");
+        assert_eq!(
+            h.mail_decisions(),
+            1,
+            "{separator:?} {bare:?}: smuggled MAIL ran"
+        );
         assert!(h.delivered.len() <= 1);
         for (_, content) in &h.delivered {
             let mut prev = 0u8;
@@ -845,10 +913,16 @@ fn smuggling(separator: &[u8]) {
             }
             let wire = smtp_wire::DataEncoder::encode_all(content);
             let end = memchr_end(&wire);
-            assert_eq!(end, wire.len() - 3, "{separator:?}: early terminator on re-encode");
+            assert_eq!(
+                end,
+                wire.len() - 3,
+                "{separator:?}: early terminator on re-encode"
+            );
         }
         // NUL variants have no bare CR or LF: one message with the text as content.
-        let has_bare = separator.windows(2).any(|w| (w[0] == b'\r') != (w[1] == b'\n'))
+        let has_bare = separator
+            .windows(2)
+            .any(|w| (w[0] == b'\r') != (w[1] == b'\n'))
             || separator.first() == Some(&b'\n')
             || separator.last() == Some(&b'\r');
         if bare == BareLineEnding::Reject && has_bare {
@@ -962,7 +1036,10 @@ fn h82_quit_pipelined_after_the_terminator() {
     assert_eq!(h.code("DATA"), 354);
     h.feed(b"hello\r\n.\r\nQUIT\r\n");
     let replies = h.take();
-    assert_eq!(replies.iter().map(|r| r.code).collect::<Vec<_>>(), [250, 221]);
+    assert_eq!(
+        replies.iter().map(|r| r.code).collect::<Vec<_>>(),
+        [250, 221]
+    );
     assert_reply(&replies[1], 221, (2, 0, 0));
     assert!(h.closed);
     assert_eq!(h.delivered.len(), 1);
@@ -1014,7 +1091,10 @@ fn i86_ehlo_after_starttls_does_not_offer_starttls() {
     let ehlo = h.reply("EHLO x");
     let caps = smtp_wire::Capabilities::from_ehlo(&ehlo);
     assert!(!caps.starttls());
-    assert!(!caps.auth_mechanisms().is_empty(), "AUTH offered once TLS is on");
+    assert!(
+        !caps.auth_mechanisms().is_empty(),
+        "AUTH offered once TLS is on"
+    );
 }
 
 #[test]
@@ -1109,7 +1189,11 @@ fn j98_auth_during_a_transaction() {
     })
     .ehlo();
     assert_eq!(h.code("MAIL FROM:<a@x.example>"), 250);
-    assert_reply(&h.reply("AUTH PLAIN AG1lQDE2My5jb20AcmlnaHQ="), 503, (5, 5, 1));
+    assert_reply(
+        &h.reply("AUTH PLAIN AG1lQDE2My5jb20AcmlnaHQ="),
+        503,
+        (5, 5, 1),
+    );
 }
 
 #[test]
@@ -1125,9 +1209,17 @@ fn j100_wrong_credentials_then_lockout() {
     let max = h.session.config().max_auth_failures;
     // base64("\0me@163.com\0wrong")
     for _ in 1..max {
-        assert_reply(&h.reply("AUTH PLAIN AG1lQDE2My5jb20Ad3Jvbmc="), 535, (5, 7, 8));
+        assert_reply(
+            &h.reply("AUTH PLAIN AG1lQDE2My5jb20Ad3Jvbmc="),
+            535,
+            (5, 7, 8),
+        );
     }
-    assert_reply(&h.reply("AUTH PLAIN AG1lQDE2My5jb20Ad3Jvbmc="), 421, (4, 7, 0));
+    assert_reply(
+        &h.reply("AUTH PLAIN AG1lQDE2My5jb20Ad3Jvbmc="),
+        421,
+        (4, 7, 0),
+    );
     assert!(h.closed);
 }
 
@@ -1158,13 +1250,21 @@ fn j102_sender_not_owned_by_the_authenticated_user_is_a_policy_decision() {
         )),
         _ => Verdict::Accept,
     });
-    let mut h =
-        Harness::with(submission_config(), Transport::Plain, LineEndings::CrlfOnly, policy).authed();
+    let mut h = Harness::with(
+        submission_config(),
+        Transport::Plain,
+        LineEndings::CrlfOnly,
+        policy,
+    )
+    .authed();
     assert_reply(&h.reply("MAIL FROM:<boss@163.com>"), 553, (5, 7, 1));
     assert_eq!(h.code("MAIL FROM:<me@163.com>"), 250);
     assert!(matches!(
         h.decisions.last(),
-        Some(Decision::Mail { from: ReversePath::Mailbox(_), .. })
+        Some(Decision::Mail {
+            from: ReversePath::Mailbox(_),
+            ..
+        })
     ));
 }
 

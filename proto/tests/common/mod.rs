@@ -63,7 +63,12 @@ pub fn submission_config() -> ServerConfig {
 
 impl Harness {
     pub fn new(config: ServerConfig) -> Harness {
-        Harness::with(config, Transport::Plain, LineEndings::CrlfOnly, accept_all())
+        Harness::with(
+            config,
+            Transport::Plain,
+            LineEndings::CrlfOnly,
+            accept_all(),
+        )
     }
 
     pub fn with(
@@ -230,7 +235,8 @@ impl Harness {
                     if matches!(&verdict, Verdict::Accept)
                         || matches!(&verdict, Verdict::Reply(r) if r.is_positive())
                     {
-                        self.delivered.push((env.clone(), std::mem::take(&mut self.body)));
+                        self.delivered
+                            .push((env.clone(), std::mem::take(&mut self.body)));
                     } else {
                         self.body.clear();
                     }
