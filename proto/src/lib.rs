@@ -20,6 +20,22 @@
 //!   policy) and encoder (normalisation, stuffing).
 //! - [`server`]: the server session machine (RFC 5321 sequencing, RFC 4954 AUTH).
 //! - [`client`]: the client session machine for the upstream side.
+//!
+//! # Example
+//! ```
+//! use smtp_wire::Command;
+//!
+//! // Foxmail's space after the colon is accepted, and the canonical form goes upstream.
+//! let cmd = Command::parse(b"mail from: <Alice@example.com> SIZE=1000").unwrap();
+//! assert_eq!(cmd.to_string(), "MAIL FROM:<Alice@example.com> SIZE=1000");
+//!
+//! // A bad address gets a precise reply that names the problem.
+//! let err = Command::parse(b"RCPT TO:<chengli>").unwrap_err();
+//! assert_eq!(
+//!     err.reply().to_string(),
+//!     "501 5.1.3 Bad recipient address syntax: no @ in address (expected local-part@domain)"
+//! );
+//! ```
 
 pub mod address;
 pub mod auth;

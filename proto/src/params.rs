@@ -135,13 +135,11 @@ fn tokens(text: &str) -> Result<Vec<(&str, Option<&str>)>, ParamError> {
                     .all(|c| !c.is_ascii() || (c.is_ascii_graphic() && c != '='))
         });
         if !keyword_ok || !value_ok {
-            if value == Some("") {
-                if let Some(k) = known_keyword(keyword) {
-                    return Err(ParamError::BadValue {
-                        keyword: k,
-                        reason: "empty value",
-                    });
-                }
+            if let (Some(""), Some(k)) = (value, known_keyword(keyword)) {
+                return Err(ParamError::BadValue {
+                    keyword: k,
+                    reason: "empty value",
+                });
             }
             return Err(ParamError::Syntax(token.to_string()));
         }

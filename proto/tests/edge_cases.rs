@@ -1086,7 +1086,10 @@ fn i85_state_after_starttls_needs_a_fresh_ehlo() {
 fn i86_ehlo_after_starttls_does_not_offer_starttls() {
     let mut h = Harness::new(tls_config()).ehlo();
     assert!(h.session.capabilities().starttls());
-    assert!(!h.session.capabilities().auth_mechanisms().is_empty() == false);
+    assert!(
+        h.session.capabilities().auth_mechanisms().is_empty(),
+        "no AUTH before TLS when it requires TLS"
+    );
     assert_eq!(h.code("STARTTLS"), 220);
     let ehlo = h.reply("EHLO x");
     let caps = smtp_wire::Capabilities::from_ehlo(&ehlo);

@@ -1,0 +1,53 @@
+//! The `smtp-relay` command line.
+
+use std::io::{BufRead, Write};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "smtp-relay",
+    version,
+    about = "An SMTP relay with its own conformance and load harness"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Parse SMTP command lines and print the canonical form the relay would send upstream,
+    /// or the exact reply it would give for a bad line. Lines come from the arguments, or
+    /// from standard input (one per line) when there are none.
+    Check {
+        /// Command lines, e.g. 'MAIL FROM: <alice@example.com> SIZE=100'.
+        lines: Vec<String>,
+    },
+}
+
+/// Runs a parsed command line; the binary's `main` only parses arguments and calls this.
+pub fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Check { lines } => {
+            let stdout = std::io::stdout();
+            let mut out = stdout.lock();
+            let result = if lines.is_empty() {
+                let stdin = std::io::stdin();
+                crate::check::check_lines(stdin.lock().lines().map_while(Result::ok), &mut out)
+            } else {
+                crate::check::check_lines(lines.into_iter(), &mut out)
+            };
+            let _ = out.flush();
+            match result {
+                Ok(0) => ExitCode::SUCCESS,
+                Ok(_) => ExitCode::from(1),
+                Err(e) => {
+                    eprintln!("smtp-relay check: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! smtp-relay: an SMTP relay with its own conformance and load harness.
+//!
+//! # Layout
+//! - [`cli`]: the command line (clap) and [`cli::run`], which the binary calls, so tests
+//!   exercise the same path as users.
+//! - [`check`]: `smtp-relay check`, which shows what the protocol crate makes of command lines.
+//!
+//! The protocol itself lives in the `smtp-wire` crate (`proto/`); the relay, the scenario
+//! runner and the load generator arrive with their issues.
+
+pub mod check;
+pub mod cli;
