@@ -370,11 +370,20 @@ impl Command {
         }
     }
 
-    /// Appends the wire form with its CRLF to `out`.
+    /// Appends the wire form with its CRLF to `out`. A CR or LF inside a field (a command
+    /// built from configuration rather than parsed) is written as a space, so one command can
+    /// never become two on the wire.
     pub fn encode(&self, out: &mut Vec<u8>) {
         use std::io::Write;
+        let start = out.len();
         // Writing to a Vec cannot fail.
-        let _ = write!(out, "{self}\r\n");
+        let _ = write!(out, "{self}");
+        for b in &mut out[start..] {
+            if *b == b'\r' || *b == b'\n' {
+                *b = b' ';
+            }
+        }
+        out.extend_from_slice(b"\r\n");
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
@@ -450,6 +459,14 @@ mod tests {
             Command::parse(b"AUTH PLAIN ####"),
             Err(CommandError::BadBase64)
         );
+    }
+
+    #[test]
+    fn line_breaks_in_fields_cannot_inject_a_command() {
+        let cmd = Command::Ehlo {
+            domain: "x\r\nRCPT TO:<evil@x>".into(),
+        };
+        assert_eq!(cmd.to_bytes(), b"EHLO x  RCPT TO:<evil@x>\r\n");
     }
 
     #[test]

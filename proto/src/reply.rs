@@ -91,6 +91,15 @@ impl Reply {
         };
         for (i, line) in lines.iter().enumerate() {
             let sep = if i == last { ' ' } else { '-' };
+            // A CR or LF in a text (from a config file, say) must not end the reply early
+            // and let the rest pass for another reply: it is written as a space.
+            let cleaned;
+            let line = if line.contains(['\r', '\n']) {
+                cleaned = line.replace(['\r', '\n'], " ");
+                &cleaned
+            } else {
+                line
+            };
             // Writing to a Vec cannot fail.
             let _ = match self.enhanced {
                 Some((c, s, d)) if line.is_empty() => write!(out, "{}{sep}{c}.{s}.{d}", self.code),
@@ -493,6 +502,12 @@ mod tests {
         };
         assert_eq!(r.to_bytes(), b"250-2.0.0 a\r\n250 2.0.0 b\r\n");
         assert_eq!(Reply::parse(&r.to_bytes()), Ok(r));
+    }
+
+    #[test]
+    fn line_breaks_in_text_cannot_inject_a_reply() {
+        let r = Reply::plain(250, "ok\r\n550 fake");
+        assert_eq!(r.to_bytes(), b"250 ok  550 fake\r\n");
     }
 
     #[test]
