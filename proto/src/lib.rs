@@ -13,12 +13,16 @@
 //! - [`command`]: the typed [`Command`], `parse` from a line and `encode` to the wire form;
 //!   [`CommandError`] says which reply each refusal produces.
 //! - [`reply`]: [`Reply`] with multi-line parse and encode, EHLO [`Capabilities`].
+//! - [`catalogue`]: the kinds of reply a server session generates, their standard texts, and
+//!   the overrides a persona gives.
 //! - [`auth`]: SASL mechanism names, PLAIN and LOGIN messages, continuation lines, redacted
 //!   secrets.
 //! - [`line`]: bounded CRLF line framing with a documented bare CR/LF policy.
 //! - [`data`]: the streaming DATA decoder (end detection, unstuffing, size limit, smuggling
 //!   policy) and encoder (normalisation, stuffing).
 //! - [`server`]: the server session machine (RFC 5321 sequencing, RFC 4954 AUTH).
+//! - [`connection`]: a server connection without I/O (bytes in, events out) around the
+//!   session: framing, DATA decoding, BDAT chunks, STARTTLS input discard.
 //! - [`client`]: the client session machine for the upstream side.
 //!
 //! # Example
@@ -39,8 +43,10 @@
 
 pub mod address;
 pub mod auth;
+pub mod catalogue;
 pub mod client;
 pub mod command;
+pub mod connection;
 pub mod data;
 pub mod line;
 pub mod params;
@@ -49,8 +55,10 @@ pub mod server;
 
 pub use address::{AddressError, Domain, ForwardPath, Mailbox, ReversePath};
 pub use auth::{AuthResponse, Credentials, Mechanism, SaslData};
+pub use catalogue::{ReplyBook, ReplyKind};
 pub use client::{ClientConfig, ClientError, ClientEvent, ClientSession, ClientTls, Outgoing};
 pub use command::{Command, CommandError, Verb};
+pub use connection::{Event, ServerConnection};
 pub use data::{BareLineEnding, DataDecoder, DataEncoder, DataOutcome, DataProgress};
 pub use line::{Decoded, LineDecoder, LineEndings, LineError};
 pub use params::{Body, MailParams, Notify, Param, ParamError, RcptParams, Ret};

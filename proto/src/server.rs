@@ -21,10 +21,8 @@
 //! out in order; the driver flushes when its input buffer is empty (RFC 2920 3.2).
 
 use crate::address::{ForwardPath, ReversePath};
-use crate::auth::{
-    AuthResponse, Credentials, LOGIN_PASSWORD_PROMPT, LOGIN_USERNAME_PROMPT, MAX_AUTH_LINE,
-    Mechanism, SaslData,
-};
+use crate::auth::{AuthResponse, Credentials, MAX_AUTH_LINE, Mechanism, SaslData};
+use crate::catalogue::{ReplyBook, ReplyKind};
 use crate::command::{Command, CommandError};
 use crate::data::DataOutcome;
 use crate::line::{LineError, MAX_COMMAND_LINE};
@@ -62,6 +60,21 @@ pub struct ServerConfig {
     pub auth_requires_tls: bool,
     /// MAIL needs a successful AUTH first (530 5.7.0): a submission service.
     pub auth_required: bool,
+    /// Accept AUTH after HELO, not only after EHLO (163 does; RFC 4954 ties AUTH to EHLO).
+    pub auth_after_helo: bool,
+    /// Advertise ENHANCEDSTATUSCODES and put enhanced codes in generated replies. When off,
+    /// generated replies carry none (RFC 2034), whatever the catalogue says.
+    pub enhanced_status_codes: bool,
+    /// The EHLO reply's lines after the first, exactly as given, instead of lines built from
+    /// the fields above (a persona's quirks: `AUTH=LOGIN PLAIN`, a `coremail` token). The
+    /// fields above still decide what is accepted; keep the two in agreement.
+    pub ehlo_lines: Option<Vec<String>>,
+    /// With `ehlo_lines`: the first line of the EHLO reply (default: the hostname).
+    pub ehlo_first_line: Option<String>,
+    /// Keep a STARTTLS line of `ehlo_lines` after TLS is on (a 163 quirk, against RFC 3207).
+    pub starttls_after_tls: bool,
+    /// Overrides of the replies the session generates itself.
+    pub replies: ReplyBook,
 }
 
 impl Default for ServerConfig {
@@ -81,6 +94,12 @@ impl Default for ServerConfig {
             auth_mechanisms: vec![Mechanism::Plain, Mechanism::Login],
             auth_requires_tls: true,
             auth_required: true,
+            auth_after_helo: false,
+            enhanced_status_codes: true,
+            ehlo_lines: None,
+            ehlo_first_line: None,
+            starttls_after_tls: false,
+            replies: ReplyBook::default(),
         }
     }
 }
@@ -197,21 +216,6 @@ enum Pending {
     Deliver,
 }
 
-/// Standard replies, built in one place.
-mod replies {
-    use crate::reply::Reply;
-
-    pub fn ok() -> Reply {
-        Reply::new(250, (2, 0, 0), "OK")
-    }
-    pub fn bad_sequence(what: &str) -> Reply {
-        Reply::new(503, (5, 5, 1), format!("Error: {what}"))
-    }
-    pub fn too_many_errors() -> Reply {
-        Reply::new(421, (4, 7, 0), "Too many errors, closing connection")
-    }
-}
-
 /// One SMTP server session. See the module documentation for how to drive it.
 #[derive(Clone, Debug)]
 pub struct ServerSession {
@@ -255,28 +259,53 @@ impl ServerSession {
 
     /// The 220 greeting.
     pub fn greeting(&self) -> Reply {
-        Reply::plain(
-            220,
-            format!("{} {}", self.config.hostname, self.config.greeting),
-        )
+        self.reply_with(ReplyKind::Greeting, || {
+            Reply::plain(
+                220,
+                format!("{} {}", self.config.hostname, self.config.greeting),
+            )
+        })
     }
 
     /// `421 4.3.2`: sent to sessions when the server shuts down.
     pub fn shutdown_reply(&self) -> Reply {
-        Reply::new(
-            421,
-            (4, 3, 2),
-            format!("{} Service shutting down", self.config.hostname),
-        )
+        self.reply(ReplyKind::Shutdown)
     }
 
     /// `421 4.4.2`: sent when the client was idle or slow for too long.
     pub fn timeout_reply(&self) -> Reply {
-        Reply::new(
-            421,
-            (4, 4, 2),
-            format!("{} Timeout, closing connection", self.config.hostname),
-        )
+        self.reply(ReplyKind::Timeout)
+    }
+
+    /// The catalogue reply for `kind`: the override if any, else the standard one.
+    pub fn reply(&self, kind: ReplyKind) -> Reply {
+        self.reply_with(kind, || kind.default_reply())
+    }
+
+    /// The override for `kind` if any, else `default()`; without ENHANCEDSTATUSCODES the
+    /// enhanced code is dropped (RFC 2034).
+    fn reply_with(&self, kind: ReplyKind, default: impl FnOnce() -> Reply) -> Reply {
+        let mut r = match self.config.replies.get(kind) {
+            Some(r) => r.clone(),
+            None => default(),
+        };
+        if !self.config.enhanced_status_codes {
+            r.enhanced = None;
+        }
+        r
+    }
+
+    /// The catalogue reply with a more specific text than the standard one, unless
+    /// overridden.
+    fn reply_text(&self, kind: ReplyKind, text: String) -> Reply {
+        self.reply_with(kind, || Reply {
+            lines: vec![text],
+            ..kind.default_reply()
+        })
+    }
+
+    fn bad_sequence(&self, what: &str) -> Reply {
+        self.reply_text(ReplyKind::BadSequence, format!("Error: {what}"))
     }
 
     pub fn transport(&self) -> Transport {
@@ -318,8 +347,11 @@ impl ServerSession {
         }
     }
 
-    /// The capabilities this session advertises now (they change with TLS and AUTH).
+    /// The capabilities this session offers now (they change with TLS).
     pub fn capabilities(&self) -> Capabilities {
+        if self.config.ehlo_lines.is_some() {
+            return Capabilities::from_ehlo(&self.ehlo_reply());
+        }
         let c = &self.config;
         let mut ext = Vec::new();
         if c.pipelining {
@@ -327,7 +359,9 @@ impl ServerSession {
         }
         ext.push(Extension::Size(Some(c.max_message_size)));
         ext.push(Extension::EightBitMime);
-        ext.push(Extension::EnhancedStatusCodes);
+        if c.enhanced_status_codes {
+            ext.push(Extension::EnhancedStatusCodes);
+        }
         if c.starttls && self.transport == Transport::Plain {
             ext.push(Extension::StartTls);
         }
@@ -347,6 +381,28 @@ impl ServerSession {
         Capabilities {
             domain: c.hostname.clone(),
             extensions: ext,
+        }
+    }
+
+    /// The EHLO reply: the configured lines, or lines built from the capabilities.
+    fn ehlo_reply(&self) -> Reply {
+        let Some(lines) = &self.config.ehlo_lines else {
+            return self.capabilities().to_reply("Hello");
+        };
+        let first = self
+            .config
+            .ehlo_first_line
+            .clone()
+            .unwrap_or_else(|| self.config.hostname.clone());
+        let hide_starttls = self.transport == Transport::Tls && !self.config.starttls_after_tls;
+        let rest = lines
+            .iter()
+            .filter(|l| !(hide_starttls && l.eq_ignore_ascii_case("STARTTLS")))
+            .cloned();
+        Reply {
+            code: 250,
+            enhanced: None,
+            lines: std::iter::once(first).chain(rest).collect(),
         }
     }
 
@@ -370,9 +426,19 @@ impl ServerSession {
         self.errors += 1;
         if self.errors >= self.config.max_errors {
             self.phase = Phase::Closed;
-            return Step::Close(replies::too_many_errors());
+            return Step::Close(self.reply(ReplyKind::TooManyErrors));
         }
         Step::Reply(reply)
+    }
+
+    fn error_kind(&mut self, kind: ReplyKind) -> Step {
+        let reply = self.reply(kind);
+        self.error(reply)
+    }
+
+    fn sequence_error(&mut self, what: &str) -> Step {
+        let reply = self.bad_sequence(what);
+        self.error(reply)
     }
 
     /// Handles one line framed by the driver (CRLF removed).
@@ -380,7 +446,10 @@ impl ServerSession {
         match std::mem::replace(&mut self.phase, Phase::Command) {
             Phase::Command => match Command::parse(line) {
                 Ok(cmd) => self.handle_command(cmd),
-                Err(e) => self.error(e.reply()),
+                Err(e) => {
+                    let reply = self.command_error_reply(&e);
+                    self.error(reply)
+                }
             },
             Phase::AuthPlain => self.auth_response(line, AuthStage::Plain),
             Phase::AuthLoginUser => self.auth_response(line, AuthStage::LoginUser),
@@ -390,11 +459,7 @@ impl ServerSession {
             other => {
                 // Not reading lines now: a driver bug, not the client's. Keep the phase.
                 self.phase = other;
-                Step::Reply(Reply::new(
-                    451,
-                    (4, 3, 0),
-                    "Internal error: unexpected input",
-                ))
+                Step::Reply(self.reply(ReplyKind::InternalError))
             }
         }
     }
@@ -405,19 +470,40 @@ impl ServerSession {
             Phase::AuthPlain | Phase::AuthLoginUser | Phase::AuthLoginPass { .. } => {
                 // RFC 4954 4: a response longer than the buffer fails AUTH with 500 5.5.6.
                 let reply = match error {
-                    LineError::TooLong { .. } => {
-                        Reply::new(500, (5, 5, 6), "Authentication exchange line is too long")
-                    }
-                    other => other.reply(),
+                    LineError::TooLong { .. } => self.reply(ReplyKind::AuthLineTooLong),
+                    other => self.line_error_reply(other),
                 };
                 self.error(reply)
             }
-            Phase::Command => self.error(error.reply()),
+            Phase::Command => {
+                let reply = self.line_error_reply(error);
+                self.error(reply)
+            }
             other => {
                 self.phase = other;
-                self.error(error.reply())
+                let reply = self.line_error_reply(error);
+                self.error(reply)
             }
         }
+    }
+
+    fn line_error_reply(&self, error: LineError) -> Reply {
+        let kind = match error {
+            LineError::TooLong { .. } => ReplyKind::LineTooLong,
+            LineError::BareLf | LineError::BareCr => ReplyKind::SyntaxError,
+        };
+        self.reply_with(kind, || error.reply())
+    }
+
+    fn command_error_reply(&self, error: &CommandError) -> Reply {
+        let kind = match error {
+            CommandError::UnknownVerb | CommandError::Empty => ReplyKind::UnknownCommand,
+            CommandError::Sender(_) => ReplyKind::BadSenderSyntax,
+            CommandError::Recipient(_) => ReplyKind::BadRecipientSyntax,
+            CommandError::Param(_) => ReplyKind::BadParameter,
+            _ => ReplyKind::SyntaxError,
+        };
+        self.reply_with(kind, || error.reply())
     }
 
     fn handle_command(&mut self, cmd: Command) -> Step {
@@ -426,39 +512,29 @@ impl ServerSession {
                 self.helo = Some(domain);
                 self.esmtp = true;
                 self.reset_transaction();
-                Step::Reply(self.capabilities().to_reply("Hello"))
+                Step::Reply(self.ehlo_reply())
             }
             Command::Helo { domain } => {
                 self.helo = Some(domain);
                 self.esmtp = false;
                 self.reset_transaction();
-                Step::Reply(Reply::plain(250, self.config.hostname.clone()))
+                Step::Reply(self.reply_with(ReplyKind::Helo, || {
+                    Reply::plain(250, self.config.hostname.clone())
+                }))
             }
-            Command::Noop { .. } => Step::Reply(replies::ok()),
+            Command::Noop { .. } => Step::Reply(self.reply(ReplyKind::Ok)),
             Command::Rset => {
                 self.reset_transaction();
-                Step::Reply(replies::ok())
+                Step::Reply(self.reply(ReplyKind::Ok))
             }
             Command::Quit => {
                 self.phase = Phase::Closed;
-                Step::Close(Reply::new(221, (2, 0, 0), "Bye"))
+                Step::Close(self.reply(ReplyKind::Bye))
             }
-            Command::Vrfy { .. } => Step::Reply(Reply::new(
-                252,
-                (2, 1, 5),
-                "Cannot VRFY user, but will accept message and attempt delivery",
-            )),
-            Command::Expn { .. } => Step::Reply(Reply::new(502, (5, 5, 1), "EXPN not available")),
-            Command::Help { topic: None } => Step::Reply(Reply::new(
-                214,
-                (2, 0, 0),
-                "Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP STARTTLS AUTH",
-            )),
-            Command::Help { topic: Some(_) } => Step::Reply(Reply::new(
-                504,
-                (5, 5, 4),
-                "HELP for a command is not available",
-            )),
+            Command::Vrfy { .. } => Step::Reply(self.reply(ReplyKind::Vrfy)),
+            Command::Expn { .. } => Step::Reply(self.reply(ReplyKind::Expn)),
+            Command::Help { topic: None } => Step::Reply(self.reply(ReplyKind::Help)),
+            Command::Help { topic: Some(_) } => Step::Reply(self.reply(ReplyKind::HelpTopic)),
             Command::StartTls => self.starttls(),
             Command::Auth { mechanism, initial } => self.auth(mechanism, initial),
             Command::Mail { from, params } => self.mail(from, params),
@@ -470,16 +546,16 @@ impl ServerSession {
 
     fn starttls(&mut self) -> Step {
         if self.transport == Transport::Tls {
-            return self.error(replies::bad_sequence("TLS is already active"));
+            return self.sequence_error("TLS is already active");
         }
         if !self.config.starttls {
-            return self.error(Reply::new(502, (5, 5, 1), "STARTTLS not available"));
+            return self.error_kind(ReplyKind::StartTlsUnavailable);
         }
         if self.in_transaction() {
-            return self.error(replies::bad_sequence("STARTTLS inside a mail transaction"));
+            return self.sequence_error("STARTTLS inside a mail transaction");
         }
         self.phase = Phase::TlsHandshake;
-        Step::StartTls(Reply::new(220, (2, 0, 0), "Ready to start TLS"))
+        Step::StartTls(self.reply(ReplyKind::StartTlsReady))
     }
 
     /// The TLS handshake finished: everything known about the client is forgotten (RFC 3207
@@ -494,63 +570,46 @@ impl ServerSession {
     }
 
     fn auth(&mut self, mechanism: Mechanism, initial: Option<SaslData>) -> Step {
-        if self.helo.is_none() || !self.esmtp {
-            return self.error(replies::bad_sequence("send EHLO first"));
+        if self.helo.is_none() || !(self.esmtp || self.config.auth_after_helo) {
+            return self.sequence_error("send EHLO first");
         }
         if self.authenticated.is_some() {
-            return self.error(replies::bad_sequence("already authenticated"));
+            return self.sequence_error("already authenticated");
         }
         if self.in_transaction() {
-            return self.error(replies::bad_sequence(
-                "AUTH not allowed during a mail transaction",
-            ));
+            return self.sequence_error("AUTH not allowed during a mail transaction");
         }
         if self.config.auth_mechanisms.is_empty() {
-            return self.error(Reply::new(502, (5, 5, 1), "AUTH not available"));
+            return self.error_kind(ReplyKind::AuthUnavailable);
         }
         if !self.auth_offered() {
-            return self.error(Reply::new(
-                538,
-                (5, 7, 11),
-                "Encryption required for requested authentication mechanism",
-            ));
+            return self.error_kind(ReplyKind::AuthEncryptionRequired);
         }
         if !self.config.auth_mechanisms.contains(&mechanism) {
-            return self.error(Reply::new(
-                504,
-                (5, 5, 4),
-                "Unrecognized authentication type",
-            ));
+            return self.error_kind(ReplyKind::AuthMechanismUnknown);
         }
         match (mechanism, initial) {
             (Mechanism::Plain, Some(ir)) => self.plain(&ir.0),
             (Mechanism::Plain, None) => {
                 self.phase = Phase::AuthPlain;
-                Step::Reply(Reply::plain(334, ""))
+                Step::Reply(self.reply(ReplyKind::AuthPlainPrompt))
             }
             (Mechanism::Login, Some(user)) => self.login_user(user),
             (Mechanism::Login, None) => {
                 self.phase = Phase::AuthLoginUser;
-                Step::Reply(Reply::plain(334, LOGIN_USERNAME_PROMPT))
+                Step::Reply(self.reply(ReplyKind::AuthUsernamePrompt))
             }
-            _ => self.error(Reply::new(
-                504,
-                (5, 5, 4),
-                "Unrecognized authentication type",
-            )),
+            _ => self.error_kind(ReplyKind::AuthMechanismUnknown),
         }
     }
 
     fn plain(&mut self, msg: &[u8]) -> Step {
         match Credentials::from_plain(msg) {
-            Err(_) => self.error(Reply::new(501, (5, 5, 2), "Malformed PLAIN response")),
+            Err(_) => self.error_kind(ReplyKind::AuthMalformed),
             Ok(c) if c.is_proxy() => {
                 self.auth_failures += 1;
-                self.auth_failed(Reply::new(
-                    535,
-                    (5, 7, 8),
-                    "Authentication credentials invalid: authorization identity not allowed",
-                ))
+                let reply = self.reply(ReplyKind::AuthProxyRefused);
+                self.auth_failed(reply)
             }
             Ok(c) => {
                 self.phase = Phase::Pending(Pending::Auth {
@@ -565,19 +624,17 @@ impl ServerSession {
         match String::from_utf8(user.0) {
             Ok(username) if !username.is_empty() => {
                 self.phase = Phase::AuthLoginPass { username };
-                Step::Reply(Reply::plain(334, LOGIN_PASSWORD_PROMPT))
+                Step::Reply(self.reply(ReplyKind::AuthPasswordPrompt))
             }
-            _ => self.error(Reply::new(501, (5, 5, 2), "Malformed LOGIN user name")),
+            _ => self.error_kind(ReplyKind::AuthMalformed),
         }
     }
 
     fn auth_response(&mut self, line: &[u8], stage: AuthStage) -> Step {
         let data = match AuthResponse::parse(line) {
-            Ok(AuthResponse::Cancel) => {
-                return self.error(Reply::new(501, (5, 7, 0), "Authentication cancelled"));
-            }
+            Ok(AuthResponse::Cancel) => return self.error_kind(ReplyKind::AuthCancelled),
             Ok(AuthResponse::Data(d)) => d,
-            Err(_) => return self.error(CommandError::BadBase64.reply()),
+            Err(_) => return self.error_kind(ReplyKind::AuthBadBase64),
         };
         match stage {
             AuthStage::Plain => self.plain(&data.0),
@@ -588,7 +645,7 @@ impl ServerSession {
                     self.phase = Phase::Pending(Pending::Auth { username });
                     Step::Decide(Decision::Authenticate(c))
                 }
-                Err(_) => self.error(Reply::new(501, (5, 5, 2), "Malformed LOGIN password")),
+                Err(_) => self.error_kind(ReplyKind::AuthMalformed),
             },
         }
     }
@@ -596,24 +653,20 @@ impl ServerSession {
     fn auth_failed(&mut self, reply: Reply) -> Step {
         if self.auth_failures >= self.config.max_auth_failures {
             self.phase = Phase::Closed;
-            return Step::Close(Reply::new(
-                421,
-                (4, 7, 0),
-                "Too many authentication failures, closing connection",
-            ));
+            return Step::Close(self.reply(ReplyKind::AuthTooManyFailures));
         }
         Step::Reply(reply)
     }
 
     fn mail(&mut self, from: ReversePath, mut params: MailParams) -> Step {
         if self.helo.is_none() {
-            return self.error(replies::bad_sequence("send HELO/EHLO first"));
+            return self.sequence_error("send HELO/EHLO first");
         }
         if self.in_transaction() {
-            return self.error(replies::bad_sequence("nested MAIL command"));
+            return self.sequence_error("nested MAIL command");
         }
         if self.config.auth_required && self.authenticated.is_none() {
-            return self.error(Reply::new(530, (5, 7, 0), "Authentication required"));
+            return self.error_kind(ReplyKind::AuthRequired);
         }
         if let Some(reply) = self.check_mail_params(&from, &params) {
             return self.error(reply);
@@ -626,78 +679,60 @@ impl ServerSession {
         Step::Decide(Decision::Mail { from, params })
     }
 
+    fn unsupported(&self, what: &str) -> Reply {
+        self.reply_text(
+            ReplyKind::ParameterUnsupported,
+            format!("{what} parameter not supported"),
+        )
+    }
+
     fn check_mail_params(&self, from: &ReversePath, p: &MailParams) -> Option<Reply> {
-        let unsupported = |what: &str| {
-            Some(Reply::new(
-                555,
-                (5, 5, 4),
-                format!("{what} parameter not supported"),
-            ))
-        };
         let has_params = p != &MailParams::default();
         if has_params && !self.esmtp {
-            return unsupported("MAIL (after HELO)");
+            return Some(self.unsupported("MAIL (after HELO)"));
         }
         if let Some(u) = p.unknown.first() {
-            return unsupported(&u.keyword);
+            return Some(self.unsupported(&u.keyword));
         }
         if p.smtputf8 && !self.config.smtputf8 {
-            return unsupported("SMTPUTF8");
+            return Some(self.unsupported("SMTPUTF8"));
         }
         if p.body == Some(Body::BinaryMime) && !self.config.chunking {
-            return unsupported("BODY=BINARYMIME");
+            return Some(self.unsupported("BODY=BINARYMIME"));
         }
         if (p.ret.is_some() || p.envid.is_some()) && !self.config.dsn {
-            return unsupported("RET/ENVID");
+            return Some(self.unsupported("RET/ENVID"));
         }
         if p.size.is_some_and(|s| s > self.config.max_message_size) {
-            return Some(Reply::new(
-                552,
-                (5, 3, 4),
-                "Message size exceeds fixed maximum message size",
-            ));
+            return Some(self.reply(ReplyKind::SizeExceeded));
         }
         if !from.is_ascii() && !p.smtputf8 {
-            return Some(Reply::new(
-                550,
-                (5, 6, 7),
-                "Non-ASCII addresses not permitted for that sender",
-            ));
+            return Some(self.reply(ReplyKind::NonAsciiSender));
         }
         None
     }
 
     fn rcpt(&mut self, to: ForwardPath, params: RcptParams) -> Step {
         if !self.in_transaction() {
-            return self.error(replies::bad_sequence("need MAIL before RCPT"));
+            return self.sequence_error("need MAIL before RCPT");
         }
         if let Some(u) = params.unknown.first() {
-            return self.error(Reply::new(
-                555,
-                (5, 5, 4),
-                format!("{} parameter not supported", u.keyword),
-            ));
+            let reply = self.unsupported(&u.keyword);
+            return self.error(reply);
         }
         if (params.notify.is_some() || params.orcpt.is_some()) && !self.config.dsn {
-            return self.error(Reply::new(
-                555,
-                (5, 5, 4),
-                "NOTIFY/ORCPT parameter not supported",
-            ));
+            let reply = self.unsupported("NOTIFY/ORCPT");
+            return self.error(reply);
         }
         if !to.is_ascii() && !self.envelope.mail_params.smtputf8 {
-            return self.error(Reply::new(
-                553,
-                (5, 6, 7),
-                "Non-ASCII addresses not permitted for that recipient",
-            ));
+            return self.error_kind(ReplyKind::NonAsciiRecipient);
         }
         if self.envelope.rcpts.iter().any(|(r, _)| r.same_target(&to)) {
             // Delivered once (smtp-edge-cases 44): accepted without asking again.
-            return Step::Reply(Reply::new(250, (2, 1, 5), "Recipient OK (duplicate)"));
+            return Step::Reply(self.reply(ReplyKind::RcptOk));
         }
         if self.envelope.rcpts.len() >= self.config.max_recipients {
-            return Step::Reply(Reply::new(452, (4, 5, 3), "Too many recipients"));
+            return Step::Reply(self.reply(ReplyKind::TooManyRecipients));
         }
         self.phase = Phase::Pending(Pending::Rcpt {
             to: to.clone(),
@@ -708,18 +743,16 @@ impl ServerSession {
 
     fn data(&mut self) -> Step {
         if !self.in_transaction() {
-            return self.error(replies::bad_sequence("need MAIL before DATA"));
+            return self.sequence_error("need MAIL before DATA");
         }
         if self.envelope.rcpts.is_empty() {
             // The transaction is over: a client that pipelined its body after this DATA must
             // not see those lines add recipients to it (smtp-edge-cases 79).
             self.reset_transaction();
-            return self.error(Reply::new(554, (5, 5, 1), "No valid recipients"));
+            return self.error_kind(ReplyKind::NoValidRecipients);
         }
         if self.envelope.mail_params.body == Some(Body::BinaryMime) {
-            return self.error(replies::bad_sequence(
-                "BODY=BINARYMIME needs BDAT, not DATA",
-            ));
+            return self.sequence_error("BODY=BINARYMIME needs BDAT, not DATA");
         }
         self.phase = Phase::Pending(Pending::BeginData);
         Step::Decide(Decision::BeginData)
@@ -728,21 +761,17 @@ impl ServerSession {
     fn bdat(&mut self, size: u64, last: bool) -> Step {
         // RFC 3030 2: the chunk is read whatever the verdict, then answered.
         self.chunk_error = if !self.config.chunking {
-            Some(Reply::new(502, (5, 5, 1), "BDAT not available"))
+            Some(self.reply(ReplyKind::BdatUnavailable))
         } else if !self.in_transaction() {
-            Some(replies::bad_sequence("need MAIL before BDAT"))
+            Some(self.bad_sequence("need MAIL before BDAT"))
         } else if self.envelope.rcpts.is_empty() {
-            Some(Reply::new(554, (5, 5, 1), "No valid recipients"))
+            Some(self.reply(ReplyKind::NoValidRecipients))
         } else {
             self.chunk_error.take()
         };
         self.chunked = self.chunked.saturating_add(size);
         if self.chunk_error.is_none() && self.chunked > self.config.max_message_size {
-            self.chunk_error = Some(Reply::new(
-                552,
-                (5, 3, 4),
-                "Message size exceeds fixed maximum message size",
-            ));
+            self.chunk_error = Some(self.reply(ReplyKind::SizeExceeded));
         }
         self.phase = Phase::Chunk { size, last };
         Step::ReceiveChunk { size, last }
@@ -752,11 +781,7 @@ impl ServerSession {
     /// returns a refusal).
     pub fn handle_chunk_end(&mut self) -> Step {
         let Phase::Chunk { last, .. } = std::mem::replace(&mut self.phase, Phase::Command) else {
-            return Step::Reply(Reply::new(
-                451,
-                (4, 3, 0),
-                "Internal error: unexpected chunk",
-            ));
+            return Step::Reply(self.reply(ReplyKind::InternalError));
         };
         if let Some(reply) = self.chunk_error.clone() {
             if last || !self.in_transaction() {
@@ -765,11 +790,8 @@ impl ServerSession {
             return self.error(reply);
         }
         if !last {
-            return Step::Reply(Reply::new(
-                250,
-                (2, 0, 0),
-                format!("{} octets received", self.chunked),
-            ));
+            let text = format!("{} octets received", self.chunked);
+            return Step::Reply(self.reply_text(ReplyKind::ChunkOk, text));
         }
         self.envelope.size = self.chunked;
         self.phase = Phase::Pending(Pending::Deliver);
@@ -779,28 +801,16 @@ impl ServerSession {
     /// The DATA decoder found the terminator.
     pub fn handle_data_end(&mut self, outcome: DataOutcome) -> Step {
         if !matches!(self.phase, Phase::Data) {
-            return Step::Reply(Reply::new(
-                451,
-                (4, 3, 0),
-                "Internal error: unexpected data end",
-            ));
+            return Step::Reply(self.reply(ReplyKind::InternalError));
         }
         self.phase = Phase::Command;
         if outcome.too_large {
             self.reset_transaction();
-            return Step::Reply(Reply::new(
-                552,
-                (5, 3, 4),
-                "Message size exceeds fixed maximum message size",
-            ));
+            return Step::Reply(self.reply(ReplyKind::SizeExceeded));
         }
         if outcome.has_forbidden_line_endings() {
             self.reset_transaction();
-            return Step::Reply(Reply::new(
-                550,
-                (5, 6, 0),
-                "Message contains bare <CR> or <LF>; lines must end with <CR><LF>",
-            ));
+            return Step::Reply(self.reply(ReplyKind::BareLineEnding));
         }
         self.envelope.size = outcome.size;
         self.phase = Phase::Pending(Pending::Deliver);
@@ -810,60 +820,51 @@ impl ServerSession {
     /// The driver's answer to the last [`Step::Decide`].
     pub fn decide(&mut self, verdict: Verdict) -> Step {
         let Phase::Pending(pending) = std::mem::replace(&mut self.phase, Phase::Command) else {
-            return Step::Reply(Reply::new(
-                451,
-                (4, 3, 0),
-                "Internal error: no decision pending",
-            ));
+            return Step::Reply(self.reply(ReplyKind::InternalError));
         };
-        let (accepted, reply) = match verdict {
+        let (accepted, given) = match verdict {
             Verdict::Accept => (true, None),
             Verdict::Reply(r) => (r.is_positive(), Some(r)),
         };
+        let reply = |kind| given.clone().unwrap_or_else(|| self.reply(kind));
         match pending {
             Pending::Auth { username } => {
                 if accepted {
+                    let r = reply(ReplyKind::AuthSucceeded);
                     self.authenticated = Some(username);
-                    Step::Reply(
-                        reply.unwrap_or_else(|| {
-                            Reply::new(235, (2, 7, 0), "Authentication successful")
-                        }),
-                    )
+                    Step::Reply(r)
                 } else {
+                    let r = reply(ReplyKind::AuthFailed);
                     self.auth_failures += 1;
-                    self.auth_failed(reply.unwrap_or_else(|| {
-                        Reply::new(535, (5, 7, 8), "Authentication credentials invalid")
-                    }))
+                    self.auth_failed(r)
                 }
             }
             Pending::Mail { from, params } => {
+                let r = reply(ReplyKind::MailOk);
                 if accepted {
                     self.envelope.from = Some(from);
                     self.envelope.mail_params = params;
                 }
-                Step::Reply(reply.unwrap_or_else(|| Reply::new(250, (2, 1, 0), "Sender OK")))
+                Step::Reply(r)
             }
             Pending::Rcpt { to, params } => {
+                let r = reply(ReplyKind::RcptOk);
                 if accepted {
                     self.envelope.rcpts.push((to, params));
                 }
-                Step::Reply(reply.unwrap_or_else(|| Reply::new(250, (2, 1, 5), "Recipient OK")))
+                Step::Reply(r)
             }
             Pending::BeginData => {
+                let r = reply(ReplyKind::DataStart);
                 if accepted {
                     self.phase = Phase::Data;
                 }
-                Step::Reply(
-                    reply.unwrap_or_else(|| Reply::plain(354, "End data with <CR><LF>.<CR><LF>")),
-                )
+                Step::Reply(r)
             }
             Pending::Deliver => {
+                let r = reply(ReplyKind::MessageAccepted);
                 self.reset_transaction();
-                Step::Reply(
-                    reply.unwrap_or_else(|| {
-                        Reply::new(250, (2, 0, 0), "Message accepted for delivery")
-                    }),
-                )
+                Step::Reply(r)
             }
         }
     }

@@ -520,8 +520,7 @@ proptest! {
 #[test]
 fn a_whole_session_split_at_every_point() {
     let stream: &[u8] = b"EHLO client.example\r\nMAIL FROM: <a@x.example> SIZE=100\r\nRCPT TO:<b@y.example>\r\nRCPT TO:<bad>\r\nDATA\r\nSubject: hi\r\n\r\n..stuffed\r\nbody\n.\nnot the end\r\n.\r\nMAIL FROM:<a@x.example>\r\nRCPT TO:<c@y.example>\r\nDATA\r\n.\r\nNOOP\r\nQUIT\r\n";
-    let mut whole = common::Harness::new(common::open_config());
-    whole.bare = BareLineEnding::Normalize;
+    let mut whole = common::Harness::open_with_bare(BareLineEnding::Normalize);
     whole.feed(stream);
     let expected = whole.take();
     assert_eq!(
@@ -531,8 +530,7 @@ fn a_whole_session_split_at_every_point() {
         ]
     );
     for cut in 1..stream.len() {
-        let mut h = common::Harness::new(common::open_config());
-        h.bare = BareLineEnding::Normalize;
+        let mut h = common::Harness::open_with_bare(BareLineEnding::Normalize);
         h.feed(&stream[..cut]);
         h.feed(&stream[cut..]);
         assert_eq!(h.take(), expected, "split at {cut}");

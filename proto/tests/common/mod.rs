@@ -1,27 +1,25 @@
-//! An in-memory driver for the server session: it frames bytes as a socket driver would,
-//! answers decisions with a policy closure, and records replies and deliveries.
+//! An in-memory driver over `ServerConnection`: it feeds bytes as a socket would, answers
+//! decisions with a policy closure, and records replies and deliveries.
 
 #![allow(dead_code)]
 
 use smtp_wire::{
-    BareLineEnding, DataDecoder, DataProgress, Decision, Decoded, Envelope, Input, LineDecoder,
-    LineEndings, Reply, ServerConfig, ServerSession, Step, Transport, Verdict,
+    BareLineEnding, Decision, Envelope, Event, LineEndings, Reply, ServerConfig, ServerConnection,
+    ServerSession, Transport, Verdict,
 };
 
 pub type Policy = Box<dyn FnMut(&ServerSession, &Decision) -> Verdict>;
 
 pub struct Harness {
-    pub session: ServerSession,
-    buf: Vec<u8>,
-    line: LineDecoder,
-    data: Option<DataDecoder>,
-    pub bare: BareLineEnding,
+    pub conn: ServerConnection,
     body: Vec<u8>,
-    chunk_left: u64,
+    /// Every raw DATA/BDAT byte, as received.
+    pub raw: Vec<u8>,
     replies: Vec<Reply>,
     /// Every decision asked, in order.
     pub decisions: Vec<Decision>,
     pub delivered: Vec<(Envelope, Vec<u8>)>,
+    pub discards: usize,
     pub closed: bool,
     pub tls_upgrades: usize,
     /// Bytes dropped at STARTTLS because they were pipelined in plaintext.
@@ -77,19 +75,26 @@ impl Harness {
         endings: LineEndings,
         policy: Policy,
     ) -> Harness {
-        let session = ServerSession::new(config, transport);
-        let greeting = session.greeting();
+        Harness::build(config, transport, endings, BareLineEnding::Reject, policy)
+    }
+
+    pub fn build(
+        config: ServerConfig,
+        transport: Transport,
+        endings: LineEndings,
+        bare: BareLineEnding,
+        policy: Policy,
+    ) -> Harness {
+        let conn = ServerConnection::new(config, transport, endings, bare);
+        let greeting = conn.greeting();
         Harness {
-            session,
-            buf: Vec::new(),
-            line: LineDecoder::new(512, endings),
-            data: None,
-            bare: BareLineEnding::Reject,
+            conn,
             body: Vec::new(),
-            chunk_left: 0,
+            raw: Vec::new(),
             replies: vec![greeting],
             decisions: Vec::new(),
             delivered: Vec::new(),
+            discards: 0,
             closed: false,
             tls_upgrades: 0,
             discarded_at_starttls: 0,
@@ -101,69 +106,69 @@ impl Harness {
         Harness::new(open_config())
     }
 
+    /// A harness with the given bare CR/LF policy for DATA.
+    pub fn open_with_bare(bare: BareLineEnding) -> Harness {
+        Harness::build(
+            open_config(),
+            Transport::Plain,
+            LineEndings::CrlfOnly,
+            bare,
+            accept_all(),
+        )
+    }
+
+    pub fn session(&self) -> &ServerSession {
+        self.conn.session()
+    }
+
     /// Feeds bytes as if they arrived in one read, and processes everything possible.
     pub fn feed(&mut self, bytes: &[u8]) {
-        self.buf.extend_from_slice(bytes);
-        while !self.closed {
-            match self.session.input() {
-                Input::Line { max } => {
-                    self.line.set_max(max);
-                    match self.line.decode(&self.buf) {
-                        Decoded::Line { line, consumed } => {
-                            let line = line.to_vec();
-                            self.buf.drain(..consumed);
-                            let step = self.session.handle_line(&line);
-                            self.step(step);
-                        }
-                        Decoded::NeedMore { consumed } => {
-                            self.buf.drain(..consumed);
-                            break;
-                        }
-                        Decoded::Error { error, consumed } => {
-                            self.buf.drain(..consumed);
-                            let step = self.session.handle_line_error(error);
-                            self.step(step);
-                        }
-                    }
+        if self.closed {
+            return;
+        }
+        self.conn.receive(bytes);
+        loop {
+            let decision = match self.conn.next_event() {
+                None => break,
+                Some(Event::Reply(r)) => {
+                    self.replies.push(r);
+                    continue;
                 }
-                Input::Data { limit } => {
-                    let bare = self.bare;
-                    let dec = self
-                        .data
-                        .get_or_insert_with(|| DataDecoder::new(limit, bare));
-                    match dec.decode(&self.buf, &mut self.body) {
-                        DataProgress::NeedMore => {
-                            self.buf.clear();
-                            break;
-                        }
-                        DataProgress::Done { consumed } => {
-                            self.buf.drain(..consumed);
-                            let outcome = dec.outcome();
-                            self.data = None;
-                            let step = self.session.handle_data_end(outcome);
-                            if !matches!(step, Step::Decide(_)) {
-                                self.body.clear();
-                            }
-                            self.step(step);
-                        }
-                    }
+                Some(Event::Close(r)) => {
+                    self.replies.push(r);
+                    self.closed = true;
+                    break;
                 }
-                Input::Chunk { .. } => {
-                    let take = (self.chunk_left as usize).min(self.buf.len());
-                    self.body.extend(self.buf.drain(..take));
-                    self.chunk_left -= take as u64;
-                    if self.chunk_left > 0 {
-                        break;
-                    }
-                    let step = self.session.handle_chunk_end();
-                    if !matches!(step, Step::Decide(_) | Step::Reply(Reply { code: 250, .. })) {
-                        self.body.clear();
-                    }
-                    self.step(step);
+                Some(Event::StartTls { reply, discarded }) => {
+                    self.replies.push(reply);
+                    self.discarded_at_starttls += discarded;
+                    self.tls_upgrades += 1;
+                    self.conn.tls_established();
+                    continue;
                 }
-                Input::Paused => panic!("decisions are answered synchronously"),
-                Input::Closed => break,
+                Some(Event::Content { data, raw }) => {
+                    self.body.extend_from_slice(data);
+                    self.raw.extend_from_slice(raw);
+                    continue;
+                }
+                Some(Event::Discard) => {
+                    self.body.clear();
+                    self.discards += 1;
+                    continue;
+                }
+                Some(Event::Decide(d)) => d,
+            };
+            let verdict = (self.policy)(self.conn.session(), &decision);
+            if let Decision::Deliver(env) = &decision {
+                let body = std::mem::take(&mut self.body);
+                if matches!(&verdict, Verdict::Accept)
+                    || matches!(&verdict, Verdict::Reply(r) if r.is_positive())
+                {
+                    self.delivered.push((env.clone(), body));
+                }
             }
+            self.decisions.push(decision);
+            self.conn.decide(verdict);
         }
     }
 
@@ -213,40 +218,6 @@ impl Harness {
         // base64("\0me@163.com\0right")
         assert_eq!(h.code("AUTH PLAIN AG1lQDE2My5jb20AcmlnaHQ="), 235);
         h
-    }
-
-    fn step(&mut self, step: Step) {
-        match step {
-            Step::Reply(r) => self.replies.push(r),
-            Step::Close(r) => {
-                self.replies.push(r);
-                self.closed = true;
-            }
-            Step::StartTls(r) => {
-                self.replies.push(r);
-                self.discarded_at_starttls += self.buf.len();
-                self.buf.clear();
-                self.session.tls_established();
-                self.tls_upgrades += 1;
-            }
-            Step::Decide(d) => {
-                let verdict = (self.policy)(&self.session, &d);
-                if let Decision::Deliver(env) = &d {
-                    if matches!(&verdict, Verdict::Accept)
-                        || matches!(&verdict, Verdict::Reply(r) if r.is_positive())
-                    {
-                        self.delivered
-                            .push((env.clone(), std::mem::take(&mut self.body)));
-                    } else {
-                        self.body.clear();
-                    }
-                }
-                self.decisions.push(d);
-                let next = self.session.decide(verdict);
-                self.step(next);
-            }
-            Step::ReceiveChunk { size, .. } => self.chunk_left = size,
-        }
     }
 
     /// Recipients of the n-th delivered message, as strings.

@@ -1,0 +1,271 @@
+//! A server connection without I/O, in the manner of rustls: bytes in, events out. It owns a
+//! [`ServerSession`] and does the buffering every driver would otherwise repeat: line framing
+//! at the session's current limit, the DATA decoder, BDAT chunk counting, and dropping the
+//! plaintext pipelined after STARTTLS.
+//!
+//! ```text
+//! send conn.greeting()
+//! loop {
+//!     while let Some(event) = conn.next_event() {
+//!         Reply(r) => send r            Close(r) => send r, close
+//!         StartTls { reply, .. } => send reply, handshake, conn.tls_established()
+//!         Decide(d) => conn.decide(verdict for d)
+//!         Content { data, raw } => keep data      Discard => drop what was kept
+//!     }
+//!     read from the socket, conn.receive(bytes)   // only when next_event() is None
+//! }
+//! ```
+//! The input buffer holds at most one read beyond what is being framed: a driver that reads
+//! only when `next_event()` returned `None` keeps memory bounded whatever the client sends.
+
+use crate::catalogue::ReplyKind;
+use crate::data::{BareLineEnding, DataDecoder, DataOutcome, DataProgress};
+use crate::line::{Decoded, LineDecoder, LineEndings};
+use crate::reply::Reply;
+use crate::server::{Decision, Input, ServerConfig, ServerSession, Step, Transport, Verdict};
+
+/// What the driver must do next.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Event<'a> {
+    /// Send this reply.
+    Reply(Reply),
+    /// Send this reply, then close the connection.
+    Close(Reply),
+    /// Send this reply, then run the TLS handshake and call
+    /// [`ServerConnection::tls_established`]. `discarded` plaintext octets that the client
+    /// pipelined after STARTTLS were dropped (CVE-2011-0411).
+    StartTls { reply: Reply, discarded: usize },
+    /// Answer with [`ServerConnection::decide`] before asking for the next event.
+    Decide(Decision),
+    /// Message content: `data` as delivered (unstuffed), `raw` as it came on the wire.
+    Content { data: &'a [u8], raw: &'a [u8] },
+    /// The message whose content was given will not be delivered: drop it.
+    Discard,
+}
+
+/// A server connection's protocol state and buffers. See the module documentation.
+#[derive(Debug)]
+pub struct ServerConnection {
+    session: ServerSession,
+    input: Vec<u8>,
+    /// Bytes of `input` handed out in the last event, dropped at the next call.
+    consumed: usize,
+    line: LineDecoder,
+    bare: BareLineEnding,
+    data: Option<DataDecoder>,
+    decoded: Vec<u8>,
+    /// Octets of the current BDAT chunk still to come.
+    chunk_left: u64,
+    /// Steps to report before reading more input.
+    queued: std::collections::VecDeque<QueuedEvent>,
+    /// Content was handed out for the transaction in progress.
+    content_given: bool,
+    closed: bool,
+}
+
+#[derive(Debug)]
+enum QueuedEvent {
+    Step(Step),
+    DataEnd(DataOutcome),
+}
+
+impl ServerConnection {
+    pub fn new(
+        config: ServerConfig,
+        transport: Transport,
+        endings: LineEndings,
+        bare: BareLineEnding,
+    ) -> ServerConnection {
+        ServerConnection {
+            session: ServerSession::new(config, transport),
+            input: Vec::new(),
+            consumed: 0,
+            line: LineDecoder::new(crate::line::MAX_COMMAND_LINE, endings),
+            bare,
+            data: None,
+            decoded: Vec::new(),
+            chunk_left: 0,
+            queued: Default::default(),
+            content_given: false,
+            closed: false,
+        }
+    }
+
+    pub fn greeting(&self) -> Reply {
+        self.session.greeting()
+    }
+
+    pub fn session(&self) -> &ServerSession {
+        &self.session
+    }
+
+    /// Whether the session is over (after `Close`).
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// Octets received and not yet processed.
+    pub fn buffered(&self) -> usize {
+        self.input.len() - self.consumed
+    }
+
+    /// Whether the session is reading message content (DATA or a BDAT chunk): the driver's
+    /// timeouts differ there.
+    pub fn in_data(&self) -> bool {
+        matches!(
+            self.session.input(),
+            Input::Data { .. } | Input::Chunk { .. }
+        )
+    }
+
+    /// Takes bytes read from the client.
+    pub fn receive(&mut self, bytes: &[u8]) {
+        self.compact();
+        self.input.extend_from_slice(bytes);
+    }
+
+    fn compact(&mut self) {
+        if self.consumed > 0 {
+            self.input.drain(..self.consumed);
+            self.consumed = 0;
+        }
+    }
+
+    /// The driver's answer to the last [`Event::Decide`].
+    pub fn decide(&mut self, verdict: Verdict) {
+        let step = self.session.decide(verdict);
+        self.queued.push_back(QueuedEvent::Step(step));
+    }
+
+    /// The TLS handshake after [`Event::StartTls`] finished.
+    pub fn tls_established(&mut self) {
+        self.session.tls_established();
+    }
+
+    /// The `421 4.3.2` to send when the server shuts down.
+    pub fn shutdown_reply(&self) -> Reply {
+        self.session.shutdown_reply()
+    }
+
+    /// The `421 4.4.2` to send when the client was too slow.
+    pub fn timeout_reply(&self) -> Reply {
+        self.session.reply(ReplyKind::Timeout)
+    }
+
+    /// The next event, or `None` when more input is needed.
+    pub fn next_event(&mut self) -> Option<Event<'_>> {
+        self.compact();
+        if let Some(q) = self.queued.pop_front() {
+            return self.queued_event(q);
+        }
+        if self.closed {
+            return None;
+        }
+        match self.session.input() {
+            Input::Line { max } => {
+                self.line.set_max(max);
+                match self.line.decode(&self.input) {
+                    Decoded::Line { line, consumed } => {
+                        let step = self.session.handle_line(line);
+                        self.consumed = consumed;
+                        self.step_event(step)
+                    }
+                    Decoded::NeedMore { consumed } => {
+                        self.consumed = consumed;
+                        None
+                    }
+                    Decoded::Error { error, consumed } => {
+                        self.consumed = consumed;
+                        let step = self.session.handle_line_error(error);
+                        self.step_event(step)
+                    }
+                }
+            }
+            Input::Data { limit } => {
+                if self.input.is_empty() {
+                    return None;
+                }
+                let bare = self.bare;
+                let decoder = self
+                    .data
+                    .get_or_insert_with(|| DataDecoder::new(limit, bare));
+                self.decoded.clear();
+                let progress = decoder.decode(&self.input, &mut self.decoded);
+                let raw_len = match progress {
+                    DataProgress::NeedMore => self.input.len(),
+                    DataProgress::Done { consumed } => {
+                        let outcome = decoder.outcome();
+                        self.data = None;
+                        self.queued.push_back(QueuedEvent::DataEnd(outcome));
+                        consumed
+                    }
+                };
+                self.consumed = raw_len;
+                self.content_given = true;
+                Some(Event::Content {
+                    data: &self.decoded,
+                    raw: &self.input[..raw_len],
+                })
+            }
+            Input::Chunk { .. } => {
+                if self.chunk_left == 0 {
+                    let step = self.session.handle_chunk_end();
+                    return self.step_event(step);
+                }
+                if self.input.is_empty() {
+                    return None;
+                }
+                let take = (self.input.len() as u64).min(self.chunk_left) as usize;
+                self.chunk_left -= take as u64;
+                self.consumed = take;
+                self.content_given = true;
+                Some(Event::Content {
+                    data: &self.input[..take],
+                    raw: &self.input[..take],
+                })
+            }
+            Input::Paused | Input::Closed => None,
+        }
+    }
+
+    fn queued_event(&mut self, q: QueuedEvent) -> Option<Event<'_>> {
+        match q {
+            QueuedEvent::Step(step) => self.step_event(step),
+            QueuedEvent::DataEnd(outcome) => {
+                let step = self.session.handle_data_end(outcome);
+                self.step_event(step)
+            }
+        }
+    }
+
+    fn step_event(&mut self, step: Step) -> Option<Event<'_>> {
+        if matches!(step, Step::Decide(Decision::Deliver(_))) {
+            // The driver takes the content with the envelope.
+            self.content_given = false;
+        } else if self.content_given && self.session.envelope().from.is_none() {
+            // The transaction ended without a delivery (too large, bare line ends, a refused
+            // last chunk, RSET between chunks): tell the driver before the reply.
+            self.content_given = false;
+            self.queued.push_front(QueuedEvent::Step(step));
+            return Some(Event::Discard);
+        }
+        Some(match step {
+            Step::Reply(r) => Event::Reply(r),
+            Step::Close(r) => {
+                self.closed = true;
+                Event::Close(r)
+            }
+            Step::StartTls(reply) => {
+                let discarded = self.input.len() - self.consumed;
+                self.input.clear();
+                self.consumed = 0;
+                Event::StartTls { reply, discarded }
+            }
+            Step::Decide(d) => Event::Decide(d),
+            Step::ReceiveChunk { size, .. } => {
+                self.chunk_left = size;
+                return self.next_event();
+            }
+        })
+    }
+}
