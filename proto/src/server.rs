@@ -23,7 +23,7 @@
 use crate::address::{ForwardPath, ReversePath};
 use crate::auth::{AuthResponse, Credentials, MAX_AUTH_LINE, Mechanism, SaslData};
 use crate::catalogue::{ReplyBook, ReplyKind};
-use crate::command::{Command, CommandError};
+use crate::command::{Command, CommandError, Verb};
 use crate::data::DataOutcome;
 use crate::line::{LineError, MAX_COMMAND_LINE};
 use crate::params::{Body, MailParams, RcptParams};
@@ -234,6 +234,7 @@ pub struct ServerSession {
     chunk_error: Option<Reply>,
     errors: u32,
     auth_failures: u32,
+    last_verb: Option<Verb>,
 }
 
 impl ServerSession {
@@ -250,6 +251,7 @@ impl ServerSession {
             chunk_error: None,
             errors: 0,
             auth_failures: 0,
+            last_verb: None,
         }
     }
 
@@ -282,17 +284,23 @@ impl ServerSession {
         self.reply_with(kind, || kind.default_reply())
     }
 
-    /// The override for `kind` if any, else `default()`; without ENHANCEDSTATUSCODES the
-    /// enhanced code is dropped (RFC 2034).
+    /// The override for `kind` if any, sent exactly as given; else `default()`, without its
+    /// enhanced code when ENHANCEDSTATUSCODES is off (RFC 2034).
     fn reply_with(&self, kind: ReplyKind, default: impl FnOnce() -> Reply) -> Reply {
-        let mut r = match self.config.replies.get(kind) {
-            Some(r) => r.clone(),
-            None => default(),
-        };
+        if let Some(r) = self.config.replies.get(kind) {
+            return r.clone();
+        }
+        let mut r = default();
         if !self.config.enhanced_status_codes {
             r.enhanced = None;
         }
         r
+    }
+
+    /// The verb of the last command line handled (`None` after a line that did not parse),
+    /// so that a driver knows what a reply answers.
+    pub fn last_verb(&self) -> Option<Verb> {
+        self.last_verb
     }
 
     /// The catalogue reply with a more specific text than the standard one, unless
@@ -445,8 +453,12 @@ impl ServerSession {
     pub fn handle_line(&mut self, line: &[u8]) -> Step {
         match std::mem::replace(&mut self.phase, Phase::Command) {
             Phase::Command => match Command::parse(line) {
-                Ok(cmd) => self.handle_command(cmd),
+                Ok(cmd) => {
+                    self.last_verb = Some(cmd.verb());
+                    self.handle_command(cmd)
+                }
                 Err(e) => {
+                    self.last_verb = None;
                     let reply = self.command_error_reply(&e);
                     self.error(reply)
                 }
