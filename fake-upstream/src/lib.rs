@@ -1,4 +1,40 @@
-//! The fake upstream: an offline smtp.163.com, smtp.qq.com and sink. Filled by the
-//! "fake-upstream" issue; for now it only re-exports the protocol crate it will drive.
+//! fake-upstream: an offline smtp.163.com (and smtp.qq.com, and a sink) for developing and
+//! testing mail relays without a network. It speaks each persona's exact bytes, serves real
+//! TLS from a CA it generates, keeps every accepted message on disk, and can be scripted to
+//! misbehave.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), fake_upstream::Error> {
+//! use fake_upstream::{Config, FakeUpstream, Persona};
+//! let handle = FakeUpstream::start(Config::new(Persona::load("163")?, "/tmp/fake")).await?;
+//! println!("plain+STARTTLS on {}, TLS on {:?}", handle.addr(), handle.tls_addr());
+//! handle.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! # Layout
+//! - [`persona`]: personas as data (TOML: banner, EHLO lines, reply texts, rules, limits).
+//! - [`config`]: listeners, data directory, users and their authorization codes, faults.
+//! - [`faults`]: scripted, deterministic misbehaviour per session stage.
+//! - [`tls`]: the CA and the server certificate (rcgen), rustls configurations.
+//! - [`store`]: mailboxes on disk, delivered-copy headers, generated ids.
+//! - [`server`]: listeners, the per-connection driver of `smtp_wire::ServerConnection`, the
+//!   persona's policy, the [`Handle`].
+//! - [`cli`]: the `fake-upstream` command line.
 
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod faults;
+pub mod persona;
+pub mod server;
+pub mod store;
+pub mod tls;
+
+pub use config::{Config, User};
+pub use error::Error;
+pub use faults::{DropWhen, Fault, Stage};
+pub use persona::Persona;
+pub use server::{FakeUpstream, Handle, Transcript};
 pub use smtp_wire;
+pub use store::Received;

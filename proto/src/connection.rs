@@ -20,6 +20,7 @@
 
 use crate::catalogue::ReplyKind;
 use crate::data::{BareLineEnding, DataDecoder, DataOutcome, DataProgress};
+use crate::auth::MAX_AUTH_LINE;
 use crate::line::{Decoded, LineDecoder, LineEndings};
 use crate::reply::Reply;
 use crate::server::{Decision, Input, ServerConfig, ServerSession, Step, Transport, Verdict};
@@ -61,6 +62,11 @@ pub struct ServerConnection {
     /// Content was handed out for the transaction in progress.
     content_given: bool,
     closed: bool,
+    /// The last command or AUTH line framed, for transcripts.
+    last_line: Vec<u8>,
+    /// Whether `last_line` was an AUTH continuation (a secret).
+    last_line_secret: bool,
+    lines_handled: u64,
 }
 
 #[derive(Debug)]
@@ -88,6 +94,9 @@ impl ServerConnection {
             queued: Default::default(),
             content_given: false,
             closed: false,
+            last_line: Vec::new(),
+            last_line_secret: false,
+            lines_handled: 0,
         }
     }
 
@@ -152,6 +161,27 @@ impl ServerConnection {
         self.session.reply(ReplyKind::Timeout)
     }
 
+    /// How many lines (commands, AUTH responses, refused lines) were handled so far: when it
+    /// changes, [`ServerConnection::transcript_line`] is the new one.
+    pub fn lines_handled(&self) -> u64 {
+        self.lines_handled
+    }
+
+    /// The last line handled, for a transcript: CR, LF and other control bytes escaped,
+    /// AUTH secrets (initial responses, continuation lines) replaced by `<redacted>`.
+    pub fn transcript_line(&self) -> String {
+        if self.last_line_secret {
+            return "<redacted>".into();
+        }
+        let text = String::from_utf8_lossy(&self.last_line);
+        let mut words = text.splitn(3, ' ');
+        let (verb, mech) = (words.next().unwrap_or(""), words.next());
+        if verb.eq_ignore_ascii_case("AUTH") && words.next().is_some() {
+            return format!("{verb} {} <redacted>", mech.unwrap_or(""));
+        }
+        escape(&text)
+    }
+
     /// The next event, or `None` when more input is needed.
     pub fn next_event(&mut self) -> Option<Event<'_>> {
         self.compact();
@@ -166,6 +196,10 @@ impl ServerConnection {
                 self.line.set_max(max);
                 match self.line.decode(&self.input) {
                     Decoded::Line { line, consumed } => {
+                        self.last_line.clear();
+                        self.last_line.extend_from_slice(line);
+                        self.last_line_secret = max == MAX_AUTH_LINE;
+                        self.lines_handled += 1;
                         let step = self.session.handle_line(line);
                         self.consumed = consumed;
                         self.step_event(step)
@@ -176,6 +210,9 @@ impl ServerConnection {
                     }
                     Decoded::Error { error, consumed } => {
                         self.consumed = consumed;
+                        self.last_line = format!("<refused line: {error:?}>").into_bytes();
+                        self.last_line_secret = false;
+                        self.lines_handled += 1;
                         let step = self.session.handle_line_error(error);
                         self.step_event(step)
                     }
@@ -268,4 +305,18 @@ impl ServerConnection {
             }
         })
     }
+}
+
+/// Escapes control bytes for a one-line transcript entry (`\r` as `<CR>`, others as `\xNN`).
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\r' => out.push_str("<CR>"),
+            '\n' => out.push_str("<LF>"),
+            c if c.is_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
 }

@@ -1,0 +1,121 @@
+//! The `fake-upstream` command line: parses flags into a [`Config`] and runs until Ctrl-C.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::config::{Config, User};
+use crate::error::Error;
+use crate::persona::Persona;
+use crate::server::FakeUpstream;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "fake-upstream",
+    version,
+    about = "An offline smtp.163.com / smtp.qq.com / sink SMTP server with real TLS"
+)]
+pub struct Args {
+    /// Persona: 163, qq, sink, or a path to a persona TOML file.
+    #[arg(long)]
+    pub persona: Option<String>,
+    /// Plain listener with STARTTLS (like port 25).
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Implicit-TLS listener (like port 465).
+    #[arg(long)]
+    pub listen_tls: Option<SocketAddr>,
+    /// Where mailboxes, transcripts and the TLS files go.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// A TOML config file (flags given here win over it).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// A user and authorization code, ADDRESS:CODE; repeatable; replaces the demo users.
+    #[arg(long = "user", value_name = "ADDRESS:CODE")]
+    pub users: Vec<String>,
+    /// Switch every quota and rate limit off (soak and load runs).
+    #[arg(long)]
+    pub no_limits: bool,
+}
+
+impl Args {
+    /// The configuration these flags describe.
+    pub fn into_config(self) -> Result<Config, Error> {
+        let mut config = match &self.config {
+            Some(path) => Config::from_file(path)?,
+            None => {
+                let persona = Persona::load(self.persona.as_deref().unwrap_or("163"))?;
+                let mut c = Config::new(persona, "./fake-upstream-data");
+                c.listen = SocketAddr::from(([127, 0, 0, 1], 1025));
+                c.listen_tls = Some(SocketAddr::from(([127, 0, 0, 1], 1465)));
+                c
+            }
+        };
+        if let (Some(_), Some(p)) = (&self.config, &self.persona) {
+            let users_were_demo = config.users == crate::config::demo_users(&config.persona);
+            config.persona = Persona::load(p)?;
+            if users_were_demo {
+                config.users = crate::config::demo_users(&config.persona);
+            }
+        }
+        if let Some(a) = self.listen {
+            config.listen = a;
+        }
+        if let Some(a) = self.listen_tls {
+            config.listen_tls = Some(a);
+        }
+        if let Some(d) = self.data_dir {
+            config.data_dir = d;
+        }
+        if !self.users.is_empty() {
+            config.users = self
+                .users
+                .iter()
+                .map(|u| User::parse_flag(u))
+                .collect::<Result<_, _>>()?;
+        }
+        if self.no_limits {
+            config = config.no_limits();
+        }
+        Ok(config)
+    }
+}
+
+/// Runs the server until Ctrl-C; what `main` calls.
+pub async fn run(args: Args) -> ExitCode {
+    let config = match args.into_config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("fake-upstream: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let handle = match FakeUpstream::start(config).await {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("fake-upstream: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    println!("fake-upstream: persona {}", handle.persona_name());
+    println!("  plain + STARTTLS  {}", handle.addr());
+    if let Some(a) = handle.tls_addr() {
+        println!("  implicit TLS      {a}");
+    }
+    println!("  CA certificate    {}", handle.ca_path().display());
+    println!("  data directory    {}", handle.data_dir().display());
+    for u in handle.users() {
+        let note = if u.smtp { "" } else { "  (SMTP disabled)" };
+        println!("  user {}  code {}{note}", u.address, u.code);
+    }
+    println!("Ctrl-C stops it.");
+    if let Err(e) = tokio::signal::ctrl_c().await {
+        eprintln!("fake-upstream: cannot wait for Ctrl-C: {e}");
+    }
+    println!("fake-upstream: shutting down");
+    handle.shutdown().await;
+    ExitCode::SUCCESS
+}

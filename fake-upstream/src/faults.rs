@@ -1,0 +1,303 @@
+//! Scripted faults: per stage of a session, override the reply, delay it, drop the connection
+//! before or after replying, stall, or fail the TLS handshake; selected by occurrence, by
+//! address, or with a seeded probability. Deterministic for a given seed and client script.
+//!
+//! In a config file:
+//! ```toml
+//! [[faults]]
+//! stage = "rcpt"
+//! address = "bob@163.com"
+//! first = 2
+//! reply = "451 Requested action aborted: local error in processing"
+//! ```
+//! and through the API: `Fault::on(Stage::Rcpt).address("bob@163.com").first(2).reply("451 ...")`.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Deserialize;
+use smtp_wire::Reply;
+
+use crate::error::Error;
+use crate::persona::parse_reply;
+
+/// Where in a session a fault applies.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// The TCP connection is accepted (before the greeting, before TLS on the TLS listener).
+    Connect,
+    Greeting,
+    Ehlo,
+    Helo,
+    Starttls,
+    Auth,
+    Mail,
+    Rcpt,
+    Data,
+    /// After the end of data, before the final reply.
+    EndOfData,
+    Quit,
+}
+
+/// Drop the connection before or after sending the reply.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum DropWhen {
+    Before,
+    After,
+}
+
+/// One fault: a selector and what to do.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Fault {
+    pub stage: Stage,
+    /// For `mail` and `rcpt`: only this address (case-insensitive).
+    #[serde(default)]
+    pub address: Option<String>,
+    /// Only the n-th matching occurrence (from 1).
+    #[serde(default)]
+    pub nth: Option<u64>,
+    /// The first n matching occurrences.
+    #[serde(default)]
+    pub first: Option<u64>,
+    /// Every k-th matching occurrence.
+    #[serde(default)]
+    pub every: Option<u64>,
+    /// Each matching occurrence with this probability (seeded by the config's `seed`).
+    #[serde(default)]
+    pub probability: Option<f64>,
+    /// Send this reply instead (for `end_of_data`: the message is not kept).
+    #[serde(default)]
+    pub reply: Option<String>,
+    #[serde(default)]
+    pub delay_ms: Option<u64>,
+    #[serde(default)]
+    pub drop: Option<DropWhen>,
+    /// Never answer; the connection stays open until the client gives up or shutdown.
+    #[serde(default)]
+    pub stall: bool,
+    /// For `connect` on the TLS listener and for `starttls`: break the handshake.
+    #[serde(default)]
+    pub tls_fail: bool,
+}
+
+impl Fault {
+    /// A fault at `stage` that applies every time until narrowed.
+    pub fn on(stage: Stage) -> Fault {
+        Fault {
+            stage,
+            address: None,
+            nth: None,
+            first: None,
+            every: None,
+            probability: None,
+            reply: None,
+            delay_ms: None,
+            drop: None,
+            stall: false,
+            tls_fail: false,
+        }
+    }
+
+    pub fn address(mut self, a: &str) -> Fault {
+        self.address = Some(a.to_string());
+        self
+    }
+
+    pub fn nth(mut self, n: u64) -> Fault {
+        self.nth = Some(n);
+        self
+    }
+
+    pub fn first(mut self, n: u64) -> Fault {
+        self.first = Some(n);
+        self
+    }
+
+    pub fn every(mut self, k: u64) -> Fault {
+        self.every = Some(k);
+        self
+    }
+
+    pub fn probability(mut self, p: f64) -> Fault {
+        self.probability = Some(p);
+        self
+    }
+
+    pub fn reply(mut self, r: &str) -> Fault {
+        self.reply = Some(r.to_string());
+        self
+    }
+
+    pub fn delay_ms(mut self, ms: u64) -> Fault {
+        self.delay_ms = Some(ms);
+        self
+    }
+
+    pub fn drop(mut self, when: DropWhen) -> Fault {
+        self.drop = Some(when);
+        self
+    }
+
+    pub fn stall(mut self) -> Fault {
+        self.stall = true;
+        self
+    }
+
+    pub fn tls_fail(mut self) -> Fault {
+        self.tls_fail = true;
+        self
+    }
+
+    /// Checks the values a file may get wrong; `origin` names the file.
+    pub fn check(&self, origin: &str, index: usize) -> Result<(), Error> {
+        let bad = |key: &str, what: &str| {
+            Error::config(origin, format!("faults[{index}].{key}: {what}"))
+        };
+        if let Some(r) = &self.reply {
+            if parse_reply(r).is_none() {
+                return Err(bad("reply", "expected a reply such as \"451 Try again later\""));
+            }
+        }
+        if let Some(p) = self.probability {
+            if !(0.0..=1.0).contains(&p) {
+                return Err(bad("probability", "expected a number from 0 to 1"));
+            }
+        }
+        if self.nth == Some(0) || self.every == Some(0) {
+            return Err(bad("nth/every", "expected a count from 1"));
+        }
+        if self.address.is_some() && !matches!(self.stage, Stage::Mail | Stage::Rcpt) {
+            return Err(bad("address", "only for stage \"mail\" or \"rcpt\""));
+        }
+        Ok(())
+    }
+}
+
+/// What the driver must do at a stage.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Action {
+    pub reply: Option<Reply>,
+    pub delay_ms: u64,
+    pub drop: Option<DropWhen>,
+    pub stall: bool,
+    pub tls_fail: bool,
+}
+
+impl Action {
+    pub fn is_none(&self) -> bool {
+        *self == Action::default()
+    }
+}
+
+/// The faults of a running server, with their occurrence counters.
+#[derive(Debug)]
+pub struct FaultSet {
+    faults: Vec<(Fault, AtomicU64)>,
+    rng: Mutex<fastrand::Rng>,
+}
+
+impl FaultSet {
+    pub fn new(faults: Vec<Fault>, seed: u64) -> FaultSet {
+        FaultSet {
+            faults: faults.into_iter().map(|f| (f, AtomicU64::new(0))).collect(),
+            rng: Mutex::new(fastrand::Rng::with_seed(seed)),
+        }
+    }
+
+    /// The combined action of every fault that fires at this stage (and address).
+    pub fn check(&self, stage: Stage, address: Option<&str>) -> Action {
+        let mut action = Action::default();
+        for (f, count) in &self.faults {
+            if f.stage != stage {
+                continue;
+            }
+            if let Some(want) = &f.address {
+                if !address.is_some_and(|a| a.eq_ignore_ascii_case(want)) {
+                    continue;
+                }
+            }
+            let n = count.fetch_add(1, Ordering::SeqCst) + 1;
+            let fires = f.nth.is_none_or(|k| n == k)
+                && f.first.is_none_or(|k| n <= k)
+                && f.every.is_none_or(|k| n % k == 0)
+                && f.probability.is_none_or(|p| {
+                    let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
+                    rng.f64() < p
+                });
+            if !fires {
+                continue;
+            }
+            if let Some(r) = f.reply.as_deref().and_then(parse_reply) {
+                action.reply = Some(r);
+            }
+            action.delay_ms += f.delay_ms.unwrap_or(0);
+            action.drop = action.drop.or(f.drop);
+            action.stall |= f.stall;
+            action.tls_fail |= f.tls_fail;
+        }
+        action
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_two_then_normal() {
+        let set = FaultSet::new(
+            vec![Fault::on(Stage::Rcpt).address("bob@163.com").first(2).reply("451 later")],
+            1,
+        );
+        let fired: Vec<bool> = (0..4)
+            .map(|_| set.check(Stage::Rcpt, Some("BOB@163.com")).reply.is_some())
+            .collect();
+        assert_eq!(fired, [true, true, false, false]);
+        assert!(set.check(Stage::Rcpt, Some("alice@163.com")).is_none());
+        assert!(set.check(Stage::Mail, Some("bob@163.com")).is_none());
+    }
+
+    #[test]
+    fn every_third_and_nth() {
+        let set = FaultSet::new(
+            vec![
+                Fault::on(Stage::EndOfData).every(3).drop(DropWhen::Before),
+                Fault::on(Stage::Greeting).nth(2).delay_ms(5),
+            ],
+            1,
+        );
+        let drops: Vec<bool> = (0..6)
+            .map(|_| set.check(Stage::EndOfData, None).drop.is_some())
+            .collect();
+        assert_eq!(drops, [false, false, true, false, false, true]);
+        let delays: Vec<u64> = (0..3).map(|_| set.check(Stage::Greeting, None).delay_ms).collect();
+        assert_eq!(delays, [0, 5, 0]);
+    }
+
+    #[test]
+    fn probability_is_seeded() {
+        let run = |seed| {
+            let set = FaultSet::new(vec![Fault::on(Stage::Mail).probability(0.5).stall()], seed);
+            (0..64)
+                .map(|_| set.check(Stage::Mail, None).stall)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(run(7), run(7));
+        assert_ne!(run(7), run(8));
+        let hits = run(7).iter().filter(|&&b| b).count();
+        assert!((16..48).contains(&hits), "{hits}");
+    }
+
+    #[test]
+    fn bad_fault_names_the_key() {
+        let e = Fault::on(Stage::Ehlo)
+            .address("x@y")
+            .check("c.toml", 3)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "c.toml: faults[3].address: only for stage \"mail\" or \"rcpt\"");
+    }
+}

@@ -1,0 +1,981 @@
+//! The running server: two listeners (plain with STARTTLS, implicit TLS), one task per
+//! connection driving a `smtp_wire::ServerConnection`, the persona's policy for each decision,
+//! scripted faults, limits, and a clean shutdown that sends `421` to idle sessions.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use smtp_wire::{
+    Decision, Event, ForwardPath, LineEndings, Reply, ReplyKind, ReversePath, ServerConnection,
+    Transport, Verb, Verdict,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinSet;
+
+use crate::config::{Config, User};
+use crate::error::Error;
+use crate::faults::{Action, DropWhen, FaultSet, Stage};
+use crate::persona::{AuthRule, PlaintextAuth, SenderRule, UnknownRecipient, Vars};
+use crate::store::{self, Received, Trace};
+use crate::tls::{self, TlsFiles, TlsMaterial};
+
+/// How long a TLS handshake may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a write to a client may take.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Read size: also the most input a session buffers beyond one line.
+const READ_SIZE: usize = 64 * 1024;
+
+/// One session's transcript: `C:` and `S:` lines, `*` for events; secrets redacted.
+#[derive(Clone, Debug, Default)]
+pub struct Transcript {
+    pub id: u64,
+    pub client: Option<SocketAddr>,
+    pub lines: Vec<String>,
+}
+
+impl Transcript {
+    /// The lines joined with newlines.
+    pub fn text(&self) -> String {
+        let mut s = self.lines.join("\n");
+        s.push('\n');
+        s
+    }
+}
+
+#[derive(Default)]
+struct State {
+    received: Vec<Received>,
+    transcripts: Vec<Transcript>,
+    connections: HashMap<IpAddr, u32>,
+    auth_failures: HashMap<IpAddr, u32>,
+    bans: HashMap<IpAddr, Instant>,
+    /// Accepted messages per sender, and recipients per sender, with their times.
+    sent: HashMap<String, VecDeque<(Instant, u32)>>,
+}
+
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    pub(crate) tls: TlsMaterial,
+    faults: FaultSet,
+    state: Mutex<State>,
+    received_notify: Notify,
+    next_conn: AtomicU64,
+    next_message: AtomicU64,
+}
+
+impl Shared {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A running fake upstream. Dropping it does not stop the server: call [`Handle::shutdown`].
+pub struct Handle {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    tls_addr: Option<SocketAddr>,
+    shutdown: watch::Sender<bool>,
+    tasks: tokio::task::JoinHandle<()>,
+}
+
+/// The entry point: `FakeUpstream::start(config).await?`.
+pub struct FakeUpstream;
+
+impl FakeUpstream {
+    /// Binds the listeners, prepares TLS (generating the CA and certificate on first start)
+    /// and serves until [`Handle::shutdown`].
+    pub async fn start(config: Config) -> Result<Handle, Error> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| Error::io(&config.data_dir, e))?;
+        let files = config
+            .tls_files
+            .clone()
+            .unwrap_or_else(|| TlsFiles::in_dir(&config.data_dir));
+        let tls = if config.tls_files.is_some() {
+            tls::load(files)?
+        } else {
+            tls::load_or_generate(files)?
+        };
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| Error::Bind { addr, source })
+        };
+        let plain = bind(config.listen).await?;
+        let implicit = match config.listen_tls {
+            Some(a) => Some(bind(a).await?),
+            None => None,
+        };
+        let addr = plain.local_addr().map_err(|source| Error::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        let tls_addr = implicit.as_ref().and_then(|l| l.local_addr().ok());
+        let shared = Arc::new(Shared {
+            faults: FaultSet::new(config.faults.clone(), config.seed),
+            config,
+            tls,
+            state: Mutex::new(State::default()),
+            received_notify: Notify::new(),
+            next_conn: AtomicU64::new(1),
+            next_message: AtomicU64::new(1),
+        });
+        let (shutdown, rx) = watch::channel(false);
+        let s = shared.clone();
+        let tasks = tokio::spawn(async move {
+            let mut set = JoinSet::new();
+            set.spawn(accept_loop(s.clone(), plain, Transport::Plain, rx.clone()));
+            if let Some(l) = implicit {
+                set.spawn(accept_loop(s, l, Transport::Tls, rx));
+            }
+            while set.join_next().await.is_some() {}
+        });
+        Ok(Handle {
+            shared,
+            addr,
+            tls_addr,
+            shutdown,
+            tasks,
+        })
+    }
+}
+
+impl Handle {
+    /// The plain (STARTTLS) listener's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The implicit-TLS listener's address.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
+    }
+
+    /// The CA certificate (PEM) that the server certificate chains to.
+    pub fn ca_pem(&self) -> &str {
+        &self.shared.tls.ca_pem
+    }
+
+    pub fn ca_path(&self) -> &std::path::Path {
+        &self.shared.tls.files.ca
+    }
+
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.shared.config.data_dir
+    }
+
+    pub fn users(&self) -> &[User] {
+        &self.shared.config.users
+    }
+
+    pub fn persona_name(&self) -> &str {
+        &self.shared.config.persona.name
+    }
+
+    /// Every message accepted so far, in order.
+    pub fn received(&self) -> Vec<Received> {
+        self.shared.state().received.clone()
+    }
+
+    /// Waits until at least `n` messages were accepted, or `timeout` passed; returns what
+    /// was received either way (`Err` on timeout).
+    pub async fn wait_for(&self, n: usize, timeout: Duration) -> Result<Vec<Received>, Vec<Received>> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.shared.received_notify.notified();
+            let got = self.received();
+            if got.len() >= n {
+                return Ok(got);
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Err(self.received());
+            }
+        }
+    }
+
+    /// Transcripts of the sessions that ended, in the order they ended.
+    pub fn transcripts(&self) -> Vec<Transcript> {
+        self.shared.state().transcripts.clone()
+    }
+
+    /// Stops accepting, sends `421` to every session waiting for a command, and waits for
+    /// the sessions to end (at most 5 seconds).
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.tasks).await;
+    }
+}
+
+async fn accept_loop(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    kind: Transport,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut sessions = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((tcp, peer)) = accepted else {
+                    // EMFILE and the like: back off briefly rather than spin.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                let _ = tcp.set_nodelay(true);
+                sessions.spawn(connection(shared.clone(), tcp, peer, kind, shutdown.clone()));
+            }
+            _ = shutdown.changed() => break,
+            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+        }
+    }
+    while sessions.join_next().await.is_some() {}
+}
+
+/// Counts a connection against its IP's limit for as long as it lives.
+struct ConnSlot {
+    shared: Arc<Shared>,
+    ip: IpAddr,
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        let mut st = self.shared.state();
+        if let Some(n) = st.connections.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+        }
+    }
+}
+
+async fn connection(
+    shared: Arc<Shared>,
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+    kind: Transport,
+    shutdown: watch::Receiver<bool>,
+) {
+    let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+    let persona = &shared.config.persona;
+    let mut rng = fastrand::Rng::with_seed(shared.config.seed ^ id.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let vars = Vars {
+        hostid: persona.hostid.clone(),
+        transid: store::transid(&mut rng, id),
+        ts: chrono::Utc::now().timestamp(),
+        ip: peer.ip().to_string(),
+        coremail: store::coremail_token(&mut rng),
+    };
+    let mut transcript = Transcript {
+        id,
+        client: Some(peer),
+        lines: vec![format!("* connect from {peer} ({kind:?} listener)")],
+    };
+
+    // Connection-level refusals happen before TLS, in clear, as Coremail does.
+    let slot = {
+        let mut st = shared.state();
+        let banned = st.bans.get(&peer.ip()).is_some_and(|until| *until > Instant::now());
+        let count = st.connections.entry(peer.ip()).or_insert(0);
+        *count += 1;
+        let over = persona
+            .limits
+            .connections_per_ip
+            .is_some_and(|max| *count > max);
+        let slot = ConnSlot {
+            shared: shared.clone(),
+            ip: peer.ip(),
+        };
+        match (banned, over) {
+            (true, _) => Err((slot, persona.texts.auth_ip_banned.clone())),
+            (_, true) => Err((slot, persona.texts.too_many_connections.clone())),
+            _ => Ok(slot),
+        }
+    };
+    let _slot = match slot {
+        Ok(slot) => slot,
+        Err((_slot, text)) => {
+            let reply = persona.text(&text, &vars);
+            transcript.lines.push(format!("S: {reply}"));
+            let _ = write_all(&mut tcp, &reply.to_bytes()).await;
+            finish(&shared, transcript);
+            return;
+        }
+    };
+
+    let action = shared.faults.check(Stage::Connect, None);
+    if let Some(end) = apply_before(&action, &mut transcript, shutdown.clone()).await {
+        transcript.lines.push(end);
+        finish(&shared, transcript);
+        return;
+    }
+    if action.tls_fail && kind == Transport::Tls {
+        transcript.lines.push("* fault: TLS handshake broken".into());
+        let _ = write_all(&mut tcp, b"\x15\x03\x03\x00\x02\x02\x28").await;
+        finish(&shared, transcript);
+        return;
+    }
+
+    let config = persona.server_config(&vars, true);
+    let conn = ServerConnection::new(
+        config,
+        kind,
+        LineEndings::CrlfOnly,
+        shared.config.bare_line_endings,
+    );
+    let mut session = Session {
+        shared: shared.clone(),
+        conn,
+        vars,
+        peer,
+        tls: kind == Transport::Tls,
+        transcript,
+        lines_seen: 0,
+        message: Vec::new(),
+        raw: Vec::new(),
+        messages_here: 0,
+        out: Vec::new(),
+        close_after_write: false,
+        rng,
+    };
+    match kind {
+        Transport::Plain => session.run_plain(tcp, shutdown).await,
+        Transport::Tls => match accept_tls(&shared, tcp).await {
+            Ok(mut stream) => {
+                session.note("* TLS handshake done (implicit TLS)");
+                let greeting = session.greeting();
+                if session.send_now(&mut stream, greeting).await.is_ok() {
+                    let _ = session.drive(&mut stream, shutdown).await;
+                }
+            }
+            Err(e) => session.note(&format!("* TLS handshake failed: {e}")),
+        },
+    }
+    let transcript = std::mem::take(&mut session.transcript);
+    finish(&shared, transcript);
+}
+
+/// Delay, stall or drop-before of a fault. Returns the transcript line when the connection
+/// must end here.
+async fn apply_before(
+    action: &Action,
+    transcript: &mut Transcript,
+    mut shutdown: watch::Receiver<bool>,
+) -> Option<String> {
+    if action.delay_ms > 0 {
+        transcript
+            .lines
+            .push(format!("* fault: delay {} ms", action.delay_ms));
+        tokio::time::sleep(Duration::from_millis(action.delay_ms)).await;
+    }
+    if action.drop == Some(DropWhen::Before) {
+        return Some("* fault: connection dropped".into());
+    }
+    if action.stall {
+        transcript.lines.push("* fault: stall".into());
+        stopped(&mut shutdown).await;
+        return Some("* stalled until shutdown".into());
+    }
+    None
+}
+
+/// Resolves once shutdown was asked for (the watch guard is not held across awaits).
+async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+fn finish(shared: &Shared, mut transcript: Transcript) {
+    transcript.lines.push("* closed".into());
+    if shared.config.write_transcripts {
+        let dir = shared.config.data_dir.join("transcripts");
+        if std::fs::create_dir_all(&dir).is_ok() {
+            let _ = std::fs::write(dir.join(format!("{:06}.log", transcript.id)), transcript.text());
+        }
+    }
+    shared.state().transcripts.push(transcript);
+}
+
+async fn accept_tls(
+    shared: &Shared,
+    tcp: TcpStream,
+) -> Result<tokio_rustls::server::TlsStream<TcpStream>, String> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(shared.tls.server_config.clone());
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!(
+            "TLS handshake timed out after {}s",
+            HANDSHAKE_TIMEOUT.as_secs()
+        )),
+    }
+}
+
+async fn write_all<S: AsyncWrite + Unpin>(io: &mut S, bytes: &[u8]) -> std::io::Result<()> {
+    match tokio::time::timeout(WRITE_TIMEOUT, async {
+        io.write_all(bytes).await?;
+        io.flush().await
+    })
+    .await
+    {
+        Ok(r) => r,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("write timed out after {}s", WRITE_TIMEOUT.as_secs()),
+        )),
+    }
+}
+
+enum End {
+    Closed,
+    StartTls,
+}
+
+/// What a decision turned into once faults were applied.
+enum Flow {
+    Verdict(Verdict),
+    Drop,
+    Stall,
+}
+
+struct Session {
+    shared: Arc<Shared>,
+    conn: ServerConnection,
+    vars: Vars,
+    peer: SocketAddr,
+    tls: bool,
+    transcript: Transcript,
+    lines_seen: u64,
+    /// The message being received (unstuffed), and its raw DATA bytes.
+    message: Vec<u8>,
+    raw: Vec<u8>,
+    messages_here: u32,
+    out: Vec<u8>,
+    close_after_write: bool,
+    rng: fastrand::Rng,
+}
+
+impl Session {
+    fn note(&mut self, line: &str) {
+        self.transcript.lines.push(line.to_string());
+    }
+
+    fn greeting(&mut self) -> Reply {
+        let action = self.shared.faults.check(Stage::Greeting, None);
+        action.reply.unwrap_or_else(|| self.conn.greeting())
+    }
+
+    fn queue(&mut self, reply: &Reply) {
+        for line in reply.to_string().split("\r\n") {
+            self.transcript.lines.push(format!("S: {line}"));
+        }
+        reply.encode(&mut self.out);
+    }
+
+    async fn send_now<S: AsyncWrite + Unpin>(&mut self, io: &mut S, reply: Reply) -> std::io::Result<()> {
+        self.queue(&reply);
+        self.flush(io).await
+    }
+
+    async fn flush<S: AsyncWrite + Unpin>(&mut self, io: &mut S) -> std::io::Result<()> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let out = std::mem::take(&mut self.out);
+        write_all(io, &out).await
+    }
+
+    async fn run_plain(&mut self, mut tcp: TcpStream, shutdown: watch::Receiver<bool>) {
+        let greeting = self.greeting();
+        if self.send_now(&mut tcp, greeting).await.is_err() {
+            return;
+        }
+        match self.drive(&mut tcp, shutdown.clone()).await {
+            Ok(End::StartTls) => {
+                let action = self.shared.faults.check(Stage::Starttls, None);
+                if action.tls_fail {
+                    self.note("* fault: TLS handshake broken");
+                    let _ = write_all(&mut tcp, b"\x15\x03\x03\x00\x02\x02\x28").await;
+                    return;
+                }
+                match accept_tls(&self.shared, tcp).await {
+                    Ok(mut stream) => {
+                        self.note("* TLS handshake done (STARTTLS)");
+                        self.tls = true;
+                        self.conn.tls_established();
+                        let _ = self.drive(&mut stream, shutdown).await;
+                    }
+                    Err(e) => self.note(&format!("* TLS handshake failed: {e}")),
+                }
+            }
+            Ok(End::Closed) => {}
+            Err(e) => self.note(&format!("* error: {e}")),
+        }
+    }
+
+    /// Logs the client's line if a new one was handled.
+    fn note_client_line(&mut self) {
+        if self.conn.lines_handled() != self.lines_seen {
+            self.lines_seen = self.conn.lines_handled();
+            let line = self.conn.transcript_line();
+            self.transcript.lines.push(format!("C: {line}"));
+        }
+    }
+
+    async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut S,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> std::io::Result<End> {
+        let idle = Duration::from_secs(self.shared.config.persona.limits.idle_timeout_secs.max(1));
+        let mut buf = vec![0u8; READ_SIZE];
+        loop {
+            loop {
+                let event = self.conn.next_event();
+                let decision = match event {
+                    None => break,
+                    Some(Event::Content { data, raw }) => {
+                        let rules = &self.shared.config.persona.rules;
+                        if rules.keep_messages || rules.inspects_content() {
+                            self.message.extend_from_slice(data);
+                        }
+                        if rules.keep_messages {
+                            self.raw.extend_from_slice(raw);
+                        }
+                        continue;
+                    }
+                    Some(Event::Discard) => {
+                        self.message.clear();
+                        self.raw.clear();
+                        continue;
+                    }
+                    Some(Event::Reply(r)) => {
+                        self.note_client_line();
+                        let stage = match self.conn.session().last_verb() {
+                            Some(Verb::Ehlo) => Some(Stage::Ehlo),
+                            Some(Verb::Helo) => Some(Stage::Helo),
+                            _ => None,
+                        };
+                        if !self.reply_with_faults(io, r, stage, &mut shutdown).await? {
+                            return Ok(End::Closed);
+                        }
+                        continue;
+                    }
+                    Some(Event::Close(r)) => {
+                        self.note_client_line();
+                        let stage = (self.conn.session().last_verb() == Some(Verb::Quit)).then_some(Stage::Quit);
+                        self.reply_with_faults(io, r, stage, &mut shutdown).await?;
+                        self.flush(io).await?;
+                        let _ = io.shutdown().await;
+                        return Ok(End::Closed);
+                    }
+                    Some(Event::StartTls { reply, discarded }) => {
+                        self.note_client_line();
+                        self.queue(&reply);
+                        if discarded > 0 {
+                            self.note(&format!(
+                                "* STARTTLS: {discarded} octets pipelined in plaintext discarded"
+                            ));
+                        }
+                        self.flush(io).await?;
+                        return Ok(End::StartTls);
+                    }
+                    Some(Event::Decide(d)) => d,
+                };
+                self.note_client_line();
+                if matches!(decision, Decision::Deliver(_)) {
+                    self.note(&format!("C: <message data: {} octets>", self.message.len()));
+                }
+                match self.decide_with_faults(decision).await {
+                    Flow::Verdict(v) => self.conn.decide(v),
+                    Flow::Drop => {
+                        self.flush(io).await?;
+                        self.note("* fault: connection dropped");
+                        return Ok(End::Closed);
+                    }
+                    Flow::Stall => {
+                        self.flush(io).await?;
+                        self.note("* fault: stall");
+                        stopped(&mut shutdown).await;
+                        return Ok(End::Closed);
+                    }
+                }
+            }
+            self.flush(io).await?;
+            if self.close_after_write {
+                let _ = io.shutdown().await;
+                return Ok(End::Closed);
+            }
+            let timeout = if self.conn.in_data() { idle * 2 } else { idle };
+            tokio::select! {
+                read = tokio::time::timeout(timeout, io.read(&mut buf)) => match read {
+                    Err(_) => {
+                        let reply = self.conn.timeout_reply();
+                        self.note(&format!("* idle for {}s", timeout.as_secs()));
+                        let _ = self.send_now(io, reply).await;
+                        return Ok(End::Closed);
+                    }
+                    Ok(Ok(0)) => {
+                        self.note("* client closed the connection");
+                        return Ok(End::Closed);
+                    }
+                    Ok(Ok(n)) => self.conn.receive(&buf[..n]),
+                    Ok(Err(e)) => return Err(e),
+                },
+                _ = stopped(&mut shutdown) => {
+                    let reply = self.conn.shutdown_reply();
+                    let _ = self.send_now(io, reply).await;
+                    return Ok(End::Closed);
+                }
+            }
+        }
+    }
+
+    /// Sends a reply through the faults of `stage`. Returns false when the connection must
+    /// end.
+    async fn reply_with_faults<S: AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut S,
+        reply: Reply,
+        stage: Option<Stage>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> std::io::Result<bool> {
+        let action = match stage {
+            Some(s) => self.shared.faults.check(s, None),
+            None => Action::default(),
+        };
+        if !action.is_none() {
+            self.flush(io).await?;
+        }
+        if let Some(line) = apply_before(&action, &mut self.transcript, shutdown.clone()).await {
+            self.note(&line);
+            return Ok(false);
+        }
+        self.queue(&action.reply.unwrap_or(reply));
+        if action.drop == Some(DropWhen::After) {
+            self.flush(io).await?;
+            self.note("* fault: connection dropped after the reply");
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    async fn decide_with_faults(&mut self, d: Decision) -> Flow {
+        let (stage, address) = match &d {
+            Decision::Authenticate(_) => (Stage::Auth, None),
+            Decision::Mail { from, .. } => (Stage::Mail, from.mailbox().map(|m| m.to_string())),
+            Decision::Rcpt { to, .. } => (Stage::Rcpt, to.mailbox().map(|m| m.to_string())),
+            Decision::BeginData => (Stage::Data, None),
+            Decision::Deliver(_) => (Stage::EndOfData, None),
+        };
+        let action = self.shared.faults.check(stage, address.as_deref());
+        if action.delay_ms > 0 {
+            self.note(&format!("* fault: delay {} ms", action.delay_ms));
+            tokio::time::sleep(Duration::from_millis(action.delay_ms)).await;
+        }
+        if action.drop == Some(DropWhen::Before) {
+            return Flow::Drop;
+        }
+        if action.stall {
+            return Flow::Stall;
+        }
+        if action.drop == Some(DropWhen::After) {
+            self.close_after_write = true;
+        }
+        if let Some(reply) = action.reply {
+            self.note("* fault: reply replaced");
+            if matches!(d, Decision::Deliver(_)) {
+                self.message.clear();
+                self.raw.clear();
+            }
+            return Flow::Verdict(Verdict::Reply(reply));
+        }
+        Flow::Verdict(self.policy(d).await)
+    }
+
+    fn text(&self, template: &str) -> Verdict {
+        Verdict::Reply(self.shared.config.persona.text(template, &self.vars))
+    }
+
+    fn refuse(&self, kind: ReplyKind) -> Verdict {
+        Verdict::Reply(self.conn.session().reply(kind))
+    }
+
+    fn user(&self, address: &str) -> Option<&User> {
+        self.shared
+            .config
+            .users
+            .iter()
+            .find(|u| u.address.eq_ignore_ascii_case(address))
+    }
+
+    /// The persona's policy for one decision.
+    async fn policy(&mut self, d: Decision) -> Verdict {
+        let persona = &self.shared.config.persona;
+        let texts = &persona.texts;
+        match d {
+            Decision::Authenticate(c) => {
+                if persona.rules.plaintext_auth == PlaintextAuth::RefuseAfterPassword && !self.tls {
+                    self.close_after_write = true;
+                    return self.text(&texts.plaintext_auth_refused);
+                }
+                if persona.rules.auth == AuthRule::Any {
+                    return Verdict::Accept;
+                }
+                match self.user(&c.username) {
+                    Some(u) if u.code == c.secret && !u.smtp => self.text(&texts.auth_no_permission),
+                    Some(u) if u.code == c.secret => {
+                        self.shared.state().auth_failures.remove(&self.peer.ip());
+                        Verdict::Accept
+                    }
+                    _ => self.auth_failure(),
+                }
+            }
+            Decision::Mail { from, .. } => self.mail_policy(&from),
+            Decision::Rcpt { to, .. } => self.rcpt_policy(&to),
+            Decision::BeginData => Verdict::Accept,
+            Decision::Deliver(env) => self.deliver(env).await,
+        }
+    }
+
+    fn auth_failure(&mut self) -> Verdict {
+        let persona = &self.shared.config.persona;
+        let ip = self.peer.ip();
+        let mut st = self.shared.state();
+        let failures = st.auth_failures.entry(ip).or_insert(0);
+        *failures += 1;
+        if let Some(max) = persona.limits.auth_failures_before_ban {
+            if *failures >= max {
+                st.auth_failures.remove(&ip);
+                st.bans.insert(
+                    ip,
+                    Instant::now() + Duration::from_secs(persona.limits.ban_minutes * 60),
+                );
+                drop(st);
+                self.close_after_write = true;
+                return self.text(&persona.texts.auth_ip_banned);
+            }
+        }
+        drop(st);
+        self.refuse(ReplyKind::AuthFailed)
+    }
+
+    fn mail_policy(&mut self, from: &ReversePath) -> Verdict {
+        let persona = &self.shared.config.persona;
+        let texts = &persona.texts;
+        let authed = self.conn.session().authenticated().map(str::to_string);
+        let is_user = |m: &smtp_wire::Mailbox| {
+            authed
+                .as_deref()
+                .is_some_and(|a| a.eq_ignore_ascii_case(&m.to_string()))
+        };
+        match persona.rules.sender {
+            SenderRule::Any => {}
+            SenderRule::Coremail => match (authed.is_some(), from) {
+                (false, ReversePath::Mailbox(m)) if persona.is_local(&m.domain().to_string()) => {
+                    return self.text(&texts.mail_auth_required_local);
+                }
+                (false, _) => return self.text(&texts.mail_auth_required_foreign),
+                (true, ReversePath::Null) => return self.text(&texts.mail_null_sender),
+                (true, ReversePath::Mailbox(m)) if !is_user(m) => {
+                    return self.text(&texts.mail_not_user);
+                }
+                _ => {}
+            },
+            SenderRule::Qq => match (authed.is_some(), from) {
+                (false, _) => return self.text(&texts.mail_auth_required_local),
+                (true, ReversePath::Mailbox(m)) if is_user(m) => {}
+                (true, _) => return self.text(&texts.mail_not_user),
+            },
+        }
+        let limits = &persona.limits;
+        if limits
+            .messages_per_connection
+            .is_some_and(|max| self.messages_here >= max)
+        {
+            return self.text(&texts.too_many_messages);
+        }
+        let sender = from.to_string().to_lowercase();
+        let (last_15, last_day) = self.sent_counts(&sender, |_| 1);
+        if limits.sender_per_15min.is_some_and(|max| last_15 >= max) {
+            return self.text(&texts.sender_quota_15min);
+        }
+        if limits.sender_per_day.is_some_and(|max| last_day >= max) {
+            return self.text(&texts.sender_quota_day);
+        }
+        Verdict::Accept
+    }
+
+    /// (last 15 minutes, last day) sums of `f` over this sender's accepted messages.
+    fn sent_counts(&self, sender: &str, f: impl Fn(u32) -> u32) -> (u32, u32) {
+        let now = Instant::now();
+        let mut st = self.shared.state();
+        let Some(log) = st.sent.get_mut(sender) else {
+            return (0, 0);
+        };
+        while log
+            .front()
+            .is_some_and(|(t, _)| now.duration_since(*t) > Duration::from_secs(86_400))
+        {
+            log.pop_front();
+        }
+        let day = log.iter().map(|(_, n)| f(*n)).sum();
+        let quarter = log
+            .iter()
+            .filter(|(t, _)| now.duration_since(*t) <= Duration::from_secs(900))
+            .map(|(_, n)| f(*n))
+            .sum();
+        (quarter, day)
+    }
+
+    fn rcpt_policy(&mut self, to: &ForwardPath) -> Verdict {
+        let persona = &self.shared.config.persona;
+        let texts = &persona.texts;
+        let envelope = self.conn.session().envelope();
+        if envelope.rcpts.len() >= persona.limits.max_recipients {
+            return self.text(&texts.rcpt_too_many);
+        }
+        if persona.rules.unknown_recipient == UnknownRecipient::Rcpt && self.is_unknown_local(to) {
+            return self.text(&texts.rcpt_unknown_user);
+        }
+        let sender = envelope
+            .from
+            .as_ref()
+            .map(|f| f.to_string().to_lowercase())
+            .unwrap_or_default();
+        let pending = envelope.rcpts.len() as u32;
+        let (last_15, last_day) = self.sent_counts(&sender, |n| n);
+        let limits = &persona.limits;
+        if limits
+            .recipients_per_15min
+            .is_some_and(|max| last_15 + pending >= max)
+        {
+            return self.text(&texts.rcpt_quota_15min);
+        }
+        if limits
+            .recipients_per_day
+            .is_some_and(|max| last_day + pending >= max)
+        {
+            return self.text(&texts.rcpt_quota_day);
+        }
+        Verdict::Accept
+    }
+
+    fn is_unknown_local(&self, to: &ForwardPath) -> bool {
+        match to.mailbox() {
+            Some(m) => {
+                self.shared.config.persona.is_local(&m.domain().to_string())
+                    && self.user(&m.to_string()).is_none()
+            }
+            None => false,
+        }
+    }
+
+    async fn deliver(&mut self, env: smtp_wire::Envelope) -> Verdict {
+        let shared = self.shared.clone();
+        let persona = &shared.config.persona;
+        let texts = &persona.texts;
+        let message = std::mem::take(&mut self.message);
+        let raw = std::mem::take(&mut self.raw);
+        if persona.rules.unknown_recipient == UnknownRecipient::EndOfData
+            && env.rcpts.iter().any(|(r, _)| self.is_unknown_local(r))
+        {
+            return self.text(&texts.rcpt_unknown_user);
+        }
+        let sender = env
+            .from
+            .as_ref()
+            .and_then(|f| f.mailbox())
+            .map(|m| m.to_string())
+            .unwrap_or_default();
+        if persona.rules.header_from_must_match {
+            let from = store::header_value(&message, "From").map(|v| store::header_address(&v));
+            if !from.is_some_and(|f| f.eq_ignore_ascii_case(&sender)) {
+                return self.text(&texts.header_from_mismatch);
+            }
+        }
+        let subject = store::header_value(&message, "Subject").unwrap_or_default();
+        let spam = persona
+            .rules
+            .spam_words
+            .iter()
+            .any(|w| memchr::memmem::find(&message, w.as_bytes()).is_some())
+            || persona
+                .rules
+                .spam_subjects
+                .iter()
+                .any(|s| s.to_lowercase() == subject.trim().to_lowercase());
+        if spam {
+            return self.text(&texts.spam);
+        }
+
+        let n = self.shared.next_message.fetch_add(1, Ordering::Relaxed);
+        let mut vars = self.vars.clone();
+        vars.transid = store::transid(&mut self.rng, n);
+        vars.ts = chrono::Utc::now().timestamp();
+        let reply = persona.text(&texts.message_accepted, &vars);
+        let helo = self.conn.session().helo().unwrap_or("unknown").to_string();
+        let (eml, layout) = store::delivered_copy(
+            persona.delivered.headers,
+            &message,
+            &Trace {
+                helo: &helo,
+                hostid: &vars.hostid,
+                transid: &vars.transid,
+                client_ip: &vars.ip,
+                sender: &sender,
+                domain: persona.local_domains.first().map(String::as_str).unwrap_or(""),
+            },
+        );
+        let mut received = Received {
+            id: vars.transid.clone(),
+            mail_from: env
+                .from
+                .as_ref()
+                .map(|f| f.to_string())
+                .unwrap_or_else(|| "<>".into()),
+            rcpt_to: env.rcpts.iter().map(|(r, _)| path_text(r)).collect(),
+            client: self.peer,
+            helo: self.conn.session().helo().map(str::to_string),
+            tls: self.tls,
+            auth: self.conn.session().authenticated().map(str::to_string),
+            size: env.size,
+            reply: reply.to_string(),
+            received_at: chrono::Utc::now().to_rfc3339(),
+            files: Vec::<PathBuf>::new(),
+            layout,
+            content: Arc::new(if persona.rules.keep_messages { message } else { Vec::new() }),
+        };
+        if persona.rules.keep_messages {
+            if let Err(e) =
+                store::write_message(&self.shared.config.data_dir, &mut received, &eml, &raw).await
+            {
+                self.note(&format!("* storage error: {e}"));
+                return Verdict::Reply(Reply::plain(
+                    451,
+                    "Requested action aborted: local error in processing",
+                ));
+            }
+        }
+        self.messages_here += 1;
+        {
+            let mut st = self.shared.state();
+            st.sent
+                .entry(received.mail_from.to_lowercase())
+                .or_default()
+                .push_back((Instant::now(), received.rcpt_to.len() as u32));
+            st.received.push(received);
+        }
+        self.shared.received_notify.notify_waiters();
+        Verdict::Reply(reply)
+    }
+}
+
+fn path_text(p: &ForwardPath) -> String {
+    match p {
+        ForwardPath::Postmaster(s) => s.clone(),
+        ForwardPath::Mailbox(m) => m.to_string(),
+    }
+}
