@@ -76,13 +76,14 @@ impl Shared {
     }
 }
 
-/// A running fake upstream. Dropping it does not stop the server: call [`Handle::shutdown`].
+/// A running fake upstream. Dropping it does not stop the server: call [`Handle::shutdown`]
+/// (after which the handle still answers `received()` and `transcripts()`).
 pub struct Handle {
     shared: Arc<Shared>,
     addr: SocketAddr,
     tls_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
-    tasks: tokio::task::JoinHandle<()>,
+    tasks: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// The entry point: `FakeUpstream::start(config).await?`.
@@ -141,7 +142,7 @@ impl FakeUpstream {
             addr,
             tls_addr,
             shutdown,
-            tasks,
+            tasks: Mutex::new(Some(tasks)),
         })
     }
 }
@@ -206,9 +207,12 @@ impl Handle {
 
     /// Stops accepting, sends `421` to every session waiting for a command, and waits for
     /// the sessions to end (at most 5 seconds).
-    pub async fn shutdown(self) {
+    pub async fn shutdown(&self) {
         let _ = self.shutdown.send(true);
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.tasks).await;
+        let task = self.tasks.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(task) = task {
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        }
     }
 }
 

@@ -15,7 +15,7 @@ use crate::persona::HeaderStyle;
 /// One accepted message, as the handle reports it.
 #[derive(Clone, Debug, Serialize)]
 pub struct Received {
-    /// The transaction id (163's transid), also the file name stem.
+    /// The transaction id (163's transid); with `/` as `_`, the file name stem.
     pub id: String,
     /// The reverse path in wire form: `<a@b>` or `<>`.
     pub mail_from: String,
@@ -192,6 +192,11 @@ pub fn mailbox_dir(address: &str) -> String {
         .collect()
 }
 
+/// A transid as a file name: 163's transids may hold `/`.
+pub fn file_stem(id: &str) -> String {
+    id.replace(['/', '\\'], "_")
+}
+
 /// Writes the delivered copy and its JSON for each recipient, and the raw DATA bytes.
 pub async fn write_message(
     data_dir: &Path,
@@ -205,7 +210,7 @@ pub async fn write_message(
         tokio::fs::create_dir_all(&dir)
             .await
             .map_err(|e| Error::io(&dir, e))?;
-        let path = dir.join(format!("{}.eml", received.id));
+        let path = dir.join(format!("{}.eml", file_stem(&received.id)));
         tokio::fs::write(&path, eml)
             .await
             .map_err(|e| Error::io(&path, e))?;
@@ -223,7 +228,7 @@ pub async fn write_message(
     tokio::fs::create_dir_all(&raw_dir)
         .await
         .map_err(|e| Error::io(&raw_dir, e))?;
-    let path = raw_dir.join(format!("{}.data", received.id));
+    let path = raw_dir.join(format!("{}.data", file_stem(&received.id)));
     tokio::fs::write(&path, raw)
         .await
         .map_err(|e| Error::io(&path, e))
