@@ -153,7 +153,9 @@ impl Config {
             file.data_dir
                 .unwrap_or_else(|| PathBuf::from("./fake-upstream-data")),
         );
-        config.listen = file.listen.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 1025)));
+        config.listen = file
+            .listen
+            .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 1025)));
         config.listen_tls = Some(
             file.listen_tls
                 .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 1465))),
@@ -242,16 +244,25 @@ mod tests {
 
     #[test]
     fn errors_name_file_key_and_expectation() {
-        let e = Config::from_toml("listen = \"nowhere\"", "c.toml").unwrap_err().to_string();
+        let e = Config::from_toml("listen = \"nowhere\"", "c.toml")
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("c.toml: ") && e.contains("listen"), "{e}");
-        let e = Config::from_toml("colour = 1", "c.toml").unwrap_err().to_string();
+        let e = Config::from_toml("colour = 1", "c.toml")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("unknown field `colour`"), "{e}");
-        let e = Config::from_toml("era = \"Z\"", "c.toml").unwrap_err().to_string();
+        let e = Config::from_toml("era = \"Z\"", "c.toml")
+            .unwrap_err()
+            .to_string();
         assert_eq!(e, "c.toml: era: persona 163 has no era \"Z\"");
         let e = Config::from_toml("[[faults]]\nstage = \"mail\"\nreply = \"oops\"", "c.toml")
             .unwrap_err()
             .to_string();
-        assert!(e.starts_with("c.toml: faults[0].reply: expected a reply"), "{e}");
+        assert!(
+            e.starts_with("c.toml: faults[0].reply: expected a reply"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -8,9 +8,15 @@ use std::path::{Path, PathBuf};
 #[non_exhaustive]
 pub enum Error {
     /// A file or directory could not be read or written.
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// A listener could not bind.
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     /// A configuration or persona file (or flag) is wrong: where, and what was expected.
     Config { origin: String, message: String },
     /// TLS material could not be generated or loaded.

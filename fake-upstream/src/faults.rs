@@ -153,18 +153,20 @@ impl Fault {
 
     /// Checks the values a file may get wrong; `origin` names the file.
     pub fn check(&self, origin: &str, index: usize) -> Result<(), Error> {
-        let bad = |key: &str, what: &str| {
-            Error::config(origin, format!("faults[{index}].{key}: {what}"))
-        };
-        if let Some(r) = &self.reply {
-            if parse_reply(r).is_none() {
-                return Err(bad("reply", "expected a reply such as \"451 Try again later\""));
-            }
+        let bad =
+            |key: &str, what: &str| Error::config(origin, format!("faults[{index}].{key}: {what}"));
+        if let Some(r) = &self.reply
+            && parse_reply(r).is_none()
+        {
+            return Err(bad(
+                "reply",
+                "expected a reply such as \"451 Try again later\"",
+            ));
         }
-        if let Some(p) = self.probability {
-            if !(0.0..=1.0).contains(&p) {
-                return Err(bad("probability", "expected a number from 0 to 1"));
-            }
+        if let Some(p) = self.probability
+            && !(0.0..=1.0).contains(&p)
+        {
+            return Err(bad("probability", "expected a number from 0 to 1"));
         }
         if self.nth == Some(0) || self.every == Some(0) {
             return Err(bad("nth/every", "expected a count from 1"));
@@ -214,10 +216,10 @@ impl FaultSet {
             if f.stage != stage {
                 continue;
             }
-            if let Some(want) = &f.address {
-                if !address.is_some_and(|a| a.eq_ignore_ascii_case(want)) {
-                    continue;
-                }
+            if let Some(want) = &f.address
+                && !address.is_some_and(|a| a.eq_ignore_ascii_case(want))
+            {
+                continue;
             }
             let n = count.fetch_add(1, Ordering::SeqCst) + 1;
             let fires = f.nth.is_none_or(|k| n == k)
@@ -249,7 +251,12 @@ mod tests {
     #[test]
     fn first_two_then_normal() {
         let set = FaultSet::new(
-            vec![Fault::on(Stage::Rcpt).address("bob@163.com").first(2).reply("451 later")],
+            vec![
+                Fault::on(Stage::Rcpt)
+                    .address("bob@163.com")
+                    .first(2)
+                    .reply("451 later"),
+            ],
             1,
         );
         let fired: Vec<bool> = (0..4)
@@ -273,7 +280,9 @@ mod tests {
             .map(|_| set.check(Stage::EndOfData, None).drop.is_some())
             .collect();
         assert_eq!(drops, [false, false, true, false, false, true]);
-        let delays: Vec<u64> = (0..3).map(|_| set.check(Stage::Greeting, None).delay_ms).collect();
+        let delays: Vec<u64> = (0..3)
+            .map(|_| set.check(Stage::Greeting, None).delay_ms)
+            .collect();
         assert_eq!(delays, [0, 5, 0]);
     }
 
@@ -298,6 +307,9 @@ mod tests {
             .check("c.toml", 3)
             .unwrap_err()
             .to_string();
-        assert_eq!(e, "c.toml: faults[3].address: only for stage \"mail\" or \"rcpt\"");
+        assert_eq!(
+            e,
+            "c.toml: faults[3].address: only for stage \"mail\" or \"rcpt\""
+        );
     }
 }

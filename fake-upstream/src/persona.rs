@@ -6,9 +6,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::Deserialize;
-use smtp_wire::{
-    Capabilities, Extension, Mechanism, Reply, ReplyBook, ReplyKind, ServerConfig,
-};
+use smtp_wire::{Capabilities, Extension, Mechanism, Reply, ReplyBook, ReplyKind, ServerConfig};
 
 use crate::error::Error;
 
@@ -315,7 +313,8 @@ impl Persona {
             ip: "127.0.0.1".into(),
             coremail: "c".into(),
         };
-        let expect_reply = "expected a reply such as \"550 Invalid User\" (a code from 200 to 599, then text)";
+        let expect_reply =
+            "expected a reply such as \"550 Invalid User\" (a code from 200 to 599, then text)";
         if parse_reply(&probe.expand(&self.banner)).is_none() {
             return Err(bad("banner".into(), expect_reply));
         }
@@ -340,7 +339,11 @@ impl Persona {
             let eras: Vec<_> = self.ehlo.keys().cloned().collect();
             return Err(bad(
                 "era".into(),
-                &format!("no [ehlo] entry {:?}; expected one of {}", self.era, eras.join(", ")),
+                &format!(
+                    "no [ehlo] entry {:?}; expected one of {}",
+                    self.era,
+                    eras.join(", ")
+                ),
             ));
         }
         Ok(())
@@ -348,7 +351,10 @@ impl Persona {
 
     /// The EHLO keyword lines in force (era, PIPELINING switch), templated.
     pub fn ehlo_lines(&self, vars: &Vars) -> Vec<String> {
-        let mut lines: Vec<String> = self.ehlo[&self.era].iter().map(|l| vars.expand(l)).collect();
+        let mut lines: Vec<String> = self.ehlo[&self.era]
+            .iter()
+            .map(|l| vars.expand(l))
+            .collect();
         let has = |ls: &Vec<String>| ls.iter().any(|l| l.eq_ignore_ascii_case("PIPELINING"));
         match self.pipelining {
             Some(true) if !has(&lines) => lines.insert(0, "PIPELINING".into()),
@@ -448,7 +454,10 @@ impl Texts {
             ("auth_ip_banned", &self.auth_ip_banned),
             ("plaintext_auth_refused", &self.plaintext_auth_refused),
             ("mail_auth_required_local", &self.mail_auth_required_local),
-            ("mail_auth_required_foreign", &self.mail_auth_required_foreign),
+            (
+                "mail_auth_required_foreign",
+                &self.mail_auth_required_foreign,
+            ),
             ("mail_not_user", &self.mail_not_user),
             ("mail_null_sender", &self.mail_null_sender),
             ("rcpt_unknown_user", &self.rcpt_unknown_user),
@@ -485,11 +494,17 @@ mod tests {
             "rcpt_unknown_user = \"Invalid User\"",
         );
         let e = Persona::parse(&text, "my.toml").unwrap_err().to_string();
-        assert!(e.starts_with("my.toml: texts.rcpt_unknown_user: expected a reply"), "{e}");
-        let e = Persona::parse("name = 3", "x.toml").unwrap_err().to_string();
+        assert!(
+            e.starts_with("my.toml: texts.rcpt_unknown_user: expected a reply"),
+            "{e}"
+        );
+        let e = Persona::parse("name = 3", "x.toml")
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("x.toml: "), "{e}");
         assert!(e.contains("name"), "{e}");
-        let text = include_str!("../personas/163.toml").replace("[replies]", "[replies]\nnope = \"250 x\"");
+        let text = include_str!("../personas/163.toml")
+            .replace("[replies]", "[replies]\nnope = \"250 x\"");
         let e = Persona::parse(&text, "p.toml").unwrap_err().to_string();
         assert!(e.contains("replies.nope: unknown reply kind"), "{e}");
     }

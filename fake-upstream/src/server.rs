@@ -186,7 +186,11 @@ impl Handle {
 
     /// Waits until at least `n` messages were accepted, or `timeout` passed; returns what
     /// was received either way (`Err` on timeout).
-    pub async fn wait_for(&self, n: usize, timeout: Duration) -> Result<Vec<Received>, Vec<Received>> {
+    pub async fn wait_for(
+        &self,
+        n: usize,
+        timeout: Duration,
+    ) -> Result<Vec<Received>, Vec<Received>> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let notified = self.shared.received_notify.notified();
@@ -265,7 +269,8 @@ async fn connection(
 ) {
     let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
     let persona = &shared.config.persona;
-    let mut rng = fastrand::Rng::with_seed(shared.config.seed ^ id.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let mut rng =
+        fastrand::Rng::with_seed(shared.config.seed ^ id.wrapping_mul(0x9e37_79b9_7f4a_7c15));
     let vars = Vars {
         hostid: persona.hostid.clone(),
         transid: store::transid(&mut rng, id),
@@ -282,7 +287,10 @@ async fn connection(
     // Connection-level refusals happen before TLS, in clear, as Coremail does.
     let slot = {
         let mut st = shared.state();
-        let banned = st.bans.get(&peer.ip()).is_some_and(|until| *until > Instant::now());
+        let banned = st
+            .bans
+            .get(&peer.ip())
+            .is_some_and(|until| *until > Instant::now());
         let count = st.connections.entry(peer.ip()).or_insert(0);
         *count += 1;
         let over = persona
@@ -317,7 +325,9 @@ async fn connection(
         return;
     }
     if action.tls_fail && kind == Transport::Tls {
-        transcript.lines.push("* fault: TLS handshake broken".into());
+        transcript
+            .lines
+            .push("* fault: TLS handshake broken".into());
         let _ = write_all(&mut tcp, b"\x15\x03\x03\x00\x02\x02\x28").await;
         finish(&shared, transcript);
         return;
@@ -396,7 +406,10 @@ fn finish(shared: &Shared, mut transcript: Transcript) {
     if shared.config.write_transcripts {
         let dir = shared.config.data_dir.join("transcripts");
         if std::fs::create_dir_all(&dir).is_ok() {
-            let _ = std::fs::write(dir.join(format!("{:06}.log", transcript.id)), transcript.text());
+            let _ = std::fs::write(
+                dir.join(format!("{:06}.log", transcript.id)),
+                transcript.text(),
+            );
         }
     }
     shared.state().transcripts.push(transcript);
@@ -478,7 +491,11 @@ impl Session {
         reply.encode(&mut self.out);
     }
 
-    async fn send_now<S: AsyncWrite + Unpin>(&mut self, io: &mut S, reply: Reply) -> std::io::Result<()> {
+    async fn send_now<S: AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut S,
+        reply: Reply,
+    ) -> std::io::Result<()> {
         self.queue(&reply);
         self.flush(io).await
     }
@@ -569,7 +586,8 @@ impl Session {
                     }
                     Some(Event::Close(r)) => {
                         self.note_client_line();
-                        let stage = (self.conn.session().last_verb() == Some(Verb::Quit)).then_some(Stage::Quit);
+                        let stage = (self.conn.session().last_verb() == Some(Verb::Quit))
+                            .then_some(Stage::Quit);
                         self.reply_with_faults(io, r, stage, &mut shutdown).await?;
                         self.flush(io).await?;
                         let _ = io.shutdown().await;
@@ -729,7 +747,9 @@ impl Session {
                     return Verdict::Accept;
                 }
                 match self.user(&c.username) {
-                    Some(u) if u.code == c.secret && !u.smtp => self.text(&texts.auth_no_permission),
+                    Some(u) if u.code == c.secret && !u.smtp => {
+                        self.text(&texts.auth_no_permission)
+                    }
                     Some(u) if u.code == c.secret => {
                         self.shared.state().auth_failures.remove(&self.peer.ip());
                         Verdict::Accept
@@ -750,17 +770,17 @@ impl Session {
         let mut st = self.shared.state();
         let failures = st.auth_failures.entry(ip).or_insert(0);
         *failures += 1;
-        if let Some(max) = persona.limits.auth_failures_before_ban {
-            if *failures >= max {
-                st.auth_failures.remove(&ip);
-                st.bans.insert(
-                    ip,
-                    Instant::now() + Duration::from_secs(persona.limits.ban_minutes * 60),
-                );
-                drop(st);
-                self.close_after_write = true;
-                return self.text(&persona.texts.auth_ip_banned);
-            }
+        if let Some(max) = persona.limits.auth_failures_before_ban
+            && *failures >= max
+        {
+            st.auth_failures.remove(&ip);
+            st.bans.insert(
+                ip,
+                Instant::now() + Duration::from_secs(persona.limits.ban_minutes * 60),
+            );
+            drop(st);
+            self.close_after_write = true;
+            return self.text(&persona.texts.auth_ip_banned);
         }
         drop(st);
         self.refuse(ReplyKind::AuthFailed)
@@ -930,7 +950,11 @@ impl Session {
                 transid: &vars.transid,
                 client_ip: &vars.ip,
                 sender: &sender,
-                domain: persona.local_domains.first().map(String::as_str).unwrap_or(""),
+                domain: persona
+                    .local_domains
+                    .first()
+                    .map(String::as_str)
+                    .unwrap_or(""),
             },
         );
         let mut received = Received {
@@ -950,18 +974,21 @@ impl Session {
             received_at: chrono::Utc::now().to_rfc3339(),
             files: Vec::<PathBuf>::new(),
             layout,
-            content: Arc::new(if persona.rules.keep_messages { message } else { Vec::new() }),
+            content: Arc::new(if persona.rules.keep_messages {
+                message
+            } else {
+                Vec::new()
+            }),
         };
-        if persona.rules.keep_messages {
-            if let Err(e) =
+        if persona.rules.keep_messages
+            && let Err(e) =
                 store::write_message(&self.shared.config.data_dir, &mut received, &eml, &raw).await
-            {
-                self.note(&format!("* storage error: {e}"));
-                return Verdict::Reply(Reply::plain(
-                    451,
-                    "Requested action aborted: local error in processing",
-                ));
-            }
+        {
+            self.note(&format!("* storage error: {e}"));
+            return Verdict::Reply(Reply::plain(
+                451,
+                "Requested action aborted: local error in processing",
+            ));
         }
         self.messages_here += 1;
         {

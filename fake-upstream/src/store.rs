@@ -86,10 +86,17 @@ fn coremail_copy(content: &[u8], t: &Trace<'_>) -> (Vec<u8>, Layout) {
         .map(|p| p + 2)
         .unwrap_or(content.len());
     let headers = &content[..header_end];
-    let present: Vec<&str> = ["From", "To", "Subject", "Date", "Message-Id", "MIME-Version"]
-        .into_iter()
-        .filter(|h| has_header(headers, h))
-        .collect();
+    let present: Vec<&str> = [
+        "From",
+        "To",
+        "Subject",
+        "Date",
+        "Message-Id",
+        "MIME-Version",
+    ]
+    .into_iter()
+    .filter(|h| has_header(headers, h))
+    .collect();
     let cst = FixedOffset::east_opt(8 * 3600).expect("valid offset");
     let date = Utc::now()
         .with_timezone(&cst)
@@ -137,13 +144,11 @@ fn coremail_copy(content: &[u8], t: &Trace<'_>) -> (Vec<u8>, Layout) {
 }
 
 fn has_header(headers: &[u8], name: &str) -> bool {
-    headers
-        .split(|&b| b == b'\n')
-        .any(|line| {
-            line.len() > name.len()
-                && line[..name.len()].eq_ignore_ascii_case(name.as_bytes())
-                && line[name.len()] == b':'
-        })
+    headers.split(|&b| b == b'\n').any(|line| {
+        line.len() > name.len()
+            && line[..name.len()].eq_ignore_ascii_case(name.as_bytes())
+            && line[name.len()] == b':'
+    })
 }
 
 /// The value of the first header `name` (unfolded), if any.
@@ -291,7 +296,10 @@ mod tests {
         );
         let text = String::from_utf8(eml).unwrap();
         assert!(text.contains("h=From:Subject;"), "{text}");
-        assert!(text.contains("Subject: hi\r\nX-CM-TRANSID:_____wAAAA--.1S2\r\n"), "{text}");
+        assert!(
+            text.contains("Subject: hi\r\nX-CM-TRANSID:_____wAAAA--.1S2\r\n"),
+            "{text}"
+        );
         assert!(text.contains("Received: from client.example (unknown [])\r\n\tby gzga-smtp-mtada-g0-3 (Coremail) with SMTP id _____wAAAA--.1S2;\r\n\t"));
         assert!(text.ends_with("+0800 (CST)\r\nFrom: alice@163.com\r\nSubject: hi\r\nX-CM-TRANSID:_____wAAAA--.1S2\r\nX-Originating-IP: [127.0.0.1]\r\nX-CM-SenderInfo: alice/1tbiFakeUpstreamStub\r\nX-Coremail-Antispam: 1Uf129KBjvJXoWxFakeUpstreamStub\r\n\r\nbody\r\n"));
     }
@@ -299,9 +307,15 @@ mod tests {
     #[test]
     fn header_values() {
         let m = b"From: \"Boss\" <Boss@Company.com>\r\nSubject: a\r\n b\r\n\r\nFrom: not@this";
-        assert_eq!(header_value(m, "from").as_deref(), Some("\"Boss\" <Boss@Company.com>"));
+        assert_eq!(
+            header_value(m, "from").as_deref(),
+            Some("\"Boss\" <Boss@Company.com>")
+        );
         assert_eq!(header_value(m, "subject").as_deref(), Some("a b"));
-        assert_eq!(header_address("\"Boss\" <Boss@Company.com>"), "Boss@Company.com");
+        assert_eq!(
+            header_address("\"Boss\" <Boss@Company.com>"),
+            "Boss@Company.com"
+        );
         assert_eq!(header_address(" alice@163.com "), "alice@163.com");
     }
 

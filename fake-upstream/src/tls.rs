@@ -14,7 +14,13 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use crate::error::Error;
 
 /// The names the leaf certificate is valid for.
-pub const LEAF_NAMES: [&str; 5] = ["localhost", "127.0.0.1", "::1", "smtp.163.com", "smtp.qq.com"];
+pub const LEAF_NAMES: [&str; 5] = [
+    "localhost",
+    "127.0.0.1",
+    "::1",
+    "smtp.163.com",
+    "smtp.qq.com",
+];
 
 /// PEM files of a CA and a server certificate signed by it.
 #[derive(Clone, Debug)]
@@ -65,7 +71,10 @@ pub fn load(files: TlsFiles) -> Result<TlsMaterial, Error> {
         .collect::<Result<_, _>>()
         .map_err(|e| Error::Tls(format!("{}: {e}", files.cert.display())))?;
     if chain.is_empty() {
-        return Err(Error::Tls(format!("{}: no certificate in it", files.cert.display())));
+        return Err(Error::Tls(format!(
+            "{}: no certificate in it",
+            files.cert.display()
+        )));
     }
     let key = PrivateKeyDer::from_pem_slice(&read(&files.key)?)
         .map_err(|e| Error::Tls(format!("{}: {e}", files.key.display())))?;

@@ -58,7 +58,10 @@ async fn lettre_over_starttls_and_implicit_tls() {
     assert_eq!(got[0].rcpt_to, ["bob@163.com", "friend@qq.com"]);
     let body = String::from_utf8_lossy(&got[1].content).to_string();
     assert!(body.contains("Subject: via implicit TLS"), "{body}");
-    assert!(body.contains("\r\n.leading dot\r\n"), "dot-stuffing round trip: {body}");
+    assert!(
+        body.contains("\r\n.leading dot\r\n"),
+        "dot-stuffing round trip: {body}"
+    );
     h.shutdown().await;
 }
 
@@ -72,8 +75,15 @@ async fn lettre_gets_the_upstream_refusal_for_a_wrong_code() {
         .timeout(Some(Duration::from_secs(10)))
         .build();
     let err = t.send(message("x")).await.unwrap_err();
-    assert_eq!(err.status().map(|c| c.to_string()).as_deref(), Some("535"), "{err}");
-    assert!(err.to_string().contains("Error: authentication failed"), "{err}");
+    assert_eq!(
+        err.status().map(|c| c.to_string()).as_deref(),
+        Some("535"),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("Error: authentication failed"),
+        "{err}"
+    );
     h.shutdown().await;
 }
 
@@ -104,13 +114,20 @@ async fn curl_over_starttls_and_smtps() {
         format!("smtps://localhost:{}", h.tls_addr().unwrap().port()),
     ] {
         let mut cmd = Command::new("curl");
-        cmd.args(["--silent", "--show-error", "--max-time", "20", "--url", &url])
-            .args(["--ssl-reqd", "--cacert"])
-            .arg(h.ca_path())
-            .args(["--user", "alice@163.com:ALICEAUTHCODE163"])
-            .args(["--mail-from", "alice@163.com", "--mail-rcpt", "bob@163.com"])
-            .arg("--upload-file")
-            .arg(&mail);
+        cmd.args([
+            "--silent",
+            "--show-error",
+            "--max-time",
+            "20",
+            "--url",
+            &url,
+        ])
+        .args(["--ssl-reqd", "--cacert"])
+        .arg(h.ca_path())
+        .args(["--user", "alice@163.com:ALICEAUTHCODE163"])
+        .args(["--mail-from", "alice@163.com", "--mail-rcpt", "bob@163.com"])
+        .arg("--upload-file")
+        .arg(&mail);
         let out = run(cmd).await;
         assert!(
             out.status.success(),
@@ -119,7 +136,10 @@ async fn curl_over_starttls_and_smtps() {
         );
     }
     let got = h.wait_for(2, Duration::from_secs(5)).await.unwrap();
-    assert!(got.iter().all(|m| m.tls && m.auth.as_deref() == Some("alice@163.com")));
+    assert!(
+        got.iter()
+            .all(|m| m.tls && m.auth.as_deref() == Some("alice@163.com"))
+    );
     h.shutdown().await;
 }
 
@@ -160,18 +180,26 @@ with smtplib.SMTP_SSL("localhost", tls_port, context=ctx, timeout=20) as s:
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(stdout.trim(), "550 Invalid User");
-    assert_eq!(h.wait_for(1, Duration::from_secs(5)).await.unwrap().len(), 1);
+    assert_eq!(
+        h.wait_for(1, Duration::from_secs(5)).await.unwrap().len(),
+        1
+    );
     h.shutdown().await;
 }
 
 #[tokio::test]
 async fn plaintext_on_the_tls_listener_gets_no_smtp_answer() {
     let h = start(config("163", "plain-on-tls")).await;
-    let mut tcp = tokio::net::TcpStream::connect(h.tls_addr().unwrap()).await.unwrap();
+    let mut tcp = tokio::net::TcpStream::connect(h.tls_addr().unwrap())
+        .await
+        .unwrap();
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     tcp.write_all(b"EHLO x\r\n").await.unwrap();
     let mut buf = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut buf)).await;
-    assert!(!buf.starts_with(b"220") && !buf.starts_with(b"250"), "{buf:?}");
+    assert!(
+        !buf.starts_with(b"220") && !buf.starts_with(b"250"),
+        "{buf:?}"
+    );
     h.shutdown().await;
 }

@@ -38,7 +38,10 @@ async fn session_163_happy_path_and_unknown_user() {
         token_free,
         "250-mail\n250-AUTH LOGIN PLAIN XOAUTH2\n250-AUTH=LOGIN PLAIN XOAUTH2\n250-coremail <token>\n250-STARTTLS\n250-ID\n250 8BITMIME\n"
     );
-    assert_eq!(login(&mut c, "alice@163.com", "ALICEAUTHCODE163").await, "235 Authentication successful");
+    assert_eq!(
+        login(&mut c, "alice@163.com", "ALICEAUTHCODE163").await,
+        "235 Authentication successful"
+    );
     assert_eq!(c.cmd("MAIL FROM:<alice@163.com>").await, "250 Mail OK");
     assert_eq!(c.cmd("RCPT TO:<nobody@163.com>").await, "550 Invalid User");
     assert_eq!(c.cmd("RCPT TO:<bob@163.com>").await, "250 Mail OK");
@@ -54,7 +57,10 @@ async fn session_163_happy_path_and_unknown_user() {
     assert_eq!(c.cmd("QUIT").await, "221 Bye");
     assert!(c.closed().await);
 
-    let got = h.wait_for(1, std::time::Duration::from_secs(5)).await.unwrap();
+    let got = h
+        .wait_for(1, std::time::Duration::from_secs(5))
+        .await
+        .unwrap();
     assert_eq!(got[0].rcpt_to, ["bob@163.com", "friend@qq.com"]);
     assert_eq!(got[0].auth.as_deref(), Some("alice@163.com"));
     assert_eq!(
@@ -63,10 +69,16 @@ async fn session_163_happy_path_and_unknown_user() {
     );
     // The delivered copy on disk, with the persona's headers, maps back to the message.
     let eml = std::fs::read(&got[0].files[0]).unwrap();
-    assert!(eml.starts_with(b"DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; d=163.com;\r\n"));
+    assert!(
+        eml.starts_with(b"DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; d=163.com;\r\n")
+    );
     assert_eq!(got[0].layout.original(&eml), got[0].content.as_slice());
     assert!(got[0].files[0].with_extension("json").exists());
-    assert!(got[0].files[0].to_string_lossy().contains("mailboxes/bob@163.com/"));
+    assert!(
+        got[0].files[0]
+            .to_string_lossy()
+            .contains("mailboxes/bob@163.com/")
+    );
     h.shutdown().await;
 }
 
@@ -78,16 +90,28 @@ async fn error_catalogue_163_section_10() {
     assert_eq!(c.cmd("HELO client.example").await, "250 OK");
     // MAIL without AUTH: local sender, then foreign sender.
     let local = c.cmd("MAIL FROM:<alice@163.com>").await;
-    assert!(local.starts_with("553 authentication is required,163 gzga-smtp-mtada-g0-3,_____w"), "{local}");
+    assert!(
+        local.starts_with("553 authentication is required,163 gzga-smtp-mtada-g0-3,_____w"),
+        "{local}"
+    );
     let foreign = c.cmd("MAIL FROM:<someone@example.com>").await;
-    assert!(foreign.starts_with("553 Local user only,163 gzga-smtp-mtada-g0-3,"), "{foreign}");
+    assert!(
+        foreign.starts_with("553 Local user only,163 gzga-smtp-mtada-g0-3,"),
+        "{foreign}"
+    );
     assert_eq!(c.cmd("HELP").await, "502 Error: command not implemented");
     assert_eq!(c.cmd("XYZZY").await, "502 Error: command not implemented");
     assert_eq!(c.cmd("DATA now").await, "500 Error: bad syntax");
     // AUTH LOGIN after HELO, wrong code.
-    assert_eq!(login(&mut c, "alice@163.com", "WRONG").await, "535 Error: authentication failed");
+    assert_eq!(
+        login(&mut c, "alice@163.com", "WRONG").await,
+        "535 Error: authentication failed"
+    );
     // An account without SMTP access.
-    assert_eq!(login(&mut c, "carol@163.com", "CAROLAUTHCODE163").await, "550 User has no permission");
+    assert_eq!(
+        login(&mut c, "carol@163.com", "CAROLAUTHCODE163").await,
+        "550 User has no permission"
+    );
     // AUTH PLAIN without initial response: "334 " exactly.
     c.send("AUTH PLAIN").await;
     assert_eq!(c.reply().await.to_bytes(), b"334 \r\n");
@@ -95,7 +119,10 @@ async fn error_catalogue_163_section_10() {
         c.cmd(&b64("\0alice@163.com\0ALICEAUTHCODE163")).await,
         "235 Authentication successful"
     );
-    assert_eq!(c.cmd("MAIL FROM:<bob@163.com>").await, "553 Mail from must equal authorized user");
+    assert_eq!(
+        c.cmd("MAIL FROM:<bob@163.com>").await,
+        "553 Mail from must equal authorized user"
+    );
     assert_eq!(
         c.cmd("MAIL FROM:<>").await,
         "553 Requested action not taken: NULL sender is not allowed"
@@ -104,16 +131,24 @@ async fn error_catalogue_163_section_10() {
     assert_eq!(c.cmd("MAIL FROM:alice@163.com").await, "250 Mail OK");
     assert_eq!(c.cmd("RCPT TO:bob@163.com").await, "250 Mail OK");
     assert_eq!(c.cmd("DATA").await, "354 End data with <CR><LF>.<CR><LF>");
-    c.send_raw(b"From: boss@company.com\r\nSubject: hi\r\n\r\nx\r\n.\r\n").await;
+    c.send_raw(b"From: boss@company.com\r\nSubject: hi\r\n\r\nx\r\n.\r\n")
+        .await;
     let sum = c.reply().await.to_string();
-    assert!(sum.starts_with("554 DT:SUM 163 gzga-smtp-mtada-g0-3,"), "{sum}");
+    assert!(
+        sum.starts_with("554 DT:SUM 163 gzga-smtp-mtada-g0-3,"),
+        "{sum}"
+    );
     // Spam: the client IP is echoed.
     c.cmd("MAIL FROM:<alice@163.com>").await;
     c.cmd("RCPT TO:<bob@163.com>").await;
     c.cmd("DATA").await;
-    c.send_raw(b"From: alice@163.com\r\nSubject: test\r\n\r\nx\r\n.\r\n").await;
+    c.send_raw(b"From: alice@163.com\r\nSubject: test\r\n\r\nx\r\n.\r\n")
+        .await;
     let spm = c.reply().await.to_string();
-    assert!(spm.starts_with("554 DT:SPM 163 gzga-smtp-mtada-g0-3,_____w"), "{spm}");
+    assert!(
+        spm.starts_with("554 DT:SPM 163 gzga-smtp-mtada-g0-3,_____w"),
+        "{spm}"
+    );
     assert!(spm.contains(",please see http://mail.163.com/help/help_spam_16.htm?ip=127.0.0.1&hostid=gzga-smtp-mtada-g0-3&time="), "{spm}");
     assert_eq!(c.cmd("QUIT").await, "221 Bye");
     h.shutdown().await;
@@ -137,13 +172,18 @@ async fn transcript_163_is_snapshotted_with_secrets_redacted() {
     c.reply().await;
     c.cmd("EHLO client.example").await;
     assert_eq!(
-        c.cmd(&format!("AUTH PLAIN {}", b64("\0alice@163.com\0ALICEAUTHCODE163"))).await,
+        c.cmd(&format!(
+            "AUTH PLAIN {}",
+            b64("\0alice@163.com\0ALICEAUTHCODE163")
+        ))
+        .await,
         "235 Authentication successful"
     );
     c.cmd("MAIL FROM:<alice@163.com>").await;
     c.cmd("RCPT TO:<bob@163.com>").await;
     c.cmd("DATA").await;
-    c.send_raw(b"From: alice@163.com\r\nSubject: snapshot\r\n\r\nbody\r\n.\r\n").await;
+    c.send_raw(b"From: alice@163.com\r\nSubject: snapshot\r\n\r\nbody\r\n.\r\n")
+        .await;
     c.reply().await;
     c.cmd("QUIT").await;
     c.closed().await;
@@ -168,7 +208,10 @@ async fn qq_quirks() {
         c.cmd("HELO x").await,
         "250-newxmesmtplogicsvrsza9.qq.com-9.21.152.27-23666742\r\n250-SIZE 73400320\r\n250 OK"
     );
-    assert_eq!(c.cmd("MAIL FROM:<alice@qq.com>").await, "503 Error: need EHLO and AUTH first !");
+    assert_eq!(
+        c.cmd("MAIL FROM:<alice@qq.com>").await,
+        "503 Error: need EHLO and AUTH first !"
+    );
     // On the plain listener AUTH fails after the password, and the connection is closed.
     assert_eq!(c.cmd("AUTH LOGIN").await, "334 VXNlcm5hbWU6");
     assert_eq!(c.cmd(&b64("alice@qq.com")).await, "334 UGFzc3dvcmQ6");
@@ -184,7 +227,14 @@ async fn qq_quirks() {
     let ehlo = c.cmd("EHLO x").await;
     assert!(!ehlo.contains("STARTTLS"), "{ehlo}");
     assert!(ehlo.contains("250-AUTH=LOGIN\r\n"), "{ehlo}");
-    assert_eq!(c.cmd(&format!("AUTH PLAIN {}", b64("\0alice@qq.com\0ALICEAUTHCODE163"))).await, "235 Authentication successful");
+    assert_eq!(
+        c.cmd(&format!(
+            "AUTH PLAIN {}",
+            b64("\0alice@qq.com\0ALICEAUTHCODE163")
+        ))
+        .await,
+        "235 Authentication successful"
+    );
     assert_eq!(
         c.cmd("MAIL FROM:<bob@qq.com>").await,
         "501 mail from address must be same as authorization user"
@@ -222,7 +272,10 @@ async fn starttls_on_163_discards_pipelined_plaintext_and_keeps_the_quirk() {
     c.cmd("EHLO x").await;
     c.starttls(&h).await;
     // RFC 3207 4.2: everything before the handshake is forgotten, EHLO comes first.
-    assert_eq!(c.cmd("MAIL FROM:<alice@163.com>").await, "503 Error: bad sequence of commands");
+    assert_eq!(
+        c.cmd("MAIL FROM:<alice@163.com>").await,
+        "503 Error: bad sequence of commands"
+    );
     let ehlo = c.cmd("EHLO x").await;
     assert!(ehlo.contains("250-STARTTLS"), "{ehlo}");
     c.cmd("QUIT").await;

@@ -18,9 +18,9 @@
 //! The input buffer holds at most one read beyond what is being framed: a driver that reads
 //! only when `next_event()` returned `None` keeps memory bounded whatever the client sends.
 
+use crate::auth::MAX_AUTH_LINE;
 use crate::catalogue::ReplyKind;
 use crate::data::{BareLineEnding, DataDecoder, DataOutcome, DataProgress};
-use crate::auth::MAX_AUTH_LINE;
 use crate::line::{Decoded, LineDecoder, LineEndings};
 use crate::reply::Reply;
 use crate::server::{Decision, Input, ServerConfig, ServerSession, Step, Transport, Verdict};

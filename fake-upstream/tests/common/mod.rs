@@ -14,10 +14,8 @@ use tokio::net::TcpStream;
 
 /// A fresh data directory under the target dir, removed first if it exists.
 pub fn temp_dir(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
-        "fake-upstream-{name}-{}",
-        std::process::id()
-    ));
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("fake-upstream-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
@@ -53,7 +51,9 @@ impl Client {
     }
 
     pub async fn connect_tls(handle: &Handle) -> Client {
-        let tcp = TcpStream::connect(handle.tls_addr().unwrap()).await.unwrap();
+        let tcp = TcpStream::connect(handle.tls_addr().unwrap())
+            .await
+            .unwrap();
         let name = rustls_pki_types::ServerName::try_from("smtp.163.com").unwrap();
         let tls = tls_connector(handle).connect(name, tcp).await.unwrap();
         Client::with(Box::new(tls))
@@ -109,7 +109,9 @@ impl Client {
     }
 
     pub async fn reply(&mut self) -> Reply {
-        self.try_reply().await.expect("a reply, not a closed connection")
+        self.try_reply()
+            .await
+            .expect("a reply, not a closed connection")
     }
 
     /// Sends a line and returns the reply's wire form without the final CRLF.
@@ -133,12 +135,23 @@ impl Client {
         self.send("STARTTLS").await;
         let r = self.reply().await;
         assert_eq!(r.code, 220, "{r}");
-        assert!(self.buf.is_empty(), "bytes after the 220");
+        self.handshake(handle).await.unwrap();
+        r
+    }
+
+    /// The client side of a TLS handshake on this connection (after a 220 to STARTTLS).
+    pub async fn handshake(&mut self, handle: &Handle) -> Result<(), String> {
+        if !self.buf.is_empty() {
+            return Err(format!("{} octets arrived after the 220", self.buf.len()));
+        }
         let io = self.io.take().unwrap();
         let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-        let tls = tls_connector(handle).connect(name, io).await.unwrap();
+        let tls = tls_connector(handle)
+            .connect(name, io)
+            .await
+            .map_err(|e| e.to_string())?;
         self.io = Some(Box::new(tls));
-        r
+        Ok(())
     }
 }
 
@@ -158,10 +171,7 @@ pub fn normalize(text: &str) -> String {
             l.replace_range(i + 9.., "<token>");
         }
         while let Some(i) = l.find("_____w") {
-            let end = l[i..]
-                .find([' ', ','])
-                .map(|e| i + e)
-                .unwrap_or(l.len());
+            let end = l[i..].find([' ', ',']).map(|e| i + e).unwrap_or(l.len());
             l.replace_range(i..end, "<transid>");
         }
         if let Some(i) = l.find("127.0.0.1:") {

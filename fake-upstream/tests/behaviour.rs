@@ -1,0 +1,390 @@
+//! Faults, limits, the IP ban, the sink, shutdown and the binary, over real sockets.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Client, b64, config, start};
+use fake_upstream::{DropWhen, Fault, Stage};
+
+async fn authed(h: &fake_upstream::Handle) -> Client {
+    let mut c = Client::connect(h).await;
+    c.reply().await;
+    c.cmd("EHLO client.example").await;
+    let r = c
+        .cmd(&format!(
+            "AUTH PLAIN {}",
+            b64("\0alice@163.com\0ALICEAUTHCODE163")
+        ))
+        .await;
+    assert_eq!(r, "235 Authentication successful");
+    c
+}
+
+async fn send_message(c: &mut Client, rcpt: &str) -> String {
+    assert_eq!(c.cmd("MAIL FROM:<alice@163.com>").await, "250 Mail OK");
+    let r = c.cmd(&format!("RCPT TO:<{rcpt}>")).await;
+    if !r.starts_with("250") {
+        c.cmd("RSET").await;
+        return r;
+    }
+    assert!(c.cmd("DATA").await.starts_with("354"));
+    c.send_raw(b"From: alice@163.com\r\nSubject: hello\r\n\r\nbody\r\n.\r\n")
+        .await;
+    c.reply().await.to_string()
+}
+
+#[tokio::test]
+async fn fault_rcpt_451_twice_then_250() {
+    let h = start(
+        config("163", "fault-rcpt").with_fault(
+            Fault::on(Stage::Rcpt)
+                .address("bob@163.com")
+                .first(2)
+                .reply("451 Requested action aborted: local error in processing"),
+        ),
+    )
+    .await;
+    let mut c = authed(&h).await;
+    c.cmd("MAIL FROM:<alice@163.com>").await;
+    let replies = [
+        c.cmd("RCPT TO:<bob@163.com>").await,
+        c.cmd("RCPT TO:<BOB@163.com>").await,
+        c.cmd("RCPT TO:<friend@qq.com>").await,
+        c.cmd("RCPT TO:<bob@163.com>").await,
+    ];
+    assert_eq!(
+        replies,
+        [
+            "451 Requested action aborted: local error in processing",
+            "451 Requested action aborted: local error in processing",
+            "250 Mail OK",
+            "250 Mail OK",
+        ]
+    );
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn fault_drop_before_the_final_reply_keeps_nothing() {
+    let h = start(
+        config("163", "fault-drop").with_fault(Fault::on(Stage::EndOfData).drop(DropWhen::Before)),
+    )
+    .await;
+    let mut c = authed(&h).await;
+    c.cmd("MAIL FROM:<alice@163.com>").await;
+    c.cmd("RCPT TO:<bob@163.com>").await;
+    c.cmd("DATA").await;
+    c.send_raw(b"From: alice@163.com\r\n\r\nx\r\n.\r\n").await;
+    assert_eq!(c.try_reply().await, None, "dropped without a reply");
+    assert!(h.received().is_empty());
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn fault_delay_and_drop_after_on_ehlo_and_replaced_greeting() {
+    let h = start(
+        config("163", "fault-ehlo")
+            .with_fault(
+                Fault::on(Stage::Greeting)
+                    .nth(1)
+                    .reply("421 HL:ICC 163 busy"),
+            )
+            .with_fault(Fault::on(Stage::Ehlo).delay_ms(300).drop(DropWhen::After)),
+    )
+    .await;
+    let mut c = Client::connect(&h).await;
+    assert_eq!(c.reply().await.to_string(), "421 HL:ICC 163 busy");
+    let mut c = Client::connect(&h).await;
+    assert!(c.reply().await.to_string().starts_with("220 163.com"));
+    let start = Instant::now();
+    assert!(c.cmd("EHLO x").await.starts_with("250-mail"));
+    assert!(start.elapsed() >= Duration::from_millis(300));
+    assert!(c.closed().await);
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn fault_stall_holds_the_client_until_shutdown() {
+    let h = start(config("163", "fault-stall").with_fault(Fault::on(Stage::Mail).stall())).await;
+    let mut c = authed(&h).await;
+    c.send("MAIL FROM:<alice@163.com>").await;
+    let read = tokio::time::timeout(Duration::from_millis(500), c.try_reply()).await;
+    assert!(read.is_err(), "no reply while stalled");
+    h.shutdown().await;
+    assert_eq!(c.try_reply().await, None);
+}
+
+#[tokio::test]
+async fn fault_tls_handshake_failure_on_starttls() {
+    let h =
+        start(config("163", "fault-tls").with_fault(Fault::on(Stage::Starttls).tls_fail())).await;
+    let mut c = Client::connect(&h).await;
+    c.reply().await;
+    c.cmd("EHLO x").await;
+    c.send("STARTTLS").await;
+    assert_eq!(c.reply().await.to_string(), "220 Ready to start TLS");
+    let handshake = c.handshake(&h).await;
+    assert!(handshake.is_err(), "the handshake must fail");
+    h.shutdown().await;
+    let t = h.transcripts();
+    assert!(t[0].text().contains("* fault: TLS handshake broken"));
+}
+
+#[tokio::test]
+async fn limits_recipients_per_message_and_messages_per_connection() {
+    let mut cfg = config("163", "limits");
+    cfg.persona.limits.max_recipients = 2;
+    cfg.persona.limits.messages_per_connection = Some(2);
+    let h = start(cfg).await;
+    let mut c = authed(&h).await;
+    c.cmd("MAIL FROM:<alice@163.com>").await;
+    assert_eq!(c.cmd("RCPT TO:<a@qq.com>").await, "250 Mail OK");
+    assert_eq!(c.cmd("RCPT TO:<b@qq.com>").await, "250 Mail OK");
+    assert!(
+        c.cmd("RCPT TO:<c@qq.com>")
+            .await
+            .starts_with("550 RP:RCL 163 ")
+    );
+    c.cmd("RSET").await;
+    assert!(
+        send_message(&mut c, "bob@163.com")
+            .await
+            .starts_with("250 Mail OK queued as")
+    );
+    assert!(
+        send_message(&mut c, "bob@163.com")
+            .await
+            .starts_with("250 Mail OK queued as")
+    );
+    assert!(
+        c.cmd("MAIL FROM:<alice@163.com>")
+            .await
+            .starts_with("450 MI:DMC 163 ")
+    );
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn limits_sender_quota_and_size() {
+    let mut cfg = config("163", "quota");
+    cfg.persona.limits.sender_per_15min = Some(1);
+    cfg.persona.limits.max_message_size = 100;
+    let h = start(cfg).await;
+    let mut c = authed(&h).await;
+    assert!(send_message(&mut c, "bob@163.com").await.starts_with("250"));
+    assert!(
+        c.cmd("MAIL FROM:<alice@163.com>")
+            .await
+            .starts_with("451 MI:SFQ 163 ")
+    );
+    h.shutdown().await;
+
+    let mut cfg = config("163", "size");
+    cfg.persona.limits.max_message_size = 100;
+    let h = start(cfg).await;
+    let mut c = authed(&h).await;
+    c.cmd("MAIL FROM:<alice@163.com>").await;
+    c.cmd("RCPT TO:<bob@163.com>").await;
+    c.cmd("DATA").await;
+    c.send_raw(format!("Subject: big\r\n\r\n{}\r\n.\r\n", "x".repeat(500)).as_bytes())
+        .await;
+    assert_eq!(
+        c.reply().await.to_string(),
+        "552 Requested mail action aborted: exceeded mailsize limit"
+    );
+    assert!(h.received().is_empty());
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn no_limits_switches_quotas_off() {
+    let mut cfg = config("163", "nolimits");
+    cfg.persona.limits.sender_per_15min = Some(1);
+    cfg.persona.limits.messages_per_connection = Some(1);
+    let h = start(cfg.no_limits()).await;
+    let mut c = authed(&h).await;
+    for _ in 0..3 {
+        assert!(send_message(&mut c, "bob@163.com").await.starts_with("250"));
+    }
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn ip_ban_after_failed_auths() {
+    let mut cfg = config("163", "ban");
+    cfg.persona.limits.auth_failures_before_ban = Some(3);
+    let h = start(cfg).await;
+    let mut c = Client::connect(&h).await;
+    c.reply().await;
+    c.cmd("EHLO x").await;
+    let wrong = format!("AUTH PLAIN {}", b64("\0alice@163.com\0WRONG"));
+    assert_eq!(c.cmd(&wrong).await, "535 Error: authentication failed");
+    assert_eq!(c.cmd(&wrong).await, "535 Error: authentication failed");
+    assert_eq!(
+        c.cmd(&wrong).await,
+        "554 IP is rejected, smtp auth error limit exceed,163 gzga-smtp-mtada-g0-3"
+    );
+    assert!(c.closed().await);
+    // New connections from the IP are refused at connect.
+    let mut c = Client::connect(&h).await;
+    assert_eq!(
+        c.reply().await.to_string(),
+        "554 IP is rejected, smtp auth error limit exceed,163 gzga-smtp-mtada-g0-3"
+    );
+    assert!(c.closed().await);
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn concurrent_connections_per_ip() {
+    let mut cfg = config("163", "icc");
+    cfg.persona.limits.connections_per_ip = Some(2);
+    let h = start(cfg).await;
+    let mut a = Client::connect(&h).await;
+    let mut b = Client::connect(&h).await;
+    a.reply().await;
+    b.reply().await;
+    let mut c = Client::connect(&h).await;
+    assert!(c.reply().await.to_string().starts_with("421 HL:ICC 163 "));
+    assert!(c.closed().await);
+    drop(a);
+    // The slot frees once the first connection is gone.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut d = Client::connect(&h).await;
+    assert!(d.reply().await.to_string().starts_with("220 "));
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn sink_takes_pipelined_bdat_and_counts_without_keeping() {
+    let h = start(config("sink", "sink")).await;
+    let mut c = Client::connect(&h).await;
+    c.reply().await;
+    let ehlo = c.cmd("EHLO x").await;
+    assert!(
+        ehlo.contains("CHUNKING") && ehlo.contains("PIPELINING"),
+        "{ehlo}"
+    );
+    c.send_raw(b"MAIL FROM:<a@x.example> BODY=BINARYMIME\r\nRCPT TO:<b@y.example>\r\nBDAT 5\r\nab\r\ncBDAT 2 LAST\r\n\x00.\r\n")
+        .await;
+    let codes: Vec<u16> = [
+        c.reply().await,
+        c.reply().await,
+        c.reply().await,
+        c.reply().await,
+    ]
+    .iter()
+    .map(|r| r.code)
+    .collect();
+    assert_eq!(codes, [250, 250, 250, 250]);
+    let got = h.wait_for(1, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(got[0].size, 7);
+    assert!(got[0].files.is_empty(), "the sink keeps nothing by default");
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn shutdown_sends_421_to_idle_sessions() {
+    let h = start(config("163", "shutdown")).await;
+    let mut c = Client::connect(&h).await;
+    c.reply().await;
+    c.cmd("EHLO x").await;
+    h.shutdown().await;
+    let r = c.reply().await;
+    assert_eq!(r.code, 421);
+    assert!(c.closed().await);
+}
+
+#[tokio::test]
+async fn tls_material_is_generated_once_and_reused() {
+    let cfg = config("163", "tls-reuse");
+    let dir = cfg.data_dir.clone();
+    let h = start(cfg.clone()).await;
+    let first = h.ca_pem().to_string();
+    h.shutdown().await;
+    assert!(
+        dir.join("ca.pem").exists()
+            && dir.join("cert.pem").exists()
+            && dir.join("key.pem").exists()
+    );
+    let h = start(cfg).await;
+    assert_eq!(h.ca_pem(), first);
+    // The leaf is signed by the CA, not self-issued: a handshake verifying against the CA
+    // works (Client::connect_tls verifies).
+    let mut c = Client::connect_tls(&h).await;
+    assert_eq!(c.reply().await.code, 220);
+    h.shutdown().await;
+}
+
+#[test]
+fn binary_reports_a_bad_config_by_file_and_key() {
+    let dir = common::temp_dir("badconfig");
+    let path = dir.join("bad.toml");
+    std::fs::write(
+        &path,
+        "persona = \"163\"\n[limits]\nmax_recipients = \"many\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fake-upstream"))
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.toml") && err.contains("max_recipients"),
+        "{err}"
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fake-upstream"))
+        .args(["--persona", "nope"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expected one of 163, qq, sink"));
+}
+
+#[test]
+fn binary_starts_prints_where_it_listens_and_serves() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let dir = common::temp_dir("binary");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_fake-upstream"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--listen-tls",
+            "127.0.0.1:0",
+            "--user",
+            "me@163.com:MYCODE",
+        ])
+        .arg("--data-dir")
+        .arg(&dir)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut text = String::new();
+    let mut addr = None;
+    for _ in 0..10 {
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        if let Some(a) = line.trim().strip_prefix("plain + STARTTLS") {
+            addr = Some(a.trim().to_string());
+        }
+        text.push_str(&line);
+        if line.starts_with("Ctrl-C") {
+            break;
+        }
+    }
+    assert!(text.contains("user me@163.com  code MYCODE"), "{text}");
+    assert!(text.contains("ca.pem"), "{text}");
+    let mut s = std::net::TcpStream::connect(addr.expect("address printed")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = [0u8; 128];
+    let n = s.read(&mut buf).unwrap();
+    assert!(buf[..n].starts_with(b"220 163.com"));
+    s.write_all(b"QUIT\r\n").unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+}
