@@ -39,6 +39,15 @@ pub struct Args {
     /// Switch every quota and rate limit off (soak and load runs).
     #[arg(long)]
     pub no_limits: bool,
+    /// The persona's EHLO era (163: A, B or C).
+    #[arg(long)]
+    pub era: Option<String>,
+    /// Advertise PIPELINING (163 era C does not).
+    #[arg(long)]
+    pub pipelining: bool,
+    /// Keep accepted messages on disk even for the sink persona.
+    #[arg(long)]
+    pub keep: bool,
 }
 
 impl Args {
@@ -76,6 +85,26 @@ impl Args {
                 .iter()
                 .map(|u| User::parse_flag(u))
                 .collect::<Result<_, _>>()?;
+        }
+        if let Some(era) = self.era {
+            if !config.persona.ehlo.contains_key(&era) {
+                let eras: Vec<_> = config.persona.ehlo.keys().cloned().collect();
+                return Err(Error::config(
+                    format!("--era {era}"),
+                    format!(
+                        "persona {} has no such era; expected one of {}",
+                        config.persona.name,
+                        eras.join(", ")
+                    ),
+                ));
+            }
+            config.persona.era = era;
+        }
+        if self.pipelining {
+            config.persona.pipelining = Some(true);
+        }
+        if self.keep {
+            config.persona.rules.keep_messages = true;
         }
         if self.no_limits {
             config = config.no_limits();

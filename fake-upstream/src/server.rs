@@ -562,7 +562,11 @@ impl Session {
                         if rules.keep_messages || rules.inspects_content() {
                             self.message.extend_from_slice(data);
                         }
-                        if rules.keep_messages {
+                        // Raw bytes are at most twice the decoded size (dot-stuffing), so
+                        // past that bound the message is refused anyway: stop keeping them.
+                        let raw_cap =
+                            2 * self.shared.config.persona.limits.max_message_size + 65_536;
+                        if rules.keep_messages && (self.raw.len() as u64) < raw_cap {
                             self.raw.extend_from_slice(raw);
                         }
                         continue;

@@ -198,6 +198,66 @@ async fn limits_sender_quota_and_size() {
 }
 
 #[tokio::test]
+async fn daily_and_recipient_quotas() {
+    let mut cfg = config("163", "daily");
+    cfg.persona.limits.sender_per_day = Some(1);
+    let h = start(cfg).await;
+    let mut c = authed(&h).await;
+    assert!(send_message(&mut c, "bob@163.com").await.starts_with("250"));
+    assert!(
+        c.cmd("MAIL FROM:<alice@163.com>")
+            .await
+            .starts_with("554 MI:STC 163 ")
+    );
+    h.shutdown().await;
+
+    let mut cfg = config("163", "rcpt-quota");
+    cfg.persona.limits.recipients_per_15min = Some(2);
+    let h = start(cfg).await;
+    let mut c = authed(&h).await;
+    c.cmd("MAIL FROM:<alice@163.com>").await;
+    assert_eq!(c.cmd("RCPT TO:<a@qq.com>").await, "250 Mail OK");
+    assert_eq!(c.cmd("RCPT TO:<b@qq.com>").await, "250 Mail OK");
+    assert!(
+        c.cmd("RCPT TO:<c@qq.com>")
+            .await
+            .starts_with("451 RP:QRC 163 ")
+    );
+    h.shutdown().await;
+
+    let mut cfg = config("163", "rcpt-daily");
+    cfg.persona.limits.recipients_per_day = Some(1);
+    let h = start(cfg).await;
+    let mut c = authed(&h).await;
+    assert!(send_message(&mut c, "bob@163.com").await.starts_with("250"));
+    c.cmd("MAIL FROM:<alice@163.com>").await;
+    assert!(
+        c.cmd("RCPT TO:<bob@163.com>")
+            .await
+            .starts_with("550 RP:TRC 163 ")
+    );
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn fault_tls_failure_at_connect_on_the_tls_listener() {
+    let h = start(
+        config("163", "fault-connect-tls")
+            .with_fault(Fault::on(Stage::Connect).first(1).tls_fail()),
+    )
+    .await;
+    let tcp = tokio::net::TcpStream::connect(h.tls_addr().unwrap())
+        .await
+        .unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    assert!(common::tls_connector(&h).connect(name, tcp).await.is_err());
+    // Only the first connection: the next one works.
+    let mut c = Client::connect_tls(&h).await;
+    assert_eq!(c.reply().await.code, 220);
+    h.shutdown().await;
+}
+
+#[tokio::test]
 async fn no_limits_switches_quotas_off() {
     let mut cfg = config("163", "nolimits");
     cfg.persona.limits.sender_per_15min = Some(1);
