@@ -45,7 +45,11 @@ pub struct Args {
     /// Advertise PIPELINING (163 era C does not).
     #[arg(long)]
     pub pipelining: bool,
-    /// Keep accepted messages on disk even for the sink persona.
+    /// Worker threads. One by default: on a small machine the load generator needs the other
+    /// cores, and a single-threaded event loop (as Postfix's smtp-sink) is fastest there.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Keep accepted messages and session transcripts on disk even for the sink persona.
     #[arg(long)]
     pub keep: bool,
 }
@@ -105,6 +109,8 @@ impl Args {
         }
         if self.keep {
             config.persona.rules.keep_messages = true;
+            config.transcripts = true;
+            config.write_transcripts = true;
         }
         if self.no_limits {
             config = config.no_limits();
@@ -113,7 +119,29 @@ impl Args {
     }
 }
 
-/// Runs the server until Ctrl-C; what `main` calls.
+/// Builds the runtime the flags ask for and runs the server on it until Ctrl-C; what
+/// `main` calls.
+pub fn main_with(args: Args) -> ExitCode {
+    let runtime = if args.threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(args.threads)
+            .enable_all()
+            .build()
+    };
+    match runtime {
+        Ok(rt) => rt.block_on(run(args)),
+        Err(e) => {
+            eprintln!("fake-upstream: cannot start the runtime: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Runs the server until Ctrl-C.
 pub async fn run(args: Args) -> ExitCode {
     let config = match args.into_config() {
         Ok(c) => c,

@@ -84,14 +84,21 @@ pub struct Config {
     pub seed: u64,
     /// Bare CR/LF in received DATA: normalised by default (what 163 appears to do).
     pub bare_line_endings: BareLineEnding,
-    /// Write a per-session transcript file under `data_dir/transcripts/`.
+    /// Record session transcripts (kept in memory for the handle). Off for the sink by
+    /// default: a load run should not pay for them.
+    pub transcripts: bool,
+    /// With `transcripts`: also write one file per session under `data_dir/transcripts/`.
     pub write_transcripts: bool,
+    /// How many accepted messages the handle remembers (the oldest are forgotten first; the
+    /// count goes on).
+    pub history: usize,
 }
 
 impl Config {
     /// A persona's defaults: loopback on port 0 (both listeners), its demo users.
     pub fn new(persona: Persona, data_dir: impl Into<PathBuf>) -> Config {
         let users = demo_users(&persona);
+        let transcripts = persona.rules.keep_messages;
         Config {
             persona,
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -102,7 +109,9 @@ impl Config {
             faults: Vec::new(),
             seed: 0x5eed,
             bare_line_endings: BareLineEnding::Normalize,
-            write_transcripts: true,
+            transcripts,
+            write_transcripts: transcripts,
+            history: 100_000,
         }
     }
 

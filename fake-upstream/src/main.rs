@@ -2,7 +2,6 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    fake_upstream::cli::run(fake_upstream::cli::Args::parse()).await
+fn main() -> ExitCode {
+    fake_upstream::cli::main_with(fake_upstream::cli::Args::parse())
 }

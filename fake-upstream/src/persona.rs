@@ -432,6 +432,14 @@ impl Persona {
         }
     }
 
+    /// Whether the banner, EHLO lines or replies hold `{...}` placeholders (then the session
+    /// configuration is built per connection).
+    pub fn has_templates(&self) -> bool {
+        self.banner.contains('{')
+            || self.ehlo[&self.era].iter().any(|l| l.contains('{'))
+            || self.replies.values().any(|r| r.contains('{'))
+    }
+
     /// Whether `domain` is one of this server's own.
     pub fn is_local(&self, domain: &str) -> bool {
         self.local_domains

@@ -38,9 +38,17 @@ pub struct Transcript {
     pub id: u64,
     pub client: Option<SocketAddr>,
     pub lines: Vec<String>,
+    /// Off for load runs (`Config::transcripts`): nothing is recorded.
+    recording: bool,
 }
 
 impl Transcript {
+    fn push(&mut self, line: String) {
+        if self.recording {
+            self.lines.push(line);
+        }
+    }
+
     /// The lines joined with newlines.
     pub fn text(&self) -> String {
         let mut s = self.lines.join("\n");
@@ -51,8 +59,10 @@ impl Transcript {
 
 #[derive(Default)]
 struct State {
-    received: Vec<Received>,
-    transcripts: Vec<Transcript>,
+    /// The most recent accepted messages (at most `Config::history`).
+    received: VecDeque<Received>,
+    received_total: u64,
+    transcripts: VecDeque<Transcript>,
     connections: HashMap<IpAddr, u32>,
     auth_failures: HashMap<IpAddr, u32>,
     bans: HashMap<IpAddr, Instant>,
@@ -62,6 +72,9 @@ struct State {
 
 pub(crate) struct Shared {
     pub(crate) config: Config,
+    /// The session configuration, when the persona's texts have no per-connection
+    /// placeholders (the sink): built once instead of per connection.
+    base_config: Option<smtp_wire::ServerConfig>,
     pub(crate) tls: TlsMaterial,
     faults: FaultSet,
     state: Mutex<State>,
@@ -118,7 +131,10 @@ impl FakeUpstream {
             source,
         })?;
         let tls_addr = implicit.as_ref().and_then(|l| l.local_addr().ok());
+        let base_config = (!config.persona.has_templates())
+            .then(|| config.persona.server_config(&Vars::default(), true));
         let shared = Arc::new(Shared {
+            base_config,
             faults: FaultSet::new(config.faults.clone(), config.seed),
             config,
             tls,
@@ -179,9 +195,14 @@ impl Handle {
         &self.shared.config.persona.name
     }
 
-    /// Every message accepted so far, in order.
+    /// The messages accepted so far, in order (the most recent `Config::history` of them).
     pub fn received(&self) -> Vec<Received> {
-        self.shared.state().received.clone()
+        self.shared.state().received.iter().cloned().collect()
+    }
+
+    /// How many messages were accepted in all.
+    pub fn received_count(&self) -> u64 {
+        self.shared.state().received_total
     }
 
     /// Waits until at least `n` messages were accepted, or `timeout` passed; returns what
@@ -194,9 +215,8 @@ impl Handle {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let notified = self.shared.received_notify.notified();
-            let got = self.received();
-            if got.len() >= n {
-                return Ok(got);
+            if self.received_count() >= n as u64 {
+                return Ok(self.received());
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 return Err(self.received());
@@ -204,9 +224,10 @@ impl Handle {
         }
     }
 
-    /// Transcripts of the sessions that ended, in the order they ended.
+    /// Transcripts of the sessions that ended, in the order they ended (the last 1000; none
+    /// when `Config::transcripts` is off).
     pub fn transcripts(&self) -> Vec<Transcript> {
-        self.shared.state().transcripts.clone()
+        self.shared.state().transcripts.iter().cloned().collect()
     }
 
     /// Stops accepting, sends `421` to every session waiting for a command, and waits for
@@ -281,8 +302,10 @@ async fn connection(
     let mut transcript = Transcript {
         id,
         client: Some(peer),
-        lines: vec![format!("* connect from {peer} ({kind:?} listener)")],
+        lines: Vec::new(),
+        recording: shared.config.transcripts,
     };
+    transcript.push(format!("* connect from {peer} ({kind:?} listener)"));
 
     // Connection-level refusals happen before TLS, in clear, as Coremail does.
     let slot = {
@@ -311,7 +334,7 @@ async fn connection(
         Ok(slot) => slot,
         Err((_slot, text)) => {
             let reply = persona.text(&text, &vars);
-            transcript.lines.push(format!("S: {reply}"));
+            transcript.push(format!("S: {reply}"));
             let _ = write_all(&mut tcp, &reply.to_bytes()).await;
             finish(&shared, transcript);
             return;
@@ -320,7 +343,7 @@ async fn connection(
 
     let action = shared.faults.check(Stage::Connect, None);
     if let Some(end) = apply_before(&action, &mut transcript, shutdown.clone()).await {
-        transcript.lines.push(end);
+        transcript.push(end);
         finish(&shared, transcript);
         return;
     }
@@ -333,7 +356,10 @@ async fn connection(
         return;
     }
 
-    let config = persona.server_config(&vars, true);
+    let config = match &shared.base_config {
+        Some(c) => c.clone(),
+        None => persona.server_config(&vars, true),
+    };
     let conn = ServerConnection::new(
         config,
         kind,
@@ -380,16 +406,14 @@ async fn apply_before(
     mut shutdown: watch::Receiver<bool>,
 ) -> Option<String> {
     if action.delay_ms > 0 {
-        transcript
-            .lines
-            .push(format!("* fault: delay {} ms", action.delay_ms));
+        transcript.push(format!("* fault: delay {} ms", action.delay_ms));
         tokio::time::sleep(Duration::from_millis(action.delay_ms)).await;
     }
     if action.drop == Some(DropWhen::Before) {
         return Some("* fault: connection dropped".into());
     }
     if action.stall {
-        transcript.lines.push("* fault: stall".into());
+        transcript.push("* fault: stall".into());
         stopped(&mut shutdown).await;
         return Some("* stalled until shutdown".into());
     }
@@ -401,8 +425,14 @@ async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
 }
 
+/// Transcripts kept in memory for `Handle::transcripts` (the oldest are dropped first).
+const TRANSCRIPTS_KEPT: usize = 1000;
+
 fn finish(shared: &Shared, mut transcript: Transcript) {
-    transcript.lines.push("* closed".into());
+    if !transcript.recording {
+        return;
+    }
+    transcript.push("* closed".into());
     if shared.config.write_transcripts {
         let dir = shared.config.data_dir.join("transcripts");
         if std::fs::create_dir_all(&dir).is_ok() {
@@ -412,7 +442,11 @@ fn finish(shared: &Shared, mut transcript: Transcript) {
             );
         }
     }
-    shared.state().transcripts.push(transcript);
+    let mut st = shared.state();
+    if st.transcripts.len() >= TRANSCRIPTS_KEPT {
+        st.transcripts.pop_front();
+    }
+    st.transcripts.push_back(transcript);
 }
 
 async fn accept_tls(
@@ -476,7 +510,7 @@ struct Session {
 
 impl Session {
     fn note(&mut self, line: &str) {
-        self.transcript.lines.push(line.to_string());
+        self.transcript.push(line.to_string());
     }
 
     fn greeting(&mut self) -> Reply {
@@ -485,8 +519,10 @@ impl Session {
     }
 
     fn queue(&mut self, reply: &Reply) {
-        for line in reply.to_string().split("\r\n") {
-            self.transcript.lines.push(format!("S: {line}"));
+        if self.transcript.recording {
+            for line in reply.to_string().split("\r\n") {
+                self.transcript.push(format!("S: {line}"));
+            }
         }
         reply.encode(&mut self.out);
     }
@@ -538,10 +574,10 @@ impl Session {
 
     /// Logs the client's line if a new one was handled.
     fn note_client_line(&mut self) {
-        if self.conn.lines_handled() != self.lines_seen {
+        if self.transcript.recording && self.conn.lines_handled() != self.lines_seen {
             self.lines_seen = self.conn.lines_handled();
             let line = self.conn.transcript_line();
-            self.transcript.lines.push(format!("C: {line}"));
+            self.transcript.push(format!("C: {line}"));
         }
     }
 
@@ -551,7 +587,8 @@ impl Session {
         mut shutdown: watch::Receiver<bool>,
     ) -> std::io::Result<End> {
         let idle = Duration::from_secs(self.shared.config.persona.limits.idle_timeout_secs.max(1));
-        let mut buf = vec![0u8; READ_SIZE];
+        // Filled by read_buf: no zeroing per connection.
+        let mut buf: Vec<u8> = Vec::with_capacity(READ_SIZE);
         loop {
             loop {
                 let event = self.conn.next_event();
@@ -611,7 +648,7 @@ impl Session {
                     Some(Event::Decide(d)) => d,
                 };
                 self.note_client_line();
-                if matches!(decision, Decision::Deliver(_)) {
+                if matches!(decision, Decision::Deliver(_)) && self.transcript.recording {
                     self.note(&format!("C: <message data: {} octets>", self.message.len()));
                 }
                 match self.decide_with_faults(decision).await {
@@ -636,7 +673,7 @@ impl Session {
             }
             let timeout = if self.conn.in_data() { idle * 2 } else { idle };
             tokio::select! {
-                read = tokio::time::timeout(timeout, io.read(&mut buf)) => match read {
+                read = tokio::time::timeout(timeout, io.read_buf(&mut buf)) => match read {
                     Err(_) => {
                         let reply = self.conn.timeout_reply();
                         self.note(&format!("* idle for {}s", timeout.as_secs()));
@@ -647,7 +684,10 @@ impl Session {
                         self.note("* client closed the connection");
                         return Ok(End::Closed);
                     }
-                    Ok(Ok(n)) => self.conn.receive(&buf[..n]),
+                    Ok(Ok(_)) => {
+                        self.conn.receive(&buf);
+                        buf.clear();
+                    }
                     Ok(Err(e)) => return Err(e),
                 },
                 _ = stopped(&mut shutdown) => {
@@ -825,6 +865,9 @@ impl Session {
         {
             return self.text(&texts.too_many_messages);
         }
+        if limits.sender_per_15min.is_none() && limits.sender_per_day.is_none() {
+            return Verdict::Accept;
+        }
         let sender = from.to_string().to_lowercase();
         let (last_15, last_day) = self.sent_counts(&sender, |_| 1);
         if limits.sender_per_15min.is_some_and(|max| last_15 >= max) {
@@ -868,6 +911,10 @@ impl Session {
         if persona.rules.unknown_recipient == UnknownRecipient::Rcpt && self.is_unknown_local(to) {
             return self.text(&texts.rcpt_unknown_user);
         }
+        let limits = &persona.limits;
+        if limits.recipients_per_15min.is_none() && limits.recipients_per_day.is_none() {
+            return Verdict::Accept;
+        }
         let sender = envelope
             .from
             .as_ref()
@@ -875,7 +922,6 @@ impl Session {
             .unwrap_or_default();
         let pending = envelope.rcpts.len() as u32;
         let (last_15, last_day) = self.sent_counts(&sender, |n| n);
-        let limits = &persona.limits;
         if limits
             .recipients_per_15min
             .is_some_and(|max| last_15 + pending >= max)
@@ -924,17 +970,20 @@ impl Session {
                 return self.text(&texts.header_from_mismatch);
             }
         }
-        let subject = store::header_value(&message, "Subject").unwrap_or_default();
         let spam = persona
             .rules
             .spam_words
             .iter()
             .any(|w| memchr::memmem::find(&message, w.as_bytes()).is_some())
-            || persona
-                .rules
-                .spam_subjects
-                .iter()
-                .any(|s| s.to_lowercase() == subject.trim().to_lowercase());
+            || (!persona.rules.spam_subjects.is_empty() && {
+                let subject = store::header_value(&message, "Subject").unwrap_or_default();
+                let subject = subject.trim().to_lowercase();
+                persona
+                    .rules
+                    .spam_subjects
+                    .iter()
+                    .any(|s| s.to_lowercase() == subject)
+            });
         if spam {
             return self.text(&texts.spam);
         }
@@ -996,12 +1045,23 @@ impl Session {
         }
         self.messages_here += 1;
         {
+            let limits = &persona.limits;
+            let quotas = limits.sender_per_15min.is_some()
+                || limits.sender_per_day.is_some()
+                || limits.recipients_per_15min.is_some()
+                || limits.recipients_per_day.is_some();
             let mut st = self.shared.state();
-            st.sent
-                .entry(received.mail_from.to_lowercase())
-                .or_default()
-                .push_back((Instant::now(), received.rcpt_to.len() as u32));
-            st.received.push(received);
+            if quotas {
+                st.sent
+                    .entry(received.mail_from.to_lowercase())
+                    .or_default()
+                    .push_back((Instant::now(), received.rcpt_to.len() as u32));
+            }
+            if st.received.len() >= self.shared.config.history.max(1) {
+                st.received.pop_front();
+            }
+            st.received.push_back(received);
+            st.received_total += 1;
         }
         self.shared.received_notify.notify_waiters();
         Verdict::Reply(reply)
