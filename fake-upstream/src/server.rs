@@ -307,7 +307,7 @@ async fn connection(
     };
     transcript.push(format!("* connect from {peer} ({kind:?} listener)"));
 
-    // Connection-level refusals happen before TLS, in clear, as Coremail does.
+    // Connection-level refusals: a banned IP, too many connections from it.
     let slot = {
         let mut st = shared.state();
         let banned = st
@@ -333,9 +333,21 @@ async fn connection(
     let _slot = match slot {
         Ok(slot) => slot,
         Err((_slot, text)) => {
+            // The refusal takes the greeting's place: in clear on the plain listener, inside
+            // TLS on the implicit-TLS one (a TLS client could not read it otherwise).
             let reply = persona.text(&text, &vars);
             transcript.push(format!("S: {reply}"));
-            let _ = write_all(&mut tcp, &reply.to_bytes()).await;
+            match kind {
+                Transport::Plain => {
+                    let _ = write_all(&mut tcp, &reply.to_bytes()).await;
+                }
+                Transport::Tls => {
+                    if let Ok(mut stream) = accept_tls(&shared, tcp).await {
+                        let _ = write_all(&mut stream, &reply.to_bytes()).await;
+                        let _ = stream.shutdown().await;
+                    }
+                }
+            }
             finish(&shared, transcript);
             return;
         }

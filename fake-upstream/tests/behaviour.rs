@@ -286,13 +286,19 @@ async fn ip_ban_after_failed_auths() {
         "554 IP is rejected, smtp auth error limit exceed,163 gzga-smtp-mtada-g0-3"
     );
     assert!(c.closed().await);
-    // New connections from the IP are refused at connect.
+    // New connections from the IP are refused at connect, on both listeners (inside TLS on
+    // the implicit-TLS one).
     let mut c = Client::connect(&h).await;
     assert_eq!(
         c.reply().await.to_string(),
         "554 IP is rejected, smtp auth error limit exceed,163 gzga-smtp-mtada-g0-3"
     );
     assert!(c.closed().await);
+    let mut c = Client::connect_tls(&h).await;
+    assert_eq!(
+        c.reply().await.to_string(),
+        "554 IP is rejected, smtp auth error limit exceed,163 gzga-smtp-mtada-g0-3"
+    );
     h.shutdown().await;
 }
 
