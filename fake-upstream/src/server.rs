@@ -389,6 +389,7 @@ async fn connection(
         message: Vec::new(),
         raw: Vec::new(),
         messages_here: 0,
+        data_phases: 0,
         out: Vec::new(),
         close_after_write: false,
         rng,
@@ -515,6 +516,8 @@ struct Session {
     message: Vec<u8>,
     raw: Vec<u8>,
     messages_here: u32,
+    /// DATA phases seen on this connection (names the raw files).
+    data_phases: u32,
     out: Vec<u8>,
     close_after_write: bool,
     rng: fastrand::Rng,
@@ -622,7 +625,7 @@ impl Session {
                     }
                     Some(Event::Discard) => {
                         self.message.clear();
-                        self.raw.clear();
+                        self.save_raw().await;
                         continue;
                     }
                     Some(Event::Reply(r)) => {
@@ -766,11 +769,40 @@ impl Session {
             self.note("* fault: reply replaced");
             if matches!(d, Decision::Deliver(_)) {
                 self.message.clear();
-                self.raw.clear();
+                self.save_raw().await;
             }
             return Flow::Verdict(Verdict::Reply(reply));
         }
         Flow::Verdict(self.policy(d).await)
+    }
+
+    /// Writes the raw bytes of the DATA phase that just ended (delivered or not) as
+    /// `raw/<connection>-<n>.data`, when the persona keeps messages.
+    async fn save_raw(&mut self) -> Option<PathBuf> {
+        let raw = std::mem::take(&mut self.raw);
+        if raw.is_empty() || !self.shared.config.persona.rules.keep_messages {
+            return None;
+        }
+        self.data_phases += 1;
+        let dir = self.shared.config.data_dir.join("raw");
+        let path = dir.join(format!(
+            "{:06}-{}.data",
+            self.transcript.id, self.data_phases
+        ));
+        let written = async {
+            tokio::fs::create_dir_all(&dir).await?;
+            tokio::fs::write(&path, &raw).await
+        };
+        match written.await {
+            Ok(()) => Some(path),
+            Err(e) => {
+                self.note(&format!(
+                    "* cannot keep raw DATA in {}: {e}",
+                    path.display()
+                ));
+                None
+            }
+        }
     }
 
     fn text(&self, template: &str) -> Verdict {
@@ -964,7 +996,7 @@ impl Session {
         let persona = &shared.config.persona;
         let texts = &persona.texts;
         let message = std::mem::take(&mut self.message);
-        let raw = std::mem::take(&mut self.raw);
+        let raw_file = self.save_raw().await;
         if persona.rules.unknown_recipient == UnknownRecipient::EndOfData
             && env.rcpts.iter().any(|(r, _)| self.is_unknown_local(r))
         {
@@ -1038,6 +1070,7 @@ impl Session {
             reply: reply.to_string(),
             received_at: chrono::Utc::now().to_rfc3339(),
             files: Vec::<PathBuf>::new(),
+            raw_file,
             layout,
             content: Arc::new(if persona.rules.keep_messages {
                 message
@@ -1047,7 +1080,7 @@ impl Session {
         };
         if persona.rules.keep_messages
             && let Err(e) =
-                store::write_message(&self.shared.config.data_dir, &mut received, &eml, &raw).await
+                store::write_message(&self.shared.config.data_dir, &mut received, &eml).await
         {
             self.note(&format!("* storage error: {e}"));
             return Verdict::Reply(Reply::plain(

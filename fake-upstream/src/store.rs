@@ -1,6 +1,6 @@
 //! What the fake upstream keeps: accepted messages in per-recipient mailboxes (`<id>.eml`, the
-//! delivered copy with the persona's headers, and `<id>.json` beside it), the raw bytes of each
-//! DATA phase, and session transcripts. Also the generated ids (transid, coremail token).
+//! delivered copy with the persona's headers, and `<id>.json` beside it); the server writes the
+//! raw bytes of each DATA phase and the session transcripts. Also the generated ids (transid, coremail token).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -33,6 +33,8 @@ pub struct Received {
     pub received_at: String,
     /// Where the delivered copies were written (empty when the persona keeps nothing).
     pub files: Vec<PathBuf>,
+    /// The raw bytes of the DATA phase, before dot-unstuffing (when kept).
+    pub raw_file: Option<PathBuf>,
     /// Offsets that map the delivered copy back to the message as received.
     pub layout: Layout,
     /// The message exactly as received (after dot-unstuffing); empty when not kept.
@@ -202,12 +204,11 @@ pub fn file_stem(id: &str) -> String {
     id.replace(['/', '\\'], "_")
 }
 
-/// Writes the delivered copy and its JSON for each recipient, and the raw DATA bytes.
+/// Writes the delivered copy and its JSON for each recipient.
 pub async fn write_message(
     data_dir: &Path,
     received: &mut Received,
     eml: &[u8],
-    raw: &[u8],
 ) -> Result<(), Error> {
     let mut files = Vec::new();
     for rcpt in &received.rcpt_to {
@@ -229,14 +230,7 @@ pub async fn write_message(
             .await
             .map_err(|e| Error::io(&path, e))?;
     }
-    let raw_dir = data_dir.join("raw");
-    tokio::fs::create_dir_all(&raw_dir)
-        .await
-        .map_err(|e| Error::io(&raw_dir, e))?;
-    let path = raw_dir.join(format!("{}.data", file_stem(&received.id)));
-    tokio::fs::write(&path, raw)
-        .await
-        .map_err(|e| Error::io(&path, e))
+    Ok(())
 }
 
 const B64: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";

@@ -454,3 +454,67 @@ fn binary_starts_prints_where_it_listens_and_serves() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[tokio::test]
+async fn raw_data_is_kept_for_every_data_phase() {
+    let h = start(config("163", "raw")).await;
+    let mut c = authed(&h).await;
+    let accepted: &[u8] = b"From: alice@163.com\r\n\r\n..dot\nbare LF\r\n.\r\n";
+    let refused: &[u8] = b"From: boss@company.com\r\n\r\nx\r\n.\r\n";
+    for body in [accepted, refused] {
+        c.cmd("MAIL FROM:<alice@163.com>").await;
+        c.cmd("RCPT TO:<bob@163.com>").await;
+        c.cmd("DATA").await;
+        c.send_raw(body).await;
+        c.reply().await;
+    }
+    let got = h.received();
+    assert_eq!(got.len(), 1);
+    // Unstuffed and normalised in the message, exact on the wire in the raw file.
+    assert_eq!(
+        got[0].content.as_slice(),
+        b"From: alice@163.com\r\n\r\n.dot\r\nbare LF\r\n"
+    );
+    assert_eq!(
+        std::fs::read(got[0].raw_file.as_ref().unwrap()).unwrap(),
+        accepted
+    );
+    let mut raws: Vec<_> = std::fs::read_dir(h.data_dir().join("raw"))
+        .unwrap()
+        .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+        .collect();
+    raws.sort();
+    let mut want = vec![accepted.to_vec(), refused.to_vec()];
+    want.sort();
+    assert_eq!(raws, want);
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn tls_files_can_be_given_by_path() {
+    let first = start(config("163", "tls-a")).await;
+    let dir_a = first.data_dir().to_path_buf();
+    let ca = first.ca_pem().to_string();
+    first.shutdown().await;
+    let mut cfg = config("163", "tls-b");
+    cfg.tls_files = Some(fake_upstream::tls::TlsFiles::in_dir(&dir_a));
+    let dir_b = cfg.data_dir.clone();
+    let h = start(cfg).await;
+    assert_eq!(h.ca_pem(), ca);
+    assert!(
+        !dir_b.join("ca.pem").exists(),
+        "nothing generated when files are given"
+    );
+    let mut c = Client::connect_tls(&h).await;
+    assert_eq!(c.reply().await.code, 220);
+    h.shutdown().await;
+
+    let mut cfg = config("163", "tls-missing");
+    cfg.tls_files = Some(fake_upstream::tls::TlsFiles::in_dir(&dir_b));
+    let err = fake_upstream::FakeUpstream::start(cfg)
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("ca.pem"), "{err}");
+}
