@@ -157,6 +157,7 @@ impl Config {
         if let Some(limits) = file.limits {
             persona.limits = limits;
         }
+        persona.apply_overrides(&file.texts, &file.replies, origin)?;
         let mut config = Config::new(
             persona,
             file.data_dir
@@ -208,6 +209,12 @@ struct FileConfig {
     users: Option<Vec<User>>,
     /// Replaces the persona's limits whole (missing keys: no limit).
     limits: Option<Limits>,
+    /// Overrides of the persona's policy texts, by key (e.g. `rcpt_unknown_user`).
+    #[serde(default)]
+    texts: std::collections::BTreeMap<String, String>,
+    /// Overrides of the protocol replies, by ReplyKind name.
+    #[serde(default)]
+    replies: std::collections::BTreeMap<String, String>,
     tls: Option<FileTls>,
     #[serde(default)]
     faults: Vec<Fault>,
@@ -272,6 +279,28 @@ mod tests {
             e.starts_with("c.toml: faults[0].reply: expected a reply"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn texts_and_replies_can_be_overridden() {
+        let c = Config::from_toml(
+            "[texts]\nrcpt_unknown_user = \"550 User not found\"\n[replies]\nmail_ok = \"250 OK\"",
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(c.persona.texts.rcpt_unknown_user, "550 User not found");
+        assert_eq!(c.persona.replies["mail_ok"], "250 OK");
+        let e = Config::from_toml("[texts]\nnope = \"550 x\"", "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("t.toml: texts.nope: unknown text; expected one of"),
+            "{e}"
+        );
+        let e = Config::from_toml("[texts]\nspam = \"spam!\"", "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("t.toml: texts.spam: expected a reply"), "{e}");
     }
 
     #[test]

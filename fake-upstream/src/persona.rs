@@ -304,6 +304,24 @@ impl Persona {
         Ok(persona)
     }
 
+    /// Applies `[texts]` and `[replies]` overrides from a config file, then checks the result.
+    pub fn apply_overrides(
+        &mut self,
+        texts: &BTreeMap<String, String>,
+        replies: &BTreeMap<String, String>,
+        origin: &str,
+    ) -> Result<(), Error> {
+        for (k, v) in texts {
+            self.texts
+                .set(k, v.clone())
+                .map_err(|e| Error::config(origin, format!("texts.{k}: {e}")))?;
+        }
+        for (k, v) in replies {
+            self.replies.insert(k.clone(), v.clone());
+        }
+        self.check(origin)
+    }
+
     fn check(&self, origin: &str) -> Result<(), Error> {
         let bad = |key: String, what: &str| Error::config(origin, format!("{key}: {what}"));
         let probe = Vars {
@@ -456,6 +474,39 @@ impl Persona {
 }
 
 impl Texts {
+    /// Replaces one text by its key (`rcpt_unknown_user`, ...), for config-file overrides.
+    pub fn set(&mut self, key: &str, value: String) -> Result<(), String> {
+        let slot = match key {
+            "auth_no_permission" => &mut self.auth_no_permission,
+            "auth_ip_banned" => &mut self.auth_ip_banned,
+            "plaintext_auth_refused" => &mut self.plaintext_auth_refused,
+            "mail_auth_required_local" => &mut self.mail_auth_required_local,
+            "mail_auth_required_foreign" => &mut self.mail_auth_required_foreign,
+            "mail_not_user" => &mut self.mail_not_user,
+            "mail_null_sender" => &mut self.mail_null_sender,
+            "rcpt_unknown_user" => &mut self.rcpt_unknown_user,
+            "rcpt_too_many" => &mut self.rcpt_too_many,
+            "too_many_messages" => &mut self.too_many_messages,
+            "sender_quota_15min" => &mut self.sender_quota_15min,
+            "sender_quota_day" => &mut self.sender_quota_day,
+            "rcpt_quota_15min" => &mut self.rcpt_quota_15min,
+            "rcpt_quota_day" => &mut self.rcpt_quota_day,
+            "too_many_connections" => &mut self.too_many_connections,
+            "spam" => &mut self.spam,
+            "header_from_mismatch" => &mut self.header_from_mismatch,
+            "message_accepted" => &mut self.message_accepted,
+            _ => {
+                let names: Vec<_> = self.entries().iter().map(|(k, _)| *k).collect();
+                return Err(format!(
+                    "unknown text; expected one of {}",
+                    names.join(", ")
+                ));
+            }
+        };
+        *slot = value;
+        Ok(())
+    }
+
     fn entries(&self) -> [(&'static str, &str); 18] {
         [
             ("auth_no_permission", &self.auth_no_permission),
