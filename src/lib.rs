@@ -4,9 +4,12 @@
 //! - [`cli`]: the command line (clap) and [`cli::run`], which the binary calls, so tests
 //!   exercise the same path as users.
 //! - [`check`]: `smtp-relay check`, which shows what the protocol crate makes of command lines.
+//! - [`upstream`]: the relay's connection to an upstream server (TLS, AUTH, pipelined
+//!   envelope, streamed body, a timeout per phase), driving `smtp_wire::ClientSession`.
 //!
-//! The protocol itself lives in the `smtp-wire` crate (`proto/`); the relay, the scenario
-//! runner and the load generator arrive with their issues.
+//! The protocol itself lives in the `smtp-wire` crate (`proto/`); the relay's server side, the
+//! scenario runner and the load generator arrive with their issues.
 
 pub mod check;
 pub mod cli;
+pub mod upstream;

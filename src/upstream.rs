@@ -1,0 +1,785 @@
+//! The relay's connection to an upstream SMTP server (smtp.163.com and the like): connect,
+//! TLS (implicit or STARTTLS, verified against the configured roots), EHLO, AUTH, then the
+//! envelope (pipelined when the upstream offers it) and a streamed, dot-stuffed body. It
+//! drives `smtp_wire::ClientSession`; every wait has its own timeout, named in the error, and
+//! every error says which upstream and which phase it is about.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls_pki_types::ServerName;
+use smtp_wire::{
+    Capabilities, ClientConfig, ClientError, ClientEvent, ClientSession, ClientTls, Command,
+    Credentials, DataEncoder, Decoded, ForwardPath, LineDecoder, LineEndings, MailParams, Outgoing,
+    RcptParams, Reply, ReplyParser, ReversePath,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// How the connection to the upstream is secured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsMode {
+    /// Plaintext (only for trusted networks and tests).
+    None,
+    /// STARTTLS, required: an upstream that does not offer it is an error.
+    StartTls,
+    /// TLS from the first byte (port 465).
+    Implicit,
+}
+
+/// How long each phase may take. The defaults are RFC 5321 4.5.3.2's client timeouts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// TCP connect and the TLS handshake (not in the RFC).
+    pub connect: Duration,
+    /// The 220 greeting.
+    pub greeting: Duration,
+    /// EHLO, STARTTLS, AUTH, MAIL, RCPT, RSET, QUIT replies.
+    pub command: Duration,
+    /// The reply to DATA (354).
+    pub data_init: Duration,
+    /// Each write of message data.
+    pub data_block: Duration,
+    /// The final reply after the end of data.
+    pub data_end: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(30),
+            greeting: Duration::from_secs(300),
+            command: Duration::from_secs(300),
+            data_init: Duration::from_secs(120),
+            data_block: Duration::from_secs(180),
+            data_end: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Where and how to reach one upstream.
+#[derive(Clone)]
+pub struct UpstreamConfig {
+    /// How errors and logs name it, e.g. `smtp.163.com:465`.
+    pub name: String,
+    /// `host:port` to connect to.
+    pub addr: String,
+    /// The name its certificate must carry.
+    pub server_name: String,
+    pub tls: TlsMode,
+    /// Required unless `tls` is `None`: the roots to verify the upstream against.
+    pub tls_config: Option<Arc<rustls::ClientConfig>>,
+    /// Our name in EHLO.
+    pub helo_name: String,
+    /// AUTH with these after the secured EHLO.
+    pub credentials: Option<Credentials>,
+    pub timeouts: Timeouts,
+}
+
+impl fmt::Debug for UpstreamConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UpstreamConfig")
+            .field("name", &self.name)
+            .field("addr", &self.addr)
+            .field("tls", &self.tls)
+            .field("credentials", &self.credentials)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The part of a session an error happened in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    Connect,
+    Tls,
+    Greeting,
+    Ehlo,
+    StartTls,
+    Auth,
+    Mail,
+    Rcpt,
+    Data,
+    Body,
+    EndOfData,
+    Rset,
+    Quit,
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Phase::Connect => "connect",
+            Phase::Tls => "TLS handshake",
+            Phase::Greeting => "greeting",
+            Phase::Ehlo => "EHLO",
+            Phase::StartTls => "STARTTLS",
+            Phase::Auth => "AUTH",
+            Phase::Mail => "MAIL",
+            Phase::Rcpt => "RCPT",
+            Phase::Data => "DATA",
+            Phase::Body => "message data",
+            Phase::EndOfData => "end of data",
+            Phase::Rset => "RSET",
+            Phase::Quit => "QUIT",
+        })
+    }
+}
+
+/// What went wrong with an upstream. [`UpstreamError::client_reply`] is what the relay's
+/// client hears: always a 4yz, never a 250, naming the upstream and the reason.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum UpstreamError {
+    Connect {
+        upstream: String,
+        source: std::io::Error,
+    },
+    Tls {
+        upstream: String,
+        reason: String,
+    },
+    Timeout {
+        upstream: String,
+        phase: Phase,
+        after: Duration,
+    },
+    /// The upstream closed the connection.
+    Closed {
+        upstream: String,
+        phase: Phase,
+    },
+    Io {
+        upstream: String,
+        phase: Phase,
+        source: std::io::Error,
+    },
+    /// The upstream refused the greeting, EHLO or STARTTLS.
+    Refused {
+        upstream: String,
+        phase: Phase,
+        reply: Reply,
+    },
+    /// The upstream's verdict on the credentials (163: `535 Error: authentication failed`).
+    AuthRejected {
+        upstream: String,
+        reply: Reply,
+    },
+    /// Something that is not SMTP as we know it (bad reply syntax, a missing extension,
+    /// bytes after the 220 to STARTTLS).
+    Protocol {
+        upstream: String,
+        reason: String,
+    },
+}
+
+impl UpstreamError {
+    pub fn upstream(&self) -> &str {
+        match self {
+            UpstreamError::Connect { upstream, .. }
+            | UpstreamError::Tls { upstream, .. }
+            | UpstreamError::Timeout { upstream, .. }
+            | UpstreamError::Closed { upstream, .. }
+            | UpstreamError::Io { upstream, .. }
+            | UpstreamError::Refused { upstream, .. }
+            | UpstreamError::AuthRejected { upstream, .. }
+            | UpstreamError::Protocol { upstream, .. } => upstream,
+        }
+    }
+
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, UpstreamError::Timeout { .. })
+    }
+
+    /// The upstream's own reply, when it gave one.
+    pub fn reply(&self) -> Option<&Reply> {
+        match self {
+            UpstreamError::Refused { reply, .. } | UpstreamError::AuthRejected { reply, .. } => {
+                Some(reply)
+            }
+            _ => None,
+        }
+    }
+
+    /// The reply for the relay's client: a transient failure that names the upstream and the
+    /// reason (smtp-edge-cases, "Translated").
+    pub fn client_reply(&self) -> Reply {
+        let up = self.upstream();
+        match self {
+            UpstreamError::Connect { source, .. } => Reply::new(
+                451,
+                (4, 4, 1),
+                format!("upstream {up}: cannot connect: {source}"),
+            ),
+            UpstreamError::Tls { reason, .. } => Reply::new(
+                451,
+                (4, 4, 1),
+                format!("upstream {up}: TLS failed: {reason}"),
+            ),
+            UpstreamError::Timeout { phase, after, .. } => Reply::new(
+                451,
+                (4, 4, 2),
+                format!(
+                    "upstream {up}: no reply to {phase} after {}s",
+                    after.as_secs()
+                ),
+            ),
+            UpstreamError::Closed { phase, .. } => Reply::new(
+                451,
+                (4, 4, 2),
+                format!("upstream {up}: connection closed during {phase}"),
+            ),
+            UpstreamError::Io { phase, source, .. } => Reply::new(
+                451,
+                (4, 4, 2),
+                format!("upstream {up}: connection lost during {phase}: {source}"),
+            ),
+            UpstreamError::Refused { phase, reply, .. } => Reply::new(
+                451,
+                (4, 4, 5),
+                format!(
+                    "upstream {up}: {phase} refused: {} {}",
+                    reply.code,
+                    reply.text()
+                ),
+            ),
+            UpstreamError::AuthRejected { reply, .. } => Reply::new(
+                454,
+                (4, 7, 0),
+                format!(
+                    "upstream {up}: authentication refused: {} {}",
+                    reply.code,
+                    reply.text()
+                ),
+            ),
+            UpstreamError::Protocol { reason, .. } => {
+                Reply::new(451, (4, 3, 0), format!("upstream {up}: {reason}"))
+            }
+        }
+    }
+}
+
+impl fmt::Display for UpstreamError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.client_reply().text())
+    }
+}
+
+impl std::error::Error for UpstreamError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            UpstreamError::Connect { source, .. } | UpstreamError::Io { source, .. } => {
+                Some(source)
+            }
+            _ => None,
+        }
+    }
+}
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// The longest reply line accepted from an upstream (RFC 5321 says 512; servers exceed it).
+const MAX_REPLY_LINE: usize = 4096;
+
+/// The replies to a whole envelope.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EnvelopeReplies {
+    pub mail: Reply,
+    /// One per recipient, in order.
+    pub rcpts: Vec<Reply>,
+}
+
+/// A ready upstream session (greeted, secured and authenticated as configured).
+pub struct Upstream {
+    name: String,
+    io: Box<dyn Io>,
+    session: ClientSession,
+    input: Vec<u8>,
+    lines: LineDecoder,
+    timeouts: Timeouts,
+    encoder: DataEncoder,
+    out: Vec<u8>,
+    /// `C:`/`S:` lines of this session, AUTH payloads redacted.
+    transcript: Vec<String>,
+}
+
+impl fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Upstream")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Upstream {
+    /// Connects and runs the handshake: greeting, EHLO, STARTTLS and EHLO again when asked,
+    /// AUTH when credentials are configured.
+    pub async fn connect(config: &UpstreamConfig) -> Result<Upstream, UpstreamError> {
+        let name = config.name.clone();
+        let t = config.timeouts;
+        let tcp = match tokio::time::timeout(t.connect, TcpStream::connect(&config.addr)).await {
+            Ok(Ok(tcp)) => tcp,
+            Ok(Err(source)) => {
+                return Err(UpstreamError::Connect {
+                    upstream: name,
+                    source,
+                });
+            }
+            Err(_) => {
+                return Err(UpstreamError::Timeout {
+                    upstream: name,
+                    phase: Phase::Connect,
+                    after: t.connect,
+                });
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let mut io: Box<dyn Io> = Box::new(tcp);
+        if config.tls == TlsMode::Implicit {
+            io = handshake(config, io).await?;
+        }
+        let mut up = Upstream {
+            name,
+            io,
+            session: ClientSession::new(ClientConfig {
+                helo_name: config.helo_name.clone(),
+                tls: match config.tls {
+                    TlsMode::None => ClientTls::None,
+                    TlsMode::StartTls => ClientTls::StartTls,
+                    TlsMode::Implicit => ClientTls::Implicit,
+                },
+                credentials: config.credentials.clone(),
+            }),
+            input: Vec::new(),
+            lines: LineDecoder::new(MAX_REPLY_LINE, LineEndings::CrlfOnly),
+            timeouts: t,
+            encoder: DataEncoder::new(),
+            out: Vec::new(),
+            transcript: Vec::new(),
+        };
+        let mut phase = Phase::Greeting;
+        loop {
+            let wait = if phase == Phase::Greeting {
+                t.greeting
+            } else {
+                t.command
+            };
+            let reply = up.read_reply(phase, wait).await?;
+            match up.session.handle_reply(reply) {
+                Ok(ClientEvent::Send(out)) => {
+                    phase = match out.first() {
+                        Some(Outgoing::Command(Command::Ehlo { .. } | Command::Helo { .. })) => {
+                            Phase::Ehlo
+                        }
+                        Some(Outgoing::Command(Command::StartTls)) => Phase::StartTls,
+                        _ => Phase::Auth,
+                    };
+                    up.send(&out, phase).await?;
+                }
+                Ok(ClientEvent::UpgradeTls) => {
+                    if !up.input.is_empty() {
+                        return Err(UpstreamError::Protocol {
+                            upstream: up.name,
+                            reason: "data after the 220 to STARTTLS (possible injection)".into(),
+                        });
+                    }
+                    up.io = handshake(config, up.io).await?;
+                    up.transcript.push("* TLS handshake done (STARTTLS)".into());
+                    let out = up.session.tls_established().map_err(|e| up.protocol(e))?;
+                    phase = Phase::Ehlo;
+                    up.send(&out, phase).await?;
+                }
+                Ok(ClientEvent::Ready) => return Ok(up),
+                Ok(other) => {
+                    return Err(UpstreamError::Protocol {
+                        upstream: up.name,
+                        reason: format!("unexpected event during the handshake: {other:?}"),
+                    });
+                }
+                Err(e) => return Err(up.client_error(e, phase)),
+            }
+        }
+    }
+
+    /// The upstream's name (as configured).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// What the upstream offered in its last EHLO reply.
+    pub fn capabilities(&self) -> &Capabilities {
+        self.session.capabilities()
+    }
+
+    /// This session's `C:`/`S:` lines so far (AUTH payloads redacted).
+    pub fn transcript(&self) -> &[String] {
+        &self.transcript
+    }
+
+    fn client_error(&self, e: ClientError, phase: Phase) -> UpstreamError {
+        let upstream = self.name.clone();
+        match e {
+            ClientError::Greeting(reply) => UpstreamError::Refused {
+                upstream,
+                phase: Phase::Greeting,
+                reply,
+            },
+            ClientError::Hello(reply) => UpstreamError::Refused {
+                upstream,
+                phase: Phase::Ehlo,
+                reply,
+            },
+            ClientError::StartTls(reply) => UpstreamError::Refused {
+                upstream,
+                phase: Phase::StartTls,
+                reply,
+            },
+            ClientError::AuthFailed(reply) => UpstreamError::AuthRejected { upstream, reply },
+            ClientError::TlsNotOffered => UpstreamError::Tls {
+                upstream,
+                reason: "STARTTLS is required and the upstream does not offer it".into(),
+            },
+            other => UpstreamError::Protocol {
+                upstream,
+                reason: format!("{other} (during {phase})"),
+            },
+        }
+    }
+
+    fn protocol(&self, e: ClientError) -> UpstreamError {
+        UpstreamError::Protocol {
+            upstream: self.name.clone(),
+            reason: e.to_string(),
+        }
+    }
+
+    /// Writes commands (one write for a pipelined group).
+    async fn send(&mut self, out: &[Outgoing], phase: Phase) -> Result<(), UpstreamError> {
+        self.out.clear();
+        for o in out {
+            let start = self.out.len();
+            o.encode(&mut self.out);
+            let line = if o.is_secret() {
+                match o {
+                    Outgoing::Command(Command::Auth { mechanism, .. }) => {
+                        format!("C: AUTH {mechanism} <redacted>")
+                    }
+                    _ => "C: <redacted>".into(),
+                }
+            } else {
+                format!(
+                    "C: {}",
+                    String::from_utf8_lossy(&self.out[start..self.out.len() - 2])
+                )
+            };
+            self.transcript.push(line);
+        }
+        let out = std::mem::take(&mut self.out);
+        let r = self.write(&out, phase, self.timeouts.command).await;
+        self.out = out;
+        r
+    }
+
+    async fn write(
+        &mut self,
+        bytes: &[u8],
+        phase: Phase,
+        wait: Duration,
+    ) -> Result<(), UpstreamError> {
+        let io = &mut self.io;
+        match tokio::time::timeout(wait, async {
+            io.write_all(bytes).await?;
+            io.flush().await
+        })
+        .await
+        {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(source)) => Err(UpstreamError::Io {
+                upstream: self.name.clone(),
+                phase,
+                source,
+            }),
+            Err(_) => Err(UpstreamError::Timeout {
+                upstream: self.name.clone(),
+                phase,
+                after: wait,
+            }),
+        }
+    }
+
+    /// Reads one whole reply within `wait`.
+    async fn read_reply(&mut self, phase: Phase, wait: Duration) -> Result<Reply, UpstreamError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut parser = ReplyParser::default();
+        loop {
+            match self.lines.decode(&self.input) {
+                Decoded::Line { line, consumed } => {
+                    let parsed = parser.push_line(line);
+                    self.input.drain(..consumed);
+                    match parsed {
+                        Ok(Some(reply)) => {
+                            for l in reply.to_string().split("\r\n") {
+                                self.transcript.push(format!("S: {l}"));
+                            }
+                            return Ok(reply);
+                        }
+                        Ok(None) => continue,
+                        Err(e) => {
+                            return Err(UpstreamError::Protocol {
+                                upstream: self.name.clone(),
+                                reason: format!("bad reply to {phase}: {e}"),
+                            });
+                        }
+                    }
+                }
+                Decoded::NeedMore { consumed } => {
+                    self.input.drain(..consumed);
+                }
+                Decoded::Error { error, .. } => {
+                    return Err(UpstreamError::Protocol {
+                        upstream: self.name.clone(),
+                        reason: format!("bad reply line to {phase}: {error:?}"),
+                    });
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            let n = match tokio::time::timeout_at(deadline, self.io.read(&mut chunk)).await {
+                Ok(Ok(0)) => {
+                    return Err(UpstreamError::Closed {
+                        upstream: self.name.clone(),
+                        phase,
+                    });
+                }
+                Ok(Ok(n)) => n,
+                // A TLS peer that closes without close_notify: closed all the same.
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    return Err(UpstreamError::Closed {
+                        upstream: self.name.clone(),
+                        phase,
+                    });
+                }
+                Ok(Err(source)) => {
+                    return Err(UpstreamError::Io {
+                        upstream: self.name.clone(),
+                        phase,
+                        source,
+                    });
+                }
+                Err(_) => {
+                    return Err(UpstreamError::Timeout {
+                        upstream: self.name.clone(),
+                        phase,
+                        after: wait,
+                    });
+                }
+            };
+            self.input.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Sends one command and returns the event for its reply.
+    async fn command(
+        &mut self,
+        out: Result<Outgoing, ClientError>,
+        phase: Phase,
+        wait: Duration,
+    ) -> Result<ClientEvent, UpstreamError> {
+        let out = out.map_err(|e| self.protocol(e))?;
+        self.send(&[out], phase).await?;
+        let reply = self.read_reply(phase, wait).await?;
+        self.session
+            .handle_reply(reply)
+            .map_err(|e| self.protocol(e))
+    }
+
+    pub async fn mail(
+        &mut self,
+        from: &ReversePath,
+        params: &MailParams,
+    ) -> Result<Reply, UpstreamError> {
+        let out = self.session.mail(from.clone(), params.clone());
+        match self
+            .command(out, Phase::Mail, self.timeouts.command)
+            .await?
+        {
+            ClientEvent::Mail(r) => Ok(r),
+            other => Err(self.unexpected(other, Phase::Mail)),
+        }
+    }
+
+    pub async fn rcpt(
+        &mut self,
+        to: &ForwardPath,
+        params: &RcptParams,
+    ) -> Result<Reply, UpstreamError> {
+        let out = self.session.rcpt(to.clone(), params.clone());
+        match self
+            .command(out, Phase::Rcpt, self.timeouts.command)
+            .await?
+        {
+            ClientEvent::Rcpt { reply, .. } => Ok(reply),
+            other => Err(self.unexpected(other, Phase::Rcpt)),
+        }
+    }
+
+    /// MAIL and every RCPT: in one write when the upstream offers PIPELINING (RFC 2920),
+    /// else one by one. The replies come back in order.
+    pub async fn envelope(
+        &mut self,
+        from: &ReversePath,
+        params: &MailParams,
+        rcpts: &[(ForwardPath, RcptParams)],
+    ) -> Result<EnvelopeReplies, UpstreamError> {
+        if !self.session.can_pipeline() {
+            let mail = self.mail(from, params).await?;
+            let mut replies = Vec::with_capacity(rcpts.len());
+            if mail.is_positive() {
+                for (to, p) in rcpts {
+                    replies.push(self.rcpt(to, p).await?);
+                }
+            }
+            return Ok(EnvelopeReplies {
+                mail,
+                rcpts: replies,
+            });
+        }
+        let mut out = vec![
+            self.session
+                .mail(from.clone(), params.clone())
+                .map_err(|e| self.protocol(e))?,
+        ];
+        for (to, p) in rcpts {
+            out.push(
+                self.session
+                    .rcpt(to.clone(), p.clone())
+                    .map_err(|e| self.protocol(e))?,
+            );
+        }
+        self.send(&out, Phase::Mail).await?;
+        let mut mail = None;
+        let mut replies = Vec::with_capacity(rcpts.len());
+        for i in 0..out.len() {
+            let phase = if i == 0 { Phase::Mail } else { Phase::Rcpt };
+            let reply = self.read_reply(phase, self.timeouts.command).await?;
+            match self
+                .session
+                .handle_reply(reply)
+                .map_err(|e| self.protocol(e))?
+            {
+                ClientEvent::Mail(r) => mail = Some(r),
+                ClientEvent::Rcpt { reply, .. } => replies.push(reply),
+                other => return Err(self.unexpected(other, phase)),
+            }
+        }
+        Ok(EnvelopeReplies {
+            mail: mail.expect("the first reply answers MAIL"),
+            rcpts: replies,
+        })
+    }
+
+    /// DATA: `354` means the body may follow; anything else is the upstream's refusal.
+    pub async fn data(&mut self) -> Result<Reply, UpstreamError> {
+        let out = self.session.data();
+        match self
+            .command(out, Phase::Data, self.timeouts.data_init)
+            .await?
+        {
+            ClientEvent::Data(r) => {
+                self.encoder = DataEncoder::new();
+                Ok(r)
+            }
+            other => Err(self.unexpected(other, Phase::Data)),
+        }
+    }
+
+    /// Sends a piece of message content: CRLF-normalised and dot-stuffed on the way.
+    pub async fn body(&mut self, chunk: &[u8]) -> Result<(), UpstreamError> {
+        self.out.clear();
+        self.encoder.encode(chunk, &mut self.out);
+        let out = std::mem::take(&mut self.out);
+        let r = self
+            .write(&out, Phase::Body, self.timeouts.data_block)
+            .await;
+        self.out = out;
+        r
+    }
+
+    /// Ends the message (`.CRLF`) and returns the upstream's final reply.
+    pub async fn end_of_data(&mut self) -> Result<Reply, UpstreamError> {
+        self.out.clear();
+        self.encoder.finish(&mut self.out);
+        let out = std::mem::take(&mut self.out);
+        self.write(&out, Phase::Body, self.timeouts.data_block)
+            .await?;
+        self.out = out;
+        self.transcript.push("C: <message data>".into());
+        self.session.data_sent().map_err(|e| self.protocol(e))?;
+        let reply = self
+            .read_reply(Phase::EndOfData, self.timeouts.data_end)
+            .await?;
+        match self
+            .session
+            .handle_reply(reply)
+            .map_err(|e| self.protocol(e))?
+        {
+            ClientEvent::Message(r) => Ok(r),
+            other => Err(self.unexpected(other, Phase::EndOfData)),
+        }
+    }
+
+    pub async fn rset(&mut self) -> Result<Reply, UpstreamError> {
+        let out = self.session.rset();
+        match self
+            .command(out, Phase::Rset, self.timeouts.command)
+            .await?
+        {
+            ClientEvent::Rset(r) => Ok(r),
+            other => Err(self.unexpected(other, Phase::Rset)),
+        }
+    }
+
+    /// QUIT and close, politely but without waiting long for the 221.
+    pub async fn quit(mut self) {
+        let out = self.session.quit();
+        let polite = Duration::from_secs(5).min(self.timeouts.command);
+        let _ = tokio::time::timeout(polite, self.command(out, Phase::Quit, polite)).await;
+        let _ = self.io.shutdown().await;
+    }
+
+    /// Closes without ending the message: an upstream never delivers a message whose
+    /// terminator it did not get (the client vanished mid-DATA).
+    pub async fn abort(mut self) {
+        let _ = self.io.shutdown().await;
+    }
+
+    fn unexpected(&self, event: ClientEvent, phase: Phase) -> UpstreamError {
+        UpstreamError::Protocol {
+            upstream: self.name.clone(),
+            reason: format!("unexpected {event:?} during {phase}"),
+        }
+    }
+}
+
+async fn handshake(config: &UpstreamConfig, io: Box<dyn Io>) -> Result<Box<dyn Io>, UpstreamError> {
+    let tls_error = |reason: String| UpstreamError::Tls {
+        upstream: config.name.clone(),
+        reason,
+    };
+    let tls_config = config
+        .tls_config
+        .clone()
+        .ok_or_else(|| tls_error("no TLS configuration for this upstream".into()))?;
+    let name = ServerName::try_from(config.server_name.clone())
+        .map_err(|e| tls_error(format!("bad server name {:?}: {e}", config.server_name)))?;
+    let connector = tokio_rustls::TlsConnector::from(tls_config);
+    match tokio::time::timeout(config.timeouts.connect, connector.connect(name, io)).await {
+        Ok(Ok(stream)) => Ok(Box::new(stream)),
+        Ok(Err(e)) => Err(tls_error(e.to_string())),
+        Err(_) => Err(UpstreamError::Timeout {
+            upstream: config.name.clone(),
+            phase: Phase::Tls,
+            after: config.timeouts.connect,
+        }),
+    }
+}
