@@ -4,6 +4,8 @@
 //! - [`cli`]: the command line (clap) and [`cli::run`], which the binary calls, so tests
 //!   exercise the same path as users.
 //! - [`check`]: `smtp-relay check`, which shows what the protocol crate makes of command lines.
+//! - [`relay`]: the relay in live mode: client sessions, pass-through AUTH, verbatim upstream
+//!   replies, the spool.
 //! - [`upstream`]: the relay's connection to an upstream server (TLS, AUTH, pipelined
 //!   envelope, streamed body, a timeout per phase), driving `smtp_wire::ClientSession`.
 //!
@@ -12,4 +14,5 @@
 
 pub mod check;
 pub mod cli;
+pub mod relay;
 pub mod upstream;

@@ -302,6 +302,8 @@ pub struct Upstream {
     out: Vec<u8>,
     /// `C:`/`S:` lines of this session, AUTH payloads redacted.
     transcript: Vec<String>,
+    /// The upstream's reply to AUTH (its exact words, e.g. `235 Authentication successful`).
+    auth_reply: Option<Reply>,
 }
 
 impl fmt::Debug for Upstream {
@@ -357,6 +359,7 @@ impl Upstream {
             encoder: DataEncoder::new(),
             out: Vec::new(),
             transcript: Vec::new(),
+            auth_reply: None,
         };
         let mut phase = Phase::Greeting;
         loop {
@@ -366,6 +369,9 @@ impl Upstream {
                 t.command
             };
             let reply = up.read_reply(phase, wait).await?;
+            if phase == Phase::Auth {
+                up.auth_reply = Some(reply.clone());
+            }
             match up.session.handle_reply(reply) {
                 Ok(ClientEvent::Send(out)) => {
                     phase = match out.first() {
@@ -410,6 +416,11 @@ impl Upstream {
     /// What the upstream offered in its last EHLO reply.
     pub fn capabilities(&self) -> &Capabilities {
         self.session.capabilities()
+    }
+
+    /// The upstream's final reply to AUTH, when credentials were given.
+    pub fn auth_reply(&self) -> Option<&Reply> {
+        self.auth_reply.as_ref()
     }
 
     /// This session's `C:`/`S:` lines so far (AUTH payloads redacted).

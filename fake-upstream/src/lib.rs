@@ -21,6 +21,7 @@
 //! - [`server`]: listeners, the per-connection driver of `smtp_wire::ServerConnection`, the
 //!   persona's policy, the [`Handle`].
 //! - [`cli`]: the `fake-upstream` command line.
+//! - [`testing`]: a raw SMTP client and helpers for tests against any SMTP server.
 
 pub mod cli;
 pub mod config;
@@ -29,6 +30,7 @@ pub mod faults;
 pub mod persona;
 pub mod server;
 pub mod store;
+pub mod testing;
 pub mod tls;
 
 pub use config::{Config, User};

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use common::{Client, b64, config, start};
 use fake_upstream::{DropWhen, Fault, Stage};
 
-async fn authed(h: &fake_upstream::Handle) -> Client {
+async fn authed(h: &fake_upstream::Handle) -> fake_upstream::testing::Client {
     let mut c = Client::connect(h).await;
     c.reply().await;
     c.cmd("EHLO client.example").await;
@@ -21,7 +21,7 @@ async fn authed(h: &fake_upstream::Handle) -> Client {
     c
 }
 
-async fn send_message(c: &mut Client, rcpt: &str) -> String {
+async fn send_message(c: &mut fake_upstream::testing::Client, rcpt: &str) -> String {
     assert_eq!(c.cmd("MAIL FROM:<alice@163.com>").await, "250 Mail OK");
     let r = c.cmd(&format!("RCPT TO:<{rcpt}>")).await;
     if !r.starts_with("250") {
@@ -124,7 +124,7 @@ async fn fault_tls_handshake_failure_on_starttls() {
     c.cmd("EHLO x").await;
     c.send("STARTTLS").await;
     assert_eq!(c.reply().await.to_string(), "220 Ready to start TLS");
-    let handshake = c.handshake(&h).await;
+    let handshake = c.handshake(h.ca_pem()).await;
     assert!(handshake.is_err(), "the handshake must fail");
     h.shutdown().await;
     let t = h.transcripts();

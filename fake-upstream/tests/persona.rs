@@ -18,7 +18,7 @@ macro_rules! snapshot {
     };
 }
 
-async fn login(c: &mut Client, user: &str, code: &str) -> String {
+async fn login(c: &mut fake_upstream::testing::Client, user: &str, code: &str) -> String {
     assert_eq!(c.cmd("AUTH LOGIN").await, "334 dXNlcm5hbWU6");
     assert_eq!(c.cmd(&b64(user)).await, "334 UGFzc3dvcmQ6");
     c.cmd(&b64(code)).await
@@ -270,7 +270,7 @@ async fn starttls_on_163_discards_pipelined_plaintext_and_keeps_the_quirk() {
     let mut c = Client::connect(&h).await;
     c.reply().await;
     c.cmd("EHLO x").await;
-    c.starttls(&h).await;
+    c.starttls(h.ca_pem()).await;
     // RFC 3207 4.2: everything before the handshake is forgotten, EHLO comes first.
     assert_eq!(
         c.cmd("MAIL FROM:<alice@163.com>").await,

@@ -1,0 +1,653 @@
+//! The relay, live mode: each client session is driven by `smtp_wire::ServerConnection`; each
+//! decision that the upstream must take (AUTH in pass-through mode, MAIL, RCPT, DATA, the end
+//! of data) is forwarded as it happens, and the upstream's reply goes back to the client as it
+//! was said. The message is streamed to the upstream and to the spool file, never held whole.
+//!
+//! Reply rules (smtp-edge-cases, last tables): syntax, sequence, limits and TLS are answered
+//! by the relay; the upstream's verdicts on a mailbox or a message are forwarded verbatim;
+//! transport trouble with the upstream becomes a 4xx that names the upstream, never a 250.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use smtp_wire::{
+    BareLineEnding, Credentials, Decision, Envelope, Event, LineEndings, Mechanism, Reply,
+    ReversePath, ServerConfig, ServerConnection, Transport, Verdict,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+
+use crate::upstream::{Upstream, UpstreamConfig, UpstreamError};
+
+/// How clients prove who they are.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AuthMode {
+    /// The client's credentials are replayed to the upstream at AUTH time; its verdict is
+    /// the relay's answer (235, or e.g. `535 Error: authentication failed` verbatim).
+    Passthrough,
+    /// No AUTH; only clients from these networks may relay (address, prefix length).
+    TrustedNetworks(Vec<(IpAddr, u8)>),
+}
+
+/// The relay's own settings.
+#[derive(Clone, Debug)]
+pub struct RelayConfig {
+    pub hostname: String,
+    /// Plain listener with STARTTLS.
+    pub listen: SocketAddr,
+    /// Implicit-TLS listener.
+    pub listen_tls: Option<SocketAddr>,
+    /// The relay's certificate for its listeners; `None`: no STARTTLS, no TLS listener.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Where every message is kept as received (`<id>.eml`, `<id>.json`).
+    pub spool_dir: PathBuf,
+    /// The default route: every recipient goes there for now.
+    pub upstream: UpstreamConfig,
+    pub auth: AuthMode,
+    pub max_message_size: u64,
+    pub max_recipients: usize,
+    pub max_sessions: usize,
+    /// Idle time allowed while waiting for a command (RFC 5321 4.5.3.2.7: at least 5 min).
+    pub command_timeout: Duration,
+    /// Idle time allowed inside DATA between two reads.
+    pub data_timeout: Duration,
+    /// A whole session may not last longer than this (slow-loris protection).
+    pub session_deadline: Duration,
+    pub bare_line_endings: BareLineEnding,
+}
+
+/// A running relay.
+pub struct RelayHandle {
+    addr: SocketAddr,
+    tls_addr: Option<SocketAddr>,
+    shutdown: watch::Sender<bool>,
+    tasks: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl RelayHandle {
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
+    }
+
+    /// Stops accepting, sends `421 4.3.2` to sessions waiting for a command, waits for the
+    /// sessions (at most 10 seconds).
+    pub async fn shutdown(&self) {
+        let _ = self.shutdown.send(true);
+        let task = self.tasks.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(task) = task {
+            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        }
+    }
+}
+
+struct Shared {
+    config: RelayConfig,
+    sessions: Semaphore,
+    next_id: AtomicU64,
+}
+
+/// Binds the listeners and serves until [`RelayHandle::shutdown`].
+pub async fn start(config: RelayConfig) -> std::io::Result<RelayHandle> {
+    std::fs::create_dir_all(&config.spool_dir)?;
+    let plain = TcpListener::bind(config.listen).await?;
+    let implicit = match (config.listen_tls, &config.tls) {
+        (Some(a), Some(_)) => Some(TcpListener::bind(a).await?),
+        _ => None,
+    };
+    let addr = plain.local_addr()?;
+    let tls_addr = match &implicit {
+        Some(l) => Some(l.local_addr()?),
+        None => None,
+    };
+    let shared = Arc::new(Shared {
+        sessions: Semaphore::new(config.max_sessions),
+        config,
+        next_id: AtomicU64::new(1),
+    });
+    let (shutdown, rx) = watch::channel(false);
+    let tasks = tokio::spawn(async move {
+        let mut set = JoinSet::new();
+        set.spawn(accept_loop(
+            shared.clone(),
+            plain,
+            Transport::Plain,
+            rx.clone(),
+        ));
+        if let Some(l) = implicit {
+            set.spawn(accept_loop(shared, l, Transport::Tls, rx));
+        }
+        while set.join_next().await.is_some() {}
+    });
+    Ok(RelayHandle {
+        addr,
+        tls_addr,
+        shutdown,
+        tasks: std::sync::Mutex::new(Some(tasks)),
+    })
+}
+
+async fn accept_loop(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    kind: Transport,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut sessions = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((tcp, peer)) = accepted else {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                let _ = tcp.set_nodelay(true);
+                sessions.spawn(client(shared.clone(), tcp, peer, kind, shutdown.clone()));
+            }
+            _ = stopped(&mut shutdown) => break,
+            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+        }
+    }
+    while sessions.join_next().await.is_some() {}
+}
+
+async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+async fn client(
+    shared: Arc<Shared>,
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+    kind: Transport,
+    shutdown: watch::Receiver<bool>,
+) {
+    let cfg = &shared.config;
+    // Backpressure: a permit per session, moved into the task (mini-redis).
+    let Ok(_permit) = shared.sessions.try_acquire() else {
+        let reply = Reply::new(
+            421,
+            (4, 7, 0),
+            format!("{} Too many connections, try again later", cfg.hostname),
+        );
+        let _ = tcp.write_all(&reply.to_bytes()).await;
+        return;
+    };
+    let loopback = peer.ip().is_loopback();
+    let trusted = match &cfg.auth {
+        AuthMode::Passthrough => false,
+        AuthMode::TrustedNetworks(nets) => nets
+            .iter()
+            .any(|(net, len)| in_network(peer.ip(), *net, *len)),
+    };
+    let server_config = ServerConfig {
+        hostname: cfg.hostname.clone(),
+        greeting: "ESMTP smtp-relay".into(),
+        max_message_size: cfg.max_message_size,
+        max_recipients: cfg.max_recipients,
+        starttls: cfg.tls.is_some(),
+        auth_mechanisms: match cfg.auth {
+            AuthMode::Passthrough => vec![Mechanism::Plain, Mechanism::Login],
+            AuthMode::TrustedNetworks(_) => Vec::new(),
+        },
+        // AUTH in clear only from loopback (a local mail client on the developer's machine).
+        auth_requires_tls: !loopback,
+        auth_required: !trusted,
+        ..ServerConfig::default()
+    };
+    let mut session = Session {
+        id: shared.next_id.fetch_add(1, Ordering::Relaxed),
+        shared: shared.clone(),
+        conn: ServerConnection::new(
+            server_config,
+            kind,
+            LineEndings::CrlfOnly,
+            cfg.bare_line_endings,
+        ),
+        peer,
+        tls: kind == Transport::Tls,
+        credentials: None,
+        upstream: None,
+        spool: None,
+        started: Instant::now(),
+    };
+    let result = match kind {
+        Transport::Plain => session.run(Box::new(tcp), shutdown).await,
+        Transport::Tls => match accept_tls(cfg, tcp).await {
+            Some(stream) => session.run(stream, shutdown).await,
+            None => Ok(()),
+        },
+    };
+    let _ = result;
+    session.abort_transaction().await;
+    if let Some(up) = session.upstream.take() {
+        up.quit().await;
+    }
+}
+
+async fn accept_tls(cfg: &RelayConfig, tcp: impl Io + 'static) -> Option<Box<dyn Io>> {
+    let tls = cfg.tls.clone()?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+        Ok(Ok(s)) => Some(Box::new(s)),
+        _ => None,
+    }
+}
+
+/// Message content to the spool file and the upstream. A failing upstream is dropped here,
+/// so the end of data answers 4xx; a failing spool write drops the spool file.
+async fn stream_content(spool: &mut Option<Spool>, upstream: &mut Option<Upstream>, data: &[u8]) {
+    if let Some(s) = spool.as_mut() {
+        s.size += data.len() as u64;
+        if s.file.write_all(data).await.is_err() {
+            if let Some(s) = spool.take() {
+                let _ = tokio::fs::remove_file(&s.path).await;
+            }
+        }
+    }
+    if let Some(up) = upstream.as_mut()
+        && up.body(data).await.is_err()
+        && let Some(up) = upstream.take()
+    {
+        up.abort().await;
+    }
+}
+
+fn in_network(ip: IpAddr, net: IpAddr, len: u8) -> bool {
+    match (ip, net) {
+        (IpAddr::V4(a), IpAddr::V4(n)) => {
+            let mask = if len == 0 {
+                0
+            } else {
+                u32::MAX << (32 - len.min(32))
+            };
+            u32::from(a) & mask == u32::from(n) & mask
+        }
+        (IpAddr::V6(a), IpAddr::V6(n)) => {
+            let mask = if len == 0 {
+                0
+            } else {
+                u128::MAX << (128 - len.min(128))
+            };
+            u128::from(a) & mask == u128::from(n) & mask
+        }
+        _ => false,
+    }
+}
+
+/// The message of the transaction in progress, streamed to a spool file.
+struct Spool {
+    id: String,
+    path: PathBuf,
+    file: tokio::fs::File,
+    size: u64,
+}
+
+struct Session {
+    id: u64,
+    shared: Arc<Shared>,
+    conn: ServerConnection,
+    peer: SocketAddr,
+    tls: bool,
+    /// The client's credentials (pass-through mode), to open the upstream session.
+    credentials: Option<Credentials>,
+    upstream: Option<Upstream>,
+    spool: Option<Spool>,
+    started: Instant,
+}
+
+enum Next {
+    Continue,
+    Close,
+    StartTls,
+}
+
+impl Session {
+    async fn run(
+        &mut self,
+        mut io: Box<dyn Io>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> std::io::Result<()> {
+        let mut out = Vec::new();
+        self.conn.greeting().encode(&mut out);
+        let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
+        loop {
+            match self.process(&mut out).await {
+                Next::Continue => {}
+                Next::Close => {
+                    write(&mut io, &out).await?;
+                    let _ = io.shutdown().await;
+                    return Ok(());
+                }
+                Next::StartTls => {
+                    write(&mut io, &out).await?;
+                    out.clear();
+                    let Some(stream) = accept_tls(&self.shared.config, io).await else {
+                        return Ok(());
+                    };
+                    io = stream;
+                    self.tls = true;
+                    self.conn.tls_established();
+                    continue;
+                }
+            }
+            write(&mut io, &out).await?;
+            out.clear();
+            let cfg = &self.shared.config;
+            let idle = if self.conn.in_data() {
+                cfg.data_timeout
+            } else {
+                cfg.command_timeout
+            };
+            let left = cfg.session_deadline.saturating_sub(self.started.elapsed());
+            tokio::select! {
+                read = tokio::time::timeout(idle.min(left), io.read_buf(&mut buf)) => match read {
+                    Err(_) => {
+                        self.conn.timeout_reply().encode(&mut out);
+                        write(&mut io, &out).await?;
+                        return Ok(());
+                    }
+                    Ok(Ok(0)) => return Ok(()),
+                    Ok(Ok(_)) => {
+                        self.conn.receive(&buf);
+                        buf.clear();
+                    }
+                    Ok(Err(e)) => return Err(e),
+                },
+                _ = stopped(&mut shutdown), if !self.conn.in_data() => {
+                    self.conn.shutdown_reply().encode(&mut out);
+                    write(&mut io, &out).await?;
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Handles every event the buffered input gives, writing replies to `out`.
+    async fn process(&mut self, out: &mut Vec<u8>) -> Next {
+        loop {
+            let decision = match self.conn.next_event() {
+                None => return Next::Continue,
+                Some(Event::Reply(r)) => {
+                    r.encode(out);
+                    continue;
+                }
+                Some(Event::Close(r)) => {
+                    r.encode(out);
+                    return Next::Close;
+                }
+                Some(Event::StartTls { reply, .. }) => {
+                    reply.encode(out);
+                    return Next::StartTls;
+                }
+                Some(Event::Content { data, .. }) => {
+                    // Disjoint fields: `data` borrows the connection's buffer, no copy.
+                    stream_content(&mut self.spool, &mut self.upstream, data).await;
+                    continue;
+                }
+                Some(Event::Discard) => {
+                    self.abort_transaction().await;
+                    continue;
+                }
+                Some(Event::Decide(d)) => d,
+            };
+            let verdict = self.decide(decision).await;
+            self.conn.decide(verdict);
+        }
+    }
+
+    async fn decide(&mut self, d: Decision) -> Verdict {
+        match d {
+            Decision::Authenticate(c) => self.authenticate(c).await,
+            Decision::Mail { from, params } => {
+                let up = match self.upstream_session().await {
+                    Ok(up) => up,
+                    Err(e) => return Verdict::Reply(e.client_reply()),
+                };
+                match up.mail(&from, &params).await {
+                    Ok(reply) => Verdict::Reply(reply),
+                    Err(e) => self.upstream_failed(e).await,
+                }
+            }
+            Decision::Rcpt { to, params } => {
+                let Some(up) = self.upstream.as_mut() else {
+                    return Verdict::Reply(Reply::new(451, (4, 3, 0), "no upstream session"));
+                };
+                match up.rcpt(&to, &params).await {
+                    Ok(reply) => Verdict::Reply(reply),
+                    Err(e) => self.upstream_failed(e).await,
+                }
+            }
+            Decision::BeginData => {
+                let Some(up) = self.upstream.as_mut() else {
+                    return Verdict::Reply(Reply::new(451, (4, 3, 0), "no upstream session"));
+                };
+                match up.data().await {
+                    Ok(reply) if reply.code == 354 => match self.begin_message().await {
+                        Ok(()) => Verdict::Accept,
+                        Err(e) => {
+                            self.abort_transaction().await;
+                            Verdict::Reply(Reply::new(
+                                451,
+                                (4, 3, 0),
+                                format!("cannot spool the message: {e}"),
+                            ))
+                        }
+                    },
+                    Ok(reply) => Verdict::Reply(reply),
+                    Err(e) => self.upstream_failed(e).await,
+                }
+            }
+            Decision::Deliver(env) => self.deliver(env).await,
+        }
+    }
+
+    async fn authenticate(&mut self, c: Credentials) -> Verdict {
+        let mut config = self.shared.config.upstream.clone();
+        config.credentials = Some(c.clone());
+        match Upstream::connect(&config).await {
+            Ok(up) => {
+                if let Some(old) = self.upstream.replace(up) {
+                    old.quit().await;
+                }
+                self.credentials = Some(c);
+                // The upstream's own success words (163: `235 Authentication successful`).
+                match self.upstream.as_ref().and_then(Upstream::auth_reply) {
+                    Some(r) if r.code == 235 => Verdict::Reply(r.clone()),
+                    _ => Verdict::Accept,
+                }
+            }
+            // The upstream's own verdict, verbatim: the credentials are the client's.
+            Err(UpstreamError::AuthRejected { reply, .. }) => Verdict::Reply(reply),
+            Err(e) => Verdict::Reply(e.client_reply()),
+        }
+    }
+
+    /// The upstream session for a transaction: the one opened at AUTH, or a new one.
+    async fn upstream_session(&mut self) -> Result<&mut Upstream, UpstreamError> {
+        if self.upstream.is_none() {
+            let mut config = self.shared.config.upstream.clone();
+            if let Some(c) = &self.credentials {
+                config.credentials = Some(c.clone());
+            }
+            self.upstream = Some(Upstream::connect(&config).await?);
+        }
+        Ok(self.upstream.as_mut().expect("just set"))
+    }
+
+    /// An upstream failure mid-transaction: the upstream session is dropped (never reused in
+    /// an unknown state) and the client gets a 4xx naming it.
+    async fn upstream_failed(&mut self, e: UpstreamError) -> Verdict {
+        if let Some(up) = self.upstream.take() {
+            up.abort().await;
+        }
+        self.discard_spool().await;
+        Verdict::Reply(e.client_reply())
+    }
+
+    async fn begin_message(&mut self) -> std::io::Result<()> {
+        let id = format!(
+            "{}-{}",
+            chrono::Utc::now().format("%Y%m%dT%H%M%S%.6f"),
+            self.id
+        );
+        let path = self.shared.config.spool_dir.join(format!("{id}.eml"));
+        let file = tokio::fs::File::create(&path).await?;
+        self.spool = Some(Spool {
+            id,
+            path,
+            file,
+            size: 0,
+        });
+        // RFC 5321 4.4: a trace header at the top, to the upstream (the spool keeps the
+        // message as the client sent it).
+        let received = self.received_header();
+        if let Some(up) = self.upstream.as_mut()
+            && let Err(e) = up.body(received.as_bytes()).await
+        {
+            let _ = self.upstream_failed(e).await;
+        }
+        Ok(())
+    }
+
+    fn received_header(&self) -> String {
+        let cfg = &self.shared.config;
+        let helo = self.conn.session().helo().unwrap_or("unknown");
+        let protocol = match (self.tls, self.conn.session().authenticated().is_some()) {
+            (true, true) => "ESMTPSA",
+            (true, false) => "ESMTPS",
+            (false, true) => "ESMTPA",
+            (false, false) => "ESMTP",
+        };
+        let id = self.spool.as_ref().map(|s| s.id.as_str()).unwrap_or("-");
+        format!(
+            "Received: from {helo} ([{ip}])\r\n\tby {host} (smtp-relay) with {protocol} id {id};\r\n\t{date}\r\n",
+            ip = self.peer.ip(),
+            host = cfg.hostname,
+            date = chrono::Utc::now().to_rfc2822(),
+        )
+    }
+
+    async fn deliver(&mut self, env: Envelope) -> Verdict {
+        let Some(up) = self.upstream.as_mut() else {
+            self.discard_spool().await;
+            return Verdict::Reply(Reply::new(
+                451,
+                (4, 4, 2),
+                format!(
+                    "upstream {}: connection lost during message data",
+                    self.shared.config.upstream.name
+                ),
+            ));
+        };
+        let result = up.end_of_data().await;
+        let reply = match result {
+            Ok(reply) => reply,
+            Err(e) => return self.upstream_failed(e).await,
+        };
+        if let Some(mut spool) = self.spool.take() {
+            let _ = spool.file.flush().await;
+            let json = spool_json(&spool, &env, self, &reply);
+            let _ = tokio::fs::write(spool.path.with_extension("json"), json).await;
+        }
+        Verdict::Reply(reply)
+    }
+
+    /// A transaction ends without a delivery: the upstream must not get an end of data, so
+    /// its session is closed; the spool file is removed.
+    async fn abort_transaction(&mut self) {
+        if self.spool.is_some() {
+            if let Some(up) = self.upstream.take() {
+                up.abort().await;
+            }
+            self.discard_spool().await;
+        }
+    }
+
+    async fn discard_spool(&mut self) {
+        if let Some(spool) = self.spool.take() {
+            drop(spool.file);
+            let _ = tokio::fs::remove_file(&spool.path).await;
+        }
+    }
+}
+
+/// What `spool/<id>.json` records (never a secret).
+#[derive(serde::Serialize)]
+struct SpoolRecord<'a> {
+    id: &'a str,
+    mail_from: String,
+    rcpt_to: Vec<String>,
+    client: String,
+    helo: Option<&'a str>,
+    tls: bool,
+    auth: Option<&'a str>,
+    size: u64,
+    upstream: &'a str,
+    /// The upstream's final reply, as it was said.
+    reply: String,
+}
+
+fn spool_json(spool: &Spool, env: &Envelope, s: &Session, reply: &Reply) -> Vec<u8> {
+    let record = SpoolRecord {
+        id: &spool.id,
+        mail_from: env
+            .from
+            .as_ref()
+            .map(ReversePath::to_string)
+            .unwrap_or_default(),
+        rcpt_to: env.rcpts.iter().map(|(r, _)| r.to_string()).collect(),
+        client: s.peer.to_string(),
+        helo: s.conn.session().helo(),
+        tls: s.tls,
+        auth: s.conn.session().authenticated(),
+        size: spool.size,
+        upstream: &s.shared.config.upstream.name,
+        reply: reply.to_string(),
+    };
+    serde_json::to_vec_pretty(&record).expect("serializable")
+}
+
+async fn write(io: &mut Box<dyn Io>, bytes: &[u8]) -> std::io::Result<()> {
+    if bytes.is_empty() {
+        return Ok(());
+    }
+    match tokio::time::timeout(Duration::from_secs(60), async {
+        io.write_all(bytes).await?;
+        io.flush().await
+    })
+    .await
+    {
+        Ok(r) => r,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "write to the client timed out after 60s",
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn networks() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(in_network(ip("127.0.0.5"), ip("127.0.0.0"), 8));
+        assert!(!in_network(ip("128.0.0.1"), ip("127.0.0.0"), 8));
+        assert!(in_network(ip("::1"), ip("::1"), 128));
+        assert!(!in_network(ip("::1"), ip("127.0.0.1"), 8));
+        assert!(in_network(ip("10.1.2.3"), ip("0.0.0.0"), 0));
+    }
+}
