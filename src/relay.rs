@@ -250,10 +250,10 @@ async fn accept_tls(cfg: &RelayConfig, tcp: impl Io + 'static) -> Option<Box<dyn
 async fn stream_content(spool: &mut Option<Spool>, upstream: &mut Option<Upstream>, data: &[u8]) {
     if let Some(s) = spool.as_mut() {
         s.size += data.len() as u64;
-        if s.file.write_all(data).await.is_err() {
-            if let Some(s) = spool.take() {
-                let _ = tokio::fs::remove_file(&s.path).await;
-            }
+        if s.file.write_all(data).await.is_err()
+            && let Some(s) = spool.take()
+        {
+            let _ = tokio::fs::remove_file(&s.path).await;
         }
     }
     if let Some(up) = upstream.as_mut()
