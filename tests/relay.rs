@@ -1,0 +1,306 @@
+//! The relay end to end over real sockets: a client, the relay, the fake 163 upstream, all
+//! in-process on 127.0.0.1 with port 0; TLS on both hops verified against one CA.
+
+use std::time::Duration;
+
+use fake_upstream::testing::{Client, b64};
+use fake_upstream::{DropWhen, Fault, Handle, Stage};
+use smtp_relay::relay::{self, AuthMode, RelayConfig, RelayHandle};
+use smtp_relay::upstream::{Timeouts, TlsMode, UpstreamConfig};
+
+struct Setup {
+    fake: Handle,
+    relay: RelayHandle,
+    spool: std::path::PathBuf,
+}
+
+async fn setup(name: &str, faults: Vec<Fault>) -> Setup {
+    let mut config = fake_upstream::testing::config("163", &format!("relay-{name}"));
+    config.faults = faults;
+    let fake = fake_upstream::testing::start(config).await;
+    let tls =
+        fake_upstream::tls::load(fake_upstream::tls::TlsFiles::in_dir(fake.data_dir())).unwrap();
+    let spool = fake.data_dir().join("relay-spool");
+    let relay = relay::start(RelayConfig {
+        hostname: "relay.test".into(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        listen_tls: Some("127.0.0.1:0".parse().unwrap()),
+        tls: Some(tls.server_config.clone()),
+        spool_dir: spool.clone(),
+        upstream: UpstreamConfig {
+            name: "smtp.163.com (fake)".into(),
+            addr: fake.tls_addr().unwrap().to_string(),
+            server_name: "smtp.163.com".into(),
+            tls: TlsMode::Implicit,
+            tls_config: Some(fake_upstream::tls::client_config(fake.ca_pem()).unwrap()),
+            helo_name: "relay.test".into(),
+            credentials: None,
+            timeouts: Timeouts {
+                command: Duration::from_secs(2),
+                data_end: Duration::from_secs(2),
+                ..Timeouts::default()
+            },
+        },
+        auth: AuthMode::Passthrough,
+        max_message_size: 10 * 1024 * 1024,
+        max_recipients: 100,
+        max_sessions: 50,
+        command_timeout: Duration::from_secs(300),
+        data_timeout: Duration::from_secs(180),
+        session_deadline: Duration::from_secs(3600),
+        bare_line_endings: smtp_wire::BareLineEnding::Reject,
+    })
+    .await
+    .unwrap();
+    Setup { fake, relay, spool }
+}
+
+impl Setup {
+    async fn client(&self) -> Client {
+        let mut c = Client::connect(self.relay.addr()).await;
+        assert!(c.reply().await.to_string().starts_with("220 relay.test"));
+        c
+    }
+
+    async fn login(&self, code: &str) -> (Client, String) {
+        let mut c = self.client().await;
+        c.cmd("EHLO foxmail.example").await;
+        assert_eq!(c.cmd("AUTH LOGIN").await, "334 VXNlcm5hbWU6");
+        c.cmd(&b64("alice@163.com")).await;
+        let r = c.cmd(&b64(code)).await;
+        (c, r)
+    }
+
+    async fn stop(self) {
+        self.relay.shutdown().await;
+        self.fake.shutdown().await;
+    }
+}
+
+const MESSAGE: &[u8] = b"From: alice@163.com\r\nTo: bob@163.com\r\nSubject: hello\r\n\r\nHi Bob.\r\n..dot line\r\n.\r\n";
+
+#[tokio::test]
+async fn foxmail_style_session_is_relayed_with_the_upstreams_words() {
+    let s = setup("foxmail", vec![]).await;
+    let (mut c, auth) = s.login("ALICEAUTHCODE163").await;
+    // 163's own success text comes back.
+    assert_eq!(auth, "235 Authentication successful");
+    assert_eq!(c.cmd("MAIL FROM: <alice@163.com>").await, "250 Mail OK");
+    assert_eq!(c.cmd("RCPT TO: <bob@163.com>").await, "250 Mail OK");
+    assert_eq!(c.cmd("RCPT TO:<nobody@163.com>").await, "550 Invalid User");
+    assert_eq!(c.cmd("RCPT TO:<friend@bupt.edu.cn>").await, "250 Mail OK");
+    assert_eq!(c.cmd("DATA").await.split(' ').next(), Some("354"));
+    c.send_raw(MESSAGE).await;
+    let done = c.reply().await.to_string();
+    assert!(
+        done.starts_with("250 Mail OK queued as gzga-smtp-mtada-g0-3,"),
+        "{done}"
+    );
+    assert_eq!(c.cmd("QUIT").await, "221 2.0.0 Bye");
+
+    let got = s.fake.wait_for(1, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(got[0].rcpt_to, ["bob@163.com", "friend@bupt.edu.cn"]);
+    let content = String::from_utf8(got[0].content.to_vec()).unwrap();
+    // A trace header first, then the message byte for byte (dot-stuffing undone).
+    assert!(content.starts_with("Received: from foxmail.example ([127.0.0.1])\r\n\tby relay.test (smtp-relay) with ESMTPA id "), "{content}");
+    assert!(content.ends_with("From: alice@163.com\r\nTo: bob@163.com\r\nSubject: hello\r\n\r\nHi Bob.\r\n.dot line\r\n"), "{content}");
+    // The spool keeps the message as the client sent it, and a JSON record without secrets.
+    let emls: Vec<_> = std::fs::read_dir(&s.spool)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "eml"))
+        .collect();
+    assert_eq!(emls.len(), 1);
+    assert_eq!(
+        std::fs::read(&emls[0]).unwrap(),
+        b"From: alice@163.com\r\nTo: bob@163.com\r\nSubject: hello\r\n\r\nHi Bob.\r\n.dot line\r\n"
+    );
+    let json = std::fs::read_to_string(emls[0].with_extension("json")).unwrap();
+    assert!(json.contains("\"auth\": \"alice@163.com\""), "{json}");
+    assert!(json.contains("250 Mail OK queued as"), "{json}");
+    assert!(!json.contains("ALICEAUTHCODE163"));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn wrong_code_and_foreign_sender_get_163s_replies_verbatim() {
+    let s = setup("verbatim", vec![]).await;
+    let (mut c, auth) = s.login("WRONG").await;
+    assert_eq!(auth, "535 Error: authentication failed");
+    // Not authenticated: relaying is refused by the relay itself.
+    assert_eq!(
+        c.cmd("MAIL FROM:<alice@163.com>").await,
+        "530 5.7.0 Authentication required"
+    );
+    drop(c);
+    let (mut c, _) = s.login("ALICEAUTHCODE163").await;
+    assert_eq!(
+        c.cmd("MAIL FROM:<boss@163.com>").await,
+        "553 Mail from must equal authorized user"
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn bad_addresses_are_refused_by_the_relay_and_never_reach_the_upstream() {
+    let s = setup("syntax", vec![]).await;
+    let (mut c, _) = s.login("ALICEAUTHCODE163").await;
+    let r = c.cmd("MAIL FROM:<chengli>").await;
+    assert!(
+        r.starts_with("501 5.1.7 Bad sender address syntax: no @"),
+        "{r}"
+    );
+    assert_eq!(c.cmd("MAIL FROM:<alice@163.com>").await, "250 Mail OK");
+    for (bad, what) in [
+        ("chengli", "no @"),
+        ("chengli@", "missing domain"),
+        ("bupt.edu.cn", "no @"),
+    ] {
+        let r = c.cmd(&format!("RCPT TO:<{bad}>")).await;
+        assert!(
+            r.starts_with("501 5.1.3 Bad recipient address syntax") && r.contains(what),
+            "{r}"
+        );
+    }
+    c.cmd("QUIT").await;
+    s.fake.shutdown().await;
+    let upstream_saw: String = s.fake.transcripts().iter().map(|t| t.text()).collect();
+    assert!(
+        !upstream_saw.contains("chengli") && !upstream_saw.contains("bupt"),
+        "{upstream_saw}"
+    );
+    s.relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn client_vanishing_mid_data_delivers_nothing() {
+    let s = setup("vanish", vec![]).await;
+    let (mut c, _) = s.login("ALICEAUTHCODE163").await;
+    c.cmd("MAIL FROM:<alice@163.com>").await;
+    c.cmd("RCPT TO:<bob@163.com>").await;
+    c.cmd("DATA").await;
+    c.send_raw(b"From: alice@163.com\r\n\r\nhalf a messa").await;
+    drop(c);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(s.fake.received().is_empty());
+    let spooled = std::fs::read_dir(&s.spool).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(spooled, 0, "no spool file for an aborted message");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn upstream_dropping_at_end_of_data_is_a_4xx_never_250() {
+    let s = setup(
+        "drop",
+        vec![Fault::on(Stage::EndOfData).drop(DropWhen::Before)],
+    )
+    .await;
+    let (mut c, _) = s.login("ALICEAUTHCODE163").await;
+    c.cmd("MAIL FROM:<alice@163.com>").await;
+    c.cmd("RCPT TO:<bob@163.com>").await;
+    c.cmd("DATA").await;
+    c.send_raw(MESSAGE).await;
+    let r = c.reply().await;
+    assert_eq!((r.code, r.enhanced), (451, Some((4, 4, 2))), "{r}");
+    assert!(r.text().contains("smtp.163.com (fake)"), "{r}");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn upstream_stalling_at_rcpt_is_a_timely_4xx() {
+    let s = setup("stall", vec![Fault::on(Stage::Rcpt).stall()]).await;
+    let (mut c, _) = s.login("ALICEAUTHCODE163").await;
+    c.cmd("MAIL FROM:<alice@163.com>").await;
+    let started = std::time::Instant::now();
+    let r = c.cmd("RCPT TO:<bob@163.com>").await;
+    assert!(
+        r.starts_with("451 4.4.2 upstream smtp.163.com (fake): no reply to RCPT after 2s"),
+        "{r}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn smuggled_end_of_data_is_refused_and_nothing_is_relayed() {
+    let s = setup("smuggle", vec![]).await;
+    let (mut c, _) = s.login("ALICEAUTHCODE163").await;
+    c.cmd("MAIL FROM:<alice@163.com>").await;
+    c.cmd("RCPT TO:<bob@163.com>").await;
+    c.cmd("DATA").await;
+    c.send_raw(b"From: alice@163.com\r\n\r\nbody\n.\nMAIL FROM:<boss@163.com>\r\nRCPT TO:<victim@163.com>\r\nDATA\r\n\r\nsmuggled\r\n.\r\n").await;
+    let r = c.reply().await;
+    assert_eq!((r.code, r.enhanced), (550, Some((5, 6, 0))), "{r}");
+    c.cmd("QUIT").await;
+    s.fake.shutdown().await;
+    assert!(s.fake.received().is_empty());
+    let upstream_saw: String = s.fake.transcripts().iter().map(|t| t.text()).collect();
+    assert!(!upstream_saw.contains("boss@163.com"), "{upstream_saw}");
+    s.relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn starttls_and_implicit_tls_towards_the_relay() {
+    let s = setup("tls", vec![]).await;
+    let ca = s.fake.ca_pem().to_string();
+    // Plain listener: AUTH is offered on loopback; after STARTTLS a fresh EHLO is needed.
+    let mut c = s.client().await;
+    assert!(c.cmd("EHLO x").await.contains("250-STARTTLS"));
+    c.starttls(&ca).await;
+    let ehlo = c.cmd("EHLO x").await;
+    assert!(
+        !ehlo.contains("STARTTLS") && ehlo.contains("AUTH PLAIN LOGIN"),
+        "{ehlo}"
+    );
+    let r = c
+        .cmd(&format!(
+            "AUTH PLAIN {}",
+            b64("\0alice@163.com\0ALICEAUTHCODE163")
+        ))
+        .await;
+    assert_eq!(r, "235 Authentication successful");
+    // Implicit TLS listener.
+    let mut c = Client::connect_tls(s.relay.tls_addr().unwrap(), &ca, "localhost").await;
+    assert_eq!(c.reply().await.code, 220);
+    assert!(c.cmd("EHLO x").await.contains("AUTH PLAIN LOGIN"));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn python_smtplib_through_the_relay() {
+    let s = setup("python", vec![]).await;
+    let script = r#"
+import smtplib, ssl, sys
+ca, port = sys.argv[1], int(sys.argv[2])
+ctx = ssl.create_default_context(cafile=ca)
+msg = "From: alice@163.com\r\nTo: bob@163.com\r\nSubject: via relay\r\n\r\nHi.\r\n"
+with smtplib.SMTP("localhost", port, timeout=20) as s:
+    s.starttls(context=ctx)
+    s.login("alice@163.com", "ALICEAUTHCODE163")
+    refused = s.sendmail("alice@163.com", ["bob@163.com", "nobody@163.com"], msg)
+    print(refused["nobody@163.com"][0], refused["nobody@163.com"][1].decode())
+"#;
+    let ca = s.fake.ca_path().to_path_buf();
+    let port = s.relay.addr().port().to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .arg(ca)
+            .arg(port)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.trim(), "550 Invalid User");
+    let got = s.fake.wait_for(1, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(got[0].rcpt_to, ["bob@163.com"]);
+    s.stop().await;
+}
