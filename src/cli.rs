@@ -25,11 +25,20 @@ pub enum Command {
         /// Command lines, e.g. 'MAIL FROM: <alice@example.com> SIZE=100'.
         lines: Vec<String>,
     },
+    /// Start the relay in front of a fake smtp.163.com, offline, ready for a mail client.
+    Up(crate::up::UpArgs),
 }
 
 /// Runs a parsed command line; the binary's `main` only parses arguments and calls this.
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
+        Command::Up(args) => match tokio::runtime::Runtime::new() {
+            Ok(rt) => rt.block_on(crate::up::run(args)),
+            Err(e) => {
+                eprintln!("smtp-relay: cannot start the runtime: {e}");
+                ExitCode::from(1)
+            }
+        },
         Command::Check { lines } => {
             let stdout = std::io::stdout();
             let mut out = stdout.lock();

@@ -50,3 +50,88 @@ fn unknown_subcommand_is_a_usage_error() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("Usage"));
 }
+
+/// `smtp-relay up` as a user runs it: it prints where things are and a curl command; the
+/// printed command, pasted into a shell, sends a message that lands in the fake mailbox; Ctrl-C
+/// (SIGINT) stops it cleanly.
+#[test]
+fn up_prints_a_command_that_works_and_stops_on_ctrl_c() {
+    use std::io::{BufRead, BufReader};
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("up-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    /// Kills the child if the test fails before it stops it.
+    struct Reap(std::process::Child);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let child = bin()
+        .arg("up")
+        .arg("--data-dir")
+        .arg(&dir)
+        .args(["--listen", "127.0.0.1:0", "--listen-tls", "127.0.0.1:0"])
+        .args([
+            "--upstream-listen",
+            "127.0.0.1:0",
+            "--upstream-listen-tls",
+            "127.0.0.1:0",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut child = Reap(child);
+    let mut out = BufReader::new(child.0.stdout.take().unwrap());
+    let mut banner = Vec::new();
+    loop {
+        let mut line = String::new();
+        assert!(
+            out.read_line(&mut line).unwrap() > 0,
+            "up exited early: {banner:?}"
+        );
+        let done = line.starts_with("Ctrl-C");
+        banner.push(line);
+        if done {
+            break;
+        }
+    }
+    let text = banner.concat();
+    assert!(
+        text.contains("account     alice@163.com  code ALICEAUTHCODE163"),
+        "{text}"
+    );
+    assert!(text.contains("ca.pem"), "{text}");
+    assert!(text.contains("swaks --server 127.0.0.1:"), "{text}");
+    let curl_start = banner
+        .iter()
+        .position(|l| l.trim_start().starts_with("printf"))
+        .unwrap();
+    let command = format!("{}{}", banner[curl_start], banner[curl_start + 1]);
+    let run = Command::new("bash")
+        .arg("-c")
+        .arg(command.trim())
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{command}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let mailbox = dir.join("upstream/mailboxes/bob@163.com");
+    let files: Vec<_> = std::fs::read_dir(&mailbox).unwrap().collect();
+    assert!(
+        files.len() >= 2,
+        "an .eml and a .json in {}",
+        mailbox.display()
+    );
+    assert_eq!(std::fs::read_dir(dir.join("spool")).unwrap().count(), 2);
+    let killed = Command::new("kill")
+        .args(["-INT", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = child.0.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+}

@@ -80,7 +80,8 @@ pub struct Config {
     /// first start.
     pub tls_files: Option<TlsFiles>,
     pub faults: Vec<Fault>,
-    /// Seed for probabilistic faults and generated ids.
+    /// Seed for probabilistic faults and generated ids: random for each start unless set
+    /// (then runs repeat exactly; ids repeat too, so use a fresh data directory).
     pub seed: u64,
     /// Bare CR/LF in received DATA: normalised by default (what 163 appears to do).
     pub bare_line_endings: BareLineEnding,
@@ -107,7 +108,7 @@ impl Config {
             users,
             tls_files: None,
             faults: Vec::new(),
-            seed: 0x5eed,
+            seed: fastrand::u64(..),
             bare_line_endings: BareLineEnding::Normalize,
             transcripts,
             write_transcripts: transcripts,

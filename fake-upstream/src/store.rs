@@ -199,6 +199,18 @@ pub fn mailbox_dir(address: &str) -> String {
         .collect()
 }
 
+/// `dir/stem.ext`, or `dir/stem-2.ext` and so on when taken: a message never overwrites
+/// another.
+fn unused_path(dir: &Path, stem: &str, ext: &str) -> PathBuf {
+    let mut path = dir.join(format!("{stem}.{ext}"));
+    let mut n = 2;
+    while path.exists() {
+        path = dir.join(format!("{stem}-{n}.{ext}"));
+        n += 1;
+    }
+    path
+}
+
 /// A transid as a file name: 163's transids may hold `/`.
 pub fn file_stem(id: &str) -> String {
     id.replace(['/', '\\'], "_")
@@ -216,7 +228,7 @@ pub async fn write_message(
         tokio::fs::create_dir_all(&dir)
             .await
             .map_err(|e| Error::io(&dir, e))?;
-        let path = dir.join(format!("{}.eml", file_stem(&received.id)));
+        let path = unused_path(&dir, &file_stem(&received.id), "eml");
         tokio::fs::write(&path, eml)
             .await
             .map_err(|e| Error::io(&path, e))?;
@@ -321,5 +333,21 @@ mod tests {
         let c = coremail_token(&mut rng);
         assert_eq!(c.len(), 54 + 8 + 12);
         assert_eq!(mailbox_dir("Bob Smith@163.COM"), "bob_smith@163.com");
+    }
+}
+
+#[cfg(test)]
+mod path_tests {
+    use super::*;
+
+    #[test]
+    fn a_taken_name_gets_a_suffix() {
+        let dir = std::env::temp_dir().join(format!("unused-path-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let first = unused_path(&dir, "a", "eml");
+        std::fs::write(&first, b"x").unwrap();
+        assert_eq!(unused_path(&dir, "a", "eml"), dir.join("a-2.eml"));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

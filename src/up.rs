@@ -1,0 +1,201 @@
+//! `smtp-relay up`: the offline developer setup in one command. The fake 163 (or QQ) upstream
+//! and the relay in front of it, in one process, TLS on both hops from one generated CA.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use fake_upstream::tls::TlsFiles;
+use fake_upstream::{Config as FakeConfig, FakeUpstream, Persona, User};
+
+use crate::relay::{self, AuthMode, RelayConfig};
+use crate::upstream::{Timeouts, TlsMode, UpstreamConfig};
+
+/// The flags of `up`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct UpArgs {
+    /// Everything goes here: ca.pem, the relay's spool/, the upstream's mailboxes/.
+    #[arg(long, default_value = "./smtp-relay-data")]
+    pub data_dir: PathBuf,
+    /// The relay's plain listener (STARTTLS offered).
+    #[arg(long, default_value = "127.0.0.1:2525")]
+    pub listen: SocketAddr,
+    /// The relay's implicit-TLS listener.
+    #[arg(long, default_value = "127.0.0.1:2465")]
+    pub listen_tls: SocketAddr,
+    /// The fake upstream's plain listener.
+    #[arg(long, default_value = "127.0.0.1:1025")]
+    pub upstream_listen: SocketAddr,
+    /// The fake upstream's implicit-TLS listener (the relay delivers there).
+    #[arg(long, default_value = "127.0.0.1:1465")]
+    pub upstream_listen_tls: SocketAddr,
+    /// The upstream persona.
+    #[arg(long, default_value = "163", value_parser = ["163", "qq"])]
+    pub persona: String,
+    /// A user of the upstream, ADDRESS:CODE; repeatable; replaces the demo accounts.
+    #[arg(long = "user", value_name = "ADDRESS:CODE")]
+    pub users: Vec<String>,
+    /// Switch the upstream's quotas and rate limits off.
+    #[arg(long)]
+    pub no_limits: bool,
+}
+
+/// What `up` started, for the banner and for tests.
+pub struct Up {
+    pub fake: fake_upstream::Handle,
+    pub relay: relay::RelayHandle,
+    pub ca: PathBuf,
+    pub spool: PathBuf,
+    pub mailboxes: PathBuf,
+}
+
+/// Starts the fake upstream and the relay.
+pub async fn start(args: &UpArgs) -> Result<Up, String> {
+    let data = &args.data_dir;
+    std::fs::create_dir_all(data).map_err(|e| format!("{}: {e}", data.display()))?;
+    let files = TlsFiles::in_dir(data);
+    let tls = fake_upstream::tls::load_or_generate(files.clone()).map_err(|e| e.to_string())?;
+
+    let persona = Persona::load(&args.persona).map_err(|e| e.to_string())?;
+    let mut fake = FakeConfig::new(persona, data.join("upstream"));
+    fake.listen = args.upstream_listen;
+    fake.listen_tls = Some(args.upstream_listen_tls);
+    fake.tls_files = Some(files);
+    if !args.users.is_empty() {
+        fake.users = args
+            .users
+            .iter()
+            .map(|u| User::parse_flag(u))
+            .collect::<Result<_, _>>()
+            .map_err(|e| e.to_string())?;
+    }
+    if args.no_limits {
+        fake = fake.no_limits();
+    }
+    let fake = FakeUpstream::start(fake).await.map_err(|e| e.to_string())?;
+    let upstream_tls = fake.tls_addr().expect("configured above");
+    let server_name = if args.persona == "qq" {
+        "smtp.qq.com"
+    } else {
+        "smtp.163.com"
+    };
+
+    let spool = data.join("spool");
+    let relay = relay::start(RelayConfig {
+        hostname: "localhost".into(),
+        listen: args.listen,
+        listen_tls: Some(args.listen_tls),
+        tls: Some(tls.server_config.clone()),
+        spool_dir: spool.clone(),
+        upstream: UpstreamConfig {
+            name: format!("{server_name} (fake, {upstream_tls})"),
+            addr: upstream_tls.to_string(),
+            server_name: server_name.into(),
+            tls: TlsMode::Implicit,
+            tls_config: Some(
+                fake_upstream::tls::client_config(&tls.ca_pem).map_err(|e| e.to_string())?,
+            ),
+            helo_name: "localhost".into(),
+            credentials: None,
+            timeouts: Timeouts {
+                command: Duration::from_secs(60),
+                ..Timeouts::default()
+            },
+        },
+        auth: AuthMode::Passthrough,
+        max_message_size: 50 * 1024 * 1024,
+        max_recipients: 100,
+        max_sessions: 200,
+        command_timeout: Duration::from_secs(300),
+        data_timeout: Duration::from_secs(180),
+        session_deadline: Duration::from_secs(3600),
+        bare_line_endings: smtp_wire::BareLineEnding::Reject,
+    })
+    .await
+    .map_err(|e| format!("relay: {e}"))?;
+    Ok(Up {
+        ca: tls.files.ca.clone(),
+        mailboxes: fake.data_dir().join("mailboxes"),
+        fake,
+        relay,
+        spool,
+    })
+}
+
+/// The banner: addresses, CA, accounts, and commands to paste. The message carries a From
+/// header equal to the sender: 163 refuses anything else (`554 DT:SUM`).
+pub fn banner(up: &Up) -> String {
+    let relay = up.relay.addr();
+    let relay_tls = up
+        .relay
+        .tls_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let ca = up.ca.display();
+    let mut s = format!(
+        "smtp-relay up: the relay in front of a fake {persona} upstream, offline\n\
+         \x20 relay       {relay} (plain + STARTTLS), {relay_tls} (implicit TLS)\n\
+         \x20 upstream    {persona} persona on {up_plain} (plain + STARTTLS), {up_tls} (implicit TLS; the relay uses it)\n\
+         \x20 CA          {ca}  (both hops verify against it)\n\
+         \x20 spool       {spool}\n\
+         \x20 mailboxes   {mailboxes}\n",
+        persona = up.fake.persona_name(),
+        up_plain = up.fake.addr(),
+        up_tls = up
+            .fake
+            .tls_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
+        spool = up.spool.display(),
+        mailboxes = up.mailboxes.display(),
+    );
+    for u in up.fake.users() {
+        let note = if u.smtp { "" } else { "  (SMTP disabled)" };
+        s.push_str(&format!(
+            "  account     {}  code {}{note}\n",
+            u.address, u.code
+        ));
+    }
+    if let Some(u) = up.fake.users().iter().find(|u| u.smtp) {
+        let to = up
+            .fake
+            .users()
+            .iter()
+            .find(|o| o.address != u.address)
+            .map(|o| o.address.clone())
+            .unwrap_or_else(|| u.address.clone());
+        s.push_str(&format!(
+            "Send a message through the relay:\n\
+             \x20 swaks --server {relay} --tls --tls-verify --tls-ca-path {ca} --auth LOGIN \\\n\
+             \x20       --auth-user {user} --auth-password {code} --from {user} --to {to}\n\
+             \x20 printf 'From: {user}\\r\\nTo: {to}\\r\\nSubject: hello\\r\\n\\r\\nHi.\\r\\n' | curl --url smtp://localhost:{port} --ssl-reqd \\\n\
+             \x20       --cacert {ca} --user {user}:{code} --mail-from {user} --mail-rcpt {to} --upload-file -\n",
+            user = u.address,
+            code = u.code,
+            port = relay.port(),
+        ));
+    }
+    s.push_str("Ctrl-C stops both.\n");
+    s
+}
+
+/// Runs `up` until Ctrl-C.
+pub async fn run(args: UpArgs) -> std::process::ExitCode {
+    let up = match start(&args).await {
+        Ok(up) => up,
+        Err(e) => {
+            eprintln!("smtp-relay up: {e}");
+            return std::process::ExitCode::from(1);
+        }
+    };
+    print!("{}", banner(&up));
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    if let Err(e) = tokio::signal::ctrl_c().await {
+        eprintln!("smtp-relay up: cannot wait for Ctrl-C: {e}");
+    }
+    println!("smtp-relay up: shutting down");
+    up.relay.shutdown().await;
+    up.fake.shutdown().await;
+    std::process::ExitCode::SUCCESS
+}
