@@ -15,13 +15,17 @@ struct Setup {
 }
 
 async fn setup(name: &str, faults: Vec<Fault>) -> Setup {
+    setup_with(name, faults, |_| {}).await
+}
+
+async fn setup_with(name: &str, faults: Vec<Fault>, tweak: impl FnOnce(&mut RelayConfig)) -> Setup {
     let mut config = fake_upstream::testing::config("163", &format!("relay-{name}"));
     config.faults = faults;
     let fake = fake_upstream::testing::start(config).await;
     let tls =
         fake_upstream::tls::load(fake_upstream::tls::TlsFiles::in_dir(fake.data_dir())).unwrap();
     let spool = fake.data_dir().join("relay-spool");
-    let relay = relay::start(RelayConfig {
+    let mut config = RelayConfig {
         hostname: "relay.test".into(),
         listen: "127.0.0.1:0".parse().unwrap(),
         listen_tls: Some("127.0.0.1:0".parse().unwrap()),
@@ -49,9 +53,9 @@ async fn setup(name: &str, faults: Vec<Fault>) -> Setup {
         data_timeout: Duration::from_secs(180),
         session_deadline: Duration::from_secs(3600),
         bare_line_endings: smtp_wire::BareLineEnding::Reject,
-    })
-    .await
-    .unwrap();
+    };
+    tweak(&mut config);
+    let relay = relay::start(config).await.unwrap();
     Setup { fake, relay, spool }
 }
 
@@ -303,4 +307,38 @@ with smtplib.SMTP("localhost", port, timeout=20) as s:
     let got = s.fake.wait_for(1, Duration::from_secs(5)).await.unwrap();
     assert_eq!(got[0].rcpt_to, ["bob@163.com"]);
     s.stop().await;
+}
+
+#[tokio::test]
+async fn sessions_over_the_limit_get_421_and_idle_ones_time_out() {
+    let s = setup_with("limits", vec![], |c| {
+        c.max_sessions = 1;
+        c.command_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let mut first = s.client().await;
+    let mut second = Client::connect(s.relay.addr()).await;
+    let r = second.reply().await;
+    assert_eq!((r.code, r.enhanced), (421, Some((4, 7, 0))), "{r}");
+    assert!(second.closed().await);
+    // The first session idles past the command timeout.
+    let r = first.reply().await;
+    assert_eq!((r.code, r.enhanced), (421, Some((4, 4, 2))), "{r}");
+    assert!(first.closed().await);
+    // Its permit is back.
+    let mut third = s.client().await;
+    assert_eq!(third.cmd("NOOP").await, "250 2.0.0 OK");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_sends_421_to_idle_sessions() {
+    let s = setup("shutdown", vec![]).await;
+    let mut c = s.client().await;
+    c.cmd("EHLO x").await;
+    s.relay.shutdown().await;
+    let r = c.reply().await;
+    assert_eq!((r.code, r.enhanced), (421, Some((4, 3, 2))), "{r}");
+    assert!(c.closed().await);
+    s.fake.shutdown().await;
 }
