@@ -17,10 +17,12 @@ use smtp_wire::{
     BareLineEnding, Credentials, Decision, Envelope, Event, LineEndings, Mechanism, Reply,
     ReversePath, ServerConfig, ServerConnection, Transport, Verdict,
 };
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
+
+use smtp_net::Io;
 
 use crate::upstream::{Upstream, UpstreamConfig, UpstreamError};
 
@@ -139,32 +141,14 @@ async fn accept_loop(
     shared: Arc<Shared>,
     listener: TcpListener,
     kind: Transport,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
-    let mut sessions = JoinSet::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let Ok((tcp, peer)) = accepted else {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                };
-                let _ = tcp.set_nodelay(true);
-                sessions.spawn(client(shared.clone(), tcp, peer, kind, shutdown.clone()));
-            }
-            _ = stopped(&mut shutdown) => break,
-            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
-        }
-    }
-    while sessions.join_next().await.is_some() {}
+    let rx = shutdown.clone();
+    smtp_net::accept_loop(listener, shutdown, move |tcp, peer| {
+        client(shared.clone(), tcp, peer, kind, rx.clone())
+    })
+    .await;
 }
-
-async fn stopped(rx: &mut watch::Receiver<bool>) {
-    let _ = rx.wait_for(|s| *s).await;
-}
-
-trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 async fn client(
     shared: Arc<Shared>,
@@ -365,7 +349,7 @@ impl Session {
                     }
                     Ok(Err(e)) => return Err(e),
                 },
-                _ = stopped(&mut shutdown), if !self.conn.in_data() => {
+                _ = smtp_net::stopped(&mut shutdown), if !self.conn.in_data() => {
                     self.conn.shutdown_reply().encode(&mut out);
                     write(&mut io, &out).await?;
                     return Ok(());
@@ -623,18 +607,7 @@ async fn write(io: &mut Box<dyn Io>, bytes: &[u8]) -> std::io::Result<()> {
     if bytes.is_empty() {
         return Ok(());
     }
-    match tokio::time::timeout(Duration::from_secs(60), async {
-        io.write_all(bytes).await?;
-        io.flush().await
-    })
-    .await
-    {
-        Ok(r) => r,
-        Err(_) => Err(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            "write to the client timed out after 60s",
-        )),
-    }
+    smtp_net::write_all(io, bytes, Duration::from_secs(60)).await
 }
 
 #[cfg(test)]

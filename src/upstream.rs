@@ -9,12 +9,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rustls_pki_types::ServerName;
+use smtp_net::Io;
 use smtp_wire::{
     Capabilities, ClientConfig, ClientError, ClientEvent, ClientSession, ClientTls, Command,
     Credentials, DataEncoder, Decoded, ForwardPath, LineDecoder, LineEndings, MailParams, Outgoing,
     RcptParams, Reply, ReplyParser, ReversePath,
 };
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// How the connection to the upstream is secured.
@@ -275,9 +276,6 @@ impl std::error::Error for UpstreamError {
         }
     }
 }
-
-trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 /// The longest reply line accepted from an upstream (RFC 5321 says 512; servers exceed it).
 const MAX_REPLY_LINE: usize = 4096;

@@ -245,25 +245,13 @@ async fn accept_loop(
     shared: Arc<Shared>,
     listener: TcpListener,
     kind: Transport,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
-    let mut sessions = JoinSet::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let Ok((tcp, peer)) = accepted else {
-                    // EMFILE and the like: back off briefly rather than spin.
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                };
-                let _ = tcp.set_nodelay(true);
-                sessions.spawn(connection(shared.clone(), tcp, peer, kind, shutdown.clone()));
-            }
-            _ = shutdown.changed() => break,
-            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
-        }
-    }
-    while sessions.join_next().await.is_some() {}
+    let rx = shutdown.clone();
+    smtp_net::accept_loop(listener, shutdown, move |tcp, peer| {
+        connection(shared.clone(), tcp, peer, kind, rx.clone())
+    })
+    .await;
 }
 
 /// Counts a connection against its IP's limit for as long as it lives.
@@ -427,15 +415,10 @@ async fn apply_before(
     }
     if action.stall {
         transcript.push("* fault: stall".into());
-        stopped(&mut shutdown).await;
+        smtp_net::stopped(&mut shutdown).await;
         return Some("* stalled until shutdown".into());
     }
     None
-}
-
-/// Resolves once shutdown was asked for (the watch guard is not held across awaits).
-async fn stopped(rx: &mut watch::Receiver<bool>) {
-    let _ = rx.wait_for(|stop| *stop).await;
 }
 
 /// Transcripts kept in memory for `Handle::transcripts` (the oldest are dropped first).
@@ -478,18 +461,7 @@ async fn accept_tls(
 }
 
 async fn write_all<S: AsyncWrite + Unpin>(io: &mut S, bytes: &[u8]) -> std::io::Result<()> {
-    match tokio::time::timeout(WRITE_TIMEOUT, async {
-        io.write_all(bytes).await?;
-        io.flush().await
-    })
-    .await
-    {
-        Ok(r) => r,
-        Err(_) => Err(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            format!("write timed out after {}s", WRITE_TIMEOUT.as_secs()),
-        )),
-    }
+    smtp_net::write_all(io, bytes, WRITE_TIMEOUT).await
 }
 
 enum End {
@@ -676,7 +648,7 @@ impl Session {
                     Flow::Stall => {
                         self.flush(io).await?;
                         self.note("* fault: stall");
-                        stopped(&mut shutdown).await;
+                        smtp_net::stopped(&mut shutdown).await;
                         return Ok(End::Closed);
                     }
                 }
@@ -705,7 +677,7 @@ impl Session {
                     }
                     Ok(Err(e)) => return Err(e),
                 },
-                _ = stopped(&mut shutdown) => {
+                _ = smtp_net::stopped(&mut shutdown) => {
                     let reply = self.conn.shutdown_reply();
                     let _ = self.send_now(io, reply).await;
                     return Ok(End::Closed);

@@ -6,8 +6,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use smtp_net::Io;
 use smtp_wire::{Decoded, LineDecoder, LineEndings, Reply, ReplyParser};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::config::Config;
@@ -38,9 +39,6 @@ pub async fn start(config: Config) -> Handle {
         .await
         .expect("the fake upstream starts")
 }
-
-trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 /// A rustls connector that trusts only `ca_pem`.
 pub fn tls_connector(ca_pem: &str) -> tokio_rustls::TlsConnector {
