@@ -27,18 +27,19 @@ pub enum Command {
     },
     /// Start the relay in front of a fake smtp.163.com, offline, ready for a mail client.
     Up(crate::up::UpArgs),
+    /// Run the relay for real use, from a config file (see relay.example.toml).
+    Serve {
+        /// The relay's config file.
+        #[arg(long)]
+        config: std::path::PathBuf,
+    },
 }
 
 /// Runs a parsed command line; the binary's `main` only parses arguments and calls this.
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
-        Command::Up(args) => match tokio::runtime::Runtime::new() {
-            Ok(rt) => rt.block_on(crate::up::run(args)),
-            Err(e) => {
-                eprintln!("smtp-relay: cannot start the runtime: {e}");
-                ExitCode::from(1)
-            }
-        },
+        Command::Up(args) => block_on(crate::up::run(args)),
+        Command::Serve { config } => block_on(async move { crate::serve::run(&config).await }),
         Command::Check { lines } => {
             let stdout = std::io::stdout();
             let mut out = stdout.lock();
@@ -57,6 +58,16 @@ pub fn run(cli: Cli) -> ExitCode {
                     ExitCode::from(2)
                 }
             }
+        }
+    }
+}
+
+fn block_on(f: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt.block_on(f),
+        Err(e) => {
+            eprintln!("smtp-relay: cannot start the runtime: {e}");
+            ExitCode::from(1)
         }
     }
 }

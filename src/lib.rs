@@ -6,6 +6,7 @@
 //! - [`check`]: `smtp-relay check`, which shows what the protocol crate makes of command lines.
 //! - [`relay`]: the relay in live mode: client sessions, pass-through AUTH, verbatim upstream
 //!   replies, the spool.
+//! - [`serve`]: `smtp-relay serve --config relay.toml`, the relay for real use.
 //! - [`up`]: `smtp-relay up`, the relay and a fake 163 in one process, for offline work.
 //! - [`upstream`]: the relay's connection to an upstream server (TLS, AUTH, pipelined
 //!   envelope, streamed body, a timeout per phase), driving `smtp_wire::ClientSession`.
@@ -16,5 +17,6 @@
 pub mod check;
 pub mod cli;
 pub mod relay;
+pub mod serve;
 pub mod up;
 pub mod upstream;

@@ -188,13 +188,11 @@ pub async fn run(args: UpArgs) -> std::process::ExitCode {
             return std::process::ExitCode::from(1);
         }
     };
-    print!("{}", banner(&up));
-    use std::io::Write;
-    let _ = std::io::stdout().flush();
+    smtp_net::say(&banner(&up));
     if let Err(e) = tokio::signal::ctrl_c().await {
         eprintln!("smtp-relay up: cannot wait for Ctrl-C: {e}");
     }
-    println!("smtp-relay up: shutting down");
+    smtp_net::say("smtp-relay up: shutting down\n");
     up.relay.shutdown().await;
     up.fake.shutdown().await;
     std::process::ExitCode::SUCCESS

@@ -342,3 +342,103 @@ async fn shutdown_sends_421_to_idle_sessions() {
     assert!(c.closed().await);
     s.fake.shutdown().await;
 }
+
+/// `smtp-relay serve` from a config file, in trusted mode: no AUTH from the client, the relay
+/// authenticates upstream with a secret from the environment, which appears nowhere.
+#[tokio::test]
+async fn serve_from_a_config_file_with_a_secret_from_the_environment() {
+    use std::io::{BufRead, BufReader};
+    let fake = fake_upstream::testing::start(fake_upstream::testing::config("163", "serve")).await;
+    let dir = fake.data_dir().to_path_buf();
+    let config = dir.join("relay.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+hostname = "relay.test"
+listen = "127.0.0.1:0"
+spool_dir = "relay-spool"
+[auth]
+mode = "trusted"
+trusted_networks = ["127.0.0.0/8"]
+[upstream]
+host = "127.0.0.1"
+port = {port}
+tls = "implicit"
+ca = "ca.pem"
+server_name = "localhost"
+username = "alice@163.com"
+password_env = "RELAY_TEST_163_CODE"
+"#,
+            port = fake.tls_addr().unwrap().port()
+        ),
+    )
+    .unwrap();
+    struct Reap(std::process::Child);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Reap(
+        std::process::Command::new(env!("CARGO_BIN_EXE_smtp-relay"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("RELAY_TEST_163_CODE", "ALICEAUTHCODE163")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = child.0.stdout.take().unwrap();
+    let first = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        line
+    })
+    .await
+    .unwrap();
+    assert!(!first.contains("ALICEAUTHCODE163"));
+    let addr: std::net::SocketAddr = first
+        .split("relay on ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .expect("the address is printed")
+        .parse()
+        .unwrap();
+    let mut c = Client::connect(addr).await;
+    c.reply().await;
+    let ehlo = c.cmd("EHLO client.example").await;
+    assert!(!ehlo.contains("AUTH"), "no AUTH in trusted mode: {ehlo}");
+    assert_eq!(c.cmd("MAIL FROM:<alice@163.com>").await, "250 Mail OK");
+    assert_eq!(c.cmd("RCPT TO:<bob@163.com>").await, "250 Mail OK");
+    c.cmd("DATA").await;
+    c.send_raw(b"From: alice@163.com\r\nSubject: served\r\n\r\nx\r\n.\r\n")
+        .await;
+    assert!(
+        c.reply()
+            .await
+            .to_string()
+            .starts_with("250 Mail OK queued as")
+    );
+    let got = fake.wait_for(1, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(got[0].auth.as_deref(), Some("alice@163.com"));
+    let json: String = std::fs::read_dir(dir.join("relay-spool"))
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .collect();
+    assert!(!json.contains("ALICEAUTHCODE163"));
+    // Its stdout was closed after the first line: Ctrl-C must still stop it cleanly (it
+    // prints on the way out, to nowhere).
+    assert!(child.0.try_wait().unwrap().is_none(), "serve died early");
+    let killed = std::process::Command::new("kill")
+        .args(["-INT", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = tokio::task::spawn_blocking(move || child.0.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    fake.shutdown().await;
+}

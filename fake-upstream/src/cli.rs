@@ -157,22 +157,29 @@ pub async fn run(args: Args) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    println!("fake-upstream: persona {}", handle.persona_name());
-    println!("  plain + STARTTLS  {}", handle.addr());
+    let mut banner = format!("fake-upstream: persona {}\n", handle.persona_name());
+    banner.push_str(&format!("  plain + STARTTLS  {}\n", handle.addr()));
     if let Some(a) = handle.tls_addr() {
-        println!("  implicit TLS      {a}");
+        banner.push_str(&format!("  implicit TLS      {a}\n"));
     }
-    println!("  CA certificate    {}", handle.ca_path().display());
-    println!("  data directory    {}", handle.data_dir().display());
+    banner.push_str(&format!(
+        "  CA certificate    {}\n",
+        handle.ca_path().display()
+    ));
+    banner.push_str(&format!(
+        "  data directory    {}\n",
+        handle.data_dir().display()
+    ));
     for u in handle.users() {
         let note = if u.smtp { "" } else { "  (SMTP disabled)" };
-        println!("  user {}  code {}{note}", u.address, u.code);
+        banner.push_str(&format!("  user {}  code {}{note}\n", u.address, u.code));
     }
-    println!("Ctrl-C stops it.");
+    banner.push_str("Ctrl-C stops it.\n");
+    smtp_net::say(&banner);
     if let Err(e) = tokio::signal::ctrl_c().await {
         eprintln!("fake-upstream: cannot wait for Ctrl-C: {e}");
     }
-    println!("fake-upstream: shutting down");
+    smtp_net::say("fake-upstream: shutting down\n");
     handle.shutdown().await;
     ExitCode::SUCCESS
 }

@@ -1,0 +1,441 @@
+//! `smtp-relay serve --config relay.toml`: the relay for real use, e.g. in front of
+//! `smtp.163.com:465`. The config file is documented by `relay.example.toml`; secrets come from
+//! an environment variable or a file named in it, never from the config text, and never appear
+//! in any output.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use serde::Deserialize;
+use smtp_wire::{BareLineEnding, Credentials};
+
+use crate::relay::{AuthMode, RelayConfig};
+use crate::upstream::{Timeouts, TlsMode, UpstreamConfig};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    hostname: String,
+    listen: SocketAddr,
+    listen_tls: Option<SocketAddr>,
+    spool_dir: PathBuf,
+    tls: Option<FileTls>,
+    auth: FileAuth,
+    #[serde(default)]
+    limits: FileLimits,
+    upstream: FileUpstream,
+    /// `reject` (default: 550 5.6.0 after the data) or `normalize`.
+    #[serde(default)]
+    bare_line_endings: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTls {
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAuth {
+    /// `passthrough` or `trusted`.
+    mode: String,
+    #[serde(default)]
+    trusted_networks: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FileLimits {
+    max_message_size: u64,
+    max_recipients: usize,
+    max_sessions: usize,
+    command_timeout_secs: u64,
+    data_timeout_secs: u64,
+    session_deadline_secs: u64,
+    upstream_command_timeout_secs: u64,
+    upstream_data_end_timeout_secs: u64,
+}
+
+impl Default for FileLimits {
+    fn default() -> Self {
+        let t = Timeouts::default();
+        FileLimits {
+            max_message_size: 50 * 1024 * 1024,
+            max_recipients: 100,
+            max_sessions: 200,
+            command_timeout_secs: 300,
+            data_timeout_secs: 180,
+            session_deadline_secs: 3600,
+            upstream_command_timeout_secs: t.command.as_secs(),
+            upstream_data_end_timeout_secs: t.data_end.as_secs(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileUpstream {
+    host: String,
+    port: u16,
+    /// `implicit`, `starttls` or `none`.
+    tls: String,
+    /// Trust only this CA (PEM) instead of the bundled public roots.
+    ca: Option<PathBuf>,
+    /// The name to verify (default: `host`).
+    server_name: Option<String>,
+    /// For `trusted` mode: the relay authenticates as this user...
+    username: Option<String>,
+    /// ...with the secret in this environment variable...
+    password_env: Option<String>,
+    /// ...or in this file (first line).
+    password_file: Option<PathBuf>,
+}
+
+/// A config error: where, which key, what was expected.
+fn bad(origin: &str, key: &str, what: impl std::fmt::Display) -> String {
+    format!("{origin}: {key}: {what}")
+}
+
+/// Reads and checks a relay config file.
+pub fn load(path: &Path) -> Result<RelayConfig, String> {
+    let origin = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{origin}: {e}"))?;
+    parse(&text, &origin, path.parent().unwrap_or(Path::new(".")))
+}
+
+/// Parses config text; relative paths are taken from `base`.
+pub fn parse(text: &str, origin: &str, base: &Path) -> Result<RelayConfig, String> {
+    let f: File = toml::from_str(text).map_err(|e| format!("{origin}: {e}"))?;
+    let at = |p: &Path| {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            base.join(p)
+        }
+    };
+
+    let tls = match &f.tls {
+        Some(t) => Some(server_tls(&at(&t.cert), &at(&t.key)).map_err(|e| bad(origin, "tls", e))?),
+        None => None,
+    };
+    if f.listen_tls.is_some() && tls.is_none() {
+        return Err(bad(
+            origin,
+            "listen_tls",
+            "needs a [tls] section with cert and key",
+        ));
+    }
+    let auth = match f.auth.mode.as_str() {
+        "passthrough" => AuthMode::Passthrough,
+        "trusted" => {
+            let nets = f
+                .auth
+                .trusted_networks
+                .iter()
+                .map(|n| {
+                    parse_network(n).ok_or_else(|| {
+                        bad(
+                            origin,
+                            "auth.trusted_networks",
+                            format!("{n:?} is not ADDRESS/PREFIX, e.g. 127.0.0.0/8"),
+                        )
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            if nets.is_empty() {
+                return Err(bad(
+                    origin,
+                    "auth.trusted_networks",
+                    "trusted mode needs at least one network",
+                ));
+            }
+            AuthMode::TrustedNetworks(nets)
+        }
+        other => {
+            return Err(bad(
+                origin,
+                "auth.mode",
+                format!("{other:?}: expected \"passthrough\" or \"trusted\""),
+            ));
+        }
+    };
+    let u = &f.upstream;
+    let mode = match u.tls.as_str() {
+        "implicit" => TlsMode::Implicit,
+        "starttls" => TlsMode::StartTls,
+        "none" => TlsMode::None,
+        other => {
+            return Err(bad(
+                origin,
+                "upstream.tls",
+                format!("{other:?}: expected \"implicit\", \"starttls\" or \"none\""),
+            ));
+        }
+    };
+    let roots = match &u.ca {
+        Some(ca) => {
+            let pem = std::fs::read_to_string(at(ca))
+                .map_err(|e| bad(origin, "upstream.ca", format!("{}: {e}", at(ca).display())))?;
+            fake_upstream::tls::client_config(&pem).map_err(|e| bad(origin, "upstream.ca", e))?
+        }
+        None => public_roots(),
+    };
+    let credentials = match (&u.username, &u.password_env, &u.password_file) {
+        (None, None, None) => None,
+        (Some(user), Some(var), None) => {
+            let secret = std::env::var(var).map_err(|_| {
+                bad(
+                    origin,
+                    "upstream.password_env",
+                    format!("environment variable {var} is not set"),
+                )
+            })?;
+            Some(Credentials::new(user.clone(), secret))
+        }
+        (Some(user), None, Some(file)) => {
+            let text = std::fs::read_to_string(at(file)).map_err(|e| {
+                bad(
+                    origin,
+                    "upstream.password_file",
+                    format!("{}: {e}", at(file).display()),
+                )
+            })?;
+            let secret = text.lines().next().unwrap_or_default().trim().to_string();
+            if secret.is_empty() {
+                return Err(bad(origin, "upstream.password_file", "the file is empty"));
+            }
+            Some(Credentials::new(user.clone(), secret))
+        }
+        _ => {
+            return Err(bad(
+                origin,
+                "upstream",
+                "give username with exactly one of password_env or password_file",
+            ));
+        }
+    };
+    if matches!(auth, AuthMode::Passthrough) && credentials.is_some() {
+        return Err(bad(
+            origin,
+            "upstream.username",
+            "not used in passthrough mode (clients bring their own credentials)",
+        ));
+    }
+    let l = &f.limits;
+    let bare_line_endings = match f.bare_line_endings.as_deref() {
+        None | Some("reject") => BareLineEnding::Reject,
+        Some("normalize") => BareLineEnding::Normalize,
+        Some(other) => {
+            return Err(bad(
+                origin,
+                "bare_line_endings",
+                format!("{other:?}: expected \"reject\" or \"normalize\""),
+            ));
+        }
+    };
+    Ok(RelayConfig {
+        hostname: f.hostname.clone(),
+        listen: f.listen,
+        listen_tls: f.listen_tls,
+        tls,
+        spool_dir: at(&f.spool_dir),
+        upstream: UpstreamConfig {
+            name: format!("{}:{}", u.host, u.port),
+            addr: format!("{}:{}", u.host, u.port),
+            server_name: u.server_name.clone().unwrap_or_else(|| u.host.clone()),
+            tls: mode,
+            tls_config: Some(roots),
+            helo_name: f.hostname.clone(),
+            credentials,
+            timeouts: Timeouts {
+                command: Duration::from_secs(l.upstream_command_timeout_secs),
+                data_end: Duration::from_secs(l.upstream_data_end_timeout_secs),
+                ..Timeouts::default()
+            },
+        },
+        auth,
+        max_message_size: l.max_message_size,
+        max_recipients: l.max_recipients,
+        max_sessions: l.max_sessions,
+        command_timeout: Duration::from_secs(l.command_timeout_secs),
+        data_timeout: Duration::from_secs(l.data_timeout_secs),
+        session_deadline: Duration::from_secs(l.session_deadline_secs),
+        bare_line_endings,
+    })
+}
+
+fn parse_network(s: &str) -> Option<(IpAddr, u8)> {
+    let (addr, len) = s.split_once('/')?;
+    let addr: IpAddr = addr.parse().ok()?;
+    let len: u8 = len.parse().ok()?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    (len <= max).then_some((addr, len))
+}
+
+/// The Mozilla root set bundled by webpki-roots: verifying smtp.163.com needs nothing from the
+/// system.
+fn public_roots() -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Arc::new(config)
+}
+
+fn server_tls(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, String> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| format!("{}: {e}", cert.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{}: {e}", cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| format!("{}: {e}", cert.display()))?;
+    Ok(Arc::new(config))
+}
+
+/// Runs the relay from a config file until Ctrl-C.
+pub async fn run(config: &Path) -> std::process::ExitCode {
+    let config = match load(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("smtp-relay serve: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let upstream = config.upstream.name.clone();
+    let has_tls = config.tls.is_some();
+    let relay = match crate::relay::start(config).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("smtp-relay serve: cannot listen: {e}");
+            return std::process::ExitCode::from(1);
+        }
+    };
+    smtp_net::say(&format!(
+        "smtp-relay serve: relay on {} (plain{}){}, upstream {upstream}\nCtrl-C stops it.\n",
+        relay.addr(),
+        if has_tls { " + STARTTLS" } else { "" },
+        relay
+            .tls_addr()
+            .map(|a| format!(", {a} (implicit TLS)"))
+            .unwrap_or_default()
+    ));
+    let _ = tokio::signal::ctrl_c().await;
+    smtp_net::say("smtp-relay serve: shutting down\n");
+    relay.shutdown().await;
+    std::process::ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+hostname = "relay.test"
+listen = "127.0.0.1:0"
+spool_dir = "spool"
+[auth]
+mode = "passthrough"
+[upstream]
+host = "smtp.163.com"
+port = 465
+tls = "implicit"
+"#;
+
+    #[test]
+    fn the_example_config_parses() {
+        let text = include_str!("../relay.example.toml");
+        let config = parse(text, "relay.example.toml", Path::new("/etc/smtp-relay")).unwrap();
+        assert_eq!(config.upstream.addr, "smtp.163.com:465");
+        assert_eq!(config.upstream.tls, TlsMode::Implicit);
+        assert_eq!(
+            config.spool_dir,
+            Path::new("/etc/smtp-relay/smtp-relay-data/spool")
+        );
+    }
+
+    #[test]
+    fn minimal_passthrough() {
+        let c = parse(BASE, "r.toml", Path::new("/x")).unwrap();
+        assert_eq!(c.auth, AuthMode::Passthrough);
+        assert_eq!(c.upstream.server_name, "smtp.163.com");
+        assert!(c.upstream.credentials.is_none());
+    }
+
+    #[test]
+    fn errors_name_the_file_and_key() {
+        let e = parse(
+            &BASE.replace("\"implicit\"", "\"ssl\""),
+            "r.toml",
+            Path::new("."),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e,
+            "r.toml: upstream.tls: \"ssl\": expected \"implicit\", \"starttls\" or \"none\""
+        );
+        let e = parse(&format!("{BASE}colour = 1\n"), "r.toml", Path::new(".")).unwrap_err();
+        assert!(e.starts_with("r.toml: ") && e.contains("colour"), "{e}");
+        let e = parse(
+            &BASE.replace("\"passthrough\"", "\"trusted\""),
+            "r.toml",
+            Path::new("."),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e,
+            "r.toml: auth.trusted_networks: trusted mode needs at least one network"
+        );
+        let e = parse(
+            &BASE.replace(
+                "mode = \"passthrough\"",
+                "mode = \"trusted\"\ntrusted_networks = [\"10.0.0.0/99\"]",
+            ),
+            "r.toml",
+            Path::new("."),
+        )
+        .unwrap_err();
+        assert!(e.contains("\"10.0.0.0/99\" is not ADDRESS/PREFIX"), "{e}");
+        let e = parse(
+            &format!(
+                "{BASE}username = \"me@163.com\"\npassword_env = \"SMTP_RELAY_SURELY_UNSET\"\n"
+            ),
+            "r.toml",
+            Path::new("."),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e,
+            "r.toml: upstream.password_env: environment variable SMTP_RELAY_SURELY_UNSET is not set"
+        );
+    }
+
+    #[test]
+    fn networks() {
+        assert_eq!(
+            parse_network("127.0.0.0/8"),
+            Some(("127.0.0.0".parse().unwrap(), 8))
+        );
+        assert_eq!(
+            parse_network("::1/128"),
+            Some(("::1".parse().unwrap(), 128))
+        );
+        assert_eq!(parse_network("1.2.3.4"), None);
+        assert_eq!(parse_network("1.2.3.4/33"), None);
+    }
+}
