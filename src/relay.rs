@@ -542,7 +542,8 @@ impl Session {
         };
         if let Some(mut spool) = self.spool.take() {
             let _ = spool.file.flush().await;
-            let json = spool_json(&spool, &env, self, &reply);
+            let summary = summarize_file(&spool.path).await;
+            let json = spool_json(&spool, &env, self, &reply, summary);
             let _ = tokio::fs::write(spool.path.with_extension("json"), json).await;
         }
         Verdict::Reply(reply)
@@ -567,6 +568,57 @@ impl Session {
     }
 }
 
+/// A readable summary of a message for the spool JSON: the Subject with its RFC 2047 words
+/// decoded, the From header, and the first text part decoded from base64 or quoted-printable
+/// in its charset (GB2312, GBK, Big5, UTF-8... as mail-parser knows them).
+#[derive(Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Summary {
+    pub subject: Option<String>,
+    pub from: Option<String>,
+    /// At most `SUMMARY_TEXT` characters.
+    pub text: Option<String>,
+}
+
+/// How much of a spooled message is read for its summary, and how much text is kept.
+const SUMMARY_READ: usize = 256 * 1024;
+const SUMMARY_TEXT: usize = 2000;
+
+/// Summarises the start of a message (headers and the first text part).
+pub fn summarize(message: &[u8]) -> Summary {
+    let Some(parsed) = mail_parser::MessageParser::default().parse(message) else {
+        return Summary::default();
+    };
+    let from = parsed
+        .from()
+        .and_then(|a| a.first())
+        .map(|a| match (a.name(), a.address()) {
+            (Some(n), Some(addr)) => format!("{n} <{addr}>"),
+            (None, Some(addr)) => addr.to_string(),
+            (Some(n), None) => n.to_string(),
+            (None, None) => String::new(),
+        });
+    Summary {
+        subject: parsed.subject().map(str::to_string),
+        from,
+        text: parsed
+            .body_text(0)
+            .map(|t| t.chars().take(SUMMARY_TEXT).collect::<String>()),
+    }
+}
+
+/// The summary of a spooled message, reading at most `SUMMARY_READ` octets of it.
+async fn summarize_file(path: &std::path::Path) -> Summary {
+    let mut start = Vec::with_capacity(SUMMARY_READ);
+    let read = async {
+        let file = tokio::fs::File::open(path).await?;
+        file.take(SUMMARY_READ as u64).read_to_end(&mut start).await
+    };
+    match read.await {
+        Ok(_) => summarize(&start),
+        Err(_) => Summary::default(),
+    }
+}
+
 /// What `spool/<id>.json` records (never a secret).
 #[derive(serde::Serialize)]
 struct SpoolRecord<'a> {
@@ -581,9 +633,16 @@ struct SpoolRecord<'a> {
     upstream: &'a str,
     /// The upstream's final reply, as it was said.
     reply: String,
+    summary: Summary,
 }
 
-fn spool_json(spool: &Spool, env: &Envelope, s: &Session, reply: &Reply) -> Vec<u8> {
+fn spool_json(
+    spool: &Spool,
+    env: &Envelope,
+    s: &Session,
+    reply: &Reply,
+    summary: Summary,
+) -> Vec<u8> {
     let record = SpoolRecord {
         id: &spool.id,
         mail_from: env
@@ -599,6 +658,7 @@ fn spool_json(spool: &Spool, env: &Envelope, s: &Session, reply: &Reply) -> Vec<
         size: spool.size,
         upstream: &s.shared.config.upstream.name,
         reply: reply.to_string(),
+        summary,
     };
     serde_json::to_vec_pretty(&record).expect("serializable")
 }
@@ -613,6 +673,21 @@ async fn write(io: &mut Box<dyn Io>, bytes: &[u8]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn summary_decodes_foxmail_gb2312() {
+        let m = b"From: =?GB2312?B?s8zBog==?= <alice@163.com>\r\nSubject: =?GB2312?B?xOO6ww==?=\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=\"GB2312\"\r\nContent-Transfer-Encoding: base64\r\n\r\nysC956OswLTX1CBGb3htYWlsoaM=\r\n";
+        let s = summarize(m);
+        assert_eq!(s.subject.as_deref(), Some("你好"));
+        assert_eq!(s.from.as_deref(), Some("程立 <alice@163.com>"));
+        assert_eq!(s.text.as_deref(), Some("世界，来自 Foxmail。"));
+    }
+
+    #[test]
+    fn summary_of_garbage_is_empty_not_a_panic() {
+        assert_eq!(summarize(b"").subject, None);
+        let _ = summarize(&[0xff; 100]);
+    }
 
     #[test]
     fn networks() {

@@ -442,3 +442,54 @@ password_env = "RELAY_TEST_163_CODE"
     assert!(status.success(), "{status:?}");
     fake.shutdown().await;
 }
+
+/// The seed's session as Foxmail sends it: GB2312 base64 Subject and body, recipients at
+/// 163.com, qq.com and bupt.edu.cn. Every recipient's copy lands in the fake mailboxes
+/// byte-exact (after the relay's trace header), and the spool JSON shows the decoded subject.
+#[tokio::test]
+async fn foxmail_gb2312_message_to_three_domains() {
+    let s = setup("gb2312", vec![]).await;
+    let (mut c, auth) = s.login("ALICEAUTHCODE163").await;
+    assert_eq!(auth, "235 Authentication successful");
+    assert_eq!(c.cmd("MAIL FROM: <alice@163.com>").await, "250 Mail OK");
+    for rcpt in ["bob@163.com", "friend@qq.com", "chengli@bupt.edu.cn"] {
+        assert_eq!(c.cmd(&format!("RCPT TO: <{rcpt}>")).await, "250 Mail OK");
+    }
+    c.cmd("DATA").await;
+    let message: &[u8] = b"From: =?GB2312?B?s8zBog==?= <alice@163.com>\r\nTo: bob@163.com\r\nSubject: =?GB2312?B?xOO6ww==?=\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=\"GB2312\"\r\nContent-Transfer-Encoding: base64\r\nX-Mailer: Foxmail 7.2.25.228[cn]\r\n\r\nysC956OswLTX1CBGb3htYWlsoaM=\r\n";
+    c.send_raw(message).await;
+    c.send_raw(b".\r\n").await;
+    assert!(
+        c.reply()
+            .await
+            .to_string()
+            .starts_with("250 Mail OK queued as")
+    );
+    c.cmd("QUIT").await;
+
+    let got = s.fake.wait_for(1, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(got[0].files.len(), 3, "one copy per recipient mailbox");
+    for file in &got[0].files {
+        let eml = std::fs::read(file).unwrap();
+        let original = got[0].layout.original(&eml);
+        let start = original.windows(message.len()).position(|w| w == message);
+        assert!(
+            start.is_some(),
+            "{} holds the message byte for byte",
+            file.display()
+        );
+        assert!(original.starts_with(b"Received: from foxmail.example ([127.0.0.1])"));
+    }
+    let json_path = std::fs::read_dir(&s.spool)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "json"))
+        .unwrap();
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(json_path).unwrap()).unwrap();
+    assert_eq!(json["summary"]["subject"], "你好");
+    assert_eq!(json["summary"]["from"], "程立 <alice@163.com>");
+    assert_eq!(json["summary"]["text"], "世界，来自 Foxmail。");
+    assert_eq!(json["rcpt_to"].as_array().unwrap().len(), 3);
+    s.stop().await;
+}
