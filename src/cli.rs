@@ -32,6 +32,9 @@ pub enum Command {
         /// The relay's config file.
         #[arg(long)]
         config: std::path::PathBuf,
+        /// Write the log as JSON lines instead of text.
+        #[arg(long)]
+        log_json: bool,
     },
 }
 
@@ -39,7 +42,9 @@ pub enum Command {
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Up(args) => block_on(crate::up::run(args)),
-        Command::Serve { config } => block_on(async move { crate::serve::run(&config).await }),
+        Command::Serve { config, log_json } => {
+            block_on(async move { crate::serve::run(&config, log_json).await })
+        }
         Command::Check { lines } => {
             let stdout = std::io::stdout();
             let mut out = stdout.lock();

@@ -4,6 +4,7 @@
 //! - [`cli`]: the command line (clap) and [`cli::run`], which the binary calls, so tests
 //!   exercise the same path as users.
 //! - [`check`]: `smtp-relay check`, which shows what the protocol crate makes of command lines.
+//! - [`log`]: structured logs in `log/relay.log` (human or JSON lines).
 //! - [`relay`]: the relay in live mode: client sessions, pass-through AUTH, verbatim upstream
 //!   replies, the spool.
 //! - [`serve`]: `smtp-relay serve --config relay.toml`, the relay for real use.
@@ -16,6 +17,7 @@
 
 pub mod check;
 pub mod cli;
+pub mod log;
 pub mod relay;
 pub mod serve;
 pub mod up;

@@ -206,6 +206,7 @@ async fn client(
         spool: None,
         started: Instant::now(),
     };
+    tracing::info!(session = session.id, peer = %peer, tls = session.tls, "session opened");
     let result = match kind {
         Transport::Plain => session.run(Box::new(tcp), shutdown).await,
         Transport::Tls => match accept_tls(cfg, tcp).await {
@@ -213,11 +214,18 @@ async fn client(
             None => Ok(()),
         },
     };
-    let _ = result;
+    if let Err(e) = &result {
+        tracing::info!(session = session.id, error = %e, "client connection error");
+    }
     session.abort_transaction().await;
     if let Some(up) = session.upstream.take() {
         up.quit().await;
     }
+    tracing::info!(
+        session = session.id,
+        seconds = session.started.elapsed().as_secs_f64(),
+        "session closed"
+    );
 }
 
 async fn accept_tls(cfg: &RelayConfig, tcp: impl Io + 'static) -> Option<Box<dyn Io>> {
@@ -438,6 +446,16 @@ impl Session {
     }
 
     async fn authenticate(&mut self, c: Credentials) -> Verdict {
+        let verdict = self.authenticate_upstream(c.clone()).await;
+        let code = match &verdict {
+            Verdict::Accept => 235,
+            Verdict::Reply(r) => r.code,
+        };
+        tracing::info!(session = self.id, user = %c.username, reply = code, "auth");
+        verdict
+    }
+
+    async fn authenticate_upstream(&mut self, c: Credentials) -> Verdict {
         let mut config = self.shared.config.upstream.clone();
         config.credentials = Some(c.clone());
         match Upstream::connect(&config).await {
@@ -473,6 +491,7 @@ impl Session {
     /// An upstream failure mid-transaction: the upstream session is dropped (never reused in
     /// an unknown state) and the client gets a 4xx naming it.
     async fn upstream_failed(&mut self, e: UpstreamError) -> Verdict {
+        tracing::warn!(session = self.id, upstream = %e.upstream(), error = %e, "upstream failure");
         if let Some(up) = self.upstream.take() {
             up.abort().await;
         }
@@ -543,6 +562,17 @@ impl Session {
         if let Some(mut spool) = self.spool.take() {
             let _ = spool.file.flush().await;
             let summary = summarize_file(&spool.path).await;
+            tracing::info!(
+                session = self.id,
+                id = %spool.id,
+                from = %env.from.as_ref().map(ReversePath::to_string).unwrap_or_default(),
+                rcpts = ?env.rcpts.iter().map(|(r, _)| r.to_string()).collect::<Vec<_>>(),
+                size = spool.size,
+                upstream = %self.shared.config.upstream.name,
+                reply = %reply,
+                outcome = if reply.is_positive() { "delivered" } else { "refused" },
+                "message"
+            );
             let json = spool_json(&spool, &env, self, &reply, summary);
             let _ = tokio::fs::write(spool.path.with_extension("json"), json).await;
         }
@@ -552,7 +582,13 @@ impl Session {
     /// A transaction ends without a delivery: the upstream must not get an end of data, so
     /// its session is closed; the spool file is removed.
     async fn abort_transaction(&mut self) {
-        if self.spool.is_some() {
+        if let Some(spool) = &self.spool {
+            tracing::info!(
+                session = self.id,
+                id = %spool.id,
+                outcome = "aborted",
+                "message not completed: nothing was sent"
+            );
             if let Some(up) = self.upstream.take() {
                 up.abort().await;
             }

@@ -23,6 +23,8 @@ struct File {
     listen: SocketAddr,
     listen_tls: Option<SocketAddr>,
     spool_dir: PathBuf,
+    /// Where `relay.log` goes (default: `log` beside the spool directory).
+    log_dir: Option<PathBuf>,
     tls: Option<FileTls>,
     auth: FileAuth,
     #[serde(default)]
@@ -102,15 +104,22 @@ fn bad(origin: &str, key: &str, what: impl std::fmt::Display) -> String {
     format!("{origin}: {key}: {what}")
 }
 
+/// A loaded config: the relay's settings and where its logs go.
+#[derive(Debug)]
+pub struct Loaded {
+    pub relay: RelayConfig,
+    pub log_dir: PathBuf,
+}
+
 /// Reads and checks a relay config file.
-pub fn load(path: &Path) -> Result<RelayConfig, String> {
+pub fn load(path: &Path) -> Result<Loaded, String> {
     let origin = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| format!("{origin}: {e}"))?;
     parse(&text, &origin, path.parent().unwrap_or(Path::new(".")))
 }
 
 /// Parses config text; relative paths are taken from `base`.
-pub fn parse(text: &str, origin: &str, base: &Path) -> Result<RelayConfig, String> {
+pub fn parse(text: &str, origin: &str, base: &Path) -> Result<Loaded, String> {
     let f: File = toml::from_str(text).map_err(|e| format!("{origin}: {e}"))?;
     let at = |p: &Path| {
         if p.is_absolute() {
@@ -239,12 +248,20 @@ pub fn parse(text: &str, origin: &str, base: &Path) -> Result<RelayConfig, Strin
             ));
         }
     };
-    Ok(RelayConfig {
+    let spool_dir = at(&f.spool_dir);
+    let log_dir = match &f.log_dir {
+        Some(d) => at(d),
+        None => spool_dir
+            .parent()
+            .map(|p| p.join("log"))
+            .unwrap_or_else(|| base.join("log")),
+    };
+    let relay = RelayConfig {
         hostname: f.hostname.clone(),
         listen: f.listen,
         listen_tls: f.listen_tls,
         tls,
-        spool_dir: at(&f.spool_dir),
+        spool_dir,
         upstream: UpstreamConfig {
             name: format!("{}:{}", u.host, u.port),
             addr: format!("{}:{}", u.host, u.port),
@@ -267,7 +284,8 @@ pub fn parse(text: &str, origin: &str, base: &Path) -> Result<RelayConfig, Strin
         data_timeout: Duration::from_secs(l.data_timeout_secs),
         session_deadline: Duration::from_secs(l.session_deadline_secs),
         bare_line_endings,
-    })
+    };
+    Ok(Loaded { relay, log_dir })
 }
 
 fn parse_network(s: &str) -> Option<(IpAddr, u8)> {
@@ -309,12 +327,22 @@ fn server_tls(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, Stri
 }
 
 /// Runs the relay from a config file until Ctrl-C.
-pub async fn run(config: &Path) -> std::process::ExitCode {
-    let config = match load(config) {
+pub async fn run(config: &Path, log_json: bool) -> std::process::ExitCode {
+    let Loaded {
+        relay: config,
+        log_dir,
+    } = match load(config) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("smtp-relay serve: {e}");
             return std::process::ExitCode::from(2);
+        }
+    };
+    let _log = match crate::log::init(&log_dir, log_json) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("smtp-relay serve: {e}");
+            return std::process::ExitCode::from(1);
         }
     };
     let upstream = config.upstream.name.clone();
@@ -371,7 +399,7 @@ tls = "implicit"
 
     #[test]
     fn minimal_passthrough() {
-        let c = parse(BASE, "r.toml", Path::new("/x")).unwrap();
+        let c = parse(BASE, "r.toml", Path::new("/x")).unwrap().relay;
         assert_eq!(c.auth, AuthMode::Passthrough);
         assert_eq!(c.upstream.server_name, "smtp.163.com");
         assert!(c.upstream.credentials.is_none());

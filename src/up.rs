@@ -38,6 +38,9 @@ pub struct UpArgs {
     /// Switch the upstream's quotas and rate limits off.
     #[arg(long)]
     pub no_limits: bool,
+    /// Write the relay's log (`<data-dir>/log/relay.log`) as JSON lines instead of text.
+    #[arg(long)]
+    pub log_json: bool,
 }
 
 /// What `up` started, for the banner and for tests.
@@ -46,6 +49,7 @@ pub struct Up {
     pub relay: relay::RelayHandle,
     pub ca: PathBuf,
     pub spool: PathBuf,
+    pub log: PathBuf,
     pub mailboxes: PathBuf,
 }
 
@@ -116,6 +120,7 @@ pub async fn start(args: &UpArgs) -> Result<Up, String> {
     Ok(Up {
         ca: tls.files.ca.clone(),
         mailboxes: fake.data_dir().join("mailboxes"),
+        log: data.join("log").join("relay.log"),
         fake,
         relay,
         spool,
@@ -138,6 +143,7 @@ pub fn banner(up: &Up) -> String {
          \x20 upstream    {persona} persona on {up_plain} (plain + STARTTLS), {up_tls} (implicit TLS; the relay uses it)\n\
          \x20 CA          {ca}  (both hops verify against it)\n\
          \x20 spool       {spool}\n\
+         \x20 log         {log}\n\
          \x20 mailboxes   {mailboxes}\n",
         persona = up.fake.persona_name(),
         up_plain = up.fake.addr(),
@@ -147,6 +153,7 @@ pub fn banner(up: &Up) -> String {
             .map(|a| a.to_string())
             .unwrap_or_default(),
         spool = up.spool.display(),
+        log = up.log.display(),
         mailboxes = up.mailboxes.display(),
     );
     for u in up.fake.users() {
@@ -181,6 +188,13 @@ pub fn banner(up: &Up) -> String {
 
 /// Runs `up` until Ctrl-C.
 pub async fn run(args: UpArgs) -> std::process::ExitCode {
+    let _log = match crate::log::init(&args.data_dir.join("log"), args.log_json) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("smtp-relay up: {e}");
+            return std::process::ExitCode::from(1);
+        }
+    };
     let up = match start(&args).await {
         Ok(up) => up,
         Err(e) => {

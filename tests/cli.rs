@@ -79,6 +79,7 @@ fn up_prints_a_command_that_works_and_stops_on_ctrl_c() {
             "--upstream-listen-tls",
             "127.0.0.1:0",
         ])
+        .arg("--log-json")
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -134,4 +135,35 @@ fn up_prints_a_command_that_works_and_stops_on_ctrl_c() {
     assert!(killed.success());
     let status = child.0.wait().unwrap();
     assert!(status.success(), "{status:?}");
+
+    // One JSON log line per delivery outcome, carrying the spool id.
+    let spooled: Vec<String> = std::fs::read_dir(dir.join("spool"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "eml"))
+        .map(|p| p.file_stem().unwrap().to_string_lossy().into_owned())
+        .collect();
+    let log = std::fs::read_to_string(dir.join("log/relay.log")).unwrap();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    let delivered: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l["outcome"] == "delivered")
+        .collect();
+    assert_eq!(delivered.len(), 1, "{log}");
+    assert_eq!(delivered[0]["id"], spooled[0].as_str());
+    assert!(
+        delivered[0]["reply"]
+            .as_str()
+            .unwrap()
+            .starts_with("250 Mail OK queued as")
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["message"] == "auth" && l["reply"] == 235)
+    );
+    assert!(!log.contains("ALICEAUTHCODE163"), "no secret in the log");
 }
