@@ -388,12 +388,17 @@ tls = "implicit"
     #[test]
     fn the_example_config_parses() {
         let text = include_str!("../relay.example.toml");
-        let config = parse(text, "relay.example.toml", Path::new("/etc/smtp-relay")).unwrap();
+        let loaded = parse(text, "relay.example.toml", Path::new("/etc/smtp-relay")).unwrap();
+        let config = loaded.relay;
         assert_eq!(config.upstream.addr, "smtp.163.com:465");
         assert_eq!(config.upstream.tls, TlsMode::Implicit);
         assert_eq!(
             config.spool_dir,
             Path::new("/etc/smtp-relay/smtp-relay-data/spool")
+        );
+        assert_eq!(
+            loaded.log_dir,
+            Path::new("/etc/smtp-relay/smtp-relay-data/log")
         );
     }
 
