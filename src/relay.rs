@@ -54,6 +54,10 @@ pub struct RelayConfig {
     pub max_message_size: u64,
     pub max_recipients: usize,
     pub max_sessions: usize,
+    /// Sessions at once from one IP address; more get `421 4.7.0`.
+    pub max_sessions_per_ip: usize,
+    /// A failed AUTH is answered after this pause (slows down password guessing).
+    pub auth_failure_delay: Duration,
     /// Idle time allowed while waiting for a command (RFC 5321 4.5.3.2.7: at least 5 min).
     pub command_timeout: Duration,
     /// Idle time allowed inside DATA between two reads.
@@ -94,7 +98,41 @@ impl RelayHandle {
 struct Shared {
     config: RelayConfig,
     sessions: Semaphore,
+    per_ip: std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>,
     next_id: AtomicU64,
+}
+
+/// A session counted against its IP address while it lives.
+struct IpSlot {
+    shared: Arc<Shared>,
+    ip: IpAddr,
+}
+
+impl IpSlot {
+    fn take(shared: &Arc<Shared>, ip: IpAddr) -> Option<IpSlot> {
+        let mut map = shared.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        let n = map.entry(ip).or_insert(0);
+        if *n >= shared.config.max_sessions_per_ip {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot {
+            shared: shared.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut map = self.shared.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// Binds the listeners and serves until [`RelayHandle::shutdown`].
@@ -112,6 +150,7 @@ pub async fn start(config: RelayConfig) -> std::io::Result<RelayHandle> {
     };
     let shared = Arc::new(Shared {
         sessions: Semaphore::new(config.max_sessions),
+        per_ip: Default::default(),
         config,
         next_id: AtomicU64::new(1),
     });
@@ -159,7 +198,12 @@ async fn client(
 ) {
     let cfg = &shared.config;
     // Backpressure: a permit per session, moved into the task (mini-redis).
-    let Ok(_permit) = shared.sessions.try_acquire() else {
+    let slot = IpSlot::take(&shared, peer.ip());
+    let permit = slot
+        .as_ref()
+        .and_then(|_| shared.sessions.try_acquire().ok());
+    let (Some(_slot), Some(_permit)) = (slot, permit) else {
+        tracing::info!(peer = %peer, "session refused: too many connections");
         let reply = Reply::new(
             421,
             (4, 7, 0),
@@ -452,6 +496,9 @@ impl Session {
             Verdict::Reply(r) => r.code,
         };
         tracing::info!(session = self.id, user = %c.username, reply = code, "auth");
+        if code / 100 == 5 {
+            tokio::time::sleep(self.shared.config.auth_failure_delay).await;
+        }
         verdict
     }
 

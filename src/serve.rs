@@ -57,6 +57,8 @@ struct FileLimits {
     max_message_size: u64,
     max_recipients: usize,
     max_sessions: usize,
+    max_sessions_per_ip: usize,
+    auth_failure_delay_ms: u64,
     command_timeout_secs: u64,
     data_timeout_secs: u64,
     session_deadline_secs: u64,
@@ -71,6 +73,8 @@ impl Default for FileLimits {
             max_message_size: 50 * 1024 * 1024,
             max_recipients: 100,
             max_sessions: 200,
+            max_sessions_per_ip: 20,
+            auth_failure_delay_ms: 1000,
             command_timeout_secs: 300,
             data_timeout_secs: 180,
             session_deadline_secs: 3600,
@@ -280,6 +284,8 @@ pub fn parse(text: &str, origin: &str, base: &Path) -> Result<Loaded, String> {
         max_message_size: l.max_message_size,
         max_recipients: l.max_recipients,
         max_sessions: l.max_sessions,
+        max_sessions_per_ip: l.max_sessions_per_ip,
+        auth_failure_delay: Duration::from_millis(l.auth_failure_delay_ms),
         command_timeout: Duration::from_secs(l.command_timeout_secs),
         data_timeout: Duration::from_secs(l.data_timeout_secs),
         session_deadline: Duration::from_secs(l.session_deadline_secs),
@@ -355,7 +361,7 @@ pub async fn run(config: &Path, log_json: bool) -> std::process::ExitCode {
         }
     };
     smtp_net::say(&format!(
-        "smtp-relay serve: relay on {} (plain{}){}, upstream {upstream}\nCtrl-C stops it.\n",
+        "smtp-relay serve: relay on {} (plain{}){}, upstream {upstream}\nCtrl-C (or SIGTERM) stops it.\n",
         relay.addr(),
         if has_tls { " + STARTTLS" } else { "" },
         relay
@@ -363,7 +369,7 @@ pub async fn run(config: &Path, log_json: bool) -> std::process::ExitCode {
             .map(|a| format!(", {a} (implicit TLS)"))
             .unwrap_or_default()
     ));
-    let _ = tokio::signal::ctrl_c().await;
+    smtp_net::shutdown_signal().await;
     smtp_net::say("smtp-relay serve: shutting down\n");
     relay.shutdown().await;
     std::process::ExitCode::SUCCESS

@@ -110,6 +110,8 @@ pub async fn start(args: &UpArgs) -> Result<Up, String> {
         max_message_size: 50 * 1024 * 1024,
         max_recipients: 100,
         max_sessions: 200,
+        max_sessions_per_ip: 20,
+        auth_failure_delay: Duration::from_secs(1),
         command_timeout: Duration::from_secs(300),
         data_timeout: Duration::from_secs(180),
         session_deadline: Duration::from_secs(3600),
@@ -182,7 +184,7 @@ pub fn banner(up: &Up) -> String {
             port = relay.port(),
         ));
     }
-    s.push_str("Ctrl-C stops both.\n");
+    s.push_str("Ctrl-C (or SIGTERM) stops both.\n");
     s
 }
 
@@ -203,9 +205,7 @@ pub async fn run(args: UpArgs) -> std::process::ExitCode {
         }
     };
     smtp_net::say(&banner(&up));
-    if let Err(e) = tokio::signal::ctrl_c().await {
-        eprintln!("smtp-relay up: cannot wait for Ctrl-C: {e}");
-    }
+    smtp_net::shutdown_signal().await;
     smtp_net::say("smtp-relay up: shutting down\n");
     up.relay.shutdown().await;
     up.fake.shutdown().await;

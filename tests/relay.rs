@@ -49,6 +49,8 @@ async fn setup_with(name: &str, faults: Vec<Fault>, tweak: impl FnOnce(&mut Rela
         max_message_size: 10 * 1024 * 1024,
         max_recipients: 100,
         max_sessions: 50,
+        max_sessions_per_ip: 20,
+        auth_failure_delay: Duration::ZERO,
         command_timeout: Duration::from_secs(300),
         data_timeout: Duration::from_secs(180),
         session_deadline: Duration::from_secs(3600),
@@ -491,5 +493,29 @@ async fn foxmail_gb2312_message_to_three_domains() {
     assert_eq!(json["summary"]["from"], "程立 <alice@163.com>");
     assert_eq!(json["summary"]["text"], "世界，来自 Foxmail。");
     assert_eq!(json["rcpt_to"].as_array().unwrap().len(), 3);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn per_ip_limit_and_failed_auth_delay() {
+    let s = setup_with("per-ip", vec![], |c| {
+        c.max_sessions_per_ip = 1;
+        c.auth_failure_delay = Duration::from_millis(400);
+    })
+    .await;
+    let mut first = s.client().await;
+    let mut second = Client::connect(s.relay.addr()).await;
+    let r = second.reply().await;
+    assert_eq!((r.code, r.enhanced), (421, Some((4, 7, 0))), "{r}");
+    first.cmd("EHLO x").await;
+    let started = std::time::Instant::now();
+    let r = first
+        .cmd(&format!("AUTH PLAIN {}", b64("\0alice@163.com\0WRONG")))
+        .await;
+    assert_eq!(r, "535 Error: authentication failed");
+    assert!(
+        started.elapsed() >= Duration::from_millis(400),
+        "answered without the pause"
+    );
     s.stop().await;
 }

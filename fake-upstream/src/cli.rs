@@ -174,11 +174,9 @@ pub async fn run(args: Args) -> ExitCode {
         let note = if u.smtp { "" } else { "  (SMTP disabled)" };
         banner.push_str(&format!("  user {}  code {}{note}\n", u.address, u.code));
     }
-    banner.push_str("Ctrl-C stops it.\n");
+    banner.push_str("Ctrl-C (or SIGTERM) stops it.\n");
     smtp_net::say(&banner);
-    if let Err(e) = tokio::signal::ctrl_c().await {
-        eprintln!("fake-upstream: cannot wait for Ctrl-C: {e}");
-    }
+    smtp_net::shutdown_signal().await;
     smtp_net::say("fake-upstream: shutting down\n");
     handle.shutdown().await;
     ExitCode::SUCCESS

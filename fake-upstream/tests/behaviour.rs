@@ -451,8 +451,14 @@ fn binary_starts_prints_where_it_listens_and_serves() {
     let n = s.read(&mut buf).unwrap();
     assert!(buf[..n].starts_with(b"220 163.com"));
     s.write_all(b"QUIT\r\n").unwrap();
-    let _ = child.kill();
-    let _ = child.wait();
+    // SIGTERM, as a service manager stops it: a clean exit.
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
 }
 
 #[tokio::test]
