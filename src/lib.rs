@@ -8,6 +8,7 @@
 //! - [`relay`]: the relay in live mode: client sessions, pass-through AUTH, verbatim upstream
 //!   replies, the spool.
 //! - [`serve`]: `smtp-relay serve --config relay.toml`, the relay for real use.
+//! - [`spool`]: spool retention by age and total size.
 //! - [`up`]: `smtp-relay up`, the relay and a fake 163 in one process, for offline work.
 //! - [`upstream`]: the relay's connection to an upstream server (TLS, AUTH, pipelined
 //!   envelope, streamed body, a timeout per phase), driving `smtp_wire::ClientSession`.
@@ -20,5 +21,6 @@ pub mod cli;
 pub mod log;
 pub mod relay;
 pub mod serve;
+pub mod spool;
 pub mod up;
 pub mod upstream;

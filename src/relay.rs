@@ -65,6 +65,8 @@ pub struct RelayConfig {
     /// A whole session may not last longer than this (slow-loris protection).
     pub session_deadline: Duration,
     pub bare_line_endings: BareLineEnding,
+    /// How long and how much the spool keeps.
+    pub retention: crate::spool::Retention,
 }
 
 /// A running relay.
@@ -157,6 +159,11 @@ pub async fn start(config: RelayConfig) -> std::io::Result<RelayHandle> {
     let (shutdown, rx) = watch::channel(false);
     let tasks = tokio::spawn(async move {
         let mut set = JoinSet::new();
+        set.spawn(sweep_spool(
+            shared.config.spool_dir.clone(),
+            shared.config.retention,
+            rx.clone(),
+        ));
         set.spawn(accept_loop(
             shared.clone(),
             plain,
@@ -174,6 +181,34 @@ pub async fn start(config: RelayConfig) -> std::io::Result<RelayHandle> {
         shutdown,
         tasks: std::sync::Mutex::new(Some(tasks)),
     })
+}
+
+/// Sweeps the spool at start and then every `retention.interval`, until shutdown.
+async fn sweep_spool(
+    dir: PathBuf,
+    rules: crate::spool::Retention,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let (d, r) = (dir.clone(), rules);
+        let now = std::time::SystemTime::now();
+        match tokio::task::spawn_blocking(move || crate::spool::sweep(&d, &r, now)).await {
+            Ok(Ok(swept)) if swept.removed > 0 => {
+                tracing::info!(
+                    removed = swept.removed,
+                    freed = swept.freed,
+                    kept = swept.kept,
+                    "spool swept"
+                );
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, dir = %dir.display(), "spool sweep failed"),
+            _ => {}
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(rules.interval) => {}
+            _ = smtp_net::stopped(&mut shutdown) => return,
+        }
+    }
 }
 
 async fn accept_loop(

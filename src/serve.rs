@@ -64,6 +64,8 @@ struct FileLimits {
     session_deadline_secs: u64,
     upstream_command_timeout_secs: u64,
     upstream_data_end_timeout_secs: u64,
+    spool_max_age_days: u64,
+    spool_max_bytes: u64,
 }
 
 impl Default for FileLimits {
@@ -80,6 +82,8 @@ impl Default for FileLimits {
             session_deadline_secs: 3600,
             upstream_command_timeout_secs: t.command.as_secs(),
             upstream_data_end_timeout_secs: t.data_end.as_secs(),
+            spool_max_age_days: 30,
+            spool_max_bytes: 10 * 1024 * 1024 * 1024,
         }
     }
 }
@@ -290,6 +294,11 @@ pub fn parse(text: &str, origin: &str, base: &Path) -> Result<Loaded, String> {
         data_timeout: Duration::from_secs(l.data_timeout_secs),
         session_deadline: Duration::from_secs(l.session_deadline_secs),
         bare_line_endings,
+        retention: crate::spool::Retention {
+            max_age: Duration::from_secs(l.spool_max_age_days * 86_400),
+            max_bytes: l.spool_max_bytes,
+            ..crate::spool::Retention::default()
+        },
     };
     Ok(Loaded { relay, log_dir })
 }

@@ -116,6 +116,7 @@ pub async fn start(args: &UpArgs) -> Result<Up, String> {
         data_timeout: Duration::from_secs(180),
         session_deadline: Duration::from_secs(3600),
         bare_line_endings: smtp_wire::BareLineEnding::Reject,
+        retention: crate::spool::Retention::default(),
     })
     .await
     .map_err(|e| format!("relay: {e}"))?;

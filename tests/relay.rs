@@ -55,6 +55,7 @@ async fn setup_with(name: &str, faults: Vec<Fault>, tweak: impl FnOnce(&mut Rela
         data_timeout: Duration::from_secs(180),
         session_deadline: Duration::from_secs(3600),
         bare_line_endings: smtp_wire::BareLineEnding::Reject,
+        retention: smtp_relay::spool::Retention::default(),
     };
     tweak(&mut config);
     let relay = relay::start(config).await.unwrap();
@@ -517,5 +518,35 @@ async fn per_ip_limit_and_failed_auth_delay() {
         started.elapsed() >= Duration::from_millis(400),
         "answered without the pause"
     );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn the_spool_is_swept_by_age_at_start() {
+    let dir = fake_upstream::testing::temp_dir("relay-sweep-pre");
+    let spool = dir.join("relay-spool");
+    std::fs::create_dir_all(&spool).unwrap();
+    let old = spool.join("20200101T000000.000000-1.eml");
+    std::fs::write(&old, b"old message").unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&old)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - Duration::from_secs(7200))
+        .unwrap();
+    let s = setup_with("sweep", vec![], |c| {
+        c.spool_dir = spool.clone();
+        c.retention.max_age = Duration::from_secs(3600);
+    })
+    .await;
+    let mut gone = false;
+    for _ in 0..50 {
+        if !old.exists() {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(gone, "a spool file older than max_age was kept");
     s.stop().await;
 }
