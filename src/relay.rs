@@ -67,10 +67,15 @@ pub struct RelayConfig {
     pub bare_line_endings: BareLineEnding,
     /// How long and how much the spool keeps.
     pub retention: crate::spool::Retention,
+    /// Record two-hop session transcripts (client and upstream lines interleaved, AUTH
+    /// payloads redacted): kept in memory for the handle (the last 1000) and written to this
+    /// directory, one file per session.
+    pub transcripts: Option<PathBuf>,
 }
 
 /// A running relay.
 pub struct RelayHandle {
+    shared: Arc<Shared>,
     addr: SocketAddr,
     tls_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
@@ -86,6 +91,17 @@ impl RelayHandle {
         self.tls_addr
     }
 
+    /// Two-hop transcripts of the sessions that ended (when `transcripts` is configured).
+    pub fn transcripts(&self) -> Vec<String> {
+        self.shared
+            .transcripts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|lines| lines.join("\n") + "\n")
+            .collect()
+    }
+
     /// Stops accepting, sends `421 4.3.2` to sessions waiting for a command, waits for the
     /// sessions (at most 10 seconds).
     pub async fn shutdown(&self) {
@@ -99,6 +115,7 @@ impl RelayHandle {
 
 struct Shared {
     config: RelayConfig,
+    transcripts: std::sync::Mutex<std::collections::VecDeque<Vec<String>>>,
     sessions: Semaphore,
     per_ip: std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>,
     next_id: AtomicU64,
@@ -152,11 +169,13 @@ pub async fn start(config: RelayConfig) -> std::io::Result<RelayHandle> {
     };
     let shared = Arc::new(Shared {
         sessions: Semaphore::new(config.max_sessions),
+        transcripts: Default::default(),
         per_ip: Default::default(),
         config,
         next_id: AtomicU64::new(1),
     });
     let (shutdown, rx) = watch::channel(false);
+    let handle_shared = shared.clone();
     let tasks = tokio::spawn(async move {
         let mut set = JoinSet::new();
         set.spawn(sweep_spool(
@@ -176,6 +195,7 @@ pub async fn start(config: RelayConfig) -> std::io::Result<RelayHandle> {
         while set.join_next().await.is_some() {}
     });
     Ok(RelayHandle {
+        shared: handle_shared,
         addr,
         tls_addr,
         shutdown,
@@ -284,7 +304,10 @@ async fn client(
         upstream: None,
         spool: None,
         started: Instant::now(),
+        transcript: cfg.transcripts.as_ref().map(|_| Vec::new()),
+        lines_seen: 0,
     };
+    session.note(format!("* client {peer} ({kind:?} listener)"));
     tracing::info!(session = session.id, peer = %peer, tls = session.tls, "session opened");
     let result = match kind {
         Transport::Plain => session.run(Box::new(tcp), shutdown).await,
@@ -305,6 +328,17 @@ async fn client(
         seconds = session.started.elapsed().as_secs_f64(),
         "session closed"
     );
+    session.note("* closed".into());
+    if let (Some(lines), Some(dir)) = (session.transcript.take(), &shared.config.transcripts) {
+        let _ = tokio::fs::create_dir_all(dir).await;
+        let path = dir.join(format!("{:06}.log", session.id));
+        let _ = tokio::fs::write(&path, lines.join("\n") + "\n").await;
+        let mut kept = shared.transcripts.lock().unwrap_or_else(|e| e.into_inner());
+        if kept.len() >= 1000 {
+            kept.pop_front();
+        }
+        kept.push_back(lines);
+    }
 }
 
 async fn accept_tls(cfg: &RelayConfig, tcp: impl Io + 'static) -> Option<Box<dyn Io>> {
@@ -376,6 +410,9 @@ struct Session {
     upstream: Option<Upstream>,
     spool: Option<Spool>,
     started: Instant,
+    /// Two-hop transcript lines, when recording.
+    transcript: Option<Vec<String>>,
+    lines_seen: u64,
 }
 
 enum Next {
@@ -385,6 +422,49 @@ enum Next {
 }
 
 impl Session {
+    fn note(&mut self, line: String) {
+        if let Some(t) = self.transcript.as_mut() {
+            t.push(line);
+        }
+    }
+
+    /// The client's line, if a new one was handled (redacted by the connection).
+    fn note_client_line(&mut self) {
+        if self.transcript.is_some() && self.conn.lines_handled() != self.lines_seen {
+            self.lines_seen = self.conn.lines_handled();
+            let line = format!("C: {}", self.conn.transcript_line());
+            self.note(line);
+        }
+    }
+
+    fn note_reply(&mut self, reply: &Reply) {
+        if self.transcript.is_some() {
+            for line in reply.to_string().split("\r\n") {
+                self.note(format!("S: {line}"));
+            }
+        }
+    }
+
+    /// The upstream's lines since the last call, indented and marked `U`.
+    fn note_upstream(&mut self) {
+        if self.transcript.is_none() {
+            return;
+        }
+        let lines = self
+            .upstream
+            .as_mut()
+            .map(Upstream::take_transcript)
+            .unwrap_or_default();
+        for line in lines {
+            let marked = match line.split_once(": ") {
+                Some(("C", rest)) => format!("    U> {rest}"),
+                Some(("S", rest)) => format!("    U< {rest}"),
+                _ => format!("    {line}"),
+            };
+            self.note(marked);
+        }
+    }
+
     async fn run(
         &mut self,
         mut io: Box<dyn Io>,
@@ -451,14 +531,21 @@ impl Session {
             let decision = match self.conn.next_event() {
                 None => return Next::Continue,
                 Some(Event::Reply(r)) => {
+                    self.note_client_line();
+                    self.note_reply(&r);
                     r.encode(out);
                     continue;
                 }
                 Some(Event::Close(r)) => {
+                    self.note_client_line();
+                    self.note_reply(&r);
                     r.encode(out);
                     return Next::Close;
                 }
                 Some(Event::StartTls { reply, .. }) => {
+                    self.note_client_line();
+                    self.note_reply(&reply);
+                    self.note("* TLS with the client (STARTTLS)".into());
                     reply.encode(out);
                     return Next::StartTls;
                 }
@@ -473,7 +560,13 @@ impl Session {
                 }
                 Some(Event::Decide(d)) => d,
             };
+            self.note_client_line();
+            if let Decision::Deliver(env) = &decision {
+                let size = env.size;
+                self.note(format!("C: <message data: {size} octets>"));
+            }
             let verdict = self.decide(decision).await;
+            self.note_upstream();
             self.conn.decide(verdict);
         }
     }
@@ -553,8 +646,14 @@ impl Session {
                 }
             }
             // The upstream's own verdict, verbatim: the credentials are the client's.
-            Err(UpstreamError::AuthRejected { reply, .. }) => Verdict::Reply(reply),
-            Err(e) => Verdict::Reply(e.client_reply()),
+            Err(UpstreamError::AuthRejected { reply, .. }) => {
+                self.note(format!("    * upstream refused the credentials: {reply}"));
+                Verdict::Reply(reply)
+            }
+            Err(e) => {
+                self.note(format!("    * upstream failure: {e}"));
+                Verdict::Reply(e.client_reply())
+            }
         }
     }
 
@@ -574,6 +673,8 @@ impl Session {
     /// an unknown state) and the client gets a 4xx naming it.
     async fn upstream_failed(&mut self, e: UpstreamError) -> Verdict {
         tracing::warn!(session = self.id, upstream = %e.upstream(), error = %e, "upstream failure");
+        self.note_upstream();
+        self.note(format!("    * upstream failure: {e}"));
         if let Some(up) = self.upstream.take() {
             up.abort().await;
         }

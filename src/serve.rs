@@ -25,6 +25,8 @@ struct File {
     spool_dir: PathBuf,
     /// Where `relay.log` goes (default: `log` beside the spool directory).
     log_dir: Option<PathBuf>,
+    /// Record two-hop session transcripts here (none by default).
+    transcripts_dir: Option<PathBuf>,
     tls: Option<FileTls>,
     auth: FileAuth,
     #[serde(default)]
@@ -294,6 +296,7 @@ pub fn parse(text: &str, origin: &str, base: &Path) -> Result<Loaded, String> {
         data_timeout: Duration::from_secs(l.data_timeout_secs),
         session_deadline: Duration::from_secs(l.session_deadline_secs),
         bare_line_endings,
+        transcripts: f.transcripts_dir.as_deref().map(at),
         retention: crate::spool::Retention {
             max_age: Duration::from_secs(l.spool_max_age_days * 86_400),
             max_bytes: l.spool_max_bytes,

@@ -50,6 +50,7 @@ pub struct Up {
     pub ca: PathBuf,
     pub spool: PathBuf,
     pub log: PathBuf,
+    pub transcripts: PathBuf,
     pub mailboxes: PathBuf,
 }
 
@@ -117,6 +118,7 @@ pub async fn start(args: &UpArgs) -> Result<Up, String> {
         session_deadline: Duration::from_secs(3600),
         bare_line_endings: smtp_wire::BareLineEnding::Reject,
         retention: crate::spool::Retention::default(),
+        transcripts: Some(data.join("transcripts")),
     })
     .await
     .map_err(|e| format!("relay: {e}"))?;
@@ -124,6 +126,7 @@ pub async fn start(args: &UpArgs) -> Result<Up, String> {
         ca: tls.files.ca.clone(),
         mailboxes: fake.data_dir().join("mailboxes"),
         log: data.join("log").join("relay.log"),
+        transcripts: data.join("transcripts"),
         fake,
         relay,
         spool,
@@ -147,6 +150,7 @@ pub fn banner(up: &Up) -> String {
          \x20 CA          {ca}  (both hops verify against it)\n\
          \x20 spool       {spool}\n\
          \x20 log         {log}\n\
+         \x20 transcripts {transcripts}\n\
          \x20 mailboxes   {mailboxes}\n",
         persona = up.fake.persona_name(),
         up_plain = up.fake.addr(),
@@ -157,6 +161,7 @@ pub fn banner(up: &Up) -> String {
             .unwrap_or_default(),
         spool = up.spool.display(),
         log = up.log.display(),
+        transcripts = up.transcripts.display(),
         mailboxes = up.mailboxes.display(),
     );
     for u in up.fake.users() {

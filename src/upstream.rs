@@ -359,6 +359,14 @@ impl Upstream {
             transcript: Vec::new(),
             auth_reply: None,
         };
+        up.transcript
+            .push(format!("* connected to {}", config.addr));
+        if config.tls == TlsMode::Implicit {
+            up.transcript.push(format!(
+                "* TLS handshake done (implicit TLS, verified {})",
+                config.server_name
+            ));
+        }
         let mut phase = Phase::Greeting;
         loop {
             let wait = if phase == Phase::Greeting {
@@ -389,7 +397,10 @@ impl Upstream {
                         });
                     }
                     up.io = handshake(config, up.io).await?;
-                    up.transcript.push("* TLS handshake done (STARTTLS)".into());
+                    up.transcript.push(format!(
+                        "* TLS handshake done (STARTTLS, verified {})",
+                        config.server_name
+                    ));
                     let out = up.session.tls_established().map_err(|e| up.protocol(e))?;
                     phase = Phase::Ehlo;
                     up.send(&out, phase).await?;
@@ -424,6 +435,12 @@ impl Upstream {
     /// This session's `C:`/`S:` lines so far (AUTH payloads redacted).
     pub fn transcript(&self) -> &[String] {
         &self.transcript
+    }
+
+    /// Takes the transcript lines recorded since the last call (for interleaving them with
+    /// the client side's, in time order).
+    pub fn take_transcript(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.transcript)
     }
 
     fn client_error(&self, e: ClientError, phase: Phase) -> UpstreamError {

@@ -56,6 +56,7 @@ async fn setup_with(name: &str, faults: Vec<Fault>, tweak: impl FnOnce(&mut Rela
         session_deadline: Duration::from_secs(3600),
         bare_line_endings: smtp_wire::BareLineEnding::Reject,
         retention: smtp_relay::spool::Retention::default(),
+        transcripts: Some(spool.with_file_name("relay-transcripts")),
     };
     tweak(&mut config);
     let relay = relay::start(config).await.unwrap();
@@ -126,7 +127,20 @@ async fn foxmail_style_session_is_relayed_with_the_upstreams_words() {
     assert!(json.contains("\"auth\": \"alice@163.com\""), "{json}");
     assert!(json.contains("250 Mail OK queued as"), "{json}");
     assert!(!json.contains("ALICEAUTHCODE163"));
-    s.stop().await;
+    s.relay.shutdown().await;
+    s.fake.shutdown().await;
+    // The two-hop transcript: client lines, the relay's replies, and the upstream's lines in
+    // between, in time order, with the AUTH payloads redacted.
+    let transcripts = s.relay.transcripts();
+    let text = fake_upstream::testing::normalize(&transcripts[0]);
+    assert!(!text.contains(&b64("ALICEAUTHCODE163")) && !text.contains("ALICEAUTHCODE163"));
+    insta::with_settings!({
+        snapshot_path => "../snapshots",
+        prepend_module_to_snapshot => false,
+        omit_expression => true,
+    }, {
+        insta::assert_snapshot!("relay_foxmail_session", text);
+    });
 }
 
 #[tokio::test]
