@@ -10,6 +10,7 @@
 //! - [`serve`]: `smtp-relay serve --config relay.toml`, the relay for real use.
 //! - [`spool`]: spool retention by age and total size.
 //! - [`up`]: `smtp-relay up`, the relay and a fake 163 in one process, for offline work.
+//! - [`users`]: the relay's own users (auth mode `users`), bcrypt hashes.
 //! - [`upstream`]: the relay's connection to an upstream server (TLS, AUTH, pipelined
 //!   envelope, streamed body, a timeout per phase), driving `smtp_wire::ClientSession`.
 //!
@@ -24,3 +25,4 @@ pub mod serve;
 pub mod spool;
 pub mod up;
 pub mod upstream;
+pub mod users;

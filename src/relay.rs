@@ -34,6 +34,10 @@ pub enum AuthMode {
     Passthrough,
     /// No AUTH; only clients from these networks may relay (address, prefix length).
     TrustedNetworks(Vec<(IpAddr, u8)>),
+    /// Clients authenticate against the relay's users file; the relay authenticates upstream
+    /// with the upstream's configured credentials. An upstream refusal of those is the
+    /// operator's problem: `454 4.7.0` to the client and an error in the log.
+    Users(Arc<crate::users::Users>),
 }
 
 /// The relay's own settings.
@@ -269,7 +273,7 @@ async fn client(
     };
     let loopback = peer.ip().is_loopback();
     let trusted = match &cfg.auth {
-        AuthMode::Passthrough => false,
+        AuthMode::Passthrough | AuthMode::Users(_) => false,
         AuthMode::TrustedNetworks(nets) => nets
             .iter()
             .any(|(net, len)| in_network(peer.ip(), *net, *len)),
@@ -281,7 +285,7 @@ async fn client(
         max_recipients: cfg.max_recipients,
         starttls: cfg.tls.is_some(),
         auth_mechanisms: match cfg.auth {
-            AuthMode::Passthrough => vec![Mechanism::Plain, Mechanism::Login],
+            AuthMode::Passthrough | AuthMode::Users(_) => vec![Mechanism::Plain, Mechanism::Login],
             AuthMode::TrustedNetworks(_) => Vec::new(),
         },
         // AUTH in clear only from loopback (a local mail client on the developer's machine).
@@ -577,7 +581,18 @@ impl Session {
             Decision::Mail { from, params } => {
                 let up = match self.upstream_session().await {
                     Ok(up) => up,
-                    Err(e) => return Verdict::Reply(e.client_reply()),
+                    Err(e) => {
+                        if let UpstreamError::AuthRejected { reply, .. } = &e {
+                            tracing::error!(
+                                session = self.id,
+                                upstream = %e.upstream(),
+                                reply = %reply,
+                                "the upstream refused the relay's own credentials: check [upstream] username and its password"
+                            );
+                        }
+                        self.note(format!("    * upstream failure: {e}"));
+                        return Verdict::Reply(e.client_reply());
+                    }
                 };
                 match up.mail(&from, &params).await {
                     Ok(reply) => Verdict::Reply(reply),
@@ -618,7 +633,24 @@ impl Session {
     }
 
     async fn authenticate(&mut self, c: Credentials) -> Verdict {
-        let verdict = self.authenticate_upstream(c.clone()).await;
+        let verdict = match &self.shared.config.auth {
+            AuthMode::Users(users) => {
+                let (users, user, secret) = (users.clone(), c.username.clone(), c.secret.clone());
+                let ok = tokio::task::spawn_blocking(move || users.verify(&user, &secret))
+                    .await
+                    .unwrap_or(false);
+                if ok {
+                    Verdict::Accept
+                } else {
+                    Verdict::Reply(Reply::new(
+                        535,
+                        (5, 7, 8),
+                        "Authentication credentials invalid",
+                    ))
+                }
+            }
+            _ => self.authenticate_upstream(c.clone()).await,
+        };
         let code = match &verdict {
             Verdict::Accept => 235,
             Verdict::Reply(r) => r.code,

@@ -47,10 +47,12 @@ struct FileTls {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileAuth {
-    /// `passthrough` or `trusted`.
+    /// `passthrough`, `users` or `trusted`.
     mode: String,
     #[serde(default)]
     trusted_networks: Vec<String>,
+    /// For `users`: `address:bcrypt-hash` lines (`htpasswd -nbB address password`).
+    users_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -176,11 +178,23 @@ pub fn parse(text: &str, origin: &str, base: &Path) -> Result<Loaded, String> {
             }
             AuthMode::TrustedNetworks(nets)
         }
+        "users" => {
+            let file = f.auth.users_file.as_ref().ok_or_else(|| {
+                bad(
+                    origin,
+                    "auth.users_file",
+                    "users mode needs a users file (address:bcrypt-hash lines)",
+                )
+            })?;
+            let users = crate::users::Users::load(&at(file))
+                .map_err(|e| bad(origin, "auth.users_file", e))?;
+            AuthMode::Users(Arc::new(users))
+        }
         other => {
             return Err(bad(
                 origin,
                 "auth.mode",
-                format!("{other:?}: expected \"passthrough\" or \"trusted\""),
+                format!("{other:?}: expected \"passthrough\", \"users\" or \"trusted\""),
             ));
         }
     };
@@ -239,6 +253,13 @@ pub fn parse(text: &str, origin: &str, base: &Path) -> Result<Loaded, String> {
             ));
         }
     };
+    if matches!(auth, AuthMode::Users(_)) && credentials.is_none() {
+        return Err(bad(
+            origin,
+            "upstream.username",
+            "in users mode the relay authenticates upstream itself: give username with password_env or password_file",
+        ));
+    }
     if matches!(auth, AuthMode::Passthrough) && credentials.is_some() {
         return Err(bad(
             origin,
@@ -474,6 +495,39 @@ tls = "implicit"
             e,
             "r.toml: upstream.password_env: environment variable SMTP_RELAY_SURELY_UNSET is not set"
         );
+    }
+
+    #[test]
+    fn users_mode_needs_a_users_file_and_upstream_credentials() {
+        let users = BASE.replace("mode = \"passthrough\"", "mode = \"users\"");
+        let e = parse(&users, "r.toml", Path::new(".")).unwrap_err();
+        assert_eq!(
+            e,
+            "r.toml: auth.users_file: users mode needs a users file (address:bcrypt-hash lines)"
+        );
+        let dir = std::env::temp_dir().join(format!("serve-users-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("users.htpasswd"),
+            format!("c@x.example:{}\n", bcrypt::hash("pw", 4).unwrap()),
+        )
+        .unwrap();
+        let with_file = users.replace(
+            "mode = \"users\"",
+            "mode = \"users\"\nusers_file = \"users.htpasswd\"",
+        );
+        let e = parse(&with_file, "r.toml", &dir).unwrap_err();
+        assert!(
+            e.starts_with("r.toml: upstream.username: in users mode"),
+            "{e}"
+        );
+        std::fs::write(dir.join("code.txt"), "ALICEAUTHCODE163\n").unwrap();
+        let full =
+            format!("{with_file}username = \"alice@163.com\"\npassword_file = \"code.txt\"\n");
+        let c = parse(&full, "r.toml", &dir).unwrap().relay;
+        assert!(matches!(c.auth, AuthMode::Users(_)));
+        assert_eq!(c.upstream.credentials.unwrap().secret, "ALICEAUTHCODE163");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

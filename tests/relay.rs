@@ -564,3 +564,51 @@ async fn the_spool_is_swept_by_age_at_start() {
     assert!(gone, "a spool file older than max_age was kept");
     s.stop().await;
 }
+
+/// Auth mode `users`: the client authenticates against the relay's users file (the upstream is
+/// not asked), the relay authenticates upstream with its own credentials, and an upstream
+/// refusal of those is a 454 4.7.0, not the upstream's 535.
+#[tokio::test]
+async fn users_mode_checks_the_users_file_and_uses_the_relays_own_credentials() {
+    let hash = bcrypt::hash("s3cret", 4).unwrap();
+    let users =
+        smtp_relay::users::Users::parse(&format!("client@example.com:{hash}\n"), "t").unwrap();
+    let users = std::sync::Arc::new(users);
+    for (code, expect_mail) in [
+        ("ALICEAUTHCODE163", "250 Mail OK"),
+        (
+            "WRONG",
+            "454 4.7.0 upstream smtp.163.com (fake): authentication refused: 535 Error: authentication failed",
+        ),
+    ] {
+        let u = users.clone();
+        let s = setup_with(&format!("users-{code}"), vec![], move |c| {
+            c.auth = AuthMode::Users(u);
+            c.upstream.credentials = Some(smtp_wire::Credentials::new("alice@163.com", code));
+        })
+        .await;
+        let mut c = s.client().await;
+        c.cmd("EHLO x").await;
+        let wrong = c
+            .cmd(&format!("AUTH PLAIN {}", b64("\0client@example.com\0nope")))
+            .await;
+        assert_eq!(wrong, "535 5.7.8 Authentication credentials invalid");
+        let ok = c
+            .cmd(&format!(
+                "AUTH PLAIN {}",
+                b64("\0client@example.com\0s3cret")
+            ))
+            .await;
+        assert_eq!(ok, "235 2.7.0 Authentication successful");
+        assert_eq!(c.cmd("MAIL FROM:<alice@163.com>").await, expect_mail);
+        c.cmd("QUIT").await;
+        s.relay.shutdown().await;
+        s.fake.shutdown().await;
+        // The client's password never went upstream.
+        let upstream_saw: String = s.fake.transcripts().iter().map(|t| t.text()).collect();
+        assert!(
+            !upstream_saw.contains("client@example.com"),
+            "{upstream_saw}"
+        );
+    }
+}
