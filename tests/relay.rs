@@ -85,6 +85,18 @@ impl Setup {
     }
 }
 
+/// Snapshots a two-hop transcript (normalised) under the top-level `snapshots/`.
+fn snapshot(name: &str, transcript: &str) {
+    let text = fake_upstream::testing::normalize(transcript);
+    insta::with_settings!({
+        snapshot_path => "../snapshots",
+        prepend_module_to_snapshot => false,
+        omit_expression => true,
+    }, {
+        insta::assert_snapshot!(name, text);
+    });
+}
+
 const MESSAGE: &[u8] = b"From: alice@163.com\r\nTo: bob@163.com\r\nSubject: hello\r\n\r\nHi Bob.\r\n..dot line\r\n.\r\n";
 
 #[tokio::test]
@@ -159,7 +171,14 @@ async fn wrong_code_and_foreign_sender_get_163s_replies_verbatim() {
         c.cmd("MAIL FROM:<boss@163.com>").await,
         "553 Mail from must equal authorized user"
     );
-    s.stop().await;
+    c.cmd("QUIT").await;
+    s.relay.shutdown().await;
+    s.fake.shutdown().await;
+    let t = s.relay.transcripts();
+    snapshot(
+        "relay_wrong_code_and_foreign_sender",
+        &t.join("\n--- next session ---\n"),
+    );
 }
 
 #[tokio::test]
@@ -191,6 +210,7 @@ async fn bad_addresses_are_refused_by_the_relay_and_never_reach_the_upstream() {
         "{upstream_saw}"
     );
     s.relay.shutdown().await;
+    snapshot("relay_seed_addresses", &s.relay.transcripts()[0]);
 }
 
 #[tokio::test]
