@@ -77,6 +77,38 @@ pub struct RelayConfig {
     pub transcripts: Option<PathBuf>,
 }
 
+impl RelayConfig {
+    /// A relay with the default limits (`relay.example.toml` documents them): pass-through
+    /// AUTH, no TLS of its own, no implicit-TLS listener, no transcripts.
+    pub fn new(
+        hostname: &str,
+        listen: SocketAddr,
+        spool_dir: PathBuf,
+        upstream: UpstreamConfig,
+    ) -> RelayConfig {
+        RelayConfig {
+            hostname: hostname.to_string(),
+            listen,
+            listen_tls: None,
+            tls: None,
+            spool_dir,
+            upstream,
+            auth: AuthMode::Passthrough,
+            max_message_size: 50 * 1024 * 1024,
+            max_recipients: 100,
+            max_sessions: 200,
+            max_sessions_per_ip: 20,
+            auth_failure_delay: Duration::from_secs(1),
+            command_timeout: Duration::from_secs(300),
+            data_timeout: Duration::from_secs(180),
+            session_deadline: Duration::from_secs(3600),
+            bare_line_endings: BareLineEnding::Reject,
+            retention: crate::spool::Retention::default(),
+            transcripts: None,
+        }
+    }
+}
+
 /// A running relay.
 pub struct RelayHandle {
     shared: Arc<Shared>,

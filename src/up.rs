@@ -86,39 +86,27 @@ pub async fn start(args: &UpArgs) -> Result<Up, String> {
     };
 
     let spool = data.join("spool");
+    let upstream = UpstreamConfig {
+        name: format!("{server_name} (fake, {upstream_tls})"),
+        addr: upstream_tls.to_string(),
+        server_name: server_name.into(),
+        tls: TlsMode::Implicit,
+        tls_config: Some(
+            fake_upstream::tls::client_config(&tls.ca_pem).map_err(|e| e.to_string())?,
+        ),
+        helo_name: "localhost".into(),
+        credentials: None,
+        timeouts: Timeouts {
+            command: Duration::from_secs(60),
+            ..Timeouts::default()
+        },
+    };
     let relay = relay::start(RelayConfig {
-        hostname: "localhost".into(),
-        listen: args.listen,
         listen_tls: Some(args.listen_tls),
         tls: Some(tls.server_config.clone()),
-        spool_dir: spool.clone(),
-        upstream: UpstreamConfig {
-            name: format!("{server_name} (fake, {upstream_tls})"),
-            addr: upstream_tls.to_string(),
-            server_name: server_name.into(),
-            tls: TlsMode::Implicit,
-            tls_config: Some(
-                fake_upstream::tls::client_config(&tls.ca_pem).map_err(|e| e.to_string())?,
-            ),
-            helo_name: "localhost".into(),
-            credentials: None,
-            timeouts: Timeouts {
-                command: Duration::from_secs(60),
-                ..Timeouts::default()
-            },
-        },
         auth: AuthMode::Passthrough,
-        max_message_size: 50 * 1024 * 1024,
-        max_recipients: 100,
-        max_sessions: 200,
-        max_sessions_per_ip: 20,
-        auth_failure_delay: Duration::from_secs(1),
-        command_timeout: Duration::from_secs(300),
-        data_timeout: Duration::from_secs(180),
-        session_deadline: Duration::from_secs(3600),
-        bare_line_endings: smtp_wire::BareLineEnding::Reject,
-        retention: crate::spool::Retention::default(),
         transcripts: Some(data.join("transcripts")),
+        ..RelayConfig::new("localhost", args.listen, spool.clone(), upstream)
     })
     .await
     .map_err(|e| format!("relay: {e}"))?;

@@ -25,38 +25,33 @@ async fn setup_with(name: &str, faults: Vec<Fault>, tweak: impl FnOnce(&mut Rela
     let tls =
         fake_upstream::tls::load(fake_upstream::tls::TlsFiles::in_dir(fake.data_dir())).unwrap();
     let spool = fake.data_dir().join("relay-spool");
+    let upstream = UpstreamConfig {
+        name: "smtp.163.com (fake)".into(),
+        addr: fake.tls_addr().unwrap().to_string(),
+        server_name: "smtp.163.com".into(),
+        tls: TlsMode::Implicit,
+        tls_config: Some(fake_upstream::tls::client_config(fake.ca_pem()).unwrap()),
+        helo_name: "relay.test".into(),
+        credentials: None,
+        timeouts: Timeouts {
+            command: Duration::from_secs(2),
+            data_end: Duration::from_secs(2),
+            ..Timeouts::default()
+        },
+    };
     let mut config = RelayConfig {
-        hostname: "relay.test".into(),
-        listen: "127.0.0.1:0".parse().unwrap(),
         listen_tls: Some("127.0.0.1:0".parse().unwrap()),
         tls: Some(tls.server_config.clone()),
-        spool_dir: spool.clone(),
-        upstream: UpstreamConfig {
-            name: "smtp.163.com (fake)".into(),
-            addr: fake.tls_addr().unwrap().to_string(),
-            server_name: "smtp.163.com".into(),
-            tls: TlsMode::Implicit,
-            tls_config: Some(fake_upstream::tls::client_config(fake.ca_pem()).unwrap()),
-            helo_name: "relay.test".into(),
-            credentials: None,
-            timeouts: Timeouts {
-                command: Duration::from_secs(2),
-                data_end: Duration::from_secs(2),
-                ..Timeouts::default()
-            },
-        },
-        auth: AuthMode::Passthrough,
         max_message_size: 10 * 1024 * 1024,
-        max_recipients: 100,
         max_sessions: 50,
-        max_sessions_per_ip: 20,
         auth_failure_delay: Duration::ZERO,
-        command_timeout: Duration::from_secs(300),
-        data_timeout: Duration::from_secs(180),
-        session_deadline: Duration::from_secs(3600),
-        bare_line_endings: smtp_wire::BareLineEnding::Reject,
-        retention: smtp_relay::spool::Retention::default(),
         transcripts: Some(spool.with_file_name("relay-transcripts")),
+        ..RelayConfig::new(
+            "relay.test",
+            "127.0.0.1:0".parse().unwrap(),
+            spool.clone(),
+            upstream,
+        )
     };
     tweak(&mut config);
     let relay = relay::start(config).await.unwrap();
