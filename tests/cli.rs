@@ -167,3 +167,82 @@ fn up_prints_a_command_that_works_and_stops_on_ctrl_c() {
     );
     assert!(!log.contains("ALICEAUTHCODE163"), "no secret in the log");
 }
+
+/// `up --persona qq`: the relay in front of the fake QQ, whose words come back verbatim.
+#[test]
+fn up_with_the_qq_persona() {
+    use std::io::{BufRead, BufReader};
+    struct Reap(std::process::Child);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("up-qq-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut child = Reap(
+        bin()
+            .args(["up", "--persona", "qq", "--data-dir"])
+            .arg(&dir)
+            .args(["--listen", "127.0.0.1:0", "--listen-tls", "127.0.0.1:0"])
+            .args(["--upstream-listen", "127.0.0.1:0"])
+            .args(["--upstream-listen-tls", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut out = BufReader::new(child.0.stdout.take().unwrap());
+    let mut text = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(
+            out.read_line(&mut line).unwrap() > 0,
+            "up exited early: {text}"
+        );
+        text.push_str(&line);
+        if line.starts_with("Ctrl-C") {
+            break;
+        }
+    }
+    assert!(
+        text.contains("account     alice@qq.com  code ALICEAUTHCODE163"),
+        "{text}"
+    );
+    let port: u16 = text
+        .split("relay       127.0.0.1:")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    let script = r#"
+import smtplib, sys
+with smtplib.SMTP("127.0.0.1", int(sys.argv[1]), timeout=20) as s:
+    s.login("alice@qq.com", "ALICEAUTHCODE163")
+    code, text = s.docmd("MAIL", "FROM:<bob@qq.com>")
+    print(code, text.decode())
+    s.rset()
+    s.sendmail("alice@qq.com", ["bob@qq.com"], "Subject: hi\r\n\r\nx\r\n")
+    print("sent")
+"#;
+    let run = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(port.to_string())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert_eq!(
+        stdout,
+        "501 mail from address must be same as authorization user\nsent\n"
+    );
+    let mailbox = dir.join("upstream/mailboxes/bob@qq.com");
+    assert!(std::fs::read_dir(&mailbox).unwrap().count() >= 2);
+}
