@@ -60,14 +60,6 @@ fn up_prints_a_command_that_works_and_stops_on_ctrl_c() {
     let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("up-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    /// Kills the child if the test fails before it stops it.
-    struct Reap(std::process::Child);
-    impl Drop for Reap {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let child = bin()
         .arg("up")
         .arg("--data-dir")
@@ -83,7 +75,7 @@ fn up_prints_a_command_that_works_and_stops_on_ctrl_c() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut child = Reap(child);
+    let mut child = fake_upstream::testing::Reap(child);
     let mut out = BufReader::new(child.0.stdout.take().unwrap());
     let mut banner = Vec::new();
     loop {
@@ -172,17 +164,10 @@ fn up_prints_a_command_that_works_and_stops_on_ctrl_c() {
 #[test]
 fn up_with_the_qq_persona() {
     use std::io::{BufRead, BufReader};
-    struct Reap(std::process::Child);
-    impl Drop for Reap {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("up-qq-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let mut child = Reap(
+    let mut child = fake_upstream::testing::Reap(
         bin()
             .args(["up", "--persona", "qq", "--data-dir"])
             .arg(&dir)

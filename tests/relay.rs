@@ -319,25 +319,14 @@ with smtplib.SMTP("localhost", port, timeout=20) as s:
     refused = s.sendmail("alice@163.com", ["bob@163.com", "nobody@163.com"], msg)
     print(refused["nobody@163.com"][0], refused["nobody@163.com"][1].decode())
 "#;
-    let ca = s.fake.ca_path().to_path_buf();
-    let port = s.relay.addr().port().to_string();
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("python3")
-            .arg("-c")
-            .arg(script)
-            .arg(ca)
-            .arg(port)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = fake_upstream::testing::python(
+        script,
+        vec![
+            s.fake.ca_path().display().to_string(),
+            s.relay.addr().port().to_string(),
+        ],
+    )
+    .await;
     assert_eq!(stdout.trim(), "550 Invalid User");
     let got = s.fake.wait_for(1, Duration::from_secs(5)).await.unwrap();
     assert_eq!(got[0].rcpt_to, ["bob@163.com"]);
@@ -418,14 +407,7 @@ password_env = "RELAY_TEST_163_CODE"
         ),
     )
     .unwrap();
-    struct Reap(std::process::Child);
-    impl Drop for Reap {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let mut child = Reap(
+    let mut child = fake_upstream::testing::Reap(
         std::process::Command::new(env!("CARGO_BIN_EXE_smtp-relay"))
             .args(["serve", "--config"])
             .arg(&config)

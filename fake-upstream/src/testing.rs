@@ -220,3 +220,37 @@ fn replace_timestamps(line: &str) -> String {
     }
     out
 }
+
+/// A child process that is killed and reaped when the guard goes out of scope, so a failing
+/// test never leaves a server running.
+pub struct Reap(pub std::process::Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs `python3 -c script args...` off the async threads; panics with its output unless it
+/// succeeds, and returns its standard output.
+pub async fn python(script: &str, args: Vec<String>) -> String {
+    let script = script.to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .args(args)
+            .output()
+            .expect("python3 runs")
+    })
+    .await
+    .expect("the blocking task ends");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "python3 failed:\n{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}

@@ -166,19 +166,15 @@ with smtplib.SMTP_SSL("localhost", tls_port, context=ctx, timeout=20) as s:
         code, text = e.recipients["nobody@163.com"]
         print(code, text.decode())
 "#;
-    let mut cmd = Command::new("python3");
-    cmd.arg("-c")
-        .arg(script)
-        .arg(h.ca_path())
-        .arg(h.addr().port().to_string())
-        .arg(h.tls_addr().unwrap().port().to_string());
-    let out = run(cmd).await;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = fake_upstream::testing::python(
+        script,
+        vec![
+            h.ca_path().display().to_string(),
+            h.addr().port().to_string(),
+            h.tls_addr().unwrap().port().to_string(),
+        ],
+    )
+    .await;
     assert_eq!(stdout.trim(), "550 Invalid User");
     assert_eq!(
         h.wait_for(1, Duration::from_secs(5)).await.unwrap().len(),
