@@ -7,6 +7,8 @@
 //! - [`log`]: structured logs in `log/relay.log` (human or JSON lines).
 //! - [`relay`]: the relay in live mode: client sessions, pass-through AUTH, verbatim upstream
 //!   replies, the spool.
+//! - [`route`]: the routes table (recipient domain -> upstream).
+//! - [`dsn`]: RFC 3464 delivery status notifications for mixed outcomes.
 //! - [`serve`]: `smtp-relay serve --config relay.toml`, the relay for real use.
 //! - [`spool`]: spool retention by age and total size.
 //! - [`up`]: `smtp-relay up`, the relay and a fake 163 in one process, for offline work.
@@ -19,8 +21,10 @@
 
 pub mod check;
 pub mod cli;
+pub mod dsn;
 pub mod log;
 pub mod relay;
+pub mod route;
 pub mod serve;
 pub mod spool;
 pub mod up;

@@ -14,8 +14,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use smtp_wire::{
-    BareLineEnding, Credentials, Decision, Envelope, Event, LineEndings, Mechanism, Reply,
-    ReversePath, ServerConfig, ServerConnection, Transport, Verdict,
+    BareLineEnding, Capabilities, Credentials, Decision, Envelope, Event, ForwardPath, LineEndings,
+    MailParams, Mechanism, RcptParams, Reply, ReversePath, ServerConfig, ServerConnection,
+    Transport, Verdict,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -24,6 +25,7 @@ use tokio::task::JoinSet;
 
 use smtp_net::Io;
 
+use crate::route::Route;
 use crate::upstream::{Upstream, UpstreamConfig, UpstreamError};
 
 /// How clients prove who they are.
@@ -52,8 +54,13 @@ pub struct RelayConfig {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Where every message is kept as received (`<id>.eml`, `<id>.json`).
     pub spool_dir: PathBuf,
-    /// The default route: every recipient goes there for now.
+    /// The default route: every recipient no route claims goes there; bounces too.
     pub upstream: UpstreamConfig,
+    /// Recipient domains to other upstreams (see [`crate::route`]).
+    pub routes: Vec<Route>,
+    /// Connect to each route at start (EHLO, no AUTH) to learn what it offers (SMTPUTF8);
+    /// every later upstream session refreshes it.
+    pub probe_routes: bool,
     pub auth: AuthMode,
     pub max_message_size: u64,
     pub max_recipients: usize,
@@ -93,6 +100,8 @@ impl RelayConfig {
             tls: None,
             spool_dir,
             upstream,
+            routes: Vec::new(),
+            probe_routes: true,
             auth: AuthMode::Passthrough,
             max_message_size: 50 * 1024 * 1024,
             max_recipients: 100,
@@ -155,6 +164,59 @@ struct Shared {
     sessions: Semaphore,
     per_ip: std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>,
     next_id: AtomicU64,
+    /// Per route: whether its upstream offered SMTPUTF8 when last seen (`None`: not yet).
+    smtputf8: std::sync::Mutex<Vec<Option<bool>>>,
+}
+
+impl Shared {
+    /// Records what route `r`'s upstream offered in its latest EHLO.
+    fn learn(&self, r: usize, caps: &Capabilities) {
+        let mut known = self.smtputf8.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(slot) = known.get_mut(r) {
+            *slot = Some(caps.smtputf8());
+        }
+    }
+
+    /// SMTPUTF8 is offered to clients only when every route's upstream offers it.
+    fn smtputf8(&self) -> bool {
+        let known = self.smtputf8.lock().unwrap_or_else(|e| e.into_inner());
+        known.iter().all(|k| *k == Some(true))
+    }
+}
+
+/// Connects to every route (greeting, EHLO, TLS; no AUTH) to learn what it offers, and logs
+/// what it found: a route that cannot be reached is named at start, not at the first
+/// message. Bounded to 10 seconds in all.
+async fn probe_routes(shared: &Shared) {
+    let cfg = &shared.config;
+    let probes = (0..=cfg.routes.len()).map(|r| async move {
+        let mut config = route_upstream(cfg, r).clone();
+        config.credentials = None;
+        let result =
+            tokio::time::timeout(Duration::from_secs(10), Upstream::connect(&config)).await;
+        (r, config.name, result)
+    });
+    for (r, name, result) in futures_util::future::join_all(probes).await {
+        match result {
+            Ok(Ok(up)) => {
+                shared.learn(r, up.capabilities());
+                tracing::info!(
+                    route = r,
+                    upstream = %name,
+                    smtputf8 = up.capabilities().smtputf8(),
+                    pipelining = up.capabilities().pipelining(),
+                    "route probed"
+                );
+                up.quit().await;
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(route = r, upstream = %name, error = %e, "route unreachable at start")
+            }
+            Err(_) => {
+                tracing::warn!(route = r, upstream = %name, "route probe timed out after 10s")
+            }
+        }
+    }
 }
 
 /// A session counted against its IP address while it lives.
@@ -207,9 +269,13 @@ pub async fn start(config: RelayConfig) -> std::io::Result<RelayHandle> {
         sessions: Semaphore::new(config.max_sessions),
         transcripts: Default::default(),
         per_ip: Default::default(),
+        smtputf8: std::sync::Mutex::new(vec![None; config.routes.len() + 1]),
         config,
         next_id: AtomicU64::new(1),
     });
+    if shared.config.probe_routes {
+        probe_routes(&shared).await;
+    }
     let (shutdown, rx) = watch::channel(false);
     let handle_shared = shared.clone();
     let tasks = tokio::spawn(async move {
@@ -323,6 +389,7 @@ async fn client(
         // AUTH in clear only from loopback (a local mail client on the developer's machine).
         auth_requires_tls: !loopback,
         auth_required: !trusted,
+        smtputf8: shared.smtputf8(),
         ..ServerConfig::default()
     };
     let mut session = Session {
@@ -337,11 +404,14 @@ async fn client(
         peer,
         tls: kind == Transport::Tls,
         credentials: None,
-        upstream: None,
+        legs: (0..=cfg.routes.len()).map(Leg::new).collect(),
+        transaction: None,
+        poisoned: None,
         spool: None,
         started: Instant::now(),
         transcript: cfg.transcripts.as_ref().map(|_| Vec::new()),
         lines_seen: 0,
+        dsn_tasks: Vec::new(),
     };
     session.note(format!("* client {peer} ({kind:?} listener)"));
     tracing::info!(session = session.id, peer = %peer, tls = session.tls, "session opened");
@@ -356,8 +426,15 @@ async fn client(
         tracing::info!(session = session.id, error = %e, "client connection error");
     }
     session.abort_transaction().await;
-    if let Some(up) = session.upstream.take() {
-        up.quit().await;
+    for leg in &mut session.legs {
+        if let Some(up) = leg.up.take() {
+            up.quit().await;
+        }
+    }
+    // Bounces in flight are bounded by the upstream timeouts; the session waits for them so
+    // that a shutdown does not cut them off.
+    for task in session.dsn_tasks.drain(..) {
+        let _ = task.await;
     }
     tracing::info!(
         session = session.id,
@@ -386,22 +463,45 @@ async fn accept_tls(cfg: &RelayConfig, tcp: impl Io + 'static) -> Option<Box<dyn
     }
 }
 
-/// Message content to the spool file and the upstream. A failing upstream is dropped here,
-/// so the end of data answers 4xx; a failing spool write drops the spool file.
-async fn stream_content(spool: &mut Option<Spool>, upstream: &mut Option<Upstream>, data: &[u8]) {
-    if let Some(s) = spool.as_mut() {
-        s.size += data.len() as u64;
-        if s.file.write_all(data).await.is_err()
-            && let Some(s) = spool.take()
-        {
-            let _ = tokio::fs::remove_file(&s.path).await;
+/// Message content to the spool file and to every upstream taking the message, at once. A
+/// failing upstream is dropped here and poisons the transaction (the end of data answers
+/// 4xx and no upstream gets an end of data); a failing spool write drops the spool file.
+async fn stream_content(
+    spool: &mut Option<Spool>,
+    legs: &mut [Leg],
+    poisoned: &mut Option<Reply>,
+    session: u64,
+    data: &[u8],
+) {
+    let to_spool = async {
+        if let Some(s) = spool.as_mut() {
+            s.size += data.len() as u64;
+            if s.file.write_all(data).await.is_err()
+                && let Some(s) = spool.take()
+            {
+                let _ = tokio::fs::remove_file(&s.path).await;
+            }
         }
-    }
-    if let Some(up) = upstream.as_mut()
-        && up.body(data).await.is_err()
-        && let Some(up) = upstream.take()
-    {
-        up.abort().await;
+    };
+    let to_upstreams = futures_util::future::join_all(
+        legs.iter_mut()
+            .filter(|l| l.sending)
+            .filter_map(|l| Some((l.route, l.up.as_mut()?)))
+            .map(|(r, up)| async move { (r, up.body(data).await) }),
+    );
+    let ((), sent) = tokio::join!(to_spool, to_upstreams);
+    for (r, result) in sent {
+        if let Err(e) = result {
+            tracing::warn!(session, upstream = %e.upstream(), error = %e, "upstream failure");
+            poisoned.get_or_insert(e.client_reply());
+            let leg = &mut legs[r];
+            leg.sending = false;
+            leg.mail_sent = false;
+            leg.failure = Some(e.client_reply());
+            if let Some(up) = leg.up.take() {
+                up.abort().await;
+            }
+        }
     }
 }
 
@@ -435,26 +535,92 @@ struct Spool {
     size: u64,
 }
 
+/// One upstream session of a client session, for one route, and what it did in the
+/// transaction in progress.
+struct Leg {
+    route: usize,
+    up: Option<Upstream>,
+    /// The upstream is inside a transaction (MAIL accepted, no final reply yet): RSET it
+    /// before the next MAIL.
+    mail_sent: bool,
+    /// Every RCPT sent in this transaction and the upstream's reply, for the spool record.
+    rcpt_replies: Vec<(String, String)>,
+    /// The recipients this upstream accepted in this transaction.
+    accepted: Vec<String>,
+    /// It said 354: the message goes to it.
+    sending: bool,
+    /// Its verdict on the message: the reply to DATA when it refused, the final reply, or
+    /// the relay's 4xx when the connection failed after recipients were accepted.
+    outcome: Option<Reply>,
+    /// The connection failed in this transaction: later RCPTs for this route get this.
+    failure: Option<Reply>,
+}
+
+impl Leg {
+    fn new(route: usize) -> Leg {
+        Leg {
+            route,
+            up: None,
+            mail_sent: false,
+            rcpt_replies: Vec::new(),
+            accepted: Vec::new(),
+            sending: false,
+            outcome: None,
+            failure: None,
+        }
+    }
+
+    /// Forgets the transaction (the connection stays).
+    fn clear(&mut self) {
+        self.rcpt_replies.clear();
+        self.accepted.clear();
+        self.sending = false;
+        self.outcome = None;
+        self.failure = None;
+    }
+}
+
 struct Session {
     id: u64,
     shared: Arc<Shared>,
     conn: ServerConnection,
     peer: SocketAddr,
     tls: bool,
-    /// The client's credentials (pass-through mode), to open the upstream session.
+    /// The client's credentials (pass-through mode), to open upstream sessions.
     credentials: Option<Credentials>,
-    upstream: Option<Upstream>,
+    /// One per route, index 0 the default route (`RelayConfig::upstream`).
+    legs: Vec<Leg>,
+    /// MAIL FROM of the transaction in progress, to open further routes at their first RCPT.
+    transaction: Option<(ReversePath, MailParams)>,
+    /// An upstream with accepted recipients failed in this transaction: it can only end with
+    /// this 4xx (nothing is delivered anywhere, the client tries again).
+    poisoned: Option<Reply>,
     spool: Option<Spool>,
     started: Instant,
     /// Two-hop transcript lines, when recording.
     transcript: Option<Vec<String>>,
     lines_seen: u64,
+    /// Bounces being sent; the session waits for them before it ends.
+    dsn_tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 enum Next {
     Continue,
     Close,
     StartTls,
+}
+
+/// The upstream settings of route `r` (0: the default route).
+fn route_upstream(cfg: &RelayConfig, r: usize) -> &UpstreamConfig {
+    match r {
+        0 => &cfg.upstream,
+        i => &cfg.routes[i - 1].upstream,
+    }
+}
+
+/// Whether route `r` gets the client's own credentials (pass-through mode).
+fn uses_client_credentials(cfg: &RelayConfig, r: usize) -> bool {
+    matches!(cfg.auth, AuthMode::Passthrough) && (r == 0 || cfg.routes[r - 1].passthrough)
 }
 
 impl Session {
@@ -481,23 +647,30 @@ impl Session {
         }
     }
 
-    /// The upstream's lines since the last call, indented and marked `U`.
+    /// The upstreams' lines since the last call, indented and marked `U` (the default
+    /// route) or `U[label]` (another route).
     fn note_upstream(&mut self) {
         if self.transcript.is_none() {
             return;
         }
-        let lines = self
-            .upstream
-            .as_mut()
-            .map(Upstream::take_transcript)
-            .unwrap_or_default();
-        for line in lines {
-            let marked = match line.split_once(": ") {
-                Some(("C", rest)) => format!("    U> {rest}"),
-                Some(("S", rest)) => format!("    U< {rest}"),
-                _ => format!("    {line}"),
+        for i in 0..self.legs.len() {
+            let Some(up) = self.legs[i].up.as_mut() else {
+                continue;
             };
-            self.note(marked);
+            let lines = up.take_transcript();
+            let mark = match i {
+                0 => "U".to_string(),
+                r => format!("U[{}]", self.shared.config.routes[r - 1].label),
+            };
+            for line in lines {
+                let marked = match line.split_once(": ") {
+                    Some(("C", rest)) => format!("    {mark}> {rest}"),
+                    Some(("S", rest)) => format!("    {mark}< {rest}"),
+                    _ if i == 0 => format!("    {line}"),
+                    _ => format!("    {mark} {line}"),
+                };
+                self.note(marked);
+            }
         }
     }
 
@@ -587,7 +760,14 @@ impl Session {
                 }
                 Some(Event::Content { data, .. }) => {
                     // Disjoint fields: `data` borrows the connection's buffer, no copy.
-                    stream_content(&mut self.spool, &mut self.upstream, data).await;
+                    stream_content(
+                        &mut self.spool,
+                        &mut self.legs,
+                        &mut self.poisoned,
+                        self.id,
+                        data,
+                    )
+                    .await;
                     continue;
                 }
                 Some(Event::Discard) => {
@@ -610,56 +790,9 @@ impl Session {
     async fn decide(&mut self, d: Decision) -> Verdict {
         match d {
             Decision::Authenticate(c) => self.authenticate(c).await,
-            Decision::Mail { from, params } => {
-                let up = match self.upstream_session().await {
-                    Ok(up) => up,
-                    Err(e) => {
-                        if let UpstreamError::AuthRejected { reply, .. } = &e {
-                            tracing::error!(
-                                session = self.id,
-                                upstream = %e.upstream(),
-                                reply = %reply,
-                                "the upstream refused the relay's own credentials: check [upstream] username and its password"
-                            );
-                        }
-                        self.note(format!("    * upstream failure: {e}"));
-                        return Verdict::Reply(e.client_reply());
-                    }
-                };
-                match up.mail(&from, &params).await {
-                    Ok(reply) => Verdict::Reply(reply),
-                    Err(e) => self.upstream_failed(e).await,
-                }
-            }
-            Decision::Rcpt { to, params } => {
-                let Some(up) = self.upstream.as_mut() else {
-                    return Verdict::Reply(Reply::new(451, (4, 3, 0), "no upstream session"));
-                };
-                match up.rcpt(&to, &params).await {
-                    Ok(reply) => Verdict::Reply(reply),
-                    Err(e) => self.upstream_failed(e).await,
-                }
-            }
-            Decision::BeginData => {
-                let Some(up) = self.upstream.as_mut() else {
-                    return Verdict::Reply(Reply::new(451, (4, 3, 0), "no upstream session"));
-                };
-                match up.data().await {
-                    Ok(reply) if reply.code == 354 => match self.begin_message().await {
-                        Ok(()) => Verdict::Accept,
-                        Err(e) => {
-                            self.abort_transaction().await;
-                            Verdict::Reply(Reply::new(
-                                451,
-                                (4, 3, 0),
-                                format!("cannot spool the message: {e}"),
-                            ))
-                        }
-                    },
-                    Ok(reply) => Verdict::Reply(reply),
-                    Err(e) => self.upstream_failed(e).await,
-                }
-            }
+            Decision::Mail { from, params } => self.mail(from, params).await,
+            Decision::Rcpt { to, params } => self.rcpt(to, params).await,
+            Decision::BeginData => self.begin_data().await,
             Decision::Deliver(env) => self.deliver(env).await,
         }
     }
@@ -699,12 +832,13 @@ impl Session {
         config.credentials = Some(c.clone());
         match Upstream::connect(&config).await {
             Ok(up) => {
-                if let Some(old) = self.upstream.replace(up) {
+                self.shared.learn(0, up.capabilities());
+                if let Some(old) = self.legs[0].up.replace(up) {
                     old.quit().await;
                 }
                 self.credentials = Some(c);
                 // The upstream's own success words (163: `235 Authentication successful`).
-                match self.upstream.as_ref().and_then(Upstream::auth_reply) {
+                match self.legs[0].up.as_ref().and_then(Upstream::auth_reply) {
                     Some(r) if r.code == 235 => Verdict::Reply(r.clone()),
                     _ => Verdict::Accept,
                 }
@@ -721,29 +855,253 @@ impl Session {
         }
     }
 
-    /// The upstream session for a transaction: the one opened at AUTH, or a new one.
-    async fn upstream_session(&mut self) -> Result<&mut Upstream, UpstreamError> {
-        if self.upstream.is_none() {
-            let mut config = self.shared.config.upstream.clone();
-            if let Some(c) = &self.credentials {
-                config.credentials = Some(c.clone());
-            }
-            self.upstream = Some(Upstream::connect(&config).await?);
+    /// The upstream session of route `r`: the one already open, or a new one (with the
+    /// client's credentials or the route's own, see [`uses_client_credentials`]).
+    async fn open_leg(&mut self, r: usize) -> Result<(), UpstreamError> {
+        if self.legs[r].up.is_some() {
+            return Ok(());
         }
-        Ok(self.upstream.as_mut().expect("just set"))
+        let cfg = &self.shared.config;
+        let mut config = route_upstream(cfg, r).clone();
+        if uses_client_credentials(cfg, r) {
+            config.credentials = self.credentials.clone();
+        }
+        match Upstream::connect(&config).await {
+            Ok(up) => {
+                self.shared.learn(r, up.capabilities());
+                self.legs[r].up = Some(up);
+                Ok(())
+            }
+            Err(e) => {
+                if let UpstreamError::AuthRejected { reply, .. } = &e
+                    && !uses_client_credentials(cfg, r)
+                {
+                    tracing::error!(
+                        session = self.id,
+                        upstream = %e.upstream(),
+                        reply = %reply,
+                        "the upstream refused the relay's own credentials: check the route's username and its password"
+                    );
+                }
+                tracing::warn!(session = self.id, upstream = %e.upstream(), error = %e, "upstream failure");
+                self.note(format!("    * upstream failure: {e}"));
+                Err(e)
+            }
+        }
     }
 
-    /// An upstream failure mid-transaction: the upstream session is dropped (never reused in
-    /// an unknown state) and the client gets a 4xx naming it.
-    async fn upstream_failed(&mut self, e: UpstreamError) -> Verdict {
+    /// MAIL: a new transaction. Upstreams still inside an earlier one (the client said RSET,
+    /// or DATA was refused) are reset first; MAIL goes to the default route at once, whose
+    /// verdict (the sender rules of the upstream the client authenticated with) is the
+    /// answer. Other routes get MAIL at their first recipient.
+    async fn mail(&mut self, from: ReversePath, params: MailParams) -> Verdict {
+        self.reset_legs().await;
+        if let Err(e) = self.open_leg(0).await {
+            return Verdict::Reply(e.client_reply());
+        }
+        let up = self.legs[0].up.as_mut().expect("opened");
+        match up.mail(&from, &params).await {
+            Ok(reply) => {
+                if reply.is_positive() {
+                    self.legs[0].mail_sent = true;
+                    self.transaction = Some((from, params));
+                }
+                Verdict::Reply(reply)
+            }
+            Err(e) => self.leg_failed(0, e).await,
+        }
+    }
+
+    /// RCPT: to the upstream of the recipient's route; its reply is the answer.
+    async fn rcpt(&mut self, to: ForwardPath, params: RcptParams) -> Verdict {
+        let r = crate::route::route_index(&self.shared.config.routes, &to);
+        if let Some(failure) = &self.legs[r].failure {
+            return Verdict::Reply(failure.clone());
+        }
+        if !self.legs[r].mail_sent {
+            let Some((from, mail_params)) = self.transaction.clone() else {
+                return Verdict::Reply(Reply::new(451, (4, 3, 0), "no transaction upstream"));
+            };
+            if let Err(e) = self.open_leg(r).await {
+                return Verdict::Reply(e.client_reply());
+            }
+            let up = self.legs[r].up.as_mut().expect("opened");
+            match up.mail(&from, &mail_params).await {
+                Ok(reply) if reply.is_positive() => self.legs[r].mail_sent = true,
+                // The route's upstream refuses the sender: its words answer this recipient.
+                Ok(reply) => {
+                    self.legs[r]
+                        .rcpt_replies
+                        .push((to.to_string(), reply.to_string()));
+                    return Verdict::Reply(reply);
+                }
+                Err(e) => return self.leg_failed(r, e).await,
+            }
+        }
+        let up = self.legs[r].up.as_mut().expect("in a transaction");
+        match up.rcpt(&to, &params).await {
+            Ok(reply) => {
+                let leg = &mut self.legs[r];
+                leg.rcpt_replies.push((to.to_string(), reply.to_string()));
+                if reply.is_positive() {
+                    leg.accepted.push(match to.mailbox() {
+                        Some(m) => m.to_string(),
+                        None => to.to_string(),
+                    });
+                }
+                Verdict::Reply(reply)
+            }
+            Err(e) => self.leg_failed(r, e).await,
+        }
+    }
+
+    /// DATA: to every upstream with accepted recipients, at once; 354 to the client only
+    /// when all of them said 354. A transient refusal or failure of any of them is the
+    /// answer for the whole message (nothing has been sent anywhere yet, the client tries
+    /// again); a permanent refusal fails that upstream's recipients only.
+    async fn begin_data(&mut self) -> Verdict {
+        if let Some(reply) = self.poisoned.clone() {
+            self.abort_legs().await;
+            return Verdict::Reply(reply);
+        }
+        let asked = futures_util::future::join_all(
+            self.legs
+                .iter_mut()
+                .filter(|l| !l.accepted.is_empty())
+                .filter_map(|l| Some((l.route, l.up.as_mut()?)))
+                .map(|(r, up)| async move { (r, up.data().await) }),
+        )
+        .await;
+        let mut transient: Option<Reply> = None;
+        for (r, result) in asked {
+            match result {
+                Ok(reply) if reply.code == 354 => self.legs[r].sending = true,
+                Ok(reply) if reply.code / 100 == 4 => {
+                    transient.get_or_insert(reply);
+                }
+                Ok(reply) => self.legs[r].outcome = Some(reply),
+                Err(e) => {
+                    let reply = e.client_reply();
+                    let _ = self.leg_failed(r, e).await;
+                    transient.get_or_insert(reply);
+                }
+            }
+        }
+        if let Some(reply) = transient {
+            self.abort_legs().await;
+            self.poisoned = None;
+            return Verdict::Reply(reply);
+        }
+        if !self.legs.iter().any(|l| l.sending) {
+            // Every upstream refused the message: their words.
+            return Verdict::Reply(self.combined_refusal());
+        }
+        match self.begin_message().await {
+            Ok(()) => Verdict::Accept,
+            Err(e) => {
+                self.abort_transaction().await;
+                self.abort_legs().await;
+                Verdict::Reply(Reply::new(
+                    451,
+                    (4, 3, 0),
+                    format!("cannot spool the message: {e}"),
+                ))
+            }
+        }
+    }
+
+    /// The refusal when no upstream takes the message: one upstream's reply verbatim, or for
+    /// several a reply that keeps each one's words (transient if any of them is).
+    fn combined_refusal(&self) -> Reply {
+        let refused: Vec<(usize, &Reply)> = self
+            .legs
+            .iter()
+            .filter(|l| !l.accepted.is_empty())
+            .filter_map(|l| Some((l.route, l.outcome.as_ref()?)))
+            .collect();
+        match refused.as_slice() {
+            [] => Reply::new(451, (4, 3, 0), "no upstream took the message"),
+            [(_, one)] => (*one).clone(),
+            many => {
+                let lead = many
+                    .iter()
+                    .find(|(_, r)| r.code / 100 == 4)
+                    .unwrap_or(&many[0])
+                    .1;
+                let mut lines = vec![format!(
+                    "refused by {} upstreams, in their words:",
+                    many.len()
+                )];
+                lines.extend(many.iter().map(|(r, reply)| self.said(*r, reply)));
+                Reply {
+                    code: lead.code,
+                    enhanced: lead.enhanced,
+                    lines,
+                }
+            }
+        }
+    }
+
+    /// `<upstream>: <code> <text>`, one line of a combined reply.
+    fn said(&self, r: usize, reply: &Reply) -> String {
+        format!(
+            "{}: {} {}",
+            route_upstream(&self.shared.config, r).name,
+            reply.code,
+            reply.text()
+        )
+    }
+
+    /// A connection to route `r`'s upstream failed: it is dropped (never reused in an
+    /// unknown state) and the client gets a 4xx naming it. If it had accepted recipients,
+    /// the transaction can only end in that 4xx.
+    async fn leg_failed(&mut self, r: usize, e: UpstreamError) -> Verdict {
         tracing::warn!(session = self.id, upstream = %e.upstream(), error = %e, "upstream failure");
         self.note_upstream();
         self.note(format!("    * upstream failure: {e}"));
-        if let Some(up) = self.upstream.take() {
+        let reply = e.client_reply();
+        let leg = &mut self.legs[r];
+        if let Some(up) = leg.up.take() {
             up.abort().await;
         }
-        self.discard_spool().await;
-        Verdict::Reply(e.client_reply())
+        leg.mail_sent = false;
+        leg.sending = false;
+        if !leg.accepted.is_empty() {
+            self.poisoned.get_or_insert(reply.clone());
+        }
+        self.legs[r].failure = Some(reply.clone());
+        Verdict::Reply(reply)
+    }
+
+    /// Upstreams still in a transaction get RSET; every leg forgets the transaction.
+    async fn reset_legs(&mut self) {
+        for i in 0..self.legs.len() {
+            if self.legs[i].mail_sent
+                && let Some(up) = self.legs[i].up.as_mut()
+                && up.rset().await.is_err()
+                && let Some(up) = self.legs[i].up.take()
+            {
+                up.abort().await;
+            }
+            self.legs[i].mail_sent = false;
+            self.legs[i].clear();
+        }
+        self.transaction = None;
+        self.poisoned = None;
+    }
+
+    /// Closes every upstream that is inside DATA without ending the message (so it
+    /// delivers nothing); the others stay, to be reset at the next MAIL.
+    async fn abort_legs(&mut self) {
+        for leg in &mut self.legs {
+            if leg.sending {
+                leg.sending = false;
+                leg.mail_sent = false;
+                if let Some(up) = leg.up.take() {
+                    up.abort().await;
+                }
+            }
+        }
     }
 
     async fn begin_message(&mut self) -> std::io::Result<()> {
@@ -760,14 +1118,18 @@ impl Session {
             file,
             size: 0,
         });
-        // RFC 5321 4.4: a trace header at the top, to the upstream (the spool keeps the
+        // RFC 5321 4.4: a trace header at the top, to the upstreams (the spool keeps the
         // message as the client sent it).
         let received = self.received_header();
-        if let Some(up) = self.upstream.as_mut()
-            && let Err(e) = up.body(received.as_bytes()).await
-        {
-            let _ = self.upstream_failed(e).await;
-        }
+        let mut none = None;
+        stream_content(
+            &mut none,
+            &mut self.legs,
+            &mut self.poisoned,
+            self.id,
+            received.as_bytes(),
+        )
+        .await;
         Ok(())
     }
 
@@ -789,45 +1151,229 @@ impl Session {
         )
     }
 
+    /// The end of data: to every upstream at once, then the reply rule (README, "Several
+    /// routes"): all delivered, 250 with each upstream's words; none, the refusal in their
+    /// words; some, 250 and a bounce to the sender for the recipients that failed.
     async fn deliver(&mut self, env: Envelope) -> Verdict {
-        let Some(up) = self.upstream.as_mut() else {
+        if let Some(reply) = self.poisoned.take() {
+            self.abort_legs().await;
             self.discard_spool().await;
-            return Verdict::Reply(Reply::new(
-                451,
-                (4, 4, 2),
-                format!(
-                    "upstream {}: connection lost during message data",
-                    self.shared.config.upstream.name
-                ),
-            ));
-        };
-        let result = up.end_of_data().await;
-        let reply = match result {
-            Ok(reply) => reply,
-            Err(e) => return self.upstream_failed(e).await,
-        };
+            return Verdict::Reply(reply);
+        }
+        let ended = futures_util::future::join_all(
+            self.legs
+                .iter_mut()
+                .filter(|l| l.sending)
+                .filter_map(|l| Some((l.route, l.up.as_mut()?)))
+                .map(|(r, up)| async move { (r, up.end_of_data().await) }),
+        )
+        .await;
+        for (r, result) in ended {
+            self.legs[r].sending = false;
+            self.legs[r].mail_sent = false;
+            match result {
+                Ok(reply) => self.legs[r].outcome = Some(reply),
+                Err(e) => {
+                    let reply = e.client_reply();
+                    let _ = self.leg_failed(r, e).await;
+                    self.poisoned = None;
+                    self.legs[r].outcome = Some(reply);
+                }
+            }
+        }
+        let involved: Vec<usize> = self
+            .legs
+            .iter()
+            .filter(|l| !l.accepted.is_empty())
+            .map(|l| l.route)
+            .collect();
+        let delivered: Vec<usize> = involved
+            .iter()
+            .copied()
+            .filter(|&r| {
+                self.legs[r]
+                    .outcome
+                    .as_ref()
+                    .is_some_and(Reply::is_positive)
+            })
+            .collect();
+        let mut dsn = None;
+        let reply =
+            if delivered.is_empty() {
+                self.combined_refusal()
+            } else if delivered.len() == involved.len() {
+                match delivered.as_slice() {
+                    [one] => self.legs[*one].outcome.clone().expect("delivered"),
+                    many => {
+                        let mut lines = vec![format!("OK: delivered by {} upstreams:", many.len())];
+                        lines.extend(many.iter().map(|&r| {
+                            self.said(r, self.legs[r].outcome.as_ref().expect("delivered"))
+                        }));
+                        Reply {
+                            code: 250,
+                            enhanced: Some((2, 0, 0)),
+                            lines,
+                        }
+                    }
+                }
+            } else {
+                let failures = self.failures();
+                let last = match &env.from {
+                    Some(ReversePath::Mailbox(m)) => {
+                        dsn = Some(m.clone());
+                        format!(
+                            "{} recipient(s) failed: a delivery status notification goes to <{m}>",
+                            failures.len()
+                        )
+                    }
+                    _ => format!(
+                        "{} recipient(s) failed: no notification for a null sender",
+                        failures.len()
+                    ),
+                };
+                let mut lines = vec![format!(
+                    "OK: delivered by {} of {} upstreams:",
+                    delivered.len(),
+                    involved.len()
+                )];
+                lines.extend(
+                    involved
+                        .iter()
+                        .map(|&r| self.said(r, self.legs[r].outcome.as_ref().expect("outcome"))),
+                );
+                lines.push(last);
+                Reply {
+                    code: 250,
+                    enhanced: Some((2, 0, 0)),
+                    lines,
+                }
+            };
         if let Some(mut spool) = self.spool.take() {
             let _ = spool.file.flush().await;
             let summary = summarize_file(&spool.path).await;
+            // With several upstreams, a line for each, then the message's line.
+            for &r in involved.iter().filter(|_| involved.len() > 1) {
+                let leg = &self.legs[r];
+                let outcome = leg.outcome.as_ref().expect("outcome");
+                tracing::info!(
+                    session = self.id,
+                    id = %spool.id,
+                    upstream = %route_upstream(&self.shared.config, r).name,
+                    rcpts = ?leg.accepted,
+                    reply = %outcome,
+                    upstream_outcome = if outcome.is_positive() { "delivered" } else { "refused" },
+                    "delivery"
+                );
+            }
             tracing::info!(
                 session = self.id,
                 id = %spool.id,
                 from = %env.from.as_ref().map(ReversePath::to_string).unwrap_or_default(),
                 rcpts = ?env.rcpts.iter().map(|(r, _)| r.to_string()).collect::<Vec<_>>(),
                 size = spool.size,
-                upstream = %self.shared.config.upstream.name,
                 reply = %reply,
-                outcome = if reply.is_positive() { "delivered" } else { "refused" },
+                outcome = if delivered.is_empty() {
+                    "refused"
+                } else if delivered.len() == involved.len() {
+                    "delivered"
+                } else {
+                    "partly delivered"
+                },
                 "message"
             );
-            let json = spool_json(&spool, &env, self, &reply, summary);
+            let dsn = match dsn {
+                Some(sender) => Some(self.bounce(&spool, sender).await),
+                None => None,
+            };
+            let json = spool_json(&spool, &env, self, &reply, summary, dsn);
             let _ = tokio::fs::write(spool.path.with_extension("json"), json).await;
         }
         Verdict::Reply(reply)
     }
 
-    /// A transaction ends without a delivery: the upstream must not get an end of data, so
-    /// its session is closed; the spool file is removed.
+    /// The recipients that were accepted but not delivered, with what was said.
+    fn failures(&self) -> Vec<crate::dsn::Failure> {
+        self.legs
+            .iter()
+            .filter_map(|l| Some((l, l.outcome.as_ref().filter(|o| !o.is_positive())?)))
+            .flat_map(|(l, reply)| {
+                let remote = route_upstream(&self.shared.config, l.route)
+                    .server_name
+                    .clone();
+                l.accepted.iter().map(move |rcpt| crate::dsn::Failure {
+                    recipient: rcpt.clone(),
+                    remote: remote.clone(),
+                    reply: reply.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// Writes the bounce for the failed recipients beside the message (`<id>.dsn.eml`) and
+    /// sends it to `sender` through the default route, in the background.
+    async fn bounce(&mut self, spool: &Spool, sender: smtp_wire::Mailbox) -> String {
+        let mut head = Vec::with_capacity(8192);
+        if let Ok(file) = tokio::fs::File::open(&spool.path).await {
+            let _ = file
+                .take(crate::dsn::MAX_RETURNED_HEADERS as u64)
+                .read_to_end(&mut head)
+                .await;
+        }
+        let failures = self.failures();
+        let cfg = &self.shared.config;
+        let daemon = format!("MAILER-DAEMON@{}", cfg.hostname);
+        let sender_text = sender.to_string();
+        let report = |from: &str| {
+            crate::dsn::build(&crate::dsn::Report {
+                reporting_mta: &cfg.hostname,
+                from,
+                to: &sender_text,
+                original_id: &spool.id,
+                envelope_id: None,
+                arrival: chrono::Utc::now(),
+                failures: &failures,
+                original_headers: &head,
+            })
+        };
+        let as_daemon = report(&daemon);
+        let as_sender = report(&sender_text);
+        let path = spool.path.with_extension("dsn.eml");
+        let _ = tokio::fs::write(&path, &as_daemon).await;
+        let mut config = cfg.upstream.clone();
+        if uses_client_credentials(cfg, 0) {
+            config.credentials = self.credentials.clone();
+        }
+        let (session, id) = (self.id, spool.id.clone());
+        self.dsn_tasks.push(tokio::spawn(async move {
+            let result = send_dsn(&config, &sender, &as_daemon, &as_sender).await;
+            match result {
+                Ok(reply) => tracing::info!(
+                    session,
+                    id = %id,
+                    to = %sender,
+                    upstream = %config.name,
+                    reply = %reply,
+                    outcome = if reply.is_positive() { "dsn sent" } else { "dsn refused" },
+                    "bounce"
+                ),
+                Err(e) => tracing::warn!(
+                    session,
+                    id = %id,
+                    to = %sender,
+                    upstream = %config.name,
+                    error = %e,
+                    outcome = "dsn failed",
+                    "bounce"
+                ),
+            }
+        }));
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+
+    /// A transaction ends without a delivery: the upstreams must not get an end of data, so
+    /// their sessions are closed; the spool file is removed.
     async fn abort_transaction(&mut self) {
         if let Some(spool) = &self.spool {
             tracing::info!(
@@ -836,9 +1382,7 @@ impl Session {
                 outcome = "aborted",
                 "message not completed: nothing was sent"
             );
-            if let Some(up) = self.upstream.take() {
-                up.abort().await;
-            }
+            self.abort_legs().await;
             self.discard_spool().await;
         }
     }
@@ -849,6 +1393,52 @@ impl Session {
             let _ = tokio::fs::remove_file(&spool.path).await;
         }
     }
+}
+
+/// Sends a bounce through `config`: with the null sender (RFC 5321 4.5.5), or, when the
+/// upstream refuses the null sender permanently (163: `553 ... NULL sender is not allowed`),
+/// as the original sender to itself (`as_sender` carries that address in `From:`, since 163
+/// also wants the header From to match).
+async fn send_dsn(
+    config: &UpstreamConfig,
+    sender: &smtp_wire::Mailbox,
+    as_daemon: &[u8],
+    as_sender: &[u8],
+) -> Result<Reply, UpstreamError> {
+    let mut up = Upstream::connect(config).await?;
+    let to = [(ForwardPath::Mailbox(sender.clone()), RcptParams::default())];
+    let mut env = up
+        .envelope(&ReversePath::Null, &MailParams::default(), &to)
+        .await?;
+    let mut body = as_daemon;
+    if env.mail.code / 100 == 5 {
+        up.rset().await?;
+        env = up
+            .envelope(
+                &ReversePath::Mailbox(sender.clone()),
+                &MailParams::default(),
+                &to,
+            )
+            .await?;
+        body = as_sender;
+    }
+    if !env.mail.is_positive() {
+        up.quit().await;
+        return Ok(env.mail);
+    }
+    if let Some(r) = env.rcpts.iter().find(|r| !r.is_positive()) {
+        up.quit().await;
+        return Ok(r.clone());
+    }
+    let reply = up.data().await?;
+    if reply.code != 354 {
+        up.quit().await;
+        return Ok(reply);
+    }
+    up.body(body).await?;
+    let reply = up.end_of_data().await?;
+    up.quit().await;
+    Ok(reply)
 }
 
 /// A readable summary of a message for the spool JSON: the Subject with its RFC 2047 words
@@ -913,10 +1503,30 @@ struct SpoolRecord<'a> {
     tls: bool,
     auth: Option<&'a str>,
     size: u64,
-    upstream: &'a str,
-    /// The upstream's final reply, as it was said.
+    /// The reply the client got.
     reply: String,
+    /// Each upstream of the transaction: its replies per recipient and to the message.
+    upstreams: Vec<UpstreamRecord<'a>>,
+    /// The bounce sent for recipients that failed after being accepted (`<id>.dsn.eml`).
+    dsn: Option<String>,
     summary: Summary,
+}
+
+#[derive(serde::Serialize)]
+struct UpstreamRecord<'a> {
+    /// `default`, or the route's label.
+    route: &'a str,
+    upstream: &'a str,
+    /// Every RCPT sent there and the reply, as it was said.
+    rcpts: Vec<RcptRecord<'a>>,
+    /// Its reply to the message (DATA refusal, or final reply), as it was said.
+    reply: Option<String>,
+}
+
+#[derive(serde::Serialize)]
+struct RcptRecord<'a> {
+    to: &'a str,
+    reply: &'a str,
 }
 
 fn spool_json(
@@ -925,7 +1535,9 @@ fn spool_json(
     s: &Session,
     reply: &Reply,
     summary: Summary,
+    dsn: Option<String>,
 ) -> Vec<u8> {
+    let cfg = &s.shared.config;
     let record = SpoolRecord {
         id: &spool.id,
         mail_from: env
@@ -939,8 +1551,26 @@ fn spool_json(
         tls: s.tls,
         auth: s.conn.session().authenticated(),
         size: spool.size,
-        upstream: &s.shared.config.upstream.name,
         reply: reply.to_string(),
+        upstreams: s
+            .legs
+            .iter()
+            .filter(|l| !l.rcpt_replies.is_empty())
+            .map(|l| UpstreamRecord {
+                route: match l.route {
+                    0 => "default",
+                    r => &cfg.routes[r - 1].label,
+                },
+                upstream: &route_upstream(cfg, l.route).name,
+                rcpts: l
+                    .rcpt_replies
+                    .iter()
+                    .map(|(to, reply)| RcptRecord { to, reply })
+                    .collect(),
+                reply: l.outcome.as_ref().map(Reply::to_string),
+            })
+            .collect(),
+        dsn,
         summary,
     };
     serde_json::to_vec_pretty(&record).expect("serializable")

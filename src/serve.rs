@@ -32,6 +32,9 @@ struct File {
     #[serde(default)]
     limits: FileLimits,
     upstream: FileUpstream,
+    /// `[[routes]]`: recipient domains to other upstreams.
+    #[serde(default)]
+    routes: Vec<FileUpstream>,
     /// `reject` (default: 550 5.6.0 after the data) or `normalize`.
     #[serde(default)]
     bare_line_endings: Option<String>,
@@ -95,6 +98,14 @@ impl Default for FileLimits {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileUpstream {
+    /// Routes only: a short name for logs and transcripts (default: the first domain).
+    name: Option<String>,
+    /// Routes only: the domain patterns the route serves.
+    #[serde(default)]
+    domains: Vec<String>,
+    /// Routes only, pass-through mode: replay the client's credentials to this upstream too.
+    #[serde(default)]
+    passthrough: bool,
     host: String,
     port: u16,
     /// `implicit`, `starttls` or `none`.
@@ -198,61 +209,28 @@ pub fn parse(text: &str, origin: &str, base: &Path) -> Result<Loaded, String> {
             ));
         }
     };
+    let l = &f.limits;
+    let timeouts = Timeouts {
+        command: Duration::from_secs(l.upstream_command_timeout_secs),
+        data_end: Duration::from_secs(l.upstream_data_end_timeout_secs),
+        ..Timeouts::default()
+    };
+    let ctx = Ctx {
+        origin,
+        base,
+        hostname: &f.hostname,
+        timeouts,
+    };
     let u = &f.upstream;
-    let mode = match u.tls.as_str() {
-        "implicit" => TlsMode::Implicit,
-        "starttls" => TlsMode::StartTls,
-        "none" => TlsMode::None,
-        other => {
-            return Err(bad(
-                origin,
-                "upstream.tls",
-                format!("{other:?}: expected \"implicit\", \"starttls\" or \"none\""),
-            ));
-        }
-    };
-    let roots = match &u.ca {
-        Some(ca) => {
-            let pem = std::fs::read_to_string(at(ca))
-                .map_err(|e| bad(origin, "upstream.ca", format!("{}: {e}", at(ca).display())))?;
-            fake_upstream::tls::client_config(&pem).map_err(|e| bad(origin, "upstream.ca", e))?
-        }
-        None => public_roots(),
-    };
-    let credentials = match (&u.username, &u.password_env, &u.password_file) {
-        (None, None, None) => None,
-        (Some(user), Some(var), None) => {
-            let secret = std::env::var(var).map_err(|_| {
-                bad(
-                    origin,
-                    "upstream.password_env",
-                    format!("environment variable {var} is not set"),
-                )
-            })?;
-            Some(Credentials::new(user.clone(), secret))
-        }
-        (Some(user), None, Some(file)) => {
-            let text = std::fs::read_to_string(at(file)).map_err(|e| {
-                bad(
-                    origin,
-                    "upstream.password_file",
-                    format!("{}: {e}", at(file).display()),
-                )
-            })?;
-            let secret = text.lines().next().unwrap_or_default().trim().to_string();
-            if secret.is_empty() {
-                return Err(bad(origin, "upstream.password_file", "the file is empty"));
-            }
-            Some(Credentials::new(user.clone(), secret))
-        }
-        _ => {
-            return Err(bad(
-                origin,
-                "upstream",
-                "give username with exactly one of password_env or password_file",
-            ));
-        }
-    };
+    if !u.domains.is_empty() || u.name.is_some() || u.passthrough {
+        return Err(bad(
+            origin,
+            "upstream",
+            "name, domains and passthrough belong in [[routes]]; [upstream] is the default route",
+        ));
+    }
+    let upstream = upstream_config(u, "upstream", &ctx)?;
+    let credentials = &upstream.credentials;
     if matches!(auth, AuthMode::Users(_)) && credentials.is_none() {
         return Err(bad(
             origin,
@@ -267,7 +245,42 @@ pub fn parse(text: &str, origin: &str, base: &Path) -> Result<Loaded, String> {
             "not used in passthrough mode (clients bring their own credentials)",
         ));
     }
-    let l = &f.limits;
+    let mut routes = Vec::with_capacity(f.routes.len());
+    for (i, r) in f.routes.iter().enumerate() {
+        let key = format!("routes[{i}]");
+        if r.domains.is_empty() {
+            return Err(bad(
+                origin,
+                &format!("{key}.domains"),
+                "a route needs at least one domain pattern (example.com, .example.com)",
+            ));
+        }
+        for d in &r.domains {
+            crate::route::check_pattern(d)
+                .map_err(|e| bad(origin, &format!("{key}.domains"), e))?;
+        }
+        let upstream = upstream_config(r, &key, &ctx)?;
+        if r.passthrough && !matches!(auth, AuthMode::Passthrough) {
+            return Err(bad(
+                origin,
+                &format!("{key}.passthrough"),
+                "only meaningful with auth mode \"passthrough\"",
+            ));
+        }
+        if r.passthrough && upstream.credentials.is_some() {
+            return Err(bad(
+                origin,
+                &format!("{key}.username"),
+                "a passthrough route uses the client's credentials: remove username",
+            ));
+        }
+        routes.push(crate::route::Route {
+            label: r.name.clone().unwrap_or_else(|| r.domains[0].clone()),
+            domains: r.domains.clone(),
+            upstream,
+            passthrough: r.passthrough,
+        });
+    }
     let bare_line_endings = match f.bare_line_endings.as_deref() {
         None | Some("reject") => BareLineEnding::Reject,
         Some("normalize") => BareLineEnding::Normalize,
@@ -293,20 +306,9 @@ pub fn parse(text: &str, origin: &str, base: &Path) -> Result<Loaded, String> {
         listen_tls: f.listen_tls,
         tls,
         spool_dir,
-        upstream: UpstreamConfig {
-            name: format!("{}:{}", u.host, u.port),
-            addr: format!("{}:{}", u.host, u.port),
-            server_name: u.server_name.clone().unwrap_or_else(|| u.host.clone()),
-            tls: mode,
-            tls_config: Some(roots),
-            helo_name: f.hostname.clone(),
-            credentials,
-            timeouts: Timeouts {
-                command: Duration::from_secs(l.upstream_command_timeout_secs),
-                data_end: Duration::from_secs(l.upstream_data_end_timeout_secs),
-                ..Timeouts::default()
-            },
-        },
+        upstream,
+        routes,
+        probe_routes: true,
         auth,
         max_message_size: l.max_message_size,
         max_recipients: l.max_recipients,
@@ -325,6 +327,100 @@ pub fn parse(text: &str, origin: &str, base: &Path) -> Result<Loaded, String> {
         },
     };
     Ok(Loaded { relay, log_dir })
+}
+
+/// What an upstream needs from the rest of the config file.
+struct Ctx<'a> {
+    origin: &'a str,
+    base: &'a Path,
+    hostname: &'a str,
+    timeouts: Timeouts,
+}
+
+/// An `[upstream]` or `[[routes]]` table (`key` names it in errors).
+fn upstream_config(u: &FileUpstream, key: &str, ctx: &Ctx) -> Result<UpstreamConfig, String> {
+    let origin = ctx.origin;
+    let at = |p: &Path| {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            ctx.base.join(p)
+        }
+    };
+    let mode = match u.tls.as_str() {
+        "implicit" => TlsMode::Implicit,
+        "starttls" => TlsMode::StartTls,
+        "none" => TlsMode::None,
+        other => {
+            return Err(bad(
+                origin,
+                &format!("{key}.tls"),
+                format!("{other:?}: expected \"implicit\", \"starttls\" or \"none\""),
+            ));
+        }
+    };
+    let roots = match &u.ca {
+        Some(ca) => {
+            let pem = std::fs::read_to_string(at(ca)).map_err(|e| {
+                bad(
+                    origin,
+                    &format!("{key}.ca"),
+                    format!("{}: {e}", at(ca).display()),
+                )
+            })?;
+            fake_upstream::tls::client_config(&pem)
+                .map_err(|e| bad(origin, &format!("{key}.ca"), e))?
+        }
+        None => public_roots(),
+    };
+    let credentials = match (&u.username, &u.password_env, &u.password_file) {
+        (None, None, None) => None,
+        (Some(user), Some(var), None) => {
+            let secret = std::env::var(var).map_err(|_| {
+                bad(
+                    origin,
+                    &format!("{key}.password_env"),
+                    format!("environment variable {var} is not set"),
+                )
+            })?;
+            Some(Credentials::new(user.clone(), secret))
+        }
+        (Some(user), None, Some(file)) => {
+            let text = std::fs::read_to_string(at(file)).map_err(|e| {
+                bad(
+                    origin,
+                    &format!("{key}.password_file"),
+                    format!("{}: {e}", at(file).display()),
+                )
+            })?;
+            let secret = text.lines().next().unwrap_or_default().trim().to_string();
+            if secret.is_empty() {
+                return Err(bad(
+                    origin,
+                    &format!("{key}.password_file"),
+                    "the file is empty",
+                ));
+            }
+            Some(Credentials::new(user.clone(), secret))
+        }
+        _ => {
+            return Err(bad(
+                origin,
+                key,
+                "give username with exactly one of password_env or password_file",
+            ));
+        }
+    };
+    Ok(UpstreamConfig {
+        name: format!("{}:{}", u.host, u.port),
+        addr: format!("{}:{}", u.host, u.port),
+        server_name: u.server_name.clone().unwrap_or_else(|| u.host.clone()),
+        tls: mode,
+        tls_config: Some(roots),
+        helo_name: ctx.hostname.to_string(),
+        credentials,
+        timeouts: ctx.timeouts,
+    })
 }
 
 fn parse_network(s: &str) -> Option<(IpAddr, u8)> {
