@@ -406,6 +406,7 @@ async fn client(
         credentials: None,
         legs: (0..=cfg.routes.len()).map(Leg::new).collect(),
         transaction: None,
+        prefetched: Default::default(),
         poisoned: None,
         spool: None,
         started: Instant::now(),
@@ -545,8 +546,12 @@ struct Leg {
     mail_sent: bool,
     /// Every RCPT sent in this transaction and the upstream's reply, for the spool record.
     rcpt_replies: Vec<(String, String)>,
-    /// The recipients this upstream accepted in this transaction.
-    accepted: Vec<String>,
+    /// The recipients this upstream accepted in this transaction, as the client was told.
+    accepted: Vec<(ForwardPath, RcptParams)>,
+    /// How many RCPTs the upstream accepted in this transaction, including any sent ahead
+    /// (pipelining) that the client's session then answered itself: when this differs from
+    /// `accepted`, the envelope is replayed before DATA.
+    upstream_ok: usize,
     /// It said 354: the message goes to it.
     sending: bool,
     /// Its verdict on the message: the reply to DATA when it refused, the final reply, or
@@ -564,6 +569,7 @@ impl Leg {
             mail_sent: false,
             rcpt_replies: Vec::new(),
             accepted: Vec::new(),
+            upstream_ok: 0,
             sending: false,
             outcome: None,
             failure: None,
@@ -574,6 +580,7 @@ impl Leg {
     fn clear(&mut self) {
         self.rcpt_replies.clear();
         self.accepted.clear();
+        self.upstream_ok = 0;
         self.sending = false;
         self.outcome = None;
         self.failure = None;
@@ -592,6 +599,9 @@ struct Session {
     legs: Vec<Leg>,
     /// MAIL FROM of the transaction in progress, to open further routes at their first RCPT.
     transaction: Option<(ReversePath, MailParams)>,
+    /// RCPT replies received ahead of the client's turn (its pipelined group forwarded as a
+    /// group), in the client's order: the recipient, and its route and reply when it was sent.
+    prefetched: std::collections::VecDeque<(ForwardPath, Option<(usize, Reply)>)>,
     /// An upstream with accepted recipients failed in this transaction: it can only end with
     /// this 4xx (nothing is delivered anywhere, the client tries again).
     poisoned: Option<Reply>,
@@ -885,6 +895,8 @@ impl Session {
                 }
                 tracing::warn!(session = self.id, upstream = %e.upstream(), error = %e, "upstream failure");
                 self.note(format!("    * upstream failure: {e}"));
+                // Not tried again in this transaction: its other recipients get the same.
+                self.legs[r].failure = Some(e.client_reply());
                 Err(e)
             }
         }
@@ -899,6 +911,23 @@ impl Session {
         if let Err(e) = self.open_leg(0).await {
             return Verdict::Reply(e.client_reply());
         }
+        let pipelining = self.legs[0].up.as_ref().is_some_and(Upstream::can_pipeline);
+        if pipelining {
+            let group = self.pipelined_rcpts();
+            if !group.is_empty() {
+                // MAIL and the RCPTs behind it, forwarded as the client sent them: a group.
+                self.transaction = Some((from, params));
+                let mail = self.prefetch(group, true).await;
+                let reply = match mail {
+                    Some(Ok(reply)) if reply.is_positive() => return Verdict::Reply(reply),
+                    Some(Ok(reply) | Err(reply)) => reply,
+                    None => Reply::new(451, (4, 3, 0), "no reply to MAIL upstream"),
+                };
+                self.transaction = None;
+                self.prefetched.clear();
+                return Verdict::Reply(reply);
+            }
+        }
         let up = self.legs[0].up.as_mut().expect("opened");
         match up.mail(&from, &params).await {
             Ok(reply) => {
@@ -912,8 +941,139 @@ impl Session {
         }
     }
 
+    /// The RCPT commands the client pipelined behind the one being decided (they stop at
+    /// the first line that is not a well-formed RCPT).
+    fn pipelined_rcpts(&self) -> Vec<(ForwardPath, RcptParams)> {
+        let max = self.shared.config.max_recipients;
+        let mut group = Vec::new();
+        for line in self.conn.pipelined_lines(max) {
+            match smtp_wire::Command::parse(line) {
+                Ok(smtp_wire::Command::Rcpt { to, params }) => group.push((to, params)),
+                _ => break,
+            }
+        }
+        group
+    }
+
+    /// Sends a group of RCPTs ahead, each route's share in one write (with MAIL first where
+    /// that route has not had it; with `mail_first`, the default route always gets MAIL and
+    /// nothing goes elsewhere if it refuses). The replies wait in `prefetched` for the
+    /// client's session to reach each RCPT. A route that cannot pipeline is left to the
+    /// one-by-one path. Returns the default route's reply to MAIL when it was sent.
+    async fn prefetch(
+        &mut self,
+        group: Vec<(ForwardPath, RcptParams)>,
+        mail_first: bool,
+    ) -> Option<Result<Reply, Reply>> {
+        let routes: Vec<usize> = group
+            .iter()
+            .map(|(to, _)| crate::route::route_index(&self.shared.config.routes, to))
+            .collect();
+        let mut order: Vec<usize> = Vec::new();
+        if mail_first {
+            order.push(0);
+        }
+        for &r in &routes {
+            if !order.contains(&r) {
+                order.push(r);
+            }
+        }
+        let mut replies: Vec<Option<(usize, Reply)>> = vec![None; group.len()];
+        let mut leg0_mail = None;
+        for r in order {
+            if self.legs[r].failure.is_some() {
+                continue;
+            }
+            if self.open_leg(r).await.is_err() {
+                if r == 0 && mail_first {
+                    return self.legs[0].failure.clone().map(Err);
+                }
+                continue;
+            }
+            if !self.legs[r].up.as_ref().is_some_and(Upstream::can_pipeline) {
+                continue;
+            }
+            let share: Vec<(ForwardPath, RcptParams)> = group
+                .iter()
+                .zip(&routes)
+                .filter(|(_, route)| **route == r)
+                .map(|(item, _)| item.clone())
+                .collect();
+            let needs_mail = !self.legs[r].mail_sent;
+            let Some((from, params)) = self.transaction.clone() else {
+                break;
+            };
+            let mail = needs_mail.then_some((&from, &params));
+            let up = self.legs[r].up.as_mut().expect("opened");
+            let (mail_reply, rcpt_replies) = match up.batch(mail, &share).await {
+                Ok(done) => done,
+                Err(e) => {
+                    let reply = e.client_reply();
+                    let _ = self.leg_failed(r, e).await;
+                    if r == 0 && mail_first {
+                        return Some(Err(reply));
+                    }
+                    continue;
+                }
+            };
+            let refused = mail_reply.as_ref().filter(|m| !m.is_positive()).cloned();
+            if needs_mail && refused.is_none() {
+                self.legs[r].mail_sent = true;
+            }
+            if r == 0 && mail_first {
+                leg0_mail = mail_reply.clone().map(Ok);
+            }
+            let mut next = rcpt_replies.into_iter();
+            for (i, _) in routes.iter().enumerate().filter(|(_, route)| **route == r) {
+                let reply = next.next().expect("one reply per RCPT");
+                // After a refused MAIL the RCPTs were refused for it: the client hears why.
+                let reply = refused.clone().unwrap_or(reply);
+                if reply.is_positive() {
+                    self.legs[r].upstream_ok += 1;
+                }
+                replies[i] = Some((r, reply));
+            }
+            if refused.is_some() && r == 0 && mail_first {
+                return leg0_mail;
+            }
+        }
+        self.prefetched
+            .extend(group.into_iter().map(|(to, _)| to).zip(replies));
+        leg0_mail
+    }
+
+    /// The reply sent ahead for `to`, if any: entries before it that the client's session
+    /// answered itself (a duplicate, a local refusal) are dropped.
+    fn take_prefetched(&mut self, to: &ForwardPath) -> Option<Option<(usize, Reply)>> {
+        while let Some((ahead, _)) = self.prefetched.front() {
+            if ahead == to {
+                return self.prefetched.pop_front().map(|(_, reply)| reply);
+            }
+            self.prefetched.pop_front();
+        }
+        None
+    }
+
     /// RCPT: to the upstream of the recipient's route; its reply is the answer.
     async fn rcpt(&mut self, to: ForwardPath, params: RcptParams) -> Verdict {
+        let mut ahead = self.take_prefetched(&to);
+        if ahead.is_none() {
+            let more = self.pipelined_rcpts();
+            if !more.is_empty() {
+                let mut group = vec![(to.clone(), params.clone())];
+                group.extend(more);
+                self.prefetch(group, false).await;
+                ahead = self.take_prefetched(&to);
+            }
+        }
+        if let Some(Some((r, reply))) = ahead {
+            let leg = &mut self.legs[r];
+            leg.rcpt_replies.push((to.to_string(), reply.to_string()));
+            if reply.is_positive() {
+                leg.accepted.push((to, params));
+            }
+            return Verdict::Reply(reply);
+        }
         let r = crate::route::route_index(&self.shared.config.routes, &to);
         if let Some(failure) = &self.legs[r].failure {
             return Verdict::Reply(failure.clone());
@@ -922,8 +1082,9 @@ impl Session {
             let Some((from, mail_params)) = self.transaction.clone() else {
                 return Verdict::Reply(Reply::new(451, (4, 3, 0), "no transaction upstream"));
             };
-            if let Err(e) = self.open_leg(r).await {
-                return Verdict::Reply(e.client_reply());
+            if self.open_leg(r).await.is_err() {
+                let failure = self.legs[r].failure.clone();
+                return Verdict::Reply(failure.expect("set by open_leg"));
             }
             let up = self.legs[r].up.as_mut().expect("opened");
             match up.mail(&from, &mail_params).await {
@@ -944,10 +1105,8 @@ impl Session {
                 let leg = &mut self.legs[r];
                 leg.rcpt_replies.push((to.to_string(), reply.to_string()));
                 if reply.is_positive() {
-                    leg.accepted.push(match to.mailbox() {
-                        Some(m) => m.to_string(),
-                        None => to.to_string(),
-                    });
+                    leg.accepted.push((to, params));
+                    leg.upstream_ok += 1;
                 }
                 Verdict::Reply(reply)
             }
@@ -960,6 +1119,13 @@ impl Session {
     /// answer for the whole message (nothing has been sent anywhere yet, the client tries
     /// again); a permanent refusal fails that upstream's recipients only.
     async fn begin_data(&mut self) -> Verdict {
+        self.prefetched.clear();
+        for r in 0..self.legs.len() {
+            let leg = &self.legs[r];
+            if !leg.accepted.is_empty() && leg.upstream_ok != leg.accepted.len() {
+                self.replay_envelope(r).await;
+            }
+        }
         if let Some(reply) = self.poisoned.clone() {
             self.abort_legs().await;
             return Verdict::Reply(reply);
@@ -1010,6 +1176,47 @@ impl Session {
         }
     }
 
+    /// Route `r`'s upstream accepted recipients sent ahead that the client's session then
+    /// answered itself (a duplicate, the recipient limit): the upstream's envelope is not the
+    /// client's. RSET, and MAIL with exactly the client's recipients again; any other answer
+    /// than before makes the message a 4xx.
+    async fn replay_envelope(&mut self, r: usize) {
+        let Some((from, params)) = self.transaction.clone() else {
+            return;
+        };
+        let rcpts = self.legs[r].accepted.clone();
+        if self.legs[r].up.is_none() {
+            return;
+        }
+        self.note("    * replaying the envelope upstream (the client's group had recipients the relay answered itself)".into());
+        let up = self.legs[r].up.as_mut().expect("checked");
+        let result = match up.rset().await {
+            Ok(_) => up.envelope(&from, &params, &rcpts).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(env)
+                if env.mail.is_positive()
+                    && env.rcpts.len() == rcpts.len()
+                    && env.rcpts.iter().all(Reply::is_positive) =>
+            {
+                self.legs[r].upstream_ok = rcpts.len();
+            }
+            Ok(env) => {
+                let name = &route_upstream(&self.shared.config, r).name;
+                tracing::warn!(session = self.id, upstream = %name, mail = %env.mail, "upstream answered a replayed envelope differently");
+                self.poisoned.get_or_insert(Reply::new(
+                    451,
+                    (4, 3, 0),
+                    format!("upstream {name}: answered the envelope differently when it was replayed, try again"),
+                ));
+            }
+            Err(e) => {
+                let _ = self.leg_failed(r, e).await;
+            }
+        }
+    }
+
     /// The refusal when no upstream takes the message: one upstream's reply verbatim, or for
     /// several a reply that keeps each one's words (transient if any of them is).
     fn combined_refusal(&self) -> Reply {
@@ -1056,7 +1263,11 @@ impl Session {
     /// unknown state) and the client gets a 4xx naming it. If it had accepted recipients,
     /// the transaction can only end in that 4xx.
     async fn leg_failed(&mut self, r: usize, e: UpstreamError) -> Verdict {
-        tracing::warn!(session = self.id, upstream = %e.upstream(), error = %e, "upstream failure");
+        if matches!(e, UpstreamError::Bug { .. }) {
+            tracing::error!(session = self.id, upstream = %e.upstream(), error = %e, "the upstream refused a command the relay made: a relay bug, please report it");
+        } else {
+            tracing::warn!(session = self.id, upstream = %e.upstream(), error = %e, "upstream failure");
+        }
         self.note_upstream();
         self.note(format!("    * upstream failure: {e}"));
         let reply = e.client_reply();
@@ -1087,6 +1298,7 @@ impl Session {
             self.legs[i].clear();
         }
         self.transaction = None;
+        self.prefetched.clear();
         self.poisoned = None;
     }
 
@@ -1259,7 +1471,7 @@ impl Session {
                     session = self.id,
                     id = %spool.id,
                     upstream = %route_upstream(&self.shared.config, r).name,
-                    rcpts = ?leg.accepted,
+                    rcpts = ?leg.accepted.iter().map(|(r, _)| r.to_string()).collect::<Vec<_>>(),
                     reply = %outcome,
                     upstream_outcome = if outcome.is_positive() { "delivered" } else { "refused" },
                     "delivery"
@@ -1300,8 +1512,11 @@ impl Session {
                 let remote = route_upstream(&self.shared.config, l.route)
                     .server_name
                     .clone();
-                l.accepted.iter().map(move |rcpt| crate::dsn::Failure {
-                    recipient: rcpt.clone(),
+                l.accepted.iter().map(move |(rcpt, _)| crate::dsn::Failure {
+                    recipient: match rcpt.mailbox() {
+                        Some(m) => m.to_string(),
+                        None => rcpt.to_string(),
+                    },
                     remote: remote.clone(),
                     reply: reply.clone(),
                 })

@@ -594,6 +594,63 @@ tls = "implicit"
     }
 
     #[test]
+    fn routes() {
+        let text = format!(
+            "{BASE}\n[[routes]]\nname = \"qq\"\ndomains = [\"qq.com\", \".qq.com\"]\nhost = \"mx1.qq.com\"\nport = 25\ntls = \"starttls\"\n\n[[routes]]\ndomains = [\"bupt.edu.cn\"]\npassthrough = true\nhost = \"mail.bupt.edu.cn\"\nport = 465\ntls = \"implicit\"\n"
+        );
+        let c = parse(&text, "r.toml", Path::new(".")).unwrap().relay;
+        assert_eq!(c.routes.len(), 2);
+        assert_eq!(c.routes[0].label, "qq");
+        assert_eq!(c.routes[0].upstream.addr, "mx1.qq.com:25");
+        assert_eq!(c.routes[0].upstream.tls, TlsMode::StartTls);
+        assert!(!c.routes[0].passthrough);
+        assert_eq!(c.routes[1].label, "bupt.edu.cn");
+        assert!(c.routes[1].passthrough);
+        assert_eq!(crate::route::match_domain(&c.routes, "vip.qq.com"), Some(0));
+
+        let e = parse(
+            &text.replace("[\"bupt.edu.cn\"]", "[]"),
+            "r.toml",
+            Path::new("."),
+        )
+        .unwrap_err();
+        assert!(
+            e.starts_with("r.toml: routes[1].domains: a route needs"),
+            "{e}"
+        );
+        let e = parse(
+            &text.replace("\"qq.com\", ", "\"qq com\", "),
+            "r.toml",
+            Path::new("."),
+        )
+        .unwrap_err();
+        assert!(
+            e.starts_with("r.toml: routes[0].domains: \"qq com\" is not a domain pattern"),
+            "{e}"
+        );
+        let e = parse(
+            &text.replace("tls = \"starttls\"", "tls = \"tls\""),
+            "r.toml",
+            Path::new("."),
+        )
+        .unwrap_err();
+        assert!(
+            e.starts_with("r.toml: routes[0].tls: \"tls\": expected"),
+            "{e}"
+        );
+        let e = parse(
+            &BASE.replace(
+                "tls = \"implicit\"",
+                "tls = \"implicit\"\ndomains = [\"x.org\"]",
+            ),
+            "r.toml",
+            Path::new("."),
+        )
+        .unwrap_err();
+        assert!(e.contains("belong in [[routes]]"), "{e}");
+    }
+
+    #[test]
     fn users_mode_needs_a_users_file_and_upstream_credentials() {
         let users = BASE.replace("mode = \"passthrough\"", "mode = \"users\"");
         let e = parse(&users, "r.toml", Path::new(".")).unwrap_err();

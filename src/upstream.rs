@@ -155,8 +155,15 @@ pub enum UpstreamError {
         phase: Phase,
         source: std::io::Error,
     },
-    /// The upstream refused the greeting, EHLO or STARTTLS.
+    /// The upstream refused the greeting, EHLO or STARTTLS, or said 421 (closing).
     Refused {
+        upstream: String,
+        phase: Phase,
+        reply: Reply,
+    },
+    /// The upstream refused a command of the relay's own making as malformed or out of
+    /// sequence (500, 501 syntax, 503, 504, 555): a relay bug, never the client's fault.
+    Bug {
         upstream: String,
         phase: Phase,
         reply: Reply,
@@ -183,6 +190,7 @@ impl UpstreamError {
             | UpstreamError::Closed { upstream, .. }
             | UpstreamError::Io { upstream, .. }
             | UpstreamError::Refused { upstream, .. }
+            | UpstreamError::Bug { upstream, .. }
             | UpstreamError::AuthRejected { upstream, .. }
             | UpstreamError::Protocol { upstream, .. } => upstream,
         }
@@ -195,9 +203,9 @@ impl UpstreamError {
     /// The upstream's own reply, when it gave one.
     pub fn reply(&self) -> Option<&Reply> {
         match self {
-            UpstreamError::Refused { reply, .. } | UpstreamError::AuthRejected { reply, .. } => {
-                Some(reply)
-            }
+            UpstreamError::Refused { reply, .. }
+            | UpstreamError::Bug { reply, .. }
+            | UpstreamError::AuthRejected { reply, .. } => Some(reply),
             _ => None,
         }
     }
@@ -244,6 +252,15 @@ impl UpstreamError {
                     reply.text()
                 ),
             ),
+            UpstreamError::Bug { phase, reply, .. } => Reply::new(
+                451,
+                (4, 3, 0),
+                format!(
+                    "upstream {up}: refused the relay's own {phase} command: {} {} (a relay bug, logged)",
+                    reply.code,
+                    reply.text()
+                ),
+            ),
             UpstreamError::AuthRejected { reply, .. } => Reply::new(
                 454,
                 (4, 7, 0),
@@ -274,6 +291,36 @@ impl std::error::Error for UpstreamError {
             }
             _ => None,
         }
+    }
+}
+
+/// Sorts an upstream's reply to MAIL, RCPT, DATA or the end of data: a verdict on the
+/// message or a mailbox is passed on (`Ok`); a `421` (the upstream is closing) and a refusal
+/// of the relay's own command as malformed or out of sequence (`500`, `503`, `504`, `555`,
+/// and a `501` that says it is about syntax: enhanced code `5.5.x` or the word "syntax") are
+/// errors (smtp-edge-cases, "Translated"). A policy `501` such as QQ's `501 mail from address
+/// must be same as authorization user` is a verdict and passes.
+pub fn vet(upstream: &str, phase: Phase, reply: Reply) -> Result<Reply, UpstreamError> {
+    let syntax = |r: &Reply| {
+        matches!(r.enhanced, Some((_, 5, _))) || r.text().to_ascii_lowercase().contains("syntax")
+    };
+    match reply.code {
+        421 => Err(UpstreamError::Refused {
+            upstream: upstream.to_string(),
+            phase,
+            reply,
+        }),
+        500 | 503 | 504 | 555 => Err(UpstreamError::Bug {
+            upstream: upstream.to_string(),
+            phase,
+            reply,
+        }),
+        501 if syntax(&reply) => Err(UpstreamError::Bug {
+            upstream: upstream.to_string(),
+            phase,
+            reply,
+        }),
+        _ => Ok(reply),
     }
 }
 
@@ -629,7 +676,7 @@ impl Upstream {
             .command(out, Phase::Mail, self.timeouts.command)
             .await?
         {
-            ClientEvent::Mail(r) => Ok(r),
+            ClientEvent::Mail(r) => vet(&self.name, Phase::Mail, r),
             other => Err(self.unexpected(other, Phase::Mail)),
         }
     }
@@ -644,7 +691,7 @@ impl Upstream {
             .command(out, Phase::Rcpt, self.timeouts.command)
             .await?
         {
-            ClientEvent::Rcpt { reply, .. } => Ok(reply),
+            ClientEvent::Rcpt { reply, .. } => vet(&self.name, Phase::Rcpt, reply),
             other => Err(self.unexpected(other, Phase::Rcpt)),
         }
     }
@@ -670,11 +717,33 @@ impl Upstream {
                 rcpts: replies,
             });
         }
-        let mut out = vec![
-            self.session
-                .mail(from.clone(), params.clone())
-                .map_err(|e| self.protocol(e))?,
-        ];
+        let (mail, rcpts) = self.batch(Some((from, params)), rcpts).await?;
+        Ok(EnvelopeReplies {
+            mail: mail.expect("MAIL was sent"),
+            rcpts,
+        })
+    }
+
+    /// Whether the upstream offered PIPELINING (RFC 2920) in its last EHLO.
+    pub fn can_pipeline(&self) -> bool {
+        self.session.can_pipeline()
+    }
+
+    /// MAIL (when given) and RCPTs in one write, the replies read back in order. Only for an
+    /// upstream that offers PIPELINING (see [`Upstream::can_pipeline`]).
+    pub async fn batch(
+        &mut self,
+        mail: Option<(&ReversePath, &MailParams)>,
+        rcpts: &[(ForwardPath, RcptParams)],
+    ) -> Result<(Option<Reply>, Vec<Reply>), UpstreamError> {
+        let mut out = Vec::with_capacity(rcpts.len() + 1);
+        if let Some((from, params)) = mail {
+            out.push(
+                self.session
+                    .mail(from.clone(), params.clone())
+                    .map_err(|e| self.protocol(e))?,
+            );
+        }
         for (to, p) in rcpts {
             out.push(
                 self.session
@@ -682,26 +751,37 @@ impl Upstream {
                     .map_err(|e| self.protocol(e))?,
             );
         }
-        self.send(&out, Phase::Mail).await?;
-        let mut mail = None;
+        if out.is_empty() {
+            return Ok((None, Vec::new()));
+        }
+        let first = if mail.is_some() {
+            Phase::Mail
+        } else {
+            Phase::Rcpt
+        };
+        self.send(&out, first).await?;
+        let mut mail_reply = None;
         let mut replies = Vec::with_capacity(rcpts.len());
         for i in 0..out.len() {
-            let phase = if i == 0 { Phase::Mail } else { Phase::Rcpt };
+            let phase = if i == 0 { first } else { Phase::Rcpt };
             let reply = self.read_reply(phase, self.timeouts.command).await?;
             match self
                 .session
                 .handle_reply(reply)
                 .map_err(|e| self.protocol(e))?
             {
-                ClientEvent::Mail(r) => mail = Some(r),
-                ClientEvent::Rcpt { reply, .. } => replies.push(reply),
+                ClientEvent::Mail(r) => mail_reply = Some(vet(&self.name, phase, r)?),
+                // After a refused MAIL, the RCPTs' 503s are about that, not a relay bug.
+                ClientEvent::Rcpt { reply, .. }
+                    if mail_reply.as_ref().is_some_and(|m| !m.is_positive()) =>
+                {
+                    replies.push(reply)
+                }
+                ClientEvent::Rcpt { reply, .. } => replies.push(vet(&self.name, phase, reply)?),
                 other => return Err(self.unexpected(other, phase)),
             }
         }
-        Ok(EnvelopeReplies {
-            mail: mail.expect("the first reply answers MAIL"),
-            rcpts: replies,
-        })
+        Ok((mail_reply, replies))
     }
 
     /// DATA: `354` means the body may follow; anything else is the upstream's refusal.
@@ -713,7 +793,7 @@ impl Upstream {
         {
             ClientEvent::Data(r) => {
                 self.encoder = DataEncoder::new();
-                Ok(r)
+                vet(&self.name, Phase::Data, r)
             }
             other => Err(self.unexpected(other, Phase::Data)),
         }
@@ -749,7 +829,7 @@ impl Upstream {
             .handle_reply(reply)
             .map_err(|e| self.protocol(e))?
         {
-            ClientEvent::Message(r) => Ok(r),
+            ClientEvent::Message(r) => vet(&self.name, Phase::EndOfData, r),
             other => Err(self.unexpected(other, Phase::EndOfData)),
         }
     }
@@ -807,5 +887,37 @@ async fn handshake(config: &UpstreamConfig, io: Box<dyn Io>) -> Result<Box<dyn I
             phase: Phase::Tls,
             after: config.timeouts.connect,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vet_sorts_verdicts_from_relay_bugs_and_closings() {
+        let ok = |r: Reply| vet("up", Phase::Rcpt, r.clone()).ok() == Some(r);
+        assert!(ok(Reply::plain(250, "Mail OK")));
+        assert!(ok(Reply::plain(550, "Invalid User")));
+        assert!(ok(Reply::plain(
+            501,
+            "mail from address must be same as authorization user"
+        )));
+        assert!(ok(Reply::plain(451, "MI:SFQ")));
+        for bug in [
+            Reply::plain(500, "Error: bad syntax"),
+            Reply::plain(501, "Syntax error in parameters"),
+            Reply::new(501, (5, 5, 4), "Bad parameter"),
+            Reply::plain(503, "bad sequence of commands"),
+            Reply::plain(555, "MAIL FROM parameters not recognized"),
+        ] {
+            let e = vet("up", Phase::Rcpt, bug.clone()).unwrap_err();
+            let r = e.client_reply();
+            assert_eq!((r.code, r.enhanced), (451, Some((4, 3, 0))), "{bug}");
+            assert!(r.text().contains("relay bug"), "{r}");
+        }
+        let e = vet("up", Phase::Mail, Reply::plain(421, "HL:ICC")).unwrap_err();
+        assert_eq!(e.client_reply().code, 451);
+        assert!(e.client_reply().text().contains("421 HL:ICC"));
     }
 }

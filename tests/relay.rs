@@ -539,3 +539,115 @@ async fn users_mode_checks_the_users_file_and_uses_the_relays_own_credentials() 
         );
     }
 }
+
+/// A client that pipelines (RFC 2920) has its group forwarded as a group when the upstream
+/// offers PIPELINING: MAIL and the RCPTs in one write, the replies read after.
+#[tokio::test]
+async fn a_pipelined_group_is_forwarded_as_a_group() {
+    let s = common::setup_full("pipelined", |f| f.persona.pipelining = Some(true), |_| {}).await;
+    let (mut c, _) = s.login("ALICEAUTHCODE163").await;
+    c.send_raw(b"MAIL FROM:<alice@163.com>\r\nRCPT TO:<bob@163.com>\r\nRCPT TO:<friend@qq.com>\r\nDATA\r\n")
+        .await;
+    for want in ["250 Mail OK", "250 Mail OK", "250 Mail OK"] {
+        assert_eq!(c.reply().await.to_string(), want);
+    }
+    assert_eq!(c.reply().await.code, 354);
+    c.send_raw(MESSAGE).await;
+    assert!(
+        c.reply()
+            .await
+            .to_string()
+            .starts_with("250 Mail OK queued as")
+    );
+    c.cmd("QUIT").await;
+    s.relay.shutdown().await;
+    let t = s.relay.transcripts().join("");
+    let at = t.find("C: MAIL FROM:<alice@163.com>").unwrap();
+    let lines: Vec<&str> = t[at..].lines().skip(1).take(6).map(str::trim).collect();
+    assert_eq!(
+        lines,
+        [
+            "U> MAIL FROM:<alice@163.com>",
+            "U> RCPT TO:<bob@163.com>",
+            "U> RCPT TO:<friend@qq.com>",
+            "U< 250 Mail OK",
+            "U< 250 Mail OK",
+            "U< 250 Mail OK",
+        ],
+        "{t}"
+    );
+    let got = s.fake.wait_for(1, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(got[0].rcpt_to, ["bob@163.com", "friend@qq.com"]);
+    s.fake.shutdown().await;
+}
+
+/// Recipients sent ahead that the relay's own session then answers itself (a duplicate, one
+/// over the recipient limit) must not stay in the upstream's envelope: it is replayed with
+/// exactly the client's recipients before DATA.
+#[tokio::test]
+async fn recipients_sent_ahead_but_refused_locally_never_get_the_message() {
+    let s = common::setup_full(
+        "pipelined-limit",
+        |f| f.persona.pipelining = Some(true),
+        |c| c.max_recipients = 2,
+    )
+    .await;
+    let (mut c, _) = s.login("ALICEAUTHCODE163").await;
+    c.send_raw(b"MAIL FROM:<alice@163.com>\r\nRCPT TO:<bob@163.com>\r\nRCPT TO:<bob@163.COM>\r\nRCPT TO:<friend@qq.com>\r\nRCPT TO:<third@bupt.edu.cn>\r\nDATA\r\n")
+        .await;
+    assert_eq!(c.reply().await.to_string(), "250 Mail OK");
+    assert_eq!(c.reply().await.to_string(), "250 Mail OK");
+    assert_eq!(c.reply().await.code, 250, "a duplicate is accepted once");
+    assert_eq!(c.reply().await.to_string(), "250 Mail OK");
+    let over = c.reply().await;
+    assert_eq!((over.code, over.enhanced), (452, Some((4, 5, 3))), "{over}");
+    assert_eq!(c.reply().await.code, 354);
+    c.send_raw(MESSAGE).await;
+    assert!(
+        c.reply()
+            .await
+            .to_string()
+            .starts_with("250 Mail OK queued as")
+    );
+    c.cmd("QUIT").await;
+    let got = s.fake.wait_for(1, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(got[0].rcpt_to, ["bob@163.com", "friend@qq.com"]);
+    s.stop().await;
+}
+
+/// An upstream that calls the relay's own command malformed is a relay bug, not the
+/// client's: 451 4.3.0 (and an error in the log). An upstream closing with 421 is a 4xx too.
+#[tokio::test]
+async fn upstream_syntax_errors_and_421_are_translated_not_forwarded() {
+    let s = setup(
+        "translated",
+        vec![
+            Fault::on(Stage::Rcpt)
+                .first(1)
+                .reply("500 Error: bad syntax"),
+            Fault::on(Stage::Mail)
+                .nth(2)
+                .reply("421 HL:ICC 163 closing"),
+        ],
+    )
+    .await;
+    let (mut c, _) = s.login("ALICEAUTHCODE163").await;
+    assert_eq!(c.cmd("MAIL FROM:<alice@163.com>").await, "250 Mail OK");
+    c.send("RCPT TO:<bob@163.com>").await;
+    let r = c.reply().await;
+    assert_eq!((r.code, r.enhanced), (451, Some((4, 3, 0))), "{r}");
+    assert!(
+        r.to_string()
+            .contains("refused the relay's own RCPT command: 500 Error: bad syntax"),
+        "{r}"
+    );
+    // The upstream session was dropped; the next transaction opens a new one (with the
+    // client's credentials), whose MAIL gets the 421.
+    c.cmd("RSET").await;
+    c.send("MAIL FROM:<alice@163.com>").await;
+    let r = c.reply().await;
+    assert_eq!(r.code, 451, "{r}");
+    assert!(r.to_string().contains("421 HL:ICC 163 closing"), "{r}");
+    c.cmd("QUIT").await;
+    s.stop().await;
+}

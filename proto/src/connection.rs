@@ -118,6 +118,37 @@ impl ServerConnection {
         self.input.len() - self.consumed
     }
 
+    /// The complete command lines already received after the one being decided (without
+    /// their CRLF), at most `max`: a pipelining client's group, for a proxy that wants to
+    /// forward it as a group (RFC 2920). A peek only: the lines are still handled one by one,
+    /// and the session may answer some of them itself. Nothing while reading content or an
+    /// AUTH exchange; it stops at a line that is too long or holds a bare CR or LF.
+    pub fn pipelined_lines(&self, max: usize) -> Vec<&[u8]> {
+        let mut lines = Vec::new();
+        let commands = match self.session.input() {
+            Input::Line { max } => max == crate::line::MAX_COMMAND_LINE,
+            _ => self.session.deciding_envelope(),
+        };
+        if !commands {
+            return lines;
+        }
+        let mut rest = &self.input[self.consumed..];
+        while lines.len() < max {
+            let Some(end) = memchr::memmem::find(rest, b"\r\n") else {
+                break;
+            };
+            let line = &rest[..end];
+            if end + 2 > crate::line::MAX_COMMAND_LINE
+                || memchr::memchr2(b'\r', b'\n', line).is_some()
+            {
+                break;
+            }
+            lines.push(line);
+            rest = &rest[end + 2..];
+        }
+        lines
+    }
+
     /// Whether the session is reading message content (DATA or a BDAT chunk): the driver's
     /// timeouts differ there.
     pub fn in_data(&self) -> bool {
@@ -319,4 +350,51 @@ pub fn escape(text: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pipelined_lines_peek_at_the_group_without_consuming_it() {
+        let config = ServerConfig {
+            auth_required: false,
+            ..ServerConfig::default()
+        };
+        let mut c = ServerConnection::new(
+            config,
+            Transport::Plain,
+            LineEndings::CrlfOnly,
+            BareLineEnding::Reject,
+        );
+        c.receive(b"EHLO x\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\nRCPT TO:<g@h\ri>\r\nDATA\r\nRCPT TO:<partial");
+        assert!(matches!(c.next_event(), Some(Event::Reply(_))));
+        // Deciding MAIL: the RCPT after it is visible; the one with a bare CR stops the peek.
+        assert!(matches!(
+            c.next_event(),
+            Some(Event::Decide(Decision::Mail { .. }))
+        ));
+        assert_eq!(c.pipelined_lines(10), vec![&b"RCPT TO:<d@e.f>"[..]]);
+        assert_eq!(c.pipelined_lines(0), Vec::<&[u8]>::new());
+        c.decide(Verdict::Accept);
+        assert!(matches!(c.next_event(), Some(Event::Reply(_))));
+        assert!(matches!(
+            c.next_event(),
+            Some(Event::Decide(Decision::Rcpt { .. }))
+        ));
+        assert!(
+            c.pipelined_lines(10).is_empty(),
+            "the bare CR line stops it"
+        );
+        c.decide(Verdict::Accept);
+        assert!(matches!(c.next_event(), Some(Event::Reply(_))));
+        assert!(matches!(c.next_event(), Some(Event::Reply(r)) if r.code == 501));
+        assert!(matches!(
+            c.next_event(),
+            Some(Event::Decide(Decision::BeginData))
+        ));
+        // An incomplete line is not a line yet.
+        assert!(c.pipelined_lines(10).is_empty());
+    }
 }

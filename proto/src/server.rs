@@ -335,6 +335,15 @@ impl ServerSession {
         &self.envelope
     }
 
+    /// Whether the session waits for the verdict on a MAIL or RCPT (what follows in the
+    /// input are commands, not content).
+    pub fn deciding_envelope(&self) -> bool {
+        matches!(
+            self.phase,
+            Phase::Pending(Pending::Mail { .. } | Pending::Rcpt { .. })
+        )
+    }
+
     pub fn input(&self) -> Input {
         match &self.phase {
             Phase::Command => Input::Line {

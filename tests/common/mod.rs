@@ -42,8 +42,17 @@ pub async fn setup_with(
     faults: Vec<Fault>,
     tweak: impl FnOnce(&mut RelayConfig),
 ) -> Setup {
+    setup_full(name, |f| f.faults = faults, tweak).await
+}
+
+/// A fake 163 as `fake_tweak` makes it, and the relay as `tweak` makes it.
+pub async fn setup_full(
+    name: &str,
+    fake_tweak: impl FnOnce(&mut fake_upstream::Config),
+    tweak: impl FnOnce(&mut RelayConfig),
+) -> Setup {
     let mut config = fake_upstream::testing::config("163", &format!("relay-{name}"));
-    config.faults = faults;
+    fake_tweak(&mut config);
     let fake = fake_upstream::testing::start(config).await;
     let tls =
         fake_upstream::tls::load(fake_upstream::tls::TlsFiles::in_dir(fake.data_dir())).unwrap();
