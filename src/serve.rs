@@ -165,7 +165,8 @@ pub fn parse(text: &str, origin: &str, base: &Path) -> Result<Loaded, String> {
     }
     let auth = match f.auth.mode.as_str() {
         "passthrough" => AuthMode::Passthrough,
-        "trusted" => {
+        // No AUTH at all; "trusted" is the same mode, named for what it relies on.
+        "none" | "trusted" => {
             let nets = f
                 .auth
                 .trusted_networks
@@ -205,7 +206,9 @@ pub fn parse(text: &str, origin: &str, base: &Path) -> Result<Loaded, String> {
             return Err(bad(
                 origin,
                 "auth.mode",
-                format!("{other:?}: expected \"passthrough\", \"users\" or \"trusted\""),
+                format!(
+                    "{other:?}: expected \"passthrough\", \"users\" or \"none\" (also spelled \"trusted\")"
+                ),
             ));
         }
     };
@@ -559,6 +562,12 @@ tls = "implicit"
         );
         let e = parse(&format!("{BASE}colour = 1\n"), "r.toml", Path::new(".")).unwrap_err();
         assert!(e.starts_with("r.toml: ") && e.contains("colour"), "{e}");
+        let none = BASE.replace(
+            "mode = \"passthrough\"",
+            "mode = \"none\"\ntrusted_networks = [\"10.0.0.0/8\"]",
+        );
+        let c = parse(&none, "r.toml", Path::new(".")).unwrap().relay;
+        assert!(matches!(c.auth, AuthMode::TrustedNetworks(ref n) if n.len() == 1));
         let e = parse(
             &BASE.replace("\"passthrough\"", "\"trusted\""),
             "r.toml",
