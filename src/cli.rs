@@ -36,12 +36,16 @@ pub enum Command {
         #[arg(long)]
         log_json: bool,
     },
+    /// Replay scenario files (scripted client sessions, checks on what the upstream got)
+    /// against smtp-relay and fake upstreams, or against another relay with --relay.
+    Scenarios(crate::scenario::cli::ScenariosArgs),
 }
 
 /// Runs a parsed command line; the binary's `main` only parses arguments and calls this.
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Up(args) => block_on(crate::up::run(args)),
+        Command::Scenarios(args) => block_on(crate::scenario::cli::run(args)),
         Command::Serve { config, log_json } => {
             block_on(async move { crate::serve::run(&config, log_json).await })
         }

@@ -120,11 +120,10 @@ pub fn build(r: &Report) -> Vec<u8> {
     line("");
     for f in r.failures {
         line(&format!(
-            "<{}>: {} said: {} {}",
+            "<{}>: {} said: {}",
             ascii(&f.recipient),
             ascii(&f.remote),
-            f.reply.code,
-            ascii(&f.reply.text())
+            ascii(&crate::upstream::said(&f.reply))
         ));
     }
     line("");
@@ -145,9 +144,8 @@ pub fn build(r: &Report) -> Vec<u8> {
         line(&format!("Status: {}", status(&f.reply)));
         line(&format!("Remote-MTA: dns; {}", ascii(&f.remote)));
         line(&format!(
-            "Diagnostic-Code: smtp; {} {}",
-            f.reply.code,
-            ascii(&f.reply.text())
+            "Diagnostic-Code: smtp; {}",
+            ascii(&crate::upstream::said(&f.reply))
         ));
     }
     line("");

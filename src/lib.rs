@@ -9,6 +9,7 @@
 //!   replies, the spool.
 //! - [`route`]: the routes table (recipient domain -> upstream).
 //! - [`dsn`]: RFC 3464 delivery status notifications for mixed outcomes.
+//! - [`scenario`]: the scenario format, the runner (`smtp-relay scenarios`), its reports.
 //! - [`serve`]: `smtp-relay serve --config relay.toml`, the relay for real use.
 //! - [`spool`]: spool retention by age and total size.
 //! - [`up`]: `smtp-relay up`, the relay and a fake 163 in one process, for offline work.
@@ -25,6 +26,7 @@ pub mod dsn;
 pub mod log;
 pub mod relay;
 pub mod route;
+pub mod scenario;
 pub mod serve;
 pub mod spool;
 pub mod up;

@@ -136,15 +136,24 @@ impl RelayHandle {
         self.tls_addr
     }
 
-    /// Two-hop transcripts of the sessions that ended (when `transcripts` is configured).
+    /// Two-hop transcripts of the sessions that ended (when `transcripts` is configured), in
+    /// the order the sessions began.
     pub fn transcripts(&self) -> Vec<String> {
-        self.shared
+        let mut kept: Vec<(u64, String)> = self
+            .shared
             .transcripts
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
-            .map(|lines| lines.join("\n") + "\n")
-            .collect()
+            .map(|(id, lines)| (*id, lines.join("\n") + "\n"))
+            .collect();
+        kept.sort_by_key(|(id, _)| *id);
+        kept.into_iter().map(|(_, t)| t).collect()
+    }
+
+    /// Asks for a shutdown without waiting for it (see [`RelayHandle::shutdown`]).
+    pub fn begin_shutdown(&self) {
+        let _ = self.shutdown.send(true);
     }
 
     /// Stops accepting, sends `421 4.3.2` to sessions waiting for a command, waits for the
@@ -160,7 +169,7 @@ impl RelayHandle {
 
 struct Shared {
     config: RelayConfig,
-    transcripts: std::sync::Mutex<std::collections::VecDeque<Vec<String>>>,
+    transcripts: std::sync::Mutex<std::collections::VecDeque<(u64, Vec<String>)>>,
     sessions: Semaphore,
     per_ip: std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>,
     next_id: AtomicU64,
@@ -451,7 +460,7 @@ async fn client(
         if kept.len() >= 1000 {
             kept.pop_front();
         }
-        kept.push_back(lines);
+        kept.push_back((session.id, lines));
     }
 }
 
@@ -690,7 +699,9 @@ impl Session {
         mut shutdown: watch::Receiver<bool>,
     ) -> std::io::Result<()> {
         let mut out = Vec::new();
-        self.conn.greeting().encode(&mut out);
+        let greeting = self.conn.greeting();
+        self.note_reply(&greeting);
+        greeting.encode(&mut out);
         let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
         loop {
             match self.process(&mut out).await {
@@ -781,6 +792,7 @@ impl Session {
                     continue;
                 }
                 Some(Event::Discard) => {
+                    self.note("C: <message data: not relayed>".into());
                     self.abort_transaction().await;
                     continue;
                 }
@@ -1252,10 +1264,9 @@ impl Session {
     /// `<upstream>: <code> <text>`, one line of a combined reply.
     fn said(&self, r: usize, reply: &Reply) -> String {
         format!(
-            "{}: {} {}",
+            "{}: {}",
             route_upstream(&self.shared.config, r).name,
-            reply.code,
-            reply.text()
+            crate::upstream::said(reply)
         )
     }
 

@@ -246,29 +246,20 @@ impl UpstreamError {
             UpstreamError::Refused { phase, reply, .. } => Reply::new(
                 451,
                 (4, 4, 5),
-                format!(
-                    "upstream {up}: {phase} refused: {} {}",
-                    reply.code,
-                    reply.text()
-                ),
+                format!("upstream {up}: {phase} refused: {}", said(reply)),
             ),
             UpstreamError::Bug { phase, reply, .. } => Reply::new(
                 451,
                 (4, 3, 0),
                 format!(
-                    "upstream {up}: refused the relay's own {phase} command: {} {} (a relay bug, logged)",
-                    reply.code,
-                    reply.text()
+                    "upstream {up}: refused the relay's own {phase} command: {} (a relay bug, logged)",
+                    said(reply)
                 ),
             ),
             UpstreamError::AuthRejected { reply, .. } => Reply::new(
                 454,
                 (4, 7, 0),
-                format!(
-                    "upstream {up}: authentication refused: {} {}",
-                    reply.code,
-                    reply.text()
-                ),
+                format!("upstream {up}: authentication refused: {}", said(reply)),
             ),
             UpstreamError::Protocol { reason, .. } => {
                 Reply::new(451, (4, 3, 0), format!("upstream {up}: {reason}"))
@@ -291,6 +282,15 @@ impl std::error::Error for UpstreamError {
             }
             _ => None,
         }
+    }
+}
+
+/// A reply on one line as it was said, enhanced code included (`554 5.7.1 no thanks`), for
+/// texts that quote an upstream.
+pub fn said(reply: &Reply) -> String {
+    match reply.enhanced {
+        Some((a, b, c)) => format!("{} {a}.{b}.{c} {}", reply.code, reply.text()),
+        None => format!("{} {}", reply.code, reply.text()),
     }
 }
 
@@ -881,6 +881,22 @@ async fn handshake(config: &UpstreamConfig, io: Box<dyn Io>) -> Result<Box<dyn I
     let connector = tokio_rustls::TlsConnector::from(tls_config);
     match tokio::time::timeout(config.timeouts.connect, connector.connect(name, io)).await {
         Ok(Ok(stream)) => Ok(Box::new(stream)),
+        // Closed before the handshake finished (an EOF or a reset, whichever the OS reports
+        // first): said the same way each time.
+        Ok(Err(e))
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::UnexpectedEof
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+            ) =>
+        {
+            Err(UpstreamError::Closed {
+                upstream: config.name.clone(),
+                phase: Phase::Tls,
+            })
+        }
         Ok(Err(e)) => Err(tls_error(e.to_string())),
         Err(_) => Err(UpstreamError::Timeout {
             upstream: config.name.clone(),

@@ -325,7 +325,7 @@ async fn connection_lost_at_the_end_of_data_on_one_route_is_reported_and_bounced
         "{reply}"
     );
     assert!(
-        reply.contains("smtp.qq.com (fake): 451 upstream smtp.qq.com (fake): connection closed during end of data"),
+        reply.contains("smtp.qq.com (fake): 451 4.4.2 upstream smtp.qq.com (fake): connection closed during end of data"),
         "{reply}"
     );
     c.cmd("QUIT").await;

@@ -18,7 +18,7 @@ use crate::server::FakeUpstream;
     about = "An offline smtp.163.com / smtp.qq.com / sink SMTP server with real TLS"
 )]
 pub struct Args {
-    /// Persona: 163, qq, sink, or a path to a persona TOML file.
+    /// Persona: 163, qq, qq-mx, sink, or a path to a persona TOML file.
     #[arg(long)]
     pub persona: Option<String>,
     /// Plain listener with STARTTLS (like port 25).

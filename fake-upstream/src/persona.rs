@@ -10,9 +10,10 @@ use smtp_wire::{Capabilities, Extension, Mechanism, Reply, ReplyBook, ReplyKind,
 
 use crate::error::Error;
 
-const BUILTIN: [(&str, &str); 3] = [
+const BUILTIN: [(&str, &str); 4] = [
     ("163", include_str!("../personas/163.toml")),
     ("qq", include_str!("../personas/qq.toml")),
+    ("qq-mx", include_str!("../personas/qq-mx.toml")),
     ("sink", include_str!("../personas/sink.toml")),
 ];
 

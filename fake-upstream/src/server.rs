@@ -38,6 +38,9 @@ pub struct Transcript {
     pub id: u64,
     pub client: Option<SocketAddr>,
     pub lines: Vec<String>,
+    /// When each line was recorded (same length as `lines`): to interleave this side with
+    /// another's in time order.
+    pub times: Vec<std::time::Instant>,
     /// Off for load runs (`Config::transcripts`): nothing is recorded.
     recording: bool,
 }
@@ -46,6 +49,7 @@ impl Transcript {
     fn push(&mut self, line: String) {
         if self.recording {
             self.lines.push(line);
+            self.times.push(std::time::Instant::now());
         }
     }
 
@@ -291,6 +295,7 @@ async fn connection(
         id,
         client: Some(peer),
         lines: Vec::new(),
+        times: Vec::new(),
         recording: shared.config.transcripts,
     };
     transcript.push(format!("* connect from {peer} ({kind:?} listener)"));

@@ -408,7 +408,7 @@ fn binary_reports_a_bad_config_by_file_and_key() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("expected one of 163, qq, sink"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expected one of 163, qq, qq-mx, sink"));
 }
 
 #[test]

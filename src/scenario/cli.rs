@@ -1,0 +1,151 @@
+//! `smtp-relay scenarios [PATH...]`: finds the scenario files, runs them, prints a line per
+//! scenario and a table, writes JUnit XML and transcripts when asked; exit status 1 when a
+//! scenario fails, 2 when a file cannot be read or parsed.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use super::run::{Options, Target, Verdict};
+use super::{Scenario, report};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ScenariosArgs {
+    /// Scenario files or directories of them (`*.scn`).
+    #[arg(default_value = "scenarios")]
+    pub paths: Vec<PathBuf>,
+    /// Scenarios run at once (each has its own relay and fake upstreams on port 0).
+    #[arg(long, default_value_t = default_jobs())]
+    pub jobs: usize,
+    /// Only the scenarios whose name contains this.
+    #[arg(long)]
+    pub filter: Option<String>,
+    /// Write JUnit XML here (for CI systems).
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
+    /// Write each scenario's normalised two-hop transcript here (`<name>.log`).
+    #[arg(long, value_name = "DIR")]
+    pub transcripts: Option<PathBuf>,
+    /// Seconds per scenario, overriding the scenario's own timeout.
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<f64>,
+    /// Run the client side against this relay instead of smtp-relay (only scenarios tagged
+    /// portable; one at a time).
+    #[arg(long, value_name = "HOST:PORT", requires = "upstream_listen")]
+    pub relay: Option<SocketAddr>,
+    /// With --relay: where the fake upstream listens (plain SMTP), i.e. where that relay is
+    /// configured to deliver.
+    #[arg(long, value_name = "ADDR")]
+    pub upstream_listen: Option<SocketAddr>,
+    /// Where the run keeps its CA, fake mailboxes and spools (a failed scenario's stay).
+    #[arg(long, value_name = "DIR")]
+    pub work_dir: Option<PathBuf>,
+}
+
+fn default_jobs() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get() * 2)
+        .unwrap_or(4)
+}
+
+pub async fn run(args: ScenariosArgs) -> ExitCode {
+    let files = match super::find(&args.paths) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("smtp-relay scenarios: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut scenarios = Vec::new();
+    let mut bad = 0;
+    for f in files {
+        match Scenario::load(&f) {
+            Ok(sc) => {
+                if args
+                    .filter
+                    .as_ref()
+                    .is_none_or(|p| sc.name.contains(p.as_str()))
+                {
+                    scenarios.push(sc);
+                }
+            }
+            Err(e) => {
+                eprintln!("smtp-relay scenarios: {e}");
+                bad += 1;
+            }
+        }
+    }
+    if bad > 0 {
+        return ExitCode::from(2);
+    }
+    if scenarios.is_empty() {
+        eprintln!("smtp-relay scenarios: no scenario matched");
+        return ExitCode::from(2);
+    }
+    let target = match (args.relay, args.upstream_listen) {
+        (Some(relay), Some(upstream_listen)) => Target::External {
+            relay,
+            upstream_listen,
+        },
+        _ => Target::Ours,
+    };
+    let work_dir = args.work_dir.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("smtp-relay-scenarios-{}", std::process::id()))
+    });
+    let opts = Options {
+        target,
+        jobs: args.jobs,
+        timeout: args.timeout.map(Duration::from_secs_f64),
+        work_dir: work_dir.clone(),
+    };
+    smtp_net::say(&format!(
+        "smtp-relay scenarios: {} scenario(s), {} at once, work directory {}\n",
+        scenarios.len(),
+        match opts.target {
+            Target::Ours => args.jobs.max(1),
+            Target::External { .. } => 1,
+        },
+        work_dir.display()
+    ));
+    let outcomes = match super::run_all(scenarios, &opts, |o| {
+        smtp_net::say(&(report::line(o) + "\n"))
+    })
+    .await
+    {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("smtp-relay scenarios: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    smtp_net::say(&format!("\n{}", report::table(&outcomes)));
+    if let Some(path) = &args.junit
+        && let Err(e) = std::fs::write(path, report::junit(&outcomes))
+    {
+        eprintln!("smtp-relay scenarios: {}: {e}", path.display());
+        return ExitCode::from(2);
+    }
+    if let Some(dir) = &args.transcripts {
+        let _ = std::fs::create_dir_all(dir);
+        for o in outcomes.iter().filter(|o| !o.transcript.is_empty()) {
+            let _ = std::fs::write(dir.join(format!("{}.log", o.name)), &o.transcript);
+        }
+    }
+    let (_, failed, _) = report::counts(&outcomes);
+    if failed == 0 {
+        let _ = std::fs::remove_dir_all(&work_dir);
+        ExitCode::SUCCESS
+    } else {
+        let kept: Vec<_> = outcomes
+            .iter()
+            .filter(|o| matches!(o.verdict, Verdict::Fail(_)))
+            .map(|o| work_dir.join(&o.name).display().to_string())
+            .collect();
+        eprintln!(
+            "smtp-relay scenarios: {failed} failed; their upstream data and spools are kept in\n  {}",
+            kept.join("\n  ")
+        );
+        ExitCode::from(1)
+    }
+}

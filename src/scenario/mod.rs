@@ -1,0 +1,998 @@
+//! Scenarios: scripted SMTP sessions replayed against a relay and fake upstreams, with
+//! checks on both sides. The format is documented in `scenarios/README.md`; this module
+//! parses it ([`Scenario::parse`]), writes it back ([`Scenario::to_text`], used to save a
+//! shrunk property-test case), and [`run`] replays it.
+
+pub mod cli;
+pub mod report;
+pub mod run;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use fake_upstream::{DropWhen, Fault, Stage, User};
+
+pub use run::{Options, Outcome, Target, run_all, run_one};
+
+/// One scenario file.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Scenario {
+    /// The file stem (`seed-foxmail-gb2312`).
+    pub name: String,
+    pub path: PathBuf,
+    pub description: String,
+    /// `portable`: depends on no policy of smtp-relay's own, so it also runs against other
+    /// relays (`--relay`).
+    pub tags: Vec<String>,
+    /// The whole scenario must finish within this (default 30 s).
+    pub timeout: Duration,
+    /// The default route's fake upstream.
+    pub upstream: Upstream,
+    /// Other routes, each with its own fake upstream.
+    pub routes: Vec<RouteSetup>,
+    /// Relay settings (`relay: key=value ...`), applied in order.
+    pub relay: Vec<(String, String)>,
+    pub steps: Vec<Line<Step>>,
+    pub checks: Vec<Line<Check>>,
+}
+
+/// A parsed item and the line it came from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Line<T> {
+    pub line: usize,
+    pub item: T,
+}
+
+/// A fake upstream: its persona and how it is set up.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Upstream {
+    /// `163`, `qq`, `qq-mx`, `sink`, or a persona file (relative to the scenario).
+    pub persona: String,
+    pub era: Option<String>,
+    pub pipelining: Option<bool>,
+    pub no_limits: bool,
+    /// `None`: the persona's demo users.
+    pub users: Option<Vec<User>>,
+    pub faults: Vec<Fault>,
+    /// How the relay reaches it: `implicit` (default), `starttls` or `none`.
+    pub tls: String,
+}
+
+impl Upstream {
+    fn new(persona: &str) -> Upstream {
+        Upstream {
+            persona: persona.to_string(),
+            era: None,
+            pipelining: None,
+            no_limits: false,
+            users: None,
+            faults: Vec::new(),
+            tls: "implicit".into(),
+        }
+    }
+}
+
+/// `route NAME: DOMAIN... -> PERSONA`
+#[derive(Clone, Debug, PartialEq)]
+pub struct RouteSetup {
+    pub name: String,
+    pub domains: Vec<String>,
+    pub upstream: Upstream,
+}
+
+/// A client step.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Step {
+    /// Connect to the relay's plain listener, or with `tls` to its implicit-TLS listener.
+    Connect {
+        tls: bool,
+    },
+    /// Bytes to send (a `C:` line with its CRLF, or `raw:` bytes). Consecutive sends go out
+    /// in one write: a pipelined group.
+    Send(Vec<u8>),
+    /// Send what is buffered now (separates two writes).
+    Flush,
+    /// Expect one reply.
+    Expect(ExpectReply),
+    /// Expect the server to close the connection (after any replies already expected).
+    Close,
+    Sleep(Duration),
+    /// `C: STARTTLS`, expect 220, then the TLS handshake.
+    StartTls,
+    /// The TLS handshake, now.
+    Tls,
+    /// The AUTH exchange; the final reply is the next `S:`.
+    Auth {
+        mechanism: String,
+        user: String,
+        secret: String,
+    },
+    /// A message file from `scenarios/messages/`, sent as DATA content: CRLF line ends,
+    /// dot-stuffed, then `.CRLF`.
+    Message(PathBuf),
+    /// A generated message of this many octets (headers, then 76-character lines of text),
+    /// sent as DATA content like `message:`.
+    GeneratedMessage(usize),
+    /// `C: QUIT`, expect 221, expect the close.
+    Quit,
+    /// Tell the relay to shut down (smtp-relay only), without waiting for it.
+    Shutdown,
+}
+
+/// What a reply must look like.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExpectReply {
+    /// One per reply line; a single pattern matches a reply of any number of lines.
+    pub lines: Vec<ReplyLinePattern>,
+}
+
+/// A reply line's code and, optionally, a glob for its text.
+pub type ReplyLinePattern = (CodePattern, Option<String>);
+
+/// `250`, `2xx`, `5x1`: digits or `x`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CodePattern(pub String);
+
+impl CodePattern {
+    pub fn matches(&self, code: u16) -> bool {
+        let digits = format!("{code:03}");
+        self.0.len() == 3
+            && self
+                .0
+                .chars()
+                .zip(digits.chars())
+                .all(|(p, d)| p == 'x' || p == d)
+    }
+}
+
+/// A check made after the client's steps, when the relay has finished.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Check {
+    /// Exactly these recipients got a copy (over all upstreams, any order).
+    Delivered(Vec<String>),
+    /// This many messages reached the upstreams.
+    Messages(usize),
+    /// Every message an upstream got is what the client sent, byte for byte, after the trace
+    /// headers (Received, Return-Path) the relay put on top.
+    BodyIntact,
+    /// The one message the upstreams got is exactly this, after the trace headers.
+    UpstreamGot(Vec<u8>),
+    /// An upstream received a line containing this.
+    UpstreamSaw(String),
+    /// No upstream received a line containing this.
+    UpstreamNeverSaw(String),
+    /// No MAIL, RCPT or DATA reached any upstream, and no message.
+    NothingUpstream,
+    /// A delivery status notification (`multipart/report`) reached this recipient.
+    BounceTo(String),
+}
+
+/// A parse error: the file, the line, what is wrong.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParseError {
+    pub path: PathBuf,
+    pub line: usize,
+    pub message: String,
+}
+
+impl std::fmt::Display for ParseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}: {}", self.path.display(), self.line, self.message)
+    }
+}
+
+impl std::error::Error for ParseError {}
+
+/// Decodes `\r`, `\n`, `\t`, `\0`, `\\` and `\xNN` escapes.
+pub fn unescape(s: &str) -> Result<Vec<u8>, String> {
+    let mut out = Vec::with_capacity(s.len());
+    let bytes = s.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] != b'\\' {
+            out.push(bytes[i]);
+            i += 1;
+            continue;
+        }
+        let Some(&next) = bytes.get(i + 1) else {
+            return Err("a lone \\ at the end (write \\\\ for a backslash)".into());
+        };
+        match next {
+            b'r' => out.push(b'\r'),
+            b'n' => out.push(b'\n'),
+            b't' => out.push(b'\t'),
+            b'0' => out.push(0),
+            b'\\' => out.push(b'\\'),
+            b'x' => {
+                let hex = s
+                    .get(i + 2..i + 4)
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .ok_or_else(|| format!("\\x needs two hex digits at {:?}", &s[i..]))?;
+                out.push(hex);
+                i += 2;
+            }
+            other => {
+                return Err(format!(
+                    "unknown escape \\{} (known: \\r \\n \\t \\0 \\\\ \\xNN)",
+                    other as char
+                ));
+            }
+        }
+        i += 2;
+    }
+    Ok(out)
+}
+
+/// The inverse of [`unescape`]: printable ASCII stays, the rest is escaped.
+pub fn escape(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len());
+    for &b in bytes {
+        match b {
+            b'\r' => s.push_str("\\r"),
+            b'\n' => s.push_str("\\n"),
+            b'\t' => s.push_str("\\t"),
+            0 => s.push_str("\\0"),
+            b'\\' => s.push_str("\\\\"),
+            0x20..=0x7e => s.push(b as char),
+            _ => s.push_str(&format!("\\x{b:02x}")),
+        }
+    }
+    s
+}
+
+/// `500ms`, `2s`, `1.5s`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let bad = || format!("{s:?} is not a duration (e.g. 500ms, 2s)");
+    if let Some(ms) = s.strip_suffix("ms") {
+        return ms
+            .trim()
+            .parse::<u64>()
+            .map(Duration::from_millis)
+            .map_err(|_| bad());
+    }
+    if let Some(secs) = s.strip_suffix('s') {
+        return secs
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|v| v.is_finite() && *v >= 0.0 && *v < 1e6)
+            .map(Duration::from_secs_f64)
+            .ok_or_else(bad);
+    }
+    Err(bad())
+}
+
+fn format_duration(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+/// Parses a fault in the fake upstream's terms:
+/// `STAGE [ADDRESS]: ACTION[, SELECTOR]` or `drop before|after STAGE`.
+///
+/// ACTION: a reply (`451 4.7.1 busy`), `drop before`, `drop after`, `stall`,
+/// `delay 300ms` (optionally `delay 300ms then 451 busy`), `tls failure`.
+/// SELECTOR: `once`, `twice`, `N times` (the first N), `Nth time` / `time N`, `every N`,
+/// `probability P`, `always` (the default).
+pub fn parse_fault(text: &str) -> Result<Fault, String> {
+    let text = text.trim();
+    let lower = text.to_ascii_lowercase();
+    for when in ["before", "after"] {
+        if let Some(stage) = lower.strip_prefix(&format!("drop {when} ")) {
+            let mut f = Fault::on(parse_stage(stage)?);
+            f.drop = Some(if when == "before" {
+                DropWhen::Before
+            } else {
+                DropWhen::After
+            });
+            return Ok(f);
+        }
+    }
+    let (target, rest) = text
+        .split_once(": ")
+        .or_else(|| text.strip_suffix(':').map(|t| (t, "")))
+        .ok_or_else(|| {
+            format!(
+                "{text:?}: expected STAGE [ADDRESS]: ACTION[, SELECTOR] or drop before|after STAGE"
+            )
+        })?;
+    let mut words = target.split_whitespace().collect::<Vec<_>>();
+    let address = match words.last() {
+        Some(w) if w.contains('@') => {
+            let a = w.trim_matches(|c| c == '<' || c == '>').to_string();
+            words.pop();
+            Some(a)
+        }
+        _ => None,
+    };
+    let mut fault = Fault::on(parse_stage(&words.join(" "))?);
+    fault.address = address;
+    // The selector, if the last comma-separated part is one.
+    let (action, selector) = match rest.rsplit_once(", ") {
+        Some((a, s)) if parse_selector(s, &mut fault.clone()).is_ok() => (a, Some(s)),
+        _ => (rest, None),
+    };
+    if let Some(s) = selector {
+        parse_selector(s, &mut fault)?;
+    }
+    let action = action.trim();
+    let a = action.to_ascii_lowercase();
+    if a == "drop before" {
+        fault.drop = Some(DropWhen::Before);
+    } else if a == "drop after" {
+        fault.drop = Some(DropWhen::After);
+    } else if a == "stall" {
+        fault.stall = true;
+    } else if a == "tls failure" {
+        fault.tls_fail = true;
+    } else if let Some(d) = a.strip_prefix("delay ") {
+        let (d, then) = match d.split_once(" then ") {
+            Some((d, _)) => (
+                d,
+                Some(&action[action.to_ascii_lowercase().find(" then ").unwrap() + 6..]),
+            ),
+            None => (d, None),
+        };
+        fault.delay_ms = Some(parse_duration(d)?.as_millis() as u64);
+        if let Some(reply) = then {
+            check_reply(reply)?;
+            fault.reply = Some(reply.to_string());
+        }
+    } else {
+        check_reply(action)?;
+        fault.reply = Some(action.to_string());
+    }
+    Ok(fault)
+}
+
+fn check_reply(r: &str) -> Result<(), String> {
+    let code = r.get(..3).filter(|c| c.bytes().all(|b| b.is_ascii_digit()));
+    match (code, r.as_bytes().get(3)) {
+        (Some(_), None | Some(b' ') | Some(b'-')) => Ok(()),
+        _ => Err(format!(
+            "{r:?}: expected a reply (451 4.7.1 busy), drop before, drop after, stall, delay 300ms [then REPLY] or tls failure"
+        )),
+    }
+}
+
+fn parse_stage(s: &str) -> Result<Stage, String> {
+    Ok(
+        match s
+            .trim()
+            .to_ascii_lowercase()
+            .replace(['-', '_'], " ")
+            .as_str()
+        {
+            "connect" => Stage::Connect,
+            "greeting" => Stage::Greeting,
+            "ehlo" => Stage::Ehlo,
+            "helo" => Stage::Helo,
+            "starttls" => Stage::Starttls,
+            "auth" => Stage::Auth,
+            "mail" => Stage::Mail,
+            "rcpt" => Stage::Rcpt,
+            "data" => Stage::Data,
+            "end of data" => Stage::EndOfData,
+            "quit" => Stage::Quit,
+            other => {
+                return Err(format!(
+                    "{other:?} is not a stage (connect, greeting, EHLO, HELO, STARTTLS, AUTH, MAIL, RCPT, DATA, end of data, QUIT)"
+                ));
+            }
+        },
+    )
+}
+
+fn stage_name(s: Stage) -> &'static str {
+    match s {
+        Stage::Connect => "connect",
+        Stage::Greeting => "greeting",
+        Stage::Ehlo => "EHLO",
+        Stage::Helo => "HELO",
+        Stage::Starttls => "STARTTLS",
+        Stage::Auth => "AUTH",
+        Stage::Mail => "MAIL",
+        Stage::Rcpt => "RCPT",
+        Stage::Data => "DATA",
+        Stage::EndOfData => "end of data",
+        Stage::Quit => "QUIT",
+    }
+}
+
+fn parse_selector(s: &str, f: &mut Fault) -> Result<(), String> {
+    let s = s.trim().to_ascii_lowercase();
+    let words: Vec<&str> = s.split_whitespace().collect();
+    let num = |w: &str| {
+        w.trim_end_matches(|c: char| c.is_ascii_alphabetic())
+            .parse::<u64>()
+            .ok()
+            .filter(|n| *n > 0)
+    };
+    match words.as_slice() {
+        ["always"] => {}
+        ["once"] => f.first = Some(1),
+        ["twice"] => f.first = Some(2),
+        [n, "times"] if num(n).is_some() => f.first = num(n),
+        [n, "time"] if num(n).is_some() => f.nth = num(n),
+        ["time", n] if num(n).is_some() => f.nth = num(n),
+        ["every", n] if num(n).is_some() => f.every = num(n),
+        ["probability", p] => {
+            let p: f64 = p
+                .parse()
+                .ok()
+                .filter(|p| (0.0..=1.0).contains(p))
+                .ok_or_else(|| format!("{p:?} is not a probability in 0..1"))?;
+            f.probability = Some(p);
+        }
+        _ => {
+            return Err(format!(
+                "{s:?} is not a selector (once, twice, N times, Nth time, every N, probability P, always)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Writes a fault back in the form [`parse_fault`] reads.
+pub fn fault_text(f: &Fault) -> String {
+    let mut s = stage_name(f.stage).to_string();
+    if let Some(a) = &f.address {
+        s.push(' ');
+        s.push_str(a);
+    }
+    s.push_str(": ");
+    let action = if let Some(when) = f.drop {
+        match when {
+            DropWhen::Before => "drop before".to_string(),
+            DropWhen::After => "drop after".to_string(),
+        }
+    } else if f.stall {
+        "stall".into()
+    } else if f.tls_fail {
+        "tls failure".into()
+    } else if let Some(ms) = f.delay_ms {
+        match &f.reply {
+            Some(r) => format!("delay {ms}ms then {r}"),
+            None => format!("delay {ms}ms"),
+        }
+    } else {
+        f.reply.clone().unwrap_or_else(|| "stall".into())
+    };
+    s.push_str(&action);
+    if let Some(n) = f.first {
+        s.push_str(&format!(", {n} times"));
+    } else if let Some(n) = f.nth {
+        s.push_str(&format!(", time {n}"));
+    } else if let Some(n) = f.every {
+        s.push_str(&format!(", every {n}"));
+    } else if let Some(p) = f.probability {
+        s.push_str(&format!(", probability {p}"));
+    }
+    s
+}
+
+impl Scenario {
+    /// Reads and parses a scenario file.
+    pub fn load(path: &Path) -> Result<Scenario, ParseError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ParseError {
+            path: path.to_path_buf(),
+            line: 0,
+            message: e.to_string(),
+        })?;
+        Scenario::parse(&text, path)
+    }
+
+    /// Parses scenario text; `path` names it in errors and gives its name.
+    pub fn parse(text: &str, path: &Path) -> Result<Scenario, ParseError> {
+        let mut sc = Scenario {
+            name: path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            path: path.to_path_buf(),
+            description: String::new(),
+            tags: Vec::new(),
+            timeout: Duration::from_secs(30),
+            upstream: Upstream::new("163"),
+            routes: Vec::new(),
+            relay: Vec::new(),
+            steps: Vec::new(),
+            checks: Vec::new(),
+        };
+        // A multi-line reply expectation being read: its first line and its patterns.
+        let mut expect_block: Option<(usize, Vec<ReplyLinePattern>)> = None;
+        for (i, raw) in text.lines().enumerate() {
+            let n = i + 1;
+            let err = |message: String| ParseError {
+                path: path.to_path_buf(),
+                line: n,
+                message,
+            };
+            // `C:` and `raw:` keep their text as is (a `#` there is content).
+            let line = raw.trim_end_matches('\r');
+            let trimmed = line.trim_start();
+            let is_data = trimmed.starts_with("C:") || trimmed.starts_with("raw:");
+            let line = if is_data {
+                trimmed
+            } else {
+                match trimmed.find(" #") {
+                    Some(at) => trimmed[..at].trim_end(),
+                    None if trimmed.starts_with('#') => "",
+                    None => trimmed.trim_end(),
+                }
+            };
+            // A multi-line reply expectation continues while lines are `S: NNN-...`.
+            if let Some(rest) = line.strip_prefix("S:") {
+                let rest = rest.strip_prefix(' ').unwrap_or(rest);
+                let (code, sep, text) = split_reply_pattern(rest).map_err(err)?;
+                let block = expect_block.get_or_insert_with(|| (n, Vec::new()));
+                block.1.push((code, text));
+                if sep != '-' {
+                    let (at, lines) = expect_block.take().expect("just set");
+                    sc.steps.push(Line {
+                        line: at,
+                        item: Step::Expect(ExpectReply { lines }),
+                    });
+                }
+                continue;
+            }
+            if let Some((at, _)) = &expect_block {
+                return Err(ParseError {
+                    path: path.to_path_buf(),
+                    line: *at,
+                    message:
+                        "a multi-line reply expectation (S: NNN-...) must end with a S: NNN line"
+                            .into(),
+                });
+            }
+            if line.is_empty() {
+                continue;
+            }
+            let step = |item| Line { line: n, item };
+            let check = |item| Line { line: n, item };
+            if let Some(rest) = line.strip_prefix("C:") {
+                let rest = rest.strip_prefix(' ').unwrap_or(rest);
+                let mut bytes = expand(rest).map_err(err)?;
+                bytes.extend_from_slice(b"\r\n");
+                sc.steps.push(step(Step::Send(bytes)));
+                continue;
+            }
+            if let Some(rest) = line.strip_prefix("raw:") {
+                let rest = rest.strip_prefix(' ').unwrap_or(rest);
+                sc.steps
+                    .push(step(Step::Send(unescape(rest).map_err(err)?)));
+                continue;
+            }
+            let (key, value) = match line.split_once(':') {
+                Some((k, v))
+                    if !k.contains(' ')
+                        || k.starts_with("fault ")
+                        || k.starts_with("route ")
+                        || k.starts_with("expect ") =>
+                {
+                    (k.trim(), v.trim())
+                }
+                _ => (line, ""),
+            };
+            match key {
+                "description" => sc.description = value.to_string(),
+                "tags" => {
+                    sc.tags = value
+                        .split([',', ' '])
+                        .filter(|t| !t.is_empty())
+                        .map(str::to_string)
+                        .collect()
+                }
+                "timeout" => sc.timeout = parse_duration(value).map_err(err)?,
+                "upstream" => sc.upstream.persona = value.to_string(),
+                "upstream-era" => sc.upstream.era = Some(value.to_string()),
+                "upstream-pipelining" => {
+                    sc.upstream.pipelining = Some(parse_bool(value).map_err(err)?)
+                }
+                "upstream-no-limits" => sc.upstream.no_limits = parse_bool(value).map_err(err)?,
+                "upstream-tls" => sc.upstream.tls = parse_tls(value).map_err(err)?,
+                "user" => {
+                    let mut w = value.split_whitespace();
+                    let (Some(address), Some(code)) = (w.next(), w.next()) else {
+                        return Err(err(format!(
+                            "{value:?}: expected user: ADDRESS CODE [smtp-off]"
+                        )));
+                    };
+                    let smtp = match w.next() {
+                        None => true,
+                        Some("smtp-off") => false,
+                        Some(other) => {
+                            return Err(err(format!("{other:?}: expected nothing or smtp-off")));
+                        }
+                    };
+                    sc.upstream.users.get_or_insert_with(Vec::new).push(User {
+                        address: address.into(),
+                        code: code.into(),
+                        smtp,
+                    });
+                }
+                "fault" => sc.upstream.faults.push(parse_fault(value).map_err(err)?),
+                "relay" => {
+                    for kv in value.split_whitespace() {
+                        let (k, v) = kv
+                            .split_once('=')
+                            .ok_or_else(|| err(format!("{kv:?}: expected key=value")))?;
+                        check_relay_option(k, v).map_err(err)?;
+                        sc.relay.push((k.to_string(), v.to_string()));
+                    }
+                }
+                "connect" => sc.steps.push(step(Step::Connect { tls: false })),
+                "connect tls" => sc.steps.push(step(Step::Connect { tls: true })),
+                "flush" => sc.steps.push(step(Step::Flush)),
+                "close" => sc.steps.push(step(Step::Close)),
+                "starttls" => sc.steps.push(step(Step::StartTls)),
+                "tls" => sc.steps.push(step(Step::Tls)),
+                "quit" => sc.steps.push(step(Step::Quit)),
+                "shutdown" => sc.steps.push(step(Step::Shutdown)),
+                k if k.starts_with("message size ") => {
+                    let n = k[13..].trim();
+                    let n = n
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|n| *n <= 512 * 1024 * 1024)
+                        .ok_or_else(|| {
+                            err(format!(
+                                "{n:?}: expected a size in octets (at most 512 MiB)"
+                            ))
+                        })?;
+                    sc.steps.push(step(Step::GeneratedMessage(n)))
+                }
+                "message" => sc.steps.push(step(Step::Message(PathBuf::from(value)))),
+                "expect delivered" => sc.checks.push(check(Check::Delivered(
+                    value
+                        .split([',', ' '])
+                        .filter(|a| !a.is_empty())
+                        .map(str::to_string)
+                        .collect(),
+                ))),
+                "expect messages" => sc.checks.push(check(Check::Messages(
+                    value
+                        .parse()
+                        .map_err(|_| err(format!("{value:?} is not a count")))?,
+                ))),
+                "expect body intact" => sc.checks.push(check(Check::BodyIntact)),
+                "expect nothing upstream" => sc.checks.push(check(Check::NothingUpstream)),
+                "expect upstream got" => sc
+                    .checks
+                    .push(check(Check::UpstreamGot(unescape(value).map_err(err)?))),
+                "expect upstream saw" => {
+                    sc.checks.push(check(Check::UpstreamSaw(value.to_string())))
+                }
+                "expect upstream never saw" => sc
+                    .checks
+                    .push(check(Check::UpstreamNeverSaw(value.to_string()))),
+                "expect bounce to" => sc.checks.push(check(Check::BounceTo(value.to_string()))),
+                k if k.starts_with("sleep ") => sc
+                    .steps
+                    .push(step(Step::Sleep(parse_duration(&k[6..]).map_err(err)?))),
+                k if k.starts_with("auth ") => {
+                    let w: Vec<&str> = k.split_whitespace().collect();
+                    match w.as_slice() {
+                        ["auth", mech @ ("login" | "plain"), user, secret] => {
+                            sc.steps.push(step(Step::Auth {
+                                mechanism: mech.to_string(),
+                                user: user.to_string(),
+                                secret: secret.to_string(),
+                            }))
+                        }
+                        _ => {
+                            return Err(err(format!(
+                                "{k:?}: expected auth login|plain USER SECRET"
+                            )));
+                        }
+                    }
+                }
+                k if k.starts_with("route ") => {
+                    let name = k[6..].trim().to_string();
+                    let (domains, persona) = value.split_once("->").ok_or_else(|| {
+                        err(format!(
+                            "{value:?}: expected route NAME: DOMAIN... -> PERSONA"
+                        ))
+                    })?;
+                    let domains: Vec<String> =
+                        domains.split_whitespace().map(str::to_string).collect();
+                    if domains.is_empty() {
+                        return Err(err("a route needs at least one domain".into()));
+                    }
+                    for d in &domains {
+                        crate::route::check_pattern(d).map_err(err)?;
+                    }
+                    sc.routes.push(RouteSetup {
+                        name,
+                        domains,
+                        upstream: Upstream::new(persona.trim()),
+                    });
+                }
+                k if k.starts_with("fault ") => {
+                    let name = k[6..].trim();
+                    let route = sc
+                        .routes
+                        .iter_mut()
+                        .find(|r| r.name == name)
+                        .ok_or_else(|| {
+                            err(format!(
+                                "no route named {name:?} (declare it first with route {name}: ...)"
+                            ))
+                        })?;
+                    route.upstream.faults.push(parse_fault(value).map_err(err)?);
+                }
+                other => {
+                    return Err(err(format!(
+                        "{other:?}: not a scenario line (see scenarios/README.md: C:, S:, raw:, connect, starttls, auth, message, quit, expect ..., upstream, fault, route, relay)"
+                    )));
+                }
+            }
+        }
+        if let Some((at, _)) = expect_block {
+            return Err(ParseError {
+                path: path.to_path_buf(),
+                line: at,
+                message: "a multi-line reply expectation (S: NNN-...) must end with a S: NNN line"
+                    .into(),
+            });
+        }
+        if !matches!(
+            sc.steps.first().map(|s| &s.item),
+            Some(Step::Connect { .. })
+        ) && !sc.steps.is_empty()
+        {
+            return Err(ParseError {
+                path: path.to_path_buf(),
+                line: sc.steps[0].line,
+                message: "the client steps must begin with connect (or connect tls)".into(),
+            });
+        }
+        Ok(sc)
+    }
+
+    /// The scenario as text that [`Scenario::parse`] reads back to the same scenario.
+    pub fn to_text(&self) -> String {
+        let mut s = String::new();
+        if !self.description.is_empty() {
+            s.push_str(&format!("description: {}\n", self.description));
+        }
+        if !self.tags.is_empty() {
+            s.push_str(&format!("tags: {}\n", self.tags.join(", ")));
+        }
+        s.push_str(&format!("timeout: {}\n", format_duration(self.timeout)));
+        s.push_str(&format!("upstream: {}\n", self.upstream.persona));
+        if let Some(e) = &self.upstream.era {
+            s.push_str(&format!("upstream-era: {e}\n"));
+        }
+        if let Some(p) = self.upstream.pipelining {
+            s.push_str(&format!(
+                "upstream-pipelining: {}\n",
+                if p { "on" } else { "off" }
+            ));
+        }
+        if self.upstream.no_limits {
+            s.push_str("upstream-no-limits: yes\n");
+        }
+        if self.upstream.tls != "implicit" {
+            s.push_str(&format!("upstream-tls: {}\n", self.upstream.tls));
+        }
+        for u in self.upstream.users.iter().flatten() {
+            let off = if u.smtp { "" } else { " smtp-off" };
+            s.push_str(&format!("user: {} {}{off}\n", u.address, u.code));
+        }
+        for f in &self.upstream.faults {
+            s.push_str(&format!("fault: {}\n", fault_text(f)));
+        }
+        for r in &self.routes {
+            s.push_str(&format!(
+                "route {}: {} -> {}\n",
+                r.name,
+                r.domains.join(" "),
+                r.upstream.persona
+            ));
+            for f in &r.upstream.faults {
+                s.push_str(&format!("fault {}: {}\n", r.name, fault_text(f)));
+            }
+        }
+        if !self.relay.is_empty() {
+            let kv: Vec<String> = self.relay.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            s.push_str(&format!("relay: {}\n", kv.join(" ")));
+        }
+        s.push('\n');
+        for step in &self.steps {
+            match &step.item {
+                Step::Connect { tls: false } => s.push_str("connect\n"),
+                Step::Connect { tls: true } => s.push_str("connect tls\n"),
+                Step::Send(bytes) => match bytes.strip_suffix(b"\r\n") {
+                    Some(line)
+                        if !line.contains(&b'\r')
+                            && !line.contains(&b'\n')
+                            && line.iter().all(|b| (0x20..0x7f).contains(b))
+                            && !line.starts_with(b" ")
+                            && !contains_template(line) =>
+                    {
+                        s.push_str(&format!("C: {}\n", String::from_utf8_lossy(line)));
+                    }
+                    _ => s.push_str(&format!("raw: {}\n", escape(bytes))),
+                },
+                Step::Flush => s.push_str("flush\n"),
+                Step::Expect(e) => {
+                    let last = e.lines.len() - 1;
+                    for (i, (code, text)) in e.lines.iter().enumerate() {
+                        let sep = if i == last { ' ' } else { '-' };
+                        match text {
+                            Some(t) => s.push_str(&format!("S: {}{sep}{t}\n", code.0)),
+                            None if sep == '-' => s.push_str(&format!("S: {}-*\n", code.0)),
+                            None => s.push_str(&format!("S: {}\n", code.0)),
+                        }
+                    }
+                }
+                Step::Close => s.push_str("close\n"),
+                Step::Sleep(d) => s.push_str(&format!("sleep {}\n", format_duration(*d))),
+                Step::StartTls => s.push_str("starttls\n"),
+                Step::Tls => s.push_str("tls\n"),
+                Step::Auth {
+                    mechanism,
+                    user,
+                    secret,
+                } => s.push_str(&format!("auth {mechanism} {user} {secret}\n")),
+                Step::Message(p) => s.push_str(&format!("message: {}\n", p.display())),
+                Step::Quit => s.push_str("quit\n"),
+                Step::Shutdown => s.push_str("shutdown\n"),
+                Step::GeneratedMessage(n) => s.push_str(&format!("message size {n}\n")),
+            }
+        }
+        if !self.checks.is_empty() {
+            s.push('\n');
+        }
+        for c in &self.checks {
+            match &c.item {
+                Check::Delivered(r) => s.push_str(&format!("expect delivered: {}\n", r.join(" "))),
+                Check::Messages(n) => s.push_str(&format!("expect messages: {n}\n")),
+                Check::BodyIntact => s.push_str("expect body intact\n"),
+                Check::UpstreamGot(b) => {
+                    s.push_str(&format!("expect upstream got: {}\n", escape(b)))
+                }
+                Check::UpstreamSaw(t) => s.push_str(&format!("expect upstream saw: {t}\n")),
+                Check::UpstreamNeverSaw(t) => {
+                    s.push_str(&format!("expect upstream never saw: {t}\n"))
+                }
+                Check::NothingUpstream => s.push_str("expect nothing upstream\n"),
+                Check::BounceTo(a) => s.push_str(&format!("expect bounce to: {a}\n")),
+            }
+        }
+        s
+    }
+}
+
+fn contains_template(line: &[u8]) -> bool {
+    memchr::memmem::find(line, b"{b64:").is_some()
+}
+
+/// `C:` text: `{b64:TEXT}` becomes the base64 of TEXT (with escapes, e.g.
+/// `{b64:\0alice@163.com\0CODE}` for AUTH PLAIN).
+fn expand(text: &str) -> Result<Vec<u8>, String> {
+    use base64::Engine;
+    let mut out = Vec::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("{b64:") {
+        out.extend_from_slice(&rest.as_bytes()[..at]);
+        let inner = &rest[at + 5..];
+        let end = inner
+            .find('}')
+            .ok_or_else(|| format!("{{b64: without its closing }} in {text:?}"))?;
+        let raw = unescape(&inner[..end])?;
+        out.extend_from_slice(
+            base64::engine::general_purpose::STANDARD
+                .encode(raw)
+                .as_bytes(),
+        );
+        rest = &inner[end + 1..];
+    }
+    out.extend_from_slice(rest.as_bytes());
+    Ok(out)
+}
+
+/// `250`, `250 text`, `250-text`, `2xx`, `250 2.1.0 *`.
+fn split_reply_pattern(rest: &str) -> Result<(CodePattern, char, Option<String>), String> {
+    let code = rest.get(..3).unwrap_or("");
+    if code.len() != 3 || !code.chars().all(|c| c.is_ascii_digit() || c == 'x') {
+        return Err(format!(
+            "{rest:?}: expected a reply code (250, 2xx) and optionally its text"
+        ));
+    }
+    let after = &rest[3..];
+    let (sep, text) = match after.chars().next() {
+        None => (' ', None),
+        Some(c @ (' ' | '-')) => (c, Some(after[1..].to_string()).filter(|t| !t.is_empty())),
+        Some(_) => {
+            return Err(format!(
+                "{rest:?}: the code must be followed by a space or -"
+            ));
+        }
+    };
+    Ok((CodePattern(code.to_string()), sep, text))
+}
+
+fn parse_bool(v: &str) -> Result<bool, String> {
+    match v {
+        "on" | "yes" | "true" => Ok(true),
+        "off" | "no" | "false" => Ok(false),
+        other => Err(format!("{other:?}: expected on or off")),
+    }
+}
+
+fn parse_tls(v: &str) -> Result<String, String> {
+    match v {
+        "implicit" | "starttls" | "none" => Ok(v.to_string()),
+        other => Err(format!("{other:?}: expected implicit, starttls or none")),
+    }
+}
+
+/// The relay options a scenario may set.
+pub const RELAY_OPTIONS: &[&str] = &[
+    "auth",
+    "max_recipients",
+    "max_message_size",
+    "max_sessions",
+    "max_sessions_per_ip",
+    "command_timeout",
+    "data_timeout",
+    "session_deadline",
+    "auth_failure_delay",
+    "bare_line_endings",
+    "upstream_timeout",
+];
+
+fn check_relay_option(k: &str, v: &str) -> Result<(), String> {
+    match k {
+        "auth" => match v {
+            "passthrough" | "none" => Ok(()),
+            other => Err(format!("auth={other}: expected passthrough or none")),
+        },
+        "max_recipients" | "max_message_size" | "max_sessions" | "max_sessions_per_ip" => v
+            .parse::<u64>()
+            .map(|_| ())
+            .map_err(|_| format!("{k}={v}: expected a number")),
+        "command_timeout" | "data_timeout" | "session_deadline" | "auth_failure_delay"
+        | "upstream_timeout" => parse_duration(v).map(|_| ()),
+        "bare_line_endings" => match v {
+            "reject" | "normalize" => Ok(()),
+            other => Err(format!(
+                "bare_line_endings={other}: expected reject or normalize"
+            )),
+        },
+        other => Err(format!(
+            "{other:?} is not a relay option (known: {})",
+            RELAY_OPTIONS.join(", ")
+        )),
+    }
+}
+
+/// Every `.scn` file under the given paths (files as given, directories searched, sorted).
+pub fn find(paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
+    let mut out = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(p)
+                .map_err(|e| format!("{}: {e}", p.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|f| f.extension().is_some_and(|e| e == "scn"))
+                .collect();
+            found.sort();
+            out.extend(found);
+        } else if p.exists() {
+            out.push(p.clone());
+        } else {
+            return Err(format!("{}: no such file or directory", p.display()));
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,209 @@
+//! What a run prints: a line per scenario as it ends, a table at the end, and JUnit XML
+//! for CI systems.
+
+use std::fmt::Write as _;
+
+use super::run::{Outcome, Verdict};
+
+/// `PASS  name  0.12s`, and for a failure the reason on the next line.
+pub fn line(o: &Outcome) -> String {
+    let (word, reason) = match &o.verdict {
+        Verdict::Pass => ("pass", None),
+        Verdict::Fail(r) => ("FAIL", Some(r)),
+        Verdict::Skip(r) => ("skip", Some(r)),
+    };
+    let mut s = format!(
+        "{word:<4}  {:<48} {:>7.2}s",
+        o.name,
+        o.duration.as_secs_f64()
+    );
+    if let Some(r) = reason {
+        s.push_str(&format!("\n      {r}"));
+    }
+    s
+}
+
+/// The final table: every scenario with its result and time, failures with their reason,
+/// and the totals.
+pub fn table(outcomes: &[Outcome]) -> String {
+    let width = outcomes
+        .iter()
+        .map(|o| o.name.len())
+        .max()
+        .unwrap_or(8)
+        .max(8);
+    let mut s = format!("{:<width$}  {:<6}  {:>8}\n", "scenario", "result", "time");
+    s.push_str(&format!("{}\n", "-".repeat(width + 18)));
+    for o in outcomes {
+        let (word, reason) = match &o.verdict {
+            Verdict::Pass => ("pass", None),
+            Verdict::Fail(r) => ("FAIL", Some(r)),
+            Verdict::Skip(r) => ("skip", Some(r)),
+        };
+        let _ = writeln!(
+            s,
+            "{:<width$}  {word:<6}  {:>7.2}s",
+            o.name,
+            o.duration.as_secs_f64()
+        );
+        if let (Some(r), Verdict::Fail(_)) = (reason, &o.verdict) {
+            let _ = writeln!(s, "{:<width$}    {r}", "");
+        }
+    }
+    let (pass, fail, skip) = counts(outcomes);
+    let _ = writeln!(
+        s,
+        "\n{} scenarios: {pass} passed, {fail} failed, {skip} skipped",
+        outcomes.len()
+    );
+    s
+}
+
+/// (passed, failed, skipped)
+pub fn counts(outcomes: &[Outcome]) -> (usize, usize, usize) {
+    let mut c = (0, 0, 0);
+    for o in outcomes {
+        match o.verdict {
+            Verdict::Pass => c.0 += 1,
+            Verdict::Fail(_) => c.1 += 1,
+            Verdict::Skip(_) => c.2 += 1,
+        }
+    }
+    c
+}
+
+fn xml_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            // XML 1.0 allows no other control characters.
+            '\t' | '\n' | '\r' => out.push(c),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// JUnit XML (the Ant/Surefire dialect that Jenkins, GitLab and GitHub reporters read):
+/// one `testcase` per scenario, a `failure` with the reason, `skipped`, and the transcript
+/// of a failed scenario as its `system-out`.
+pub fn junit(outcomes: &[Outcome]) -> String {
+    let (_, fail, skip) = counts(outcomes);
+    let total: f64 = outcomes.iter().map(|o| o.duration.as_secs_f64()).sum();
+    let mut s = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+    let _ = writeln!(
+        s,
+        "<testsuites name=\"smtp-relay scenarios\" tests=\"{}\" failures=\"{fail}\" skipped=\"{skip}\" time=\"{total:.3}\">",
+        outcomes.len()
+    );
+    let _ = writeln!(
+        s,
+        "  <testsuite name=\"scenarios\" tests=\"{}\" failures=\"{fail}\" errors=\"0\" skipped=\"{skip}\" time=\"{total:.3}\">",
+        outcomes.len()
+    );
+    for o in outcomes {
+        let _ = write!(
+            s,
+            "    <testcase name=\"{}\" classname=\"scenarios\" file=\"{}\" time=\"{:.3}\"",
+            xml_escape(&o.name),
+            xml_escape(&o.path.display().to_string()),
+            o.duration.as_secs_f64()
+        );
+        match &o.verdict {
+            Verdict::Pass => s.push_str("/>\n"),
+            Verdict::Skip(r) => {
+                let _ = writeln!(
+                    s,
+                    ">\n      <skipped message=\"{}\"/>\n    </testcase>",
+                    xml_escape(r)
+                );
+            }
+            Verdict::Fail(r) => {
+                let _ = writeln!(
+                    s,
+                    ">\n      <failure message=\"{}\" type=\"scenario\">{}</failure>\n      <system-out>{}</system-out>\n    </testcase>",
+                    xml_escape(r),
+                    xml_escape(r),
+                    xml_escape(&o.transcript)
+                );
+            }
+        }
+    }
+    s.push_str("  </testsuite>\n</testsuites>\n");
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    fn outcome(name: &str, verdict: Verdict) -> Outcome {
+        Outcome {
+            name: name.into(),
+            path: PathBuf::from(format!("scenarios/{name}.scn")),
+            verdict,
+            duration: Duration::from_millis(120),
+            transcript: "C: EHLO <x>\n".into(),
+        }
+    }
+
+    #[test]
+    fn junit_is_escaped_and_counts() {
+        let x = junit(&[
+            outcome("ok", Verdict::Pass),
+            outcome(
+                "bad",
+                Verdict::Fail("line 3: expected 250, got 550 <no> & \"x\"\u{1}".into()),
+            ),
+            outcome("other", Verdict::Skip("not portable".into())),
+        ]);
+        assert!(
+            x.contains("tests=\"3\" failures=\"1\" skipped=\"1\""),
+            "{x}"
+        );
+        assert!(x.contains("<testcase name=\"ok\" classname=\"scenarios\" file=\"scenarios/ok.scn\" time=\"0.120\"/>"), "{x}");
+        assert!(
+            x.contains(
+                "message=\"line 3: expected 250, got 550 &lt;no&gt; &amp; &quot;x&quot;\\x01\""
+            ),
+            "{x}"
+        );
+        assert!(
+            x.contains("<system-out>C: EHLO &lt;x&gt;\n</system-out>"),
+            "{x}"
+        );
+        assert!(x.contains("<skipped message=\"not portable\"/>"), "{x}");
+        // Well-formed: every opened element is closed.
+        assert_eq!(x.matches("<testcase").count(), 3);
+        assert_eq!(
+            x.matches("</testcase>").count() + x.matches("\"/>\n").count() - 1,
+            3
+        );
+    }
+
+    #[test]
+    fn table_shows_reasons_and_totals() {
+        let t = table(&[
+            outcome("ok", Verdict::Pass),
+            outcome(
+                "bad",
+                Verdict::Fail("line 3: expected 250, got 550 no".into()),
+            ),
+        ]);
+        assert!(t.contains("ok        pass"), "{t}");
+        assert!(t.contains("bad       FAIL"), "{t}");
+        assert!(t.contains("line 3: expected 250, got 550 no"), "{t}");
+        assert!(
+            t.contains("2 scenarios: 1 passed, 1 failed, 0 skipped"),
+            "{t}"
+        );
+    }
+}

@@ -1,0 +1,1237 @@
+//! Replays scenarios: for each, fresh fake upstreams and (unless the target is someone
+//! else's relay) a fresh smtp-relay in-process, all on 127.0.0.1 port 0; the client steps
+//! under the scenario's timeout; then the checks on what the upstreams got, and a normalised
+//! two-hop transcript.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use fake_upstream::tls::{TlsFiles, TlsMaterial};
+use fake_upstream::{Config as FakeConfig, FakeUpstream, Persona};
+use smtp_net::Io;
+use smtp_wire::{BareLineEnding, DataDecoder, DataProgress, Reply, ReplyParser};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::{Check, CodePattern, ExpectReply, Scenario, Step, Upstream};
+use crate::relay::{self, AuthMode, RelayConfig, RelayHandle};
+use crate::route::Route;
+use crate::upstream::{Timeouts, TlsMode, UpstreamConfig};
+
+/// Which relay the client steps talk to.
+#[derive(Clone, Debug)]
+pub enum Target {
+    /// smtp-relay itself, started in-process for each scenario.
+    Ours,
+    /// Another relay, already running, configured to deliver to `upstream_listen` (plain
+    /// SMTP) where the runner starts the fake upstream. Only scenarios tagged `portable` run;
+    /// one at a time, since they share that address.
+    External {
+        relay: SocketAddr,
+        upstream_listen: SocketAddr,
+    },
+}
+
+/// How a run goes.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub target: Target,
+    /// Scenarios at once (external targets: always 1).
+    pub jobs: usize,
+    /// Overrides each scenario's own timeout.
+    pub timeout: Option<Duration>,
+    /// Fake upstream data, spools and the run's CA go here (one directory per scenario).
+    pub work_dir: PathBuf,
+}
+
+/// How a scenario ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Pass,
+    /// Why, with the scenario line, the expected and the received reply.
+    Fail(String),
+    /// Not run against this target, and why.
+    Skip(String),
+}
+
+/// One scenario's result.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    pub name: String,
+    pub path: PathBuf,
+    pub verdict: Verdict,
+    pub duration: Duration,
+    /// The normalised two-hop transcript (empty when skipped).
+    pub transcript: String,
+}
+
+/// Runs every scenario, `opts.jobs` at once; `done` is told of each as it ends. The
+/// outcomes come back in the scenarios' order.
+pub async fn run_all(
+    scenarios: Vec<Scenario>,
+    opts: &Options,
+    done: impl Fn(&Outcome) + Send + Sync + 'static,
+) -> Result<Vec<Outcome>, String> {
+    std::fs::create_dir_all(&opts.work_dir)
+        .map_err(|e| format!("{}: {e}", opts.work_dir.display()))?;
+    let tls = fake_upstream::tls::load_or_generate(TlsFiles::in_dir(&opts.work_dir))
+        .map_err(|e| format!("the run's CA: {e}"))?;
+    let jobs = match opts.target {
+        Target::Ours => opts.jobs.max(1),
+        Target::External { .. } => 1,
+    };
+    let gate = Arc::new(tokio::sync::Semaphore::new(jobs));
+    let done = Arc::new(done);
+    let mut tasks = Vec::with_capacity(scenarios.len());
+    for sc in scenarios {
+        let (gate, done, opts, tls) = (gate.clone(), done.clone(), opts.clone(), tls.clone());
+        tasks.push(tokio::spawn(async move {
+            let _permit = gate.acquire_owned().await.expect("never closed");
+            let outcome = run_one(&sc, &opts, &tls).await;
+            done(&outcome);
+            outcome
+        }));
+    }
+    let mut outcomes = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        outcomes.push(
+            t.await
+                .map_err(|e| format!("a scenario task failed: {e}"))?,
+        );
+    }
+    Ok(outcomes)
+}
+
+/// Runs one scenario with the run's CA.
+pub async fn run_one(sc: &Scenario, opts: &Options, tls: &TlsMaterial) -> Outcome {
+    let started = Instant::now();
+    let outcome = |verdict, transcript| Outcome {
+        name: sc.name.clone(),
+        path: sc.path.clone(),
+        verdict,
+        duration: started.elapsed(),
+        transcript,
+    };
+    if matches!(opts.target, Target::External { .. }) && !sc.tags.iter().any(|t| t == "portable") {
+        return outcome(
+            Verdict::Skip("depends on smtp-relay's own policy (not tagged portable)".into()),
+            String::new(),
+        );
+    }
+    let dir = opts.work_dir.join(&sc.name);
+    let _ = std::fs::remove_dir_all(&dir);
+    let env = match Env::start(sc, opts, tls, &dir).await {
+        Ok(env) => env,
+        Err(e) => return outcome(Verdict::Fail(format!("setup: {e}")), String::new()),
+    };
+    let limit = opts.timeout.unwrap_or(sc.timeout);
+    let mut client = Client::new(env.client_tls.clone());
+    let steps = tokio::time::timeout(limit, drive(sc, &env, &mut client)).await;
+    let mut verdict = match steps {
+        Ok(Ok(())) => Verdict::Pass,
+        Ok(Err(e)) => Verdict::Fail(e),
+        Err(_) => Verdict::Fail(format!(
+            "timed out after {}s at line {} ({})",
+            limit.as_secs_f64(),
+            client.at_line,
+            client.at_step
+        )),
+    };
+    drop(client.conn.take());
+    // Let the relay finish: its sessions end, bounces go out, transcripts are written.
+    if let Some(relay) = &env.relay {
+        relay.shutdown().await;
+    }
+    env.settle(sc).await;
+    if verdict == Verdict::Pass
+        && let Err(e) = check_all(sc, &env, &client)
+    {
+        verdict = Verdict::Fail(e);
+    }
+    let transcript = normalize(&env.transcript(sc, &client));
+    for (_, fake) in &env.fakes {
+        fake.shutdown().await;
+    }
+    if verdict == Verdict::Pass {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    outcome(verdict, transcript)
+}
+
+/// The fake upstreams and the relay of one scenario.
+struct Env {
+    /// The default route's upstream first, then one per route (label, handle).
+    fakes: Vec<(String, fake_upstream::Handle)>,
+    relay: Option<RelayHandle>,
+    relay_addr: SocketAddr,
+    relay_tls_addr: Option<SocketAddr>,
+    client_tls: Arc<rustls::ClientConfig>,
+    external: bool,
+    /// Where `message:` files are found.
+    messages_dir: PathBuf,
+    scenario_dir: PathBuf,
+}
+
+impl Env {
+    async fn start(
+        sc: &Scenario,
+        opts: &Options,
+        tls: &TlsMaterial,
+        dir: &Path,
+    ) -> Result<Env, String> {
+        let scenario_dir = sc
+            .path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        let mut fakes = Vec::new();
+        let listen = match opts.target {
+            Target::Ours => None,
+            Target::External {
+                upstream_listen, ..
+            } => Some(upstream_listen),
+        };
+        let fake = start_fake(
+            &sc.upstream,
+            &scenario_dir,
+            dir.join("upstream"),
+            tls,
+            listen,
+        )
+        .await?;
+        fakes.push(("default".to_string(), fake));
+        for r in &sc.routes {
+            let fake = start_fake(
+                &r.upstream,
+                &scenario_dir,
+                dir.join(format!("upstream-{}", r.name)),
+                tls,
+                None,
+            )
+            .await?;
+            fakes.push((r.name.clone(), fake));
+        }
+        let client_tls =
+            fake_upstream::tls::client_config(&tls.ca_pem).map_err(|e| e.to_string())?;
+        let common = Env {
+            relay: None,
+            relay_addr: "127.0.0.1:0".parse().expect("an address"),
+            relay_tls_addr: None,
+            client_tls,
+            external: false,
+            messages_dir: scenario_dir.join("messages"),
+            scenario_dir,
+            fakes,
+        };
+        match opts.target {
+            Target::External { relay, .. } => Ok(Env {
+                relay_addr: relay,
+                external: true,
+                ..common
+            }),
+            Target::Ours => {
+                let mut config = relay_config(sc, &common, tls, dir)?;
+                for (k, v) in &sc.relay {
+                    apply_relay_option(&mut config, k, v)?;
+                }
+                let relay = relay::start(config)
+                    .await
+                    .map_err(|e| format!("relay: {e}"))?;
+                Ok(Env {
+                    relay_addr: relay.addr(),
+                    relay_tls_addr: relay.tls_addr(),
+                    relay: Some(relay),
+                    ..common
+                })
+            }
+        }
+    }
+
+    /// Waits until the upstreams stop receiving (a store-and-forward relay delivers after
+    /// its 250): for an external relay, until the expected count arrived or nothing new came
+    /// for a second (at most 15 s).
+    async fn settle(&self, sc: &Scenario) {
+        if !self.external {
+            return;
+        }
+        let want = sc.checks.iter().find_map(|c| match c.item {
+            Check::Messages(n) => Some(n as u64),
+            Check::Delivered(_) | Check::BodyIntact | Check::UpstreamGot(_) => Some(1),
+            _ => None,
+        });
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let mut last = (self.received_count(), Instant::now());
+        while Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let n = self.received_count();
+            if n != last.0 {
+                last = (n, Instant::now());
+            }
+            let enough = want.is_none_or(|w| n >= w);
+            if enough && last.1.elapsed() > Duration::from_secs(1) {
+                return;
+            }
+        }
+    }
+
+    fn received_count(&self) -> u64 {
+        self.fakes.iter().map(|(_, f)| f.received_count()).sum()
+    }
+
+    fn received(&self) -> Vec<(String, fake_upstream::Received)> {
+        self.fakes
+            .iter()
+            .flat_map(|(label, f)| f.received().into_iter().map(move |r| (label.clone(), r)))
+            .collect()
+    }
+
+    /// The two-hop transcript: for our relay its own (both hops in time order, TLS and AUTH
+    /// marked, secrets redacted); for another relay the client's side and the upstream's
+    /// merged by time. Then what each upstream received, byte for byte.
+    fn transcript(&self, sc: &Scenario, client: &Client) -> String {
+        let mut out = format!("scenario {}: {}\n", sc.name, sc.description);
+        match &self.relay {
+            Some(relay) => {
+                for t in relay.transcripts() {
+                    out.push_str(&t);
+                }
+            }
+            None => {
+                let mut events: Vec<(Instant, String)> = client.events.clone();
+                for (label, fake) in &self.fakes {
+                    for t in fake.transcripts() {
+                        for (line, at) in t.lines.iter().zip(&t.times) {
+                            let mark = if label == "default" {
+                                "U".to_string()
+                            } else {
+                                format!("U[{label}]")
+                            };
+                            let shown = match line.split_once(": ") {
+                                Some(("C", rest)) => format!("    {mark}> {rest}"),
+                                Some(("S", rest)) => format!("    {mark}< {rest}"),
+                                _ => format!("    {mark} {line}"),
+                            };
+                            events.push((*at, shown));
+                        }
+                    }
+                }
+                events.sort_by_key(|(at, _)| *at);
+                for (_, line) in events {
+                    out.push_str(&line);
+                    out.push('\n');
+                }
+            }
+        }
+        for (label, fake) in &self.fakes {
+            let got = fake.received();
+            out.push_str(&format!(
+                "== upstream {label} ({}) received {} message(s)\n",
+                fake.persona_name(),
+                got.len()
+            ));
+            for r in got {
+                out.push_str(&format!(
+                    "-- MAIL FROM:{} RCPT TO:{} -> {}\n",
+                    r.mail_from,
+                    r.rcpt_to.join(","),
+                    r.reply
+                ));
+                out.push_str(&show_bytes(&r.content, 4096));
+            }
+        }
+        out
+    }
+}
+
+/// A message's bytes, escaped (CR and LF visible), one line per LF, at most `max` octets.
+fn show_bytes(bytes: &[u8], max: usize) -> String {
+    let mut out = String::new();
+    let shown = &bytes[..bytes.len().min(max)];
+    for line in shown.split_inclusive(|&b| b == b'\n') {
+        out.push_str("   | ");
+        out.push_str(&super::escape(line));
+        out.push('\n');
+    }
+    if bytes.len() > max {
+        out.push_str(&format!("   | ... ({} more octets)\n", bytes.len() - max));
+    }
+    out
+}
+
+async fn start_fake(
+    up: &Upstream,
+    scenario_dir: &Path,
+    data_dir: PathBuf,
+    tls: &TlsMaterial,
+    listen: Option<SocketAddr>,
+) -> Result<fake_upstream::Handle, String> {
+    let persona = if up.persona.ends_with(".toml") {
+        scenario_dir
+            .join(&up.persona)
+            .to_string_lossy()
+            .into_owned()
+    } else {
+        up.persona.clone()
+    };
+    let mut persona = Persona::load(&persona).map_err(|e| e.to_string())?;
+    if let Some(p) = up.pipelining {
+        persona.pipelining = Some(p);
+    }
+    // The checks compare what the upstream got: the sink keeps its messages here.
+    persona.rules.keep_messages = true;
+    let mut config = FakeConfig::new(persona, data_dir);
+    if let Some(era) = &up.era {
+        config.persona.era = era.clone();
+    }
+    if let Some(addr) = listen {
+        config.listen = addr;
+        config.listen_tls = None;
+    }
+    config.tls_files = Some(tls.files.clone());
+    config.seed = 1;
+    config.transcripts = true;
+    if let Some(users) = &up.users {
+        config.users = users.clone();
+    }
+    config.faults = up.faults.clone();
+    if up.no_limits {
+        config = config.no_limits();
+    }
+    FakeUpstream::start(config)
+        .await
+        .map_err(|e| format!("fake upstream {}: {e}", up.persona))
+}
+
+/// The name the fake's certificate is verified as, and shown in replies.
+fn upstream_names(persona: &str) -> (&'static str, &'static str) {
+    match persona {
+        "163" => ("smtp.163.com", "smtp.163.com (fake)"),
+        "qq" => ("smtp.qq.com", "smtp.qq.com (fake)"),
+        "qq-mx" => ("localhost", "mx1.qq.com (fake)"),
+        "sink" => ("localhost", "sink (fake)"),
+        _ => ("localhost", "upstream (fake)"),
+    }
+}
+
+fn upstream_config(
+    up: &Upstream,
+    fake: &fake_upstream::Handle,
+    tls: &TlsMaterial,
+) -> Result<UpstreamConfig, String> {
+    let (server_name, name) = upstream_names(&up.persona);
+    let (mode, addr) = match up.tls.as_str() {
+        "starttls" => (TlsMode::StartTls, fake.addr()),
+        "none" => (TlsMode::None, fake.addr()),
+        _ => (
+            TlsMode::Implicit,
+            fake.tls_addr()
+                .ok_or("the fake upstream has no TLS listener")?,
+        ),
+    };
+    Ok(UpstreamConfig {
+        name: name.into(),
+        addr: addr.to_string(),
+        server_name: server_name.into(),
+        tls: mode,
+        tls_config: Some(
+            fake_upstream::tls::client_config(&tls.ca_pem).map_err(|e| e.to_string())?,
+        ),
+        helo_name: "relay.test".into(),
+        credentials: None,
+        timeouts: Timeouts {
+            command: Duration::from_secs(5),
+            data_init: Duration::from_secs(5),
+            data_end: Duration::from_secs(5),
+            ..Timeouts::default()
+        },
+    })
+}
+
+fn relay_config(
+    sc: &Scenario,
+    env: &Env,
+    tls: &TlsMaterial,
+    dir: &Path,
+) -> Result<RelayConfig, String> {
+    let upstream = upstream_config(&sc.upstream, &env.fakes[0].1, tls)?;
+    let mut routes = Vec::new();
+    for (r, (label, fake)) in sc.routes.iter().zip(env.fakes.iter().skip(1)) {
+        routes.push(Route {
+            label: label.clone(),
+            domains: r.domains.clone(),
+            upstream: upstream_config(&r.upstream, fake, tls)?,
+            passthrough: false,
+        });
+    }
+    Ok(RelayConfig {
+        listen_tls: Some("127.0.0.1:0".parse().expect("an address")),
+        tls: Some(tls.server_config.clone()),
+        auth_failure_delay: Duration::ZERO,
+        transcripts: Some(dir.join("transcripts")),
+        routes,
+        ..RelayConfig::new(
+            "relay.test",
+            "127.0.0.1:0".parse().expect("an address"),
+            dir.join("spool"),
+            upstream,
+        )
+    })
+}
+
+fn apply_relay_option(c: &mut RelayConfig, k: &str, v: &str) -> Result<(), String> {
+    let num = || {
+        v.parse::<u64>()
+            .map_err(|_| format!("{k}={v}: expected a number"))
+    };
+    let dur = || super::parse_duration(v);
+    match k {
+        "auth" => {
+            c.auth = match v {
+                "none" => AuthMode::TrustedNetworks(vec![("127.0.0.0".parse().expect("ip"), 8)]),
+                _ => AuthMode::Passthrough,
+            }
+        }
+        "max_recipients" => c.max_recipients = num()? as usize,
+        "max_message_size" => c.max_message_size = num()?,
+        "max_sessions" => c.max_sessions = num()? as usize,
+        "max_sessions_per_ip" => c.max_sessions_per_ip = num()? as usize,
+        "command_timeout" => c.command_timeout = dur()?,
+        "data_timeout" => c.data_timeout = dur()?,
+        "session_deadline" => c.session_deadline = dur()?,
+        "auth_failure_delay" => c.auth_failure_delay = dur()?,
+        "bare_line_endings" => {
+            c.bare_line_endings = match v {
+                "normalize" => BareLineEnding::Normalize,
+                _ => BareLineEnding::Reject,
+            }
+        }
+        "upstream_timeout" => {
+            let d = dur()?;
+            for t in std::iter::once(&mut c.upstream.timeouts)
+                .chain(c.routes.iter_mut().map(|r| &mut r.upstream.timeouts))
+            {
+                t.command = d;
+                t.data_init = d;
+                t.data_end = d;
+                t.greeting = d;
+            }
+        }
+        other => return Err(format!("{other:?} is not a relay option")),
+    }
+    Ok(())
+}
+
+/// The client side of a scenario.
+struct Client {
+    conn: Option<Conn>,
+    tls: Arc<rustls::ClientConfig>,
+    /// Bytes of `C:`/`raw:` steps not yet written (one write: a pipelined group).
+    pending: Vec<u8>,
+    /// What the client said and heard, with times (for the merged transcript of external
+    /// relays).
+    events: Vec<(Instant, String)>,
+    /// Messages the client sent (the DATA content after dot-unstuffing), in order.
+    sent: Vec<Vec<u8>>,
+    /// Inside DATA after a 354: decodes what is sent.
+    data: Option<(DataDecoder, Vec<u8>)>,
+    at_line: usize,
+    at_step: String,
+}
+
+struct Conn {
+    io: Box<dyn Io>,
+    buf: Vec<u8>,
+    eof: bool,
+}
+
+/// No single reply line longer than this is accepted from the relay.
+const MAX_REPLY_LINE: usize = 8192;
+/// A step that waits for the relay gives up after this.
+const STEP_WAIT: Duration = Duration::from_secs(15);
+
+impl Client {
+    fn new(tls: Arc<rustls::ClientConfig>) -> Client {
+        Client {
+            conn: None,
+            tls,
+            pending: Vec::new(),
+            events: Vec::new(),
+            sent: Vec::new(),
+            data: None,
+            at_line: 0,
+            at_step: String::new(),
+        }
+    }
+
+    fn note(&mut self, line: String) {
+        self.events.push((Instant::now(), line));
+    }
+
+    fn conn(&mut self) -> Result<&mut Conn, String> {
+        self.conn
+            .as_mut()
+            .ok_or_else(|| "not connected (the scenario needs connect first)".to_string())
+    }
+
+    async fn flush(&mut self) -> Result<(), String> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let bytes = std::mem::take(&mut self.pending);
+        for line in bytes.split_inclusive(|&b| b == b'\n') {
+            let shown = match line.strip_suffix(b"\r\n") {
+                Some(l) if !l.contains(&b'\r') && !l.contains(&b'\n') => {
+                    super::escape(l).replace("\\\\", "\\")
+                }
+                _ => format!("<raw> {}", super::escape(line)),
+            };
+            self.note(format!("C: {shown}"));
+        }
+        self.track_data(&bytes);
+        let conn = self.conn()?;
+        match tokio::time::timeout(STEP_WAIT, conn.io.write_all(&bytes)).await {
+            Ok(Ok(())) => {
+                let _ = conn.io.flush().await;
+                Ok(())
+            }
+            Ok(Err(e)) => Err(format!("write failed: {e}")),
+            Err(_) => Err("write timed out (the relay does not read)".into()),
+        }
+    }
+
+    /// Follows the DATA content the client sends after a 354, to know each message.
+    fn track_data(&mut self, mut bytes: &[u8]) {
+        while let Some((decoder, out)) = self.data.as_mut() {
+            match decoder.decode(bytes, out) {
+                DataProgress::NeedMore => return,
+                DataProgress::Done { consumed } => {
+                    let (_, msg) = self.data.take().expect("some");
+                    self.sent.push(msg);
+                    bytes = &bytes[consumed..];
+                }
+            }
+        }
+    }
+
+    async fn read_reply(&mut self) -> Result<Reply, String> {
+        let conn = self.conn()?;
+        let mut parser = ReplyParser::default();
+        let deadline = Instant::now() + STEP_WAIT;
+        loop {
+            if let Some(end) = memchr::memmem::find(&conn.buf, b"\r\n") {
+                let line: Vec<u8> = conn.buf.drain(..end + 2).collect();
+                match parser.push_line(&line[..end]) {
+                    Ok(Some(reply)) => {
+                        for l in reply.to_string().split("\r\n") {
+                            self.note(format!("S: {l}"));
+                        }
+                        if reply.code == 354 && self.data.is_none() {
+                            self.data = Some((
+                                DataDecoder::new(u64::MAX, BareLineEnding::Normalize),
+                                Vec::new(),
+                            ));
+                        }
+                        return Ok(reply);
+                    }
+                    Ok(None) => continue,
+                    Err(e) => {
+                        return Err(format!(
+                            "a malformed reply line {:?}: {e:?}",
+                            String::from_utf8_lossy(&line)
+                        ));
+                    }
+                }
+            }
+            if conn.buf.len() > MAX_REPLY_LINE {
+                return Err(format!("a reply line longer than {MAX_REPLY_LINE} octets"));
+            }
+            if conn.eof {
+                return Err(if conn.buf.is_empty() {
+                    "the relay closed the connection".to_string()
+                } else {
+                    format!(
+                        "the relay closed the connection after {:?}",
+                        String::from_utf8_lossy(&conn.buf)
+                    )
+                });
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            let mut chunk = [0u8; 8192];
+            match tokio::time::timeout(left, conn.io.read(&mut chunk)).await {
+                Err(_) => return Err(format!("no reply within {}s", STEP_WAIT.as_secs())),
+                Ok(Ok(0)) => conn.eof = true,
+                Ok(Ok(n)) => conn.buf.extend_from_slice(&chunk[..n]),
+                Ok(Err(e)) => {
+                    if e.kind() == std::io::ErrorKind::ConnectionReset {
+                        conn.eof = true;
+                    } else {
+                        return Err(format!("read failed: {e}"));
+                    }
+                }
+            }
+        }
+    }
+
+    async fn expect_close(&mut self) -> Result<(), String> {
+        let conn = self.conn()?;
+        let deadline = Instant::now() + STEP_WAIT;
+        while !conn.eof {
+            if !conn.buf.is_empty() {
+                break;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            let mut chunk = [0u8; 4096];
+            match tokio::time::timeout(left, conn.io.read(&mut chunk)).await {
+                Err(_) => {
+                    return Err("expected the relay to close the connection; it stayed open".into());
+                }
+                Ok(Ok(0)) | Ok(Err(_)) => conn.eof = true,
+                Ok(Ok(n)) => conn.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        if !conn.buf.is_empty() {
+            let got = String::from_utf8_lossy(&conn.buf).into_owned();
+            return Err(format!("expected the close, got {got:?}"));
+        }
+        self.note("* closed by the relay".into());
+        self.conn = None;
+        Ok(())
+    }
+
+    async fn handshake(&mut self) -> Result<(), String> {
+        let mut conn = self.conn.take().ok_or("not connected")?;
+        if !conn.buf.is_empty() {
+            return Err(format!(
+                "{} octets arrived after the 220 to STARTTLS (possible injection)",
+                conn.buf.len()
+            ));
+        }
+        let name = rustls_pki_types::ServerName::try_from("localhost").expect("a name");
+        let connector = tokio_rustls::TlsConnector::from(self.tls.clone());
+        let io = tokio::time::timeout(STEP_WAIT, connector.connect(name, conn.io))
+            .await
+            .map_err(|_| "TLS handshake timed out".to_string())?
+            .map_err(|e| format!("TLS handshake failed: {e}"))?;
+        conn.io = Box::new(io);
+        self.conn = Some(conn);
+        self.note("* TLS handshake done (verified against the run's CA)".into());
+        Ok(())
+    }
+}
+
+/// Reply text as on the wire, per line, after the code and its separator.
+fn wire_lines(reply: &Reply) -> Vec<String> {
+    reply
+        .to_string()
+        .split("\r\n")
+        .map(|l| l.get(4..).unwrap_or("").to_string())
+        .collect()
+}
+
+/// `*` matches any run of characters (line breaks included); everything else is literal.
+pub fn glob(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if pi < p.len() && p[pi] == t[ti] {
+            pi += 1;
+            ti += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+fn show_expect(e: &ExpectReply) -> String {
+    e.lines
+        .iter()
+        .enumerate()
+        .map(|(i, (CodePattern(c), t))| {
+            let sep = if i + 1 == e.lines.len() { ' ' } else { '-' };
+            match t {
+                Some(t) => format!("{c}{sep}{t}"),
+                None => c.clone(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" / ")
+}
+
+/// Whether `reply` is what `e` describes: one pattern matches the code and the whole text
+/// (lines joined with a line break); several must match line by line.
+pub fn reply_matches(e: &ExpectReply, reply: &Reply) -> bool {
+    let lines = wire_lines(reply);
+    match e.lines.as_slice() {
+        [(code, text)] => {
+            code.matches(reply.code) && text.as_ref().is_none_or(|t| glob(t, &lines.join("\n")))
+        }
+        many => {
+            many.len() == lines.len()
+                && many.iter().zip(&lines).all(|((code, text), line)| {
+                    code.matches(reply.code) && text.as_ref().is_none_or(|t| glob(t, line))
+                })
+        }
+    }
+}
+
+async fn drive(sc: &Scenario, env: &Env, c: &mut Client) -> Result<(), String> {
+    for step in &sc.steps {
+        c.at_line = step.line;
+        c.at_step = format!("{:?}", step.item).chars().take(80).collect();
+        let at = |e: String| format!("line {}: {e}", step.line);
+        if !matches!(step.item, Step::Send(_)) {
+            c.flush().await.map_err(at)?;
+        }
+        match &step.item {
+            Step::Connect { tls } => {
+                let addr = if *tls {
+                    env.relay_tls_addr
+                        .ok_or_else(|| at("this relay has no implicit-TLS listener".into()))?
+                } else {
+                    env.relay_addr
+                };
+                let tcp = tokio::time::timeout(STEP_WAIT, TcpStream::connect(addr))
+                    .await
+                    .map_err(|_| at(format!("connect to {addr} timed out")))?
+                    .map_err(|e| at(format!("cannot connect to {addr}: {e}")))?;
+                let _ = tcp.set_nodelay(true);
+                c.conn = Some(Conn {
+                    io: Box::new(tcp),
+                    buf: Vec::new(),
+                    eof: false,
+                });
+                c.note(format!(
+                    "* connected to the relay{}",
+                    if *tls { " (implicit TLS)" } else { "" }
+                ));
+                if *tls {
+                    c.handshake().await.map_err(at)?;
+                }
+            }
+            Step::Send(bytes) => c.pending.extend_from_slice(bytes),
+            Step::Flush => {}
+            Step::Expect(e) => {
+                let reply = c
+                    .read_reply()
+                    .await
+                    .map_err(|err| at(format!("expected {}, but {err}", show_expect(e))))?;
+                if !reply_matches(e, &reply) {
+                    return Err(at(format!(
+                        "expected {}, got {}",
+                        show_expect(e),
+                        reply.to_string().replace("\r\n", " / ")
+                    )));
+                }
+            }
+            Step::Close => c.expect_close().await.map_err(at)?,
+            Step::Sleep(d) => tokio::time::sleep(*d).await,
+            Step::StartTls => {
+                c.pending.extend_from_slice(b"STARTTLS\r\n");
+                c.flush().await.map_err(at)?;
+                let r = c.read_reply().await.map_err(at)?;
+                if r.code != 220 {
+                    return Err(at(format!("expected 220 to STARTTLS, got {r}")));
+                }
+                c.handshake().await.map_err(at)?;
+            }
+            Step::Tls => c.handshake().await.map_err(at)?,
+            Step::Auth {
+                mechanism,
+                user,
+                secret,
+            } => {
+                let b64 = |s: &[u8]| base64::engine::general_purpose::STANDARD.encode(s);
+                let conn = c.conn().map_err(at)?;
+                if mechanism == "plain" {
+                    let mut raw = vec![0u8];
+                    raw.extend_from_slice(user.as_bytes());
+                    raw.push(0);
+                    raw.extend_from_slice(secret.as_bytes());
+                    let line = format!("AUTH PLAIN {}\r\n", b64(&raw));
+                    write(conn, line.as_bytes()).await.map_err(at)?;
+                    c.note("C: AUTH PLAIN <redacted>".into());
+                } else {
+                    write(conn, b"AUTH LOGIN\r\n").await.map_err(at)?;
+                    c.note("C: AUTH LOGIN".into());
+                    for (i, part) in [user, secret].iter().enumerate() {
+                        let r = c.read_reply().await.map_err(at)?;
+                        if r.code != 334 {
+                            return Err(at(format!(
+                                "AUTH LOGIN: expected 334 before the {}, got {r}",
+                                if i == 0 { "user name" } else { "password" }
+                            )));
+                        }
+                        let conn = c.conn().map_err(at)?;
+                        write(conn, format!("{}\r\n", b64(part.as_bytes())).as_bytes())
+                            .await
+                            .map_err(at)?;
+                        c.note("C: <redacted>".into());
+                    }
+                }
+            }
+            Step::Message(file) => {
+                let path = if file.is_absolute() {
+                    file.clone()
+                } else if env.messages_dir.join(file).exists() {
+                    env.messages_dir.join(file)
+                } else {
+                    env.scenario_dir.join(file)
+                };
+                let content =
+                    std::fs::read(&path).map_err(|e| at(format!("{}: {e}", path.display())))?;
+                let wire = stuff(&content);
+                c.pending.extend_from_slice(&wire);
+                let n = c.events.len();
+                c.flush().await.map_err(at)?;
+                // One transcript line for the whole message, not one per line.
+                c.events.truncate(n);
+                c.note(format!(
+                    "C: <message {}: {} octets>",
+                    file.display(),
+                    content.len()
+                ));
+            }
+            Step::GeneratedMessage(size) => {
+                let content = generated_message(*size);
+                c.pending.extend_from_slice(&stuff(&content));
+                let n = c.events.len();
+                c.flush().await.map_err(at)?;
+                c.events.truncate(n);
+                c.note(format!("C: <generated message: {size} octets>"));
+            }
+            Step::Shutdown => match &env.relay {
+                Some(relay) => {
+                    relay.begin_shutdown();
+                    c.note("* the relay is told to shut down".into());
+                }
+                None => {
+                    return Err(at(
+                        "shutdown needs smtp-relay (not an external relay)".into()
+                    ));
+                }
+            },
+            Step::Quit => {
+                c.pending.extend_from_slice(b"QUIT\r\n");
+                c.flush().await.map_err(at)?;
+                let r = c.read_reply().await.map_err(at)?;
+                if r.code != 221 {
+                    return Err(at(format!("expected 221 to QUIT, got {r}")));
+                }
+                c.expect_close().await.map_err(at)?;
+            }
+        }
+    }
+    c.flush()
+        .await
+        .map_err(|e| format!("at the end of the steps: {e}"))
+}
+
+async fn write(conn: &mut Conn, bytes: &[u8]) -> Result<(), String> {
+    match tokio::time::timeout(STEP_WAIT, conn.io.write_all(bytes)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("write failed: {e}")),
+        Err(_) => Err("write timed out".into()),
+    }
+}
+
+/// A message of exactly `size` octets (at least its headers): a few headers, then lines of
+/// 74 letters and CRLF, the last one shorter.
+pub fn generated_message(size: usize) -> Vec<u8> {
+    let mut m = b"From: alice@163.com\r\nTo: bob@163.com\r\nSubject: generated\r\n\r\n".to_vec();
+    let mut i = 0u64;
+    while m.len() + 2 < size {
+        let room = (size - m.len() - 2).min(74);
+        m.extend((0..room).map(|k| b'a' + ((i + k as u64) % 26) as u8));
+        m.extend_from_slice(b"\r\n");
+        i += 1;
+    }
+    m
+}
+
+/// A message file as DATA content: CRLF line ends, dot-stuffed, then `.CRLF`.
+fn stuff(content: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(content.len() + content.len() / 40 + 8);
+    let mut encoder = smtp_wire::DataEncoder::new();
+    encoder.encode(content, &mut out);
+    encoder.finish(&mut out);
+    out
+}
+
+/// The message after the trace headers (`Received:`, `Return-Path:`) put on top of it.
+pub fn strip_trace(mut content: &[u8]) -> &[u8] {
+    loop {
+        let lower: Vec<u8> = content
+            .iter()
+            .take(12)
+            .map(|b| b.to_ascii_lowercase())
+            .collect();
+        if !(lower.starts_with(b"received:") || lower.starts_with(b"return-path:")) {
+            return content;
+        }
+        // Skip the header line and its continuation lines.
+        loop {
+            let Some(end) = memchr::memchr(b'\n', content) else {
+                return &content[content.len()..];
+            };
+            content = &content[end + 1..];
+            if !content.starts_with(b" ") && !content.starts_with(b"\t") {
+                break;
+            }
+        }
+    }
+}
+
+fn is_bounce(r: &fake_upstream::Received) -> bool {
+    memchr::memmem::find(&r.content, b"report-type=delivery-status").is_some()
+}
+
+fn check_all(sc: &Scenario, env: &Env, client: &Client) -> Result<(), String> {
+    let received = env.received();
+    let upstream_lines: Vec<String> = env
+        .fakes
+        .iter()
+        .flat_map(|(_, f)| f.transcripts())
+        .flat_map(|t| t.lines.into_iter())
+        .filter_map(|l| l.strip_prefix("C: ").map(str::to_string))
+        .collect();
+    for check in &sc.checks {
+        let at = |e: String| format!("line {}: {e}", check.line);
+        match &check.item {
+            Check::Delivered(want) => {
+                let mut got: Vec<String> = received
+                    .iter()
+                    .flat_map(|(_, r)| r.rcpt_to.iter().map(|a| a.to_ascii_lowercase()))
+                    .collect();
+                let mut want: Vec<String> = want.iter().map(|a| a.to_ascii_lowercase()).collect();
+                got.sort();
+                want.sort();
+                if got != want {
+                    return Err(at(format!(
+                        "expected deliveries to [{}], the upstreams got [{}]",
+                        want.join(" "),
+                        got.join(" ")
+                    )));
+                }
+            }
+            Check::Messages(n) => {
+                if received.len() != *n {
+                    return Err(at(format!(
+                        "expected {n} message(s) upstream, got {}",
+                        received.len()
+                    )));
+                }
+            }
+            Check::BodyIntact => {
+                let mut compared = 0;
+                for (label, r) in received.iter().filter(|(_, r)| !is_bounce(r)) {
+                    let body = strip_trace(&r.content);
+                    if !client.sent.iter().any(|m| m.as_slice() == body) {
+                        return Err(at(format!(
+                            "upstream {label} got a message ({} octets after the trace headers) that is not byte for byte one the client sent ({} sent); it begins {:?}",
+                            body.len(),
+                            client.sent.len(),
+                            super::escape(&body[..body.len().min(120)])
+                        )));
+                    }
+                    compared += 1;
+                }
+                if compared == 0 {
+                    return Err(at("no message reached an upstream to compare".into()));
+                }
+            }
+            Check::UpstreamGot(want) => {
+                let got: Vec<&fake_upstream::Received> = received
+                    .iter()
+                    .map(|(_, r)| r)
+                    .filter(|r| !is_bounce(r))
+                    .collect();
+                match got.as_slice() {
+                    [one] => {
+                        let body = strip_trace(&one.content);
+                        if body != want.as_slice() {
+                            return Err(at(format!(
+                                "the upstream got {:?}, expected {:?}",
+                                super::escape(body),
+                                super::escape(want)
+                            )));
+                        }
+                    }
+                    other => {
+                        return Err(at(format!(
+                            "expected exactly one message upstream, got {}",
+                            other.len()
+                        )));
+                    }
+                }
+            }
+            Check::UpstreamSaw(text) => {
+                if !upstream_lines.iter().any(|l| l.contains(text.as_str())) {
+                    return Err(at(format!("no upstream received a line with {text:?}")));
+                }
+            }
+            Check::UpstreamNeverSaw(text) => {
+                if let Some(l) = upstream_lines.iter().find(|l| l.contains(text.as_str())) {
+                    return Err(at(format!("an upstream received {l:?}")));
+                }
+            }
+            Check::NothingUpstream => {
+                let envelope = upstream_lines.iter().find(|l| {
+                    let u = l.to_ascii_uppercase();
+                    u.starts_with("MAIL") || u.starts_with("RCPT") || u.starts_with("DATA")
+                });
+                if let Some(l) = envelope {
+                    return Err(at(format!("expected nothing upstream, it received {l:?}")));
+                }
+                if !received.is_empty() {
+                    return Err(at(format!(
+                        "expected nothing upstream, it got {} message(s)",
+                        received.len()
+                    )));
+                }
+            }
+            Check::BounceTo(addr) => {
+                let found = received.iter().any(|(_, r)| {
+                    is_bounce(r) && r.rcpt_to.iter().any(|a| a.eq_ignore_ascii_case(addr))
+                });
+                if !found {
+                    return Err(at(format!(
+                        "no delivery status notification reached {addr}"
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Replaces what changes from run to run: ports, ids, dates, tokens.
+pub fn normalize(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for line in fake_upstream::testing::normalize(text).lines() {
+        let mut l = line.to_string();
+        // Every 127.0.0.1:PORT (the fake's normaliser takes the first only).
+        let mut from = 0;
+        while let Some(i) = l[from..].find("127.0.0.1:") {
+            let start = from + i + "127.0.0.1:".len();
+            let end = l[start..]
+                .find(|c: char| !c.is_ascii_digit())
+                .map_or(l.len(), |e| start + e);
+            if end > start {
+                l.replace_range(start..end, "<port>");
+            }
+            from = start;
+        }
+        l = replace_spool_ids(&l);
+        l = replace_dates(&l);
+        out.push_str(&l);
+        out.push('\n');
+    }
+    out
+}
+
+/// `20261126T060149.779054-12` (the relay's message ids) becomes `<id>`.
+fn replace_spool_ids(line: &str) -> String {
+    let b = line.as_bytes();
+    let mut out = String::with_capacity(line.len());
+    let mut i = 0;
+    while i < b.len() {
+        let is_id = b.len() >= i + 23
+            && b[i..i + 8].iter().all(u8::is_ascii_digit)
+            && b[i + 8] == b'T'
+            && b[i + 9..i + 15].iter().all(u8::is_ascii_digit)
+            && b[i + 15] == b'.'
+            && b[i + 16..i + 22].iter().all(u8::is_ascii_digit)
+            && b[i + 22] == b'-';
+        if is_id {
+            let mut end = i + 23;
+            while end < b.len() && b[end].is_ascii_digit() {
+                end += 1;
+            }
+            out.push_str("<id>");
+            i = end;
+        } else {
+            let ch = line[i..].chars().next().expect("in bounds");
+            out.push(ch);
+            i += ch.len_utf8();
+        }
+    }
+    out
+}
+
+/// RFC 2822 dates (`Thu, 26 Nov 2026 06:01:49 +0000`) become `<date>`.
+fn replace_dates(line: &str) -> String {
+    const DAYS: [&str; 7] = [
+        "Mon, ", "Tue, ", "Wed, ", "Thu, ", "Fri, ", "Sat, ", "Sun, ",
+    ];
+    let mut l = line.to_string();
+    for day in DAYS {
+        while let Some(i) = l.find(day) {
+            // "Thu, 26 Nov 2026 06:01:49 +0000" is 31 characters.
+            let end = (i + 31).min(l.len());
+            let candidate = &l[i..end];
+            if chrono::DateTime::parse_from_rfc2822(candidate).is_ok() {
+                l.replace_range(i..end, "<date>");
+            } else {
+                // Not a date: step past it (mark to avoid looping).
+                l.replace_range(i..i + day.len(), &day.replace(", ", ",\u{0}"));
+            }
+        }
+        l = l.replace(&day.replace(", ", ",\u{0}"), day);
+    }
+    l
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        assert!(glob("*", ""));
+        assert!(glob("Mail OK", "Mail OK"));
+        assert!(!glob("Mail OK", "Mail OK queued"));
+        assert!(glob("Mail OK*", "Mail OK queued as x"));
+        assert!(glob("*PIPELINING*", "relay.test\nPIPELINING\nSIZE"));
+        assert!(glob(
+            "5.1.3 *no @*",
+            "5.1.3 Bad recipient address syntax: no @ in address"
+        ));
+        assert!(!glob("a*b", "acbd"));
+    }
+
+    #[test]
+    fn trace_headers_are_stripped() {
+        let m =
+            b"Received: from x\r\n\tby y; date\r\nReturn-Path: <a@b>\r\nFrom: a\r\n\r\nbody\r\n";
+        assert_eq!(strip_trace(m), b"From: a\r\n\r\nbody\r\n");
+        assert_eq!(strip_trace(b"From: a\r\n"), b"From: a\r\n");
+    }
+
+    #[test]
+    fn normalizing() {
+        let t = "* client 127.0.0.1:5555 and 127.0.0.1:6666\nReceived ... id 20261126T060149.779054-12;\n\tThu, 26 Nov 2026 06:01:49 +0000\nThu, no date";
+        let n = normalize(t);
+        assert!(n.contains("127.0.0.1:<port> and 127.0.0.1:<port>"), "{n}");
+        assert!(n.contains("id <id>;"), "{n}");
+        assert!(n.contains("\t<date>"), "{n}");
+        assert!(n.contains("Thu, no date"), "{n}");
+    }
+
+    #[test]
+    fn stuffing() {
+        assert_eq!(stuff(b"a\n.b\r\n"), b"a\r\n..b\r\n.\r\n");
+        assert_eq!(stuff(b"no end"), b"no end\r\n.\r\n");
+    }
+}

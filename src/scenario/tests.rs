@@ -1,0 +1,194 @@
+use super::*;
+
+const SEED: &str = r#"# The seed's session.
+description: Foxmail-style session, three domains
+tags: portable
+timeout: 20s
+upstream: 163
+user: alice@163.com ALICEAUTHCODE163
+fault: RCPT bob@163.com: 451 4.7.1 busy, twice
+fault: drop after DATA
+route qq: qq.com .qq.com -> qq-mx
+fault qq: end of data: 554 DT:SPM, 2nd time
+relay: max_recipients=3 command_timeout=2s
+
+connect
+S: 220 relay.test*
+C: EHLO foxmail.example
+S: 250-relay.test*
+S: 250-PIPELINING
+S: 250 *
+auth login alice@163.com ALICEAUTHCODE163
+S: 235 Authentication successful
+C: MAIL FROM:<alice@163.com>
+C: RCPT TO:<bob@163.com>   # not a comment: C: lines are sent as written
+raw: DATA\r\n
+S: 250
+S: 4xx
+S: 2xx 2.1.5 *
+message: seed.eml
+S: 250 Mail OK queued as *
+sleep 250ms
+quit
+
+expect delivered: bob@163.com friend@qq.com
+expect messages: 1
+expect body intact
+expect upstream saw: RCPT TO:<bob@163.com>
+expect upstream never saw: chengli
+expect upstream got: Subject: x\r\n\r\nhi\r\n
+expect bounce to: alice@163.com
+"#;
+
+#[test]
+fn parses_the_format() {
+    let sc = Scenario::parse(SEED, Path::new("scenarios/seed.scn")).unwrap();
+    assert_eq!(sc.name, "seed");
+    assert_eq!(sc.description, "Foxmail-style session, three domains");
+    assert_eq!(sc.tags, ["portable"]);
+    assert_eq!(sc.timeout, Duration::from_secs(20));
+    assert_eq!(
+        sc.upstream.users.as_ref().unwrap()[0].code,
+        "ALICEAUTHCODE163"
+    );
+    assert_eq!(
+        sc.upstream.faults[0].address.as_deref(),
+        Some("bob@163.com")
+    );
+    assert_eq!(sc.upstream.faults[0].first, Some(2));
+    assert_eq!(
+        sc.upstream.faults[0].reply.as_deref(),
+        Some("451 4.7.1 busy")
+    );
+    assert_eq!(sc.upstream.faults[1].stage, Stage::Data);
+    assert_eq!(sc.upstream.faults[1].drop, Some(DropWhen::After));
+    assert_eq!(sc.routes[0].domains, ["qq.com", ".qq.com"]);
+    assert_eq!(sc.routes[0].upstream.persona, "qq-mx");
+    assert_eq!(sc.routes[0].upstream.faults[0].nth, Some(2));
+    assert_eq!(sc.relay[1], ("command_timeout".into(), "2s".into()));
+    let steps: Vec<&Step> = sc.steps.iter().map(|s| &s.item).collect();
+    assert_eq!(steps[0], &Step::Connect { tls: false });
+    match steps[3] {
+        Step::Expect(e) => assert_eq!(e.lines.len(), 3),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        steps[7],
+        &Step::Send(
+            b"RCPT TO:<bob@163.com>   # not a comment: C: lines are sent as written\r\n".to_vec()
+        )
+    );
+    assert_eq!(steps[8], &Step::Send(b"DATA\r\n".to_vec()));
+    assert_eq!(
+        sc.steps[3].line, 16,
+        "a multi-line expectation starts at its first line"
+    );
+    assert_eq!(sc.checks.len(), 7);
+    assert_eq!(
+        sc.checks[5].item,
+        Check::UpstreamGot(b"Subject: x\r\n\r\nhi\r\n".to_vec())
+    );
+}
+
+#[test]
+fn round_trips_through_text() {
+    let sc = Scenario::parse(SEED, Path::new("seed.scn")).unwrap();
+    let again = Scenario::parse(&sc.to_text(), Path::new("seed.scn")).unwrap();
+    let strip = |s: &Scenario| {
+        let mut s = s.clone();
+        for l in &mut s.steps {
+            l.line = 0;
+        }
+        for l in &mut s.checks {
+            l.line = 0;
+        }
+        s
+    };
+    assert_eq!(strip(&sc), strip(&again), "{}", sc.to_text());
+}
+
+#[test]
+fn faults_in_the_fake_upstreams_terms() {
+    let f = parse_fault("RCPT <bob@163.com>: 451 twice").unwrap();
+    assert_eq!(
+        (f.stage, f.address.as_deref(), f.reply.as_deref(), f.first),
+        (Stage::Rcpt, Some("bob@163.com"), Some("451 twice"), None)
+    );
+    let f = parse_fault("RCPT bob@163.com: 451 busy, twice").unwrap();
+    assert_eq!((f.reply.as_deref(), f.first), (Some("451 busy"), Some(2)));
+    let f = parse_fault("drop after DATA").unwrap();
+    assert_eq!((f.stage, f.drop), (Stage::Data, Some(DropWhen::After)));
+    let f = parse_fault("end of data: delay 300ms then 451 later, every 2").unwrap();
+    assert_eq!(
+        (f.stage, f.delay_ms, f.reply.as_deref(), f.every),
+        (Stage::EndOfData, Some(300), Some("451 later"), Some(2))
+    );
+    let f = parse_fault("connect: tls failure, once").unwrap();
+    assert!(f.tls_fail && f.first == Some(1));
+    let f = parse_fault("MAIL: stall, probability 0.5").unwrap();
+    assert!(f.stall && f.probability == Some(0.5));
+    let f = parse_fault("greeting: 421 HL:ICC, 3rd time").unwrap();
+    assert_eq!(f.nth, Some(3));
+    for bad in ["RCPT", "RCPX: 451 x", "RCPT: hello", "MAIL: delay soon"] {
+        assert!(parse_fault(bad).is_err(), "{bad}");
+    }
+    for text in [
+        "RCPT bob@163.com: 451 busy, 2 times",
+        "end of data: drop before",
+        "DATA: delay 300ms then 451 later, time 2",
+        "connect: tls failure, every 3",
+    ] {
+        assert_eq!(fault_text(&parse_fault(text).unwrap()), text);
+    }
+}
+
+#[test]
+fn errors_name_the_line_and_the_problem() {
+    let e = |text: &str| Scenario::parse(text, Path::new("x.scn")).unwrap_err();
+    let err = e("connect\nS: 2y0\n");
+    assert_eq!(
+        (err.line, err.message.contains("reply code")),
+        (2, true),
+        "{err}"
+    );
+    let err = e("connect\nS: 250-a\nC: x\n");
+    assert_eq!(err.line, 2, "{err}");
+    assert!(err.message.contains("multi-line"), "{err}");
+    let err = e("C: EHLO x\n");
+    assert!(err.message.contains("must begin with connect"), "{err}");
+    let err = e("relay: colour=red\n");
+    assert!(err.message.contains("not a relay option"), "{err}");
+    let err = e("fault qq: RCPT: 451 x\n");
+    assert!(err.message.contains("no route named"), "{err}");
+    let err = e("connect\nraw: \\q\n");
+    assert!(err.message.contains("unknown escape"), "{err}");
+    let err = e("frobnicate\n");
+    assert!(
+        err.to_string()
+            .starts_with("x.scn:1: \"frobnicate\": not a scenario line"),
+        "{err}"
+    );
+}
+
+#[test]
+fn escapes_round_trip() {
+    let all: Vec<u8> = (0..=255).collect();
+    assert_eq!(unescape(&escape(&all)).unwrap(), all);
+    assert_eq!(unescape("a\\r\\n.\\x00\\\\").unwrap(), b"a\r\n.\0\\");
+}
+
+#[test]
+fn b64_templates() {
+    assert_eq!(
+        expand("AUTH PLAIN {b64:\\0a@b\\0c}").unwrap(),
+        b"AUTH PLAIN AGFAYgBj"
+    );
+    assert!(expand("{b64:x").is_err());
+}
+
+#[test]
+fn codes() {
+    assert!(CodePattern("2xx".into()).matches(250));
+    assert!(CodePattern("250".into()).matches(250));
+    assert!(!CodePattern("4xx".into()).matches(250));
+}
