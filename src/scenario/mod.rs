@@ -117,6 +117,10 @@ pub enum Step {
     Quit,
     /// Tell the relay to shut down (smtp-relay only), without waiting for it.
     Shutdown,
+    /// Read every reply until the relay is quiet for 150 ms or closes, checking only that
+    /// each is well-formed; after a close seen here, later sends are skipped. For generated
+    /// sessions, whose replies are not known in advance.
+    Drain,
 }
 
 /// What a reply must look like.
@@ -165,6 +169,14 @@ pub enum Check {
     NothingUpstream,
     /// A delivery status notification (`multipart/report`) reached this recipient.
     BounceTo(String),
+    /// What reached the upstreams agrees with what the client was told: every message an
+    /// upstream got is byte for byte one the client sent (trace headers aside); every
+    /// message the client got a 2xx for reached an upstream (or a bounce went out); no
+    /// message the client got a 4xx or 5xx for reached one.
+    Consistent,
+    /// No AUTH secret of the scenario (its `user:` codes and `auth` steps) appears in the
+    /// transcripts, the upstream's records or the relay's spool records.
+    NoSecrets,
 }
 
 /// A parse error: the file, the line, what is wrong.
@@ -633,6 +645,9 @@ impl Scenario {
                 "tls" => sc.steps.push(step(Step::Tls)),
                 "quit" => sc.steps.push(step(Step::Quit)),
                 "shutdown" => sc.steps.push(step(Step::Shutdown)),
+                "drain" => sc.steps.push(step(Step::Drain)),
+                "expect consistent" => sc.checks.push(check(Check::Consistent)),
+                "expect no secrets" => sc.checks.push(check(Check::NoSecrets)),
                 k if k.starts_with("message size ") => {
                     let n = k[13..].trim();
                     let n = n
@@ -755,6 +770,31 @@ impl Scenario {
     }
 
     /// The scenario as text that [`Scenario::parse`] reads back to the same scenario.
+    /// The AUTH secrets the scenario knows: upstream user codes and `auth` step secrets.
+    pub fn secrets(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .upstream
+            .users
+            .iter()
+            .flatten()
+            .map(|u| u.code.clone())
+            .collect();
+        for s in &self.steps {
+            if let Step::Auth { secret, .. } = &s.item {
+                out.push(secret.clone());
+            }
+        }
+        if self.upstream.users.is_none() && self.upstream.persona == "163" {
+            out.extend(
+                ["ALICEAUTHCODE163", "BOBAUTHCODE16300", "CAROLAUTHCODE163"].map(String::from),
+            );
+        }
+        out.retain(|s| s.len() >= 4);
+        out.sort();
+        out.dedup();
+        out
+    }
+
     pub fn to_text(&self) -> String {
         let mut s = String::new();
         if !self.description.is_empty() {
@@ -843,6 +883,7 @@ impl Scenario {
                 Step::Message(p) => s.push_str(&format!("message: {}\n", p.display())),
                 Step::Quit => s.push_str("quit\n"),
                 Step::Shutdown => s.push_str("shutdown\n"),
+                Step::Drain => s.push_str("drain\n"),
                 Step::GeneratedMessage(n) => s.push_str(&format!("message size {n}\n")),
             }
         }
@@ -863,6 +904,8 @@ impl Scenario {
                 }
                 Check::NothingUpstream => s.push_str("expect nothing upstream\n"),
                 Check::BounceTo(a) => s.push_str(&format!("expect bounce to: {a}\n")),
+                Check::Consistent => s.push_str("expect consistent\n"),
+                Check::NoSecrets => s.push_str("expect no secrets\n"),
             }
         }
         s

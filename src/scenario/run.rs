@@ -172,6 +172,8 @@ struct Env {
     external: bool,
     /// Where `message:` files are found.
     messages_dir: PathBuf,
+    /// The relay's spool (smtp-relay only).
+    spool_dir: Option<PathBuf>,
     scenario_dir: PathBuf,
 }
 
@@ -223,6 +225,7 @@ impl Env {
             client_tls,
             external: false,
             messages_dir: scenario_dir.join("messages"),
+            spool_dir: None,
             scenario_dir,
             fakes,
         };
@@ -241,6 +244,7 @@ impl Env {
                     .await
                     .map_err(|e| format!("relay: {e}"))?;
                 Ok(Env {
+                    spool_dir: Some(dir.join("spool")),
                     relay_addr: relay.addr(),
                     relay_tls_addr: relay.tls_addr(),
                     relay: Some(relay),
@@ -537,6 +541,12 @@ struct Client {
     sent: Vec<Vec<u8>>,
     /// Inside DATA after a 354: decodes what is sent.
     data: Option<(DataDecoder, Vec<u8>)>,
+    /// The final reply to each message in `sent` (when it was read).
+    finals: Vec<Option<Reply>>,
+    /// A message ended and its final reply is the next one read.
+    awaiting_final: bool,
+    /// A `drain` saw the relay close: later sends are skipped.
+    closed_seen: bool,
     at_line: usize,
     at_step: String,
 }
@@ -561,6 +571,9 @@ impl Client {
             events: Vec::new(),
             sent: Vec::new(),
             data: None,
+            finals: Vec::new(),
+            awaiting_final: false,
+            closed_seen: false,
             at_line: 0,
             at_step: String::new(),
         }
@@ -578,6 +591,14 @@ impl Client {
 
     async fn flush(&mut self) -> Result<(), String> {
         if self.pending.is_empty() {
+            return Ok(());
+        }
+        if self.closed_seen && self.conn.is_none() {
+            let n = self.pending.len();
+            self.pending.clear();
+            self.note(format!(
+                "* {n} octets not sent: the relay had closed the connection"
+            ));
             return Ok(());
         }
         let bytes = std::mem::take(&mut self.pending);
@@ -610,6 +631,8 @@ impl Client {
                 DataProgress::Done { consumed } => {
                     let (_, msg) = self.data.take().expect("some");
                     self.sent.push(msg);
+                    self.finals.push(None);
+                    self.awaiting_final = true;
                     bytes = &bytes[consumed..];
                 }
             }
@@ -627,6 +650,12 @@ impl Client {
                     Ok(Some(reply)) => {
                         for l in reply.to_string().split("\r\n") {
                             self.note(format!("S: {l}"));
+                        }
+                        if self.awaiting_final {
+                            self.awaiting_final = false;
+                            if let Some(last) = self.finals.last_mut() {
+                                *last = Some(reply.clone());
+                            }
                         }
                         if reply.code == 354 && self.data.is_none() {
                             self.data = Some((
@@ -672,6 +701,40 @@ impl Client {
                     }
                 }
             }
+        }
+    }
+
+    /// Reads replies until the relay is quiet for 150 ms or closes.
+    async fn drain(&mut self) -> Result<(), String> {
+        if self.conn.is_none() {
+            return Ok(());
+        }
+        loop {
+            let conn = self.conn()?;
+            if conn.buf.is_empty() && !conn.eof {
+                let mut chunk = [0u8; 8192];
+                match tokio::time::timeout(Duration::from_millis(150), conn.io.read(&mut chunk))
+                    .await
+                {
+                    Err(_) => return Ok(()),
+                    Ok(Ok(0)) | Ok(Err(_)) => conn.eof = true,
+                    Ok(Ok(n)) => conn.buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let conn = self.conn()?;
+            if conn.eof && conn.buf.is_empty() {
+                self.note("* closed by the relay".into());
+                self.conn = None;
+                self.closed_seen = true;
+                return Ok(());
+            }
+            if conn.eof && memchr::memmem::find(&conn.buf, b"\r\n").is_none() {
+                let rest = String::from_utf8_lossy(&conn.buf).into_owned();
+                return Err(format!(
+                    "the relay closed after an incomplete reply line {rest:?}"
+                ));
+            }
+            self.read_reply().await?;
         }
     }
 
@@ -794,6 +857,25 @@ async fn drive(sc: &Scenario, env: &Env, c: &mut Client) -> Result<(), String> {
         if !matches!(step.item, Step::Send(_)) {
             c.flush().await.map_err(at)?;
         }
+        // After a close that a `drain` saw, what would talk to the relay is skipped.
+        if c.closed_seen
+            && c.conn.is_none()
+            && matches!(
+                step.item,
+                Step::Auth { .. }
+                    | Step::StartTls
+                    | Step::Tls
+                    | Step::Message(_)
+                    | Step::GeneratedMessage(_)
+                    | Step::Quit
+            )
+        {
+            c.note(format!(
+                "* line {}: skipped, the relay had closed the connection",
+                step.line
+            ));
+            continue;
+        }
         match &step.item {
             Step::Connect { tls } => {
                 let addr = if *tls {
@@ -911,6 +993,7 @@ async fn drive(sc: &Scenario, env: &Env, c: &mut Client) -> Result<(), String> {
                 c.events.truncate(n);
                 c.note(format!("C: <generated message: {size} octets>"));
             }
+            Step::Drain => c.drain().await.map_err(at)?,
             Step::Shutdown => match &env.relay {
                 Some(relay) => {
                     relay.begin_shutdown();
@@ -1099,6 +1182,64 @@ fn check_all(sc: &Scenario, env: &Env, client: &Client) -> Result<(), String> {
                         "expected nothing upstream, it got {} message(s)",
                         received.len()
                     )));
+                }
+            }
+            Check::Consistent => {
+                for (label, r) in received.iter().filter(|(_, r)| !is_bounce(r)) {
+                    let body = strip_trace(&r.content);
+                    let Some(i) = client.sent.iter().position(|m| m.as_slice() == body) else {
+                        return Err(at(format!(
+                            "upstream {label} got a message that the client never sent; it begins {:?}",
+                            super::escape(&body[..body.len().min(120)])
+                        )));
+                    };
+                    if let Some(Some(reply)) = client.finals.get(i)
+                        && !reply.is_positive()
+                    {
+                        return Err(at(format!(
+                            "upstream {label} got message {} although the client was told {reply}",
+                            i + 1
+                        )));
+                    }
+                }
+                let bounced = received.iter().any(|(_, r)| is_bounce(r));
+                for (i, (m, reply)) in client.sent.iter().zip(&client.finals).enumerate() {
+                    let Some(reply) = reply else { continue };
+                    let arrived = received
+                        .iter()
+                        .any(|(_, r)| strip_trace(&r.content) == m.as_slice());
+                    if reply.code / 100 == 2 && !arrived && !bounced {
+                        return Err(at(format!(
+                            "the client was told {reply} for message {}, but no upstream got it and no bounce went out",
+                            i + 1
+                        )));
+                    }
+                }
+            }
+            Check::NoSecrets => {
+                let mut haystack = env.transcript(sc, client);
+                for (_, f) in &env.fakes {
+                    for t in f.transcripts() {
+                        haystack.push_str(&t.text());
+                    }
+                }
+                if let Some(spool) = &env.spool_dir
+                    && let Ok(dir) = std::fs::read_dir(spool)
+                {
+                    for f in dir.flatten() {
+                        if f.path().extension().is_some_and(|e| e == "json") {
+                            haystack
+                                .push_str(&std::fs::read_to_string(f.path()).unwrap_or_default());
+                        }
+                    }
+                }
+                let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+                for secret in sc.secrets() {
+                    if haystack.contains(&secret) || haystack.contains(&b64(&secret)) {
+                        return Err(at(format!(
+                            "the secret {secret:?} appears in a transcript or record"
+                        )));
+                    }
                 }
             }
             Check::BounceTo(addr) => {
