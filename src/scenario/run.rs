@@ -141,6 +141,7 @@ pub async fn run_one(sc: &Scenario, opts: &Options, tls: &TlsMaterial) -> Outcom
         )),
     };
     drop(client.conn.take());
+    client.held.clear();
     // Let the relay finish: its sessions end, bounces go out, transcripts are written.
     if let Some(relay) = &env.relay {
         relay.shutdown().await;
@@ -531,6 +532,8 @@ fn apply_relay_option(c: &mut RelayConfig, k: &str, v: &str) -> Result<(), Strin
 /// The client side of a scenario.
 struct Client {
     conn: Option<Conn>,
+    /// Earlier connections, kept open (idle) when the scenario connects again.
+    held: Vec<Conn>,
     tls: Arc<rustls::ClientConfig>,
     /// Bytes of `C:`/`raw:` steps not yet written (one write: a pipelined group).
     pending: Vec<u8>,
@@ -566,6 +569,7 @@ impl Client {
     fn new(tls: Arc<rustls::ClientConfig>) -> Client {
         Client {
             conn: None,
+            held: Vec::new(),
             tls,
             pending: Vec::new(),
             events: Vec::new(),
@@ -889,6 +893,10 @@ async fn drive(sc: &Scenario, env: &Env, c: &mut Client) -> Result<(), String> {
                     .map_err(|_| at(format!("connect to {addr} timed out")))?
                     .map_err(|e| at(format!("cannot connect to {addr}: {e}")))?;
                 let _ = tcp.set_nodelay(true);
+                if let Some(old) = c.conn.take() {
+                    c.held.push(old);
+                    c.note("* the earlier connection stays open".into());
+                }
                 c.conn = Some(Conn {
                     io: Box::new(tcp),
                     buf: Vec::new(),
