@@ -262,7 +262,13 @@ impl Drop for IpSlot {
 }
 
 /// Binds the listeners and serves until [`RelayHandle::shutdown`].
-pub async fn start(config: RelayConfig) -> std::io::Result<RelayHandle> {
+pub async fn start(mut config: RelayConfig) -> std::io::Result<RelayHandle> {
+    // Upstream sessions record their lines only when the relay keeps transcripts.
+    let recording = config.transcripts.is_some();
+    config.upstream.transcript = recording;
+    for r in &mut config.routes {
+        r.upstream.transcript = recording;
+    }
     std::fs::create_dir_all(&config.spool_dir)?;
     let plain = TcpListener::bind(config.listen).await?;
     let implicit = match (config.listen_tls, &config.tls) {

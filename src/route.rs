@@ -101,6 +101,7 @@ mod tests {
                 helo_name: "relay.test".into(),
                 credentials: None,
                 timeouts: Timeouts::default(),
+                transcript: true,
             },
             passthrough: false,
         }

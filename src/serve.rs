@@ -423,6 +423,7 @@ fn upstream_config(u: &FileUpstream, key: &str, ctx: &Ctx) -> Result<UpstreamCon
         helo_name: ctx.hostname.to_string(),
         credentials,
         timeouts: ctx.timeouts,
+        transcript: true,
     })
 }
 

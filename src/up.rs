@@ -100,6 +100,7 @@ pub async fn start(args: &UpArgs) -> Result<Up, String> {
             command: Duration::from_secs(60),
             ..Timeouts::default()
         },
+        transcript: true,
     };
     let relay = relay::start(RelayConfig {
         listen_tls: Some(args.listen_tls),

@@ -76,6 +76,9 @@ pub struct UpstreamConfig {
     /// AUTH with these after the secured EHLO.
     pub credentials: Option<Credentials>,
     pub timeouts: Timeouts,
+    /// Record `C:`/`S:` lines (off for load runs and relays without transcripts: no
+    /// allocation per command).
+    pub transcript: bool,
 }
 
 impl fmt::Debug for UpstreamConfig {
@@ -349,6 +352,10 @@ pub struct Upstream {
     transcript: Vec<String>,
     /// The upstream's reply to AUTH (its exact words, e.g. `235 Authentication successful`).
     auth_reply: Option<Reply>,
+    recording: bool,
+    /// How long each phase of the handshake took (connect, TLS, greeting, EHLO, STARTTLS,
+    /// AUTH), for load reports.
+    handshake_times: Vec<(Phase, Duration)>,
 }
 
 impl fmt::Debug for Upstream {
@@ -365,6 +372,7 @@ impl Upstream {
     pub async fn connect(config: &UpstreamConfig) -> Result<Upstream, UpstreamError> {
         let name = config.name.clone();
         let t = config.timeouts;
+        let started = std::time::Instant::now();
         let tcp = match tokio::time::timeout(t.connect, TcpStream::connect(&config.addr)).await {
             Ok(Ok(tcp)) => tcp,
             Ok(Err(source)) => {
@@ -382,9 +390,13 @@ impl Upstream {
             }
         };
         let _ = tcp.set_nodelay(true);
+        let connected = started.elapsed();
         let mut io: Box<dyn Io> = Box::new(tcp);
+        let mut tls_time = None;
         if config.tls == TlsMode::Implicit {
+            let t0 = std::time::Instant::now();
             io = handshake(config, io).await?;
+            tls_time = Some(t0.elapsed());
         }
         let mut up = Upstream {
             name,
@@ -405,16 +417,25 @@ impl Upstream {
             out: Vec::new(),
             transcript: Vec::new(),
             auth_reply: None,
+            recording: config.transcript,
+            handshake_times: Vec::with_capacity(6),
         };
-        up.transcript
-            .push(format!("* connected to {}", config.addr));
-        if config.tls == TlsMode::Implicit {
-            up.transcript.push(format!(
-                "* TLS handshake done (implicit TLS, verified {})",
-                config.server_name
-            ));
+        up.handshake_times.push((Phase::Connect, connected));
+        if let Some(tls) = tls_time {
+            up.handshake_times.push((Phase::Tls, tls));
+        }
+        if up.recording {
+            up.transcript
+                .push(format!("* connected to {}", config.addr));
+            if config.tls == TlsMode::Implicit {
+                up.transcript.push(format!(
+                    "* TLS handshake done (implicit TLS, verified {})",
+                    config.server_name
+                ));
+            }
         }
         let mut phase = Phase::Greeting;
+        let mut phase_start = std::time::Instant::now();
         loop {
             let wait = if phase == Phase::Greeting {
                 t.greeting
@@ -422,6 +443,8 @@ impl Upstream {
                 t.command
             };
             let reply = up.read_reply(phase, wait).await?;
+            up.handshake_times.push((phase, phase_start.elapsed()));
+            phase_start = std::time::Instant::now();
             if phase == Phase::Auth {
                 up.auth_reply = Some(reply.clone());
             }
@@ -443,8 +466,11 @@ impl Upstream {
                             reason: "data after the 220 to STARTTLS (possible injection)".into(),
                         });
                     }
+                    let t0 = std::time::Instant::now();
                     up.io = handshake(config, up.io).await?;
-                    up.transcript.push(format!(
+                    up.handshake_times.push((Phase::Tls, t0.elapsed()));
+                    phase_start = std::time::Instant::now();
+                    up.note(format!(
                         "* TLS handshake done (STARTTLS, verified {})",
                         config.server_name
                     ));
@@ -461,6 +487,17 @@ impl Upstream {
                 }
                 Err(e) => return Err(up.client_error(e, phase)),
             }
+        }
+    }
+
+    /// How long each handshake phase took, in order (EHLO twice with STARTTLS).
+    pub fn handshake_times(&self) -> &[(Phase, Duration)] {
+        &self.handshake_times
+    }
+
+    fn note(&mut self, line: String) {
+        if self.recording {
+            self.transcript.push(line);
         }
     }
 
@@ -533,6 +570,9 @@ impl Upstream {
         for o in out {
             let start = self.out.len();
             o.encode(&mut self.out);
+            if !self.recording {
+                continue;
+            }
             let line = if o.is_secret() {
                 match o {
                     Outgoing::Command(Command::Auth { mechanism, .. }) => {
@@ -592,8 +632,10 @@ impl Upstream {
                     self.input.drain(..consumed);
                     match parsed {
                         Ok(Some(reply)) => {
-                            for l in reply.to_string().split("\r\n") {
-                                self.transcript.push(format!("S: {l}"));
+                            if self.recording {
+                                for l in reply.to_string().split("\r\n") {
+                                    self.transcript.push(format!("S: {l}"));
+                                }
                             }
                             return Ok(reply);
                         }
@@ -819,7 +861,7 @@ impl Upstream {
         self.write(&out, Phase::Body, self.timeouts.data_block)
             .await?;
         self.out = out;
-        self.transcript.push("C: <message data>".into());
+        self.note("C: <message data>".into());
         self.session.data_sent().map_err(|e| self.protocol(e))?;
         let reply = self
             .read_reply(Phase::EndOfData, self.timeouts.data_end)

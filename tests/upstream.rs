@@ -36,6 +36,7 @@ fn upstream(h: &Handle, tls: TlsMode, creds: Option<(&str, &str)>) -> UpstreamCo
         helo_name: "relay.test".into(),
         credentials: creds.map(|(u, p)| Credentials::new(u, p)),
         timeouts: Timeouts::default(),
+        transcript: true,
     }
 }
 
@@ -179,6 +180,7 @@ async fn upstream_down_is_a_451_naming_it() {
         helo_name: "relay.test".into(),
         credentials: None,
         timeouts: Timeouts::default(),
+        transcript: true,
     };
     let err = Upstream::connect(&config).await.unwrap_err();
     let r = err.client_reply();

@@ -93,6 +93,19 @@ pub struct Config {
     /// How many accepted messages the handle remembers (the oldest are forgotten first; the
     /// count goes on).
     pub history: usize,
+    /// Told of every accepted message as it is accepted (its content after dot-unstuffing),
+    /// e.g. by a load generator checking integrity and end-to-end latency.
+    pub observer: Option<Observer>,
+}
+
+/// A callback for each accepted message.
+#[derive(Clone)]
+pub struct Observer(pub std::sync::Arc<dyn Fn(&[u8]) + Send + Sync>);
+
+impl std::fmt::Debug for Observer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Observer")
+    }
 }
 
 impl Config {
@@ -113,6 +126,7 @@ impl Config {
             transcripts,
             write_transcripts: transcripts,
             history: 100_000,
+            observer: None,
         }
     }
 

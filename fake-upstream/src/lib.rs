@@ -33,7 +33,7 @@ pub mod store;
 pub mod testing;
 pub mod tls;
 
-pub use config::{Config, User};
+pub use config::{Config, Observer, User};
 pub use error::Error;
 pub use faults::{DropWhen, Fault, Stage};
 pub use persona::Persona;

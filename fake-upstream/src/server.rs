@@ -588,7 +588,10 @@ impl Session {
                     None => break,
                     Some(Event::Content { data, raw }) => {
                         let rules = &self.shared.config.persona.rules;
-                        if rules.keep_messages || rules.inspects_content() {
+                        if rules.keep_messages
+                            || rules.inspects_content()
+                            || self.shared.config.observer.is_some()
+                        {
                             self.message.extend_from_slice(data);
                         }
                         // Raw bytes are at most twice the decoded size (dot-stuffing), so
@@ -1031,6 +1034,9 @@ impl Session {
                     .unwrap_or(""),
             },
         );
+        if let Some(observer) = &shared.config.observer {
+            (observer.0)(&message);
+        }
         let mut received = Received {
             id: vars.transid.clone(),
             mail_from: env

@@ -452,6 +452,7 @@ fn upstream_config(
             data_end: Duration::from_secs(5),
             ..Timeouts::default()
         },
+        transcript: true,
     })
 }
 

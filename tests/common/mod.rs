@@ -24,6 +24,7 @@ pub fn upstream_config(fake: &Handle, name: &str, server_name: &str) -> Upstream
             data_end: Duration::from_secs(2),
             ..Timeouts::default()
         },
+        transcript: true,
     }
 }
 
