@@ -39,6 +39,10 @@ pub enum Command {
     /// Replay scenario files (scripted client sessions, checks on what the upstream got)
     /// against smtp-relay and fake upstreams, or against another relay with --relay.
     Scenarios(crate::scenario::cli::ScenariosArgs),
+    /// Load an SMTP server or relay and measure throughput and latency per phase
+    /// (HdrHistogram; open loop corrects coordinated omission). --self measures our relay
+    /// against a direct-to-sink run.
+    Load(crate::load::cli::LoadArgs),
 }
 
 /// Runs a parsed command line; the binary's `main` only parses arguments and calls this.
@@ -46,6 +50,7 @@ pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Up(args) => block_on(crate::up::run(args)),
         Command::Scenarios(args) => block_on(crate::scenario::cli::run(args)),
+        Command::Load(args) => block_on(crate::load::cli::run(args)),
         Command::Serve { config, log_json } => {
             block_on(async move { crate::serve::run(&config, log_json).await })
         }

@@ -4,6 +4,7 @@
 //! - [`cli`]: the command line (clap) and [`cli::run`], which the binary calls, so tests
 //!   exercise the same path as users.
 //! - [`check`]: `smtp-relay check`, which shows what the protocol crate makes of command lines.
+//! - [`load`]: `smtp-relay load`, the load generator (HdrHistogram, open and closed loop).
 //! - [`log`]: structured logs in `log/relay.log` (human or JSON lines).
 //! - [`relay`]: the relay in live mode: client sessions, pass-through AUTH, verbatim upstream
 //!   replies, the spool.
@@ -23,6 +24,7 @@
 pub mod check;
 pub mod cli;
 pub mod dsn;
+pub mod load;
 pub mod log;
 pub mod relay;
 pub mod route;

@@ -269,7 +269,7 @@ pub async fn start(mut config: RelayConfig) -> std::io::Result<RelayHandle> {
     for r in &mut config.routes {
         r.upstream.transcript = recording;
     }
-    std::fs::create_dir_all(&config.spool_dir)?;
+    crate::spool::create(&config.spool_dir)?;
     let plain = TcpListener::bind(config.listen).await?;
     let implicit = match (config.listen_tls, &config.tls) {
         (Some(a), Some(_)) => Some(TcpListener::bind(a).await?),
@@ -492,6 +492,10 @@ async fn stream_content(
     let to_spool = async {
         if let Some(s) = spool.as_mut() {
             s.size += data.len() as u64;
+            if s.head.len() < SUMMARY_READ {
+                let take = (SUMMARY_READ - s.head.len()).min(data.len());
+                s.head.extend_from_slice(&data[..take]);
+            }
             if s.file.write_all(data).await.is_err()
                 && let Some(s) = spool.take()
             {
@@ -549,6 +553,9 @@ struct Spool {
     path: PathBuf,
     file: tokio::fs::File,
     size: u64,
+    /// The message's first `SUMMARY_READ` octets, for its summary and a bounce's headers
+    /// (not read back from the file).
+    head: Vec<u8>,
 }
 
 /// One upstream session of a client session, for one route, and what it did in the
@@ -1339,13 +1346,14 @@ impl Session {
             chrono::Utc::now().format("%Y%m%dT%H%M%S%.6f"),
             self.id
         );
-        let path = self.shared.config.spool_dir.join(format!("{id}.eml"));
+        let path = crate::spool::path_for(&self.shared.config.spool_dir, &id, "eml");
         let file = tokio::fs::File::create(&path).await?;
         self.spool = Some(Spool {
             id,
             path,
             file,
             size: 0,
+            head: Vec::new(),
         });
         // RFC 5321 4.4: a trace header at the top, to the upstreams (the spool keeps the
         // message as the client sent it).
@@ -1479,7 +1487,7 @@ impl Session {
             };
         if let Some(mut spool) = self.spool.take() {
             let _ = spool.file.flush().await;
-            let summary = summarize_file(&spool.path).await;
+            let summary = summarize(&spool.head);
             // With several upstreams, a line for each, then the message's line.
             for &r in involved.iter().filter(|_| involved.len() > 1) {
                 let leg = &self.legs[r];
@@ -1544,13 +1552,7 @@ impl Session {
     /// Writes the bounce for the failed recipients beside the message (`<id>.dsn.eml`) and
     /// sends it to `sender` through the default route, in the background.
     async fn bounce(&mut self, spool: &Spool, sender: smtp_wire::Mailbox) -> String {
-        let mut head = Vec::with_capacity(8192);
-        if let Ok(file) = tokio::fs::File::open(&spool.path).await {
-            let _ = file
-                .take(crate::dsn::MAX_RETURNED_HEADERS as u64)
-                .read_to_end(&mut head)
-                .await;
-        }
+        let head = &spool.head;
         let failures = self.failures();
         let cfg = &self.shared.config;
         let daemon = format!("MAILER-DAEMON@{}", cfg.hostname);
@@ -1564,7 +1566,7 @@ impl Session {
                 envelope_id: None,
                 arrival: chrono::Utc::now(),
                 failures: &failures,
-                original_headers: &head,
+                original_headers: head,
             })
         };
         let as_daemon = report(&daemon);
@@ -1708,19 +1710,6 @@ pub fn summarize(message: &[u8]) -> Summary {
         text: parsed
             .body_text(0)
             .map(|t| t.chars().take(SUMMARY_TEXT).collect::<String>()),
-    }
-}
-
-/// The summary of a spooled message, reading at most `SUMMARY_READ` octets of it.
-async fn summarize_file(path: &std::path::Path) -> Summary {
-    let mut start = Vec::with_capacity(SUMMARY_READ);
-    let read = async {
-        let file = tokio::fs::File::open(path).await?;
-        file.take(SUMMARY_READ as u64).read_to_end(&mut start).await
-    };
-    match read.await {
-        Ok(_) => summarize(&start),
-        Err(_) => Summary::default(),
     }
 }
 

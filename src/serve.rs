@@ -437,7 +437,7 @@ fn parse_network(s: &str) -> Option<(IpAddr, u8)> {
 
 /// The Mozilla root set bundled by webpki-roots: verifying smtp.163.com needs nothing from the
 /// system.
-fn public_roots() -> Arc<rustls::ClientConfig> {
+pub fn public_roots() -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     let provider = Arc::new(rustls::crypto::ring::default_provider());

@@ -119,7 +119,10 @@ fn up_prints_a_command_that_works_and_stops_on_ctrl_c() {
         "an .eml and a .json in {}",
         mailbox.display()
     );
-    assert_eq!(std::fs::read_dir(dir.join("spool")).unwrap().count(), 2);
+    assert_eq!(
+        smtp_relay::spool::files(&dir.join("spool")).unwrap().len(),
+        2
+    );
     let killed = Command::new("kill")
         .args(["-INT", &child.0.id().to_string()])
         .status()
@@ -129,9 +132,9 @@ fn up_prints_a_command_that_works_and_stops_on_ctrl_c() {
     assert!(status.success(), "{status:?}");
 
     // One JSON log line per delivery outcome, carrying the spool id.
-    let spooled: Vec<String> = std::fs::read_dir(dir.join("spool"))
+    let spooled: Vec<String> = smtp_relay::spool::files(&dir.join("spool"))
         .unwrap()
-        .map(|e| e.unwrap().path())
+        .into_iter()
         .filter(|p| p.extension().is_some_and(|e| e == "eml"))
         .map(|p| p.file_stem().unwrap().to_string_lossy().into_owned())
         .collect();
@@ -230,4 +233,63 @@ with smtplib.SMTP("127.0.0.1", int(sys.argv[1]), timeout=20) as s:
     );
     let mailbox = dir.join("upstream/mailboxes/bob@qq.com");
     assert!(std::fs::read_dir(&mailbox).unwrap().count() >= 2);
+}
+
+/// `smtp-relay load --self`, bounded, with every report file: the table and the ratio on
+/// standard output, JSON that parses with both runs, an interval log, an HTML page.
+#[test]
+fn load_self_prints_the_table_and_writes_the_reports() {
+    let dir = fake_upstream::testing::temp_dir("cli-load-self");
+    let out = Command::new(env!("CARGO_BIN_EXE_smtp-relay"))
+        .args([
+            "load",
+            "--self",
+            "--messages",
+            "300",
+            "--connections",
+            "4",
+            "--per-connection",
+            "20",
+            "--quiet",
+        ])
+        .arg("--json")
+        .arg(dir.join("load.json"))
+        .arg("--hlog")
+        .arg(dir.join("load.hlog"))
+        .arg("--html")
+        .arg(dir.join("load.html"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("300 messages delivered, 0 failed"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("integrity    300 intact, 0 corrupted, 0 lost, 0 duplicated"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("through the relay / direct to the sink: "),
+        "{stdout}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("load.json")).unwrap()).unwrap();
+    assert_eq!(json["runs"][0]["name"], "direct");
+    assert_eq!(json["runs"][1]["name"], "relay");
+    assert_eq!(json["runs"][1]["delivered"], 300);
+    assert!(json["relay_over_direct"].as_f64().unwrap() > 0.0);
+    let hlog = std::fs::read_to_string(dir.join("load.hlog")).unwrap();
+    assert!(
+        hlog.contains("#[StartTime: ") && hlog.contains("Tag=message,"),
+        "{hlog}"
+    );
+    let html = std::fs::read_to_string(dir.join("load.html")).unwrap();
+    assert!(html.starts_with("<!doctype html>") && html.matches("<svg").count() == 2);
+    let _ = std::fs::remove_dir_all(&dir);
 }

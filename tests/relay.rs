@@ -38,9 +38,9 @@ async fn foxmail_style_session_is_relayed_with_the_upstreams_words() {
     assert!(content.starts_with("Received: from foxmail.example ([127.0.0.1])\r\n\tby relay.test (smtp-relay) with ESMTPA id "), "{content}");
     assert!(content.ends_with("From: alice@163.com\r\nTo: bob@163.com\r\nSubject: hello\r\n\r\nHi Bob.\r\n.dot line\r\n"), "{content}");
     // The spool keeps the message as the client sent it, and a JSON record without secrets.
-    let emls: Vec<_> = std::fs::read_dir(&s.spool)
+    let emls: Vec<_> = smtp_relay::spool::files(&s.spool)
         .unwrap()
-        .map(|e| e.unwrap().path())
+        .into_iter()
         .filter(|p| p.extension().is_some_and(|e| e == "eml"))
         .collect();
     assert_eq!(emls.len(), 1);
@@ -140,7 +140,9 @@ async fn client_vanishing_mid_data_delivers_nothing() {
     drop(c);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(s.fake.received().is_empty());
-    let spooled = std::fs::read_dir(&s.spool).map(|d| d.count()).unwrap_or(0);
+    let spooled = smtp_relay::spool::files(&s.spool)
+        .map(|f| f.len())
+        .unwrap_or(0);
     assert_eq!(spooled, 0, "no spool file for an aborted message");
     s.stop().await;
 }
@@ -367,9 +369,10 @@ password_env = "RELAY_TEST_163_CODE"
     );
     let got = fake.wait_for(1, Duration::from_secs(5)).await.unwrap();
     assert_eq!(got[0].auth.as_deref(), Some("alice@163.com"));
-    let json: String = std::fs::read_dir(dir.join("relay-spool"))
+    let json: String = smtp_relay::spool::files(&dir.join("relay-spool"))
         .unwrap()
-        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .into_iter()
+        .map(|f| std::fs::read_to_string(f).unwrap())
         .collect();
     assert!(!json.contains("ALICEAUTHCODE163"));
     // Its stdout was closed after the first line: Ctrl-C must still stop it cleanly (it
@@ -424,9 +427,9 @@ async fn foxmail_gb2312_message_to_three_domains() {
         );
         assert!(original.starts_with(b"Received: from foxmail.example ([127.0.0.1])"));
     }
-    let json_path = std::fs::read_dir(&s.spool)
+    let json_path = smtp_relay::spool::files(&s.spool)
         .unwrap()
-        .map(|e| e.unwrap().path())
+        .into_iter()
         .find(|p| p.extension().is_some_and(|e| e == "json"))
         .unwrap();
     let json: serde_json::Value =

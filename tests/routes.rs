@@ -73,9 +73,9 @@ async fn send_message(c: &mut Client, message: &[u8]) -> String {
 }
 
 fn spool_record(spool: &std::path::Path) -> serde_json::Value {
-    let path = std::fs::read_dir(spool)
+    let path = smtp_relay::spool::files(spool)
         .unwrap()
-        .map(|e| e.unwrap().path())
+        .into_iter()
         .find(|p| {
             p.to_string_lossy().ends_with("-2.json") || p.extension().is_some_and(|e| e == "json")
         })

@@ -98,9 +98,12 @@ pub struct Config {
     pub observer: Option<Observer>,
 }
 
+/// What an observer is called with: an accepted message's content.
+pub type ObserverFn = dyn Fn(&[u8]) + Send + Sync;
+
 /// A callback for each accepted message.
 #[derive(Clone)]
-pub struct Observer(pub std::sync::Arc<dyn Fn(&[u8]) + Send + Sync>);
+pub struct Observer(pub std::sync::Arc<ObserverFn>);
 
 impl std::fmt::Debug for Observer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -1233,12 +1233,11 @@ fn check_all(sc: &Scenario, env: &Env, client: &Client) -> Result<(), String> {
                     }
                 }
                 if let Some(spool) = &env.spool_dir
-                    && let Ok(dir) = std::fs::read_dir(spool)
+                    && let Ok(files) = crate::spool::files(spool)
                 {
-                    for f in dir.flatten() {
-                        if f.path().extension().is_some_and(|e| e == "json") {
-                            haystack
-                                .push_str(&std::fs::read_to_string(f.path()).unwrap_or_default());
+                    for f in files {
+                        if f.extension().is_some_and(|e| e == "json") {
+                            haystack.push_str(&std::fs::read_to_string(&f).unwrap_or_default());
                         }
                     }
                 }

@@ -1,0 +1,684 @@
+//! `smtp-relay load`: a load generator for SMTP servers and relays. Two models: closed loop
+//! (N connections sending as fast as they are answered) and open loop (messages started on a
+//! schedule whatever the server does; latency measured from each message's intended start,
+//! so that a server that stalls is charged for the messages it delayed: coordinated omission
+//! corrected, as wrk2 does). Latency per phase in HdrHistogram; replies counted by code;
+//! every message carries an integrity header that a fake upstream checks on arrival.
+//!
+//! The client side is the relay's own upstream client ([`crate::upstream::Upstream`]): TLS,
+//! AUTH, pipelining, a dot-stuffing encoder, a timeout per phase.
+
+pub mod cli;
+pub mod report;
+pub mod stats;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use smtp_wire::{ForwardPath, MailParams, RcptParams, ReversePath};
+
+use crate::upstream::{Timeouts, TlsMode, Upstream, UpstreamConfig, UpstreamError};
+use stats::{Interval, Phase, Recorder};
+
+/// How messages are started.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Model {
+    /// `connections` at once, each sending its next message when the last was answered.
+    Closed { connections: usize },
+    /// `rate` messages a second on a fixed schedule, over at most `connections` at once.
+    Open { rate: f64, connections: usize },
+}
+
+/// A workload.
+#[derive(Clone, Debug)]
+pub struct Workload {
+    /// How to reach the server (address, TLS, AUTH, timeouts).
+    pub server: UpstreamConfig,
+    pub from: String,
+    /// Recipient template: `{n}` is the message number, `{r}` the recipient's index in it.
+    pub to: String,
+    pub recipients: usize,
+    /// The body after the headers the generator writes (CRLF line ends).
+    pub body: Arc<Vec<u8>>,
+    /// MAIL and RCPTs in one write when the server offers PIPELINING.
+    pub pipelining: bool,
+    /// Messages on one connection before QUIT and a new one.
+    pub per_connection: u64,
+    pub model: Model,
+    /// Stop after this many messages...
+    pub messages: Option<u64>,
+    /// ...or after this long, whichever comes first.
+    pub duration: Option<Duration>,
+}
+
+/// A run in progress, shared by its workers, its scheduler and (with `--self`) the fake
+/// upstream's observer.
+pub struct Run {
+    /// Identifies this run's messages in the integrity header.
+    pub id: u64,
+    pub started: Instant,
+    pub started_at: SystemTime,
+    /// Per-worker recorders for the current interval.
+    slots: Mutex<Vec<Arc<Mutex<Recorder>>>>,
+    /// Messages started so far.
+    pub started_count: AtomicU64,
+    /// What the upstream observer saw (arrivals, integrity, end-to-end latency).
+    pub arrivals: Mutex<Arrivals>,
+    pub stop: AtomicBool,
+    body_hash: u64,
+}
+
+/// What arrived at the observed upstream.
+#[derive(Debug)]
+pub struct Arrivals {
+    /// Intact messages of this run.
+    pub intact: u64,
+    /// Messages of this run whose body hash does not match.
+    pub corrupted: u64,
+    /// A message number seen more than once.
+    pub duplicates: u64,
+    seen: std::collections::HashSet<u64>,
+    /// End-to-end latency of the arrivals since the last collection.
+    pub end_to_end: hdrhistogram::Histogram<u64>,
+}
+
+/// The integrity header every message carries: the run, the message number, when it was
+/// started (µs from the run's start) and a hash of the body.
+pub const CHECK_HEADER: &str = "X-Smtp-Relay-Load";
+
+/// FNV-1a, 64 bits: cheap and enough to tell a corrupted body.
+pub fn fnv64(data: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in data {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// A body of `size` octets: 76-character lines of text ending in CRLF, no line starting
+/// with a dot.
+pub fn generated_body(size: usize) -> Vec<u8> {
+    let mut body = Vec::with_capacity(size);
+    let mut i = 0usize;
+    while body.len() + 2 < size {
+        let room = (size - body.len() - 2).min(76);
+        body.extend((0..room).map(|k| b'a' + ((i + k) % 26) as u8));
+        body.extend_from_slice(b"\r\n");
+        i += 1;
+    }
+    body
+}
+
+impl Run {
+    pub fn new(body: &[u8]) -> Arc<Run> {
+        Arc::new(Run {
+            id: fastrand_id(),
+            started: Instant::now(),
+            started_at: SystemTime::now(),
+            slots: Mutex::new(Vec::new()),
+            started_count: AtomicU64::new(0),
+            arrivals: Mutex::new(Arrivals {
+                intact: 0,
+                corrupted: 0,
+                duplicates: 0,
+                seen: Default::default(),
+                end_to_end: stats::histogram(),
+            }),
+            stop: AtomicBool::new(false),
+            body_hash: fnv64(body),
+        })
+    }
+
+    fn slot(&self) -> Arc<Mutex<Recorder>> {
+        let slot = Arc::new(Mutex::new(Recorder::default()));
+        self.slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(slot.clone());
+        slot
+    }
+
+    /// Takes what every worker recorded since the last call, and the end-to-end latencies.
+    pub fn collect(&self) -> Recorder {
+        let mut total = Recorder::default();
+        for slot in self.slots.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            let taken = std::mem::take(&mut *slot.lock().unwrap_or_else(|e| e.into_inner()));
+            total.merge(&taken);
+        }
+        let mut a = self.arrivals.lock().unwrap_or_else(|e| e.into_inner());
+        let e2e = &mut total.phases[Phase::ALL
+            .iter()
+            .position(|p| *p == Phase::EndToEnd)
+            .expect("listed")];
+        let _ = e2e.add(&a.end_to_end);
+        a.end_to_end.reset();
+        total
+    }
+
+    /// The header for message `n`, started `at`.
+    fn header(&self, n: u64, at: Instant) -> String {
+        format!(
+            "{CHECK_HEADER}: {:016x} {n} {} {:016x}\r\n",
+            self.id,
+            at.saturating_duration_since(self.started).as_micros(),
+            self.body_hash
+        )
+    }
+
+    /// For the fake upstream's observer: checks an arrived message's integrity header and
+    /// body, and records its end-to-end latency.
+    pub fn observe(&self, message: &[u8]) {
+        let now = Instant::now();
+        let head_end = memchr::memmem::find(message, b"\r\n\r\n").map_or(message.len(), |i| i);
+        let head = &message[..head_end];
+        let needle = format!("{CHECK_HEADER}: ");
+        let Some(at) = memchr::memmem::find(head, needle.as_bytes()) else {
+            return;
+        };
+        let line = &head[at + needle.len()..];
+        let line = &line[..memchr::memchr(b'\r', line).unwrap_or(line.len())];
+        let fields: Vec<&str> = std::str::from_utf8(line).unwrap_or("").split(' ').collect();
+        let [run, n, started_us, hash] = fields.as_slice() else {
+            return;
+        };
+        if u64::from_str_radix(run, 16).ok() != Some(self.id) {
+            return;
+        }
+        let (Ok(n), Ok(started_us), Ok(hash)) = (
+            n.parse::<u64>(),
+            started_us.parse::<u64>(),
+            u64::from_str_radix(hash, 16),
+        ) else {
+            return;
+        };
+        let body = message.get(head_end + 4..).unwrap_or(&[]);
+        let intact = hash == self.body_hash && fnv64(body) == hash;
+        let e2e = now.saturating_duration_since(self.started + Duration::from_micros(started_us));
+        let mut a = self.arrivals.lock().unwrap_or_else(|e| e.into_inner());
+        if !a.seen.insert(n) {
+            a.duplicates += 1;
+        }
+        if intact {
+            a.intact += 1;
+        } else {
+            a.corrupted += 1;
+        }
+        let us = (e2e.as_micros() as u64).clamp(1, 3_600_000_000);
+        a.end_to_end.saturating_record(us);
+    }
+}
+
+fn fastrand_id() -> u64 {
+    let t = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos() as u64;
+    fnv64(&(t ^ u64::from(std::process::id())).to_le_bytes())
+}
+
+/// The result of a run.
+#[derive(Debug)]
+pub struct Outcome {
+    pub total: Recorder,
+    pub intervals: Vec<Interval>,
+    pub elapsed: Duration,
+    pub started_at: SystemTime,
+    /// Messages scheduled (open loop) or started that never ran: the run ended first.
+    pub not_run: u64,
+    /// Filled when an observer watched the upstream.
+    pub intact: u64,
+    pub corrupted: u64,
+    pub duplicates: u64,
+    pub observed: bool,
+}
+
+impl Outcome {
+    /// Messages that got a 250 but never arrived (when an observer watched).
+    pub fn lost(&self) -> u64 {
+        self.total
+            .delivered
+            .saturating_sub(self.intact + self.corrupted)
+    }
+
+    pub fn rate(&self) -> f64 {
+        self.total.delivered as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Called once a second with the interval just collected and the totals so far.
+pub type Progress = Box<dyn FnMut(&Interval, &Recorder) + Send>;
+
+/// Runs a workload to its end (messages or duration), collecting once a second.
+pub async fn run(
+    w: &Workload,
+    run: Arc<Run>,
+    observed: bool,
+    mut progress: Option<Progress>,
+) -> Outcome {
+    let w = Arc::new(w.clone());
+    let deadline = w.duration.map(|d| run.started + d);
+    let limit = w.messages.unwrap_or(u64::MAX);
+    let mut workers = tokio::task::JoinSet::new();
+    let not_run = Arc::new(AtomicU64::new(0));
+    match w.model {
+        Model::Closed { connections } => {
+            for _ in 0..connections.max(1) {
+                let (w, run) = (w.clone(), run.clone());
+                workers.spawn(async move {
+                    let mut worker = Worker::new(&w, &run);
+                    loop {
+                        if run.stop.load(Ordering::Relaxed)
+                            || deadline.is_some_and(|d| Instant::now() >= d)
+                        {
+                            break;
+                        }
+                        let n = run.started_count.fetch_add(1, Ordering::Relaxed);
+                        if n >= limit {
+                            break;
+                        }
+                        worker.message(n, Instant::now()).await;
+                    }
+                    worker.close().await;
+                });
+            }
+        }
+        Model::Open { rate, connections } => {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<(u64, Instant)>();
+            let rx = Arc::new(tokio::sync::Mutex::new(rx));
+            for _ in 0..connections.max(1) {
+                let (w, run, rx, not_run) = (w.clone(), run.clone(), rx.clone(), not_run.clone());
+                workers.spawn(async move {
+                    let mut worker = Worker::new(&w, &run);
+                    loop {
+                        let next = rx.lock().await.recv().await;
+                        let Some((n, intended)) = next else { break };
+                        // Past the end (plus a grace for the backlog): counted, not sent.
+                        if run.stop.load(Ordering::Relaxed)
+                            || deadline
+                                .is_some_and(|d| Instant::now() >= d + Duration::from_secs(5))
+                        {
+                            not_run.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
+                        worker.message(n, intended).await;
+                    }
+                    worker.close().await;
+                });
+            }
+            let run2 = run.clone();
+            workers.spawn(async move {
+                let period = Duration::from_secs_f64(1.0 / rate.max(1e-3));
+                let mut n = 0u64;
+                loop {
+                    let intended = run2.started + period.mul_f64(n as f64);
+                    if n >= limit
+                        || deadline.is_some_and(|d| intended >= d)
+                        || run2.stop.load(Ordering::Relaxed)
+                    {
+                        break;
+                    }
+                    tokio::time::sleep_until(intended.into()).await;
+                    run2.started_count.fetch_add(1, Ordering::Relaxed);
+                    if tx.send((n, intended)).is_err() {
+                        break;
+                    }
+                    n += 1;
+                }
+            });
+        }
+    }
+    let mut total = Recorder::default();
+    let mut intervals = Vec::new();
+    let mut last = run.started;
+    let mut tick = tokio::time::interval_at(
+        (run.started + Duration::from_secs(1)).into(),
+        Duration::from_secs(1),
+    );
+    loop {
+        tokio::select! {
+            joined = workers.join_next() => {
+                if joined.is_none() {
+                    break;
+                }
+            }
+            _ = tick.tick() => {
+                let now = Instant::now();
+                let data = run.collect();
+                let iv = Interval {
+                    start: last - run.started,
+                    length: now - last,
+                    data,
+                };
+                last = now;
+                total.merge(&iv.data);
+                if let Some(p) = progress.as_mut() {
+                    p(&iv, &total);
+                }
+                intervals.push(iv);
+            }
+        }
+    }
+    // What the last partial interval holds; with an observer, a moment for the last
+    // messages to arrive.
+    if observed {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let now = Instant::now();
+    let data = run.collect();
+    let iv = Interval {
+        start: last - run.started,
+        length: now - last,
+        data,
+    };
+    total.merge(&iv.data);
+    if let Some(p) = progress.as_mut() {
+        p(&iv, &total);
+    }
+    intervals.push(iv);
+    let elapsed = intervals
+        .iter()
+        .rev()
+        .find(|i| !i.data.is_empty())
+        .map_or(now - run.started, |i| i.start + i.length);
+    let a = run.arrivals.lock().unwrap_or_else(|e| e.into_inner());
+    Outcome {
+        total,
+        intervals,
+        elapsed,
+        started_at: run.started_at,
+        not_run: not_run.load(Ordering::Relaxed),
+        intact: a.intact,
+        corrupted: a.corrupted,
+        duplicates: a.duplicates,
+        observed,
+    }
+}
+
+/// One connection's worth of work: sends messages, reconnecting after `per_connection`.
+struct Worker {
+    w: Arc<Workload>,
+    run: Arc<Run>,
+    rec: Arc<Mutex<Recorder>>,
+    up: Option<Upstream>,
+    sent_here: u64,
+    from: ReversePath,
+    /// Reused between messages: the header is the only part that changes.
+    scratch: Vec<(ForwardPath, RcptParams)>,
+}
+
+impl Worker {
+    fn new(w: &Arc<Workload>, run: &Arc<Run>) -> Worker {
+        let from = match smtp_wire::Command::parse(format!("MAIL FROM:<{}>", w.from).as_bytes()) {
+            Ok(smtp_wire::Command::Mail { from, .. }) => from,
+            _ => ReversePath::Null,
+        };
+        Worker {
+            w: w.clone(),
+            run: run.clone(),
+            rec: run.slot(),
+            up: None,
+            sent_here: 0,
+            from,
+            scratch: Vec::new(),
+        }
+    }
+
+    fn record(&self, f: impl FnOnce(&mut Recorder)) {
+        f(&mut self.rec.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    fn fail(&mut self, code: &str) {
+        self.record(|r| {
+            r.failed += 1;
+            r.count(code);
+        });
+    }
+
+    /// Sends message `n`, started (or meant to start) at `start`.
+    async fn message(&mut self, n: u64, start: Instant) {
+        if self.up.is_none() {
+            match Upstream::connect(&self.w.server).await {
+                Ok(up) => {
+                    let times: Vec<_> = up.handshake_times().to_vec();
+                    self.record(|r| {
+                        for (p, d) in times {
+                            if let Some(p) = Phase::from_upstream(p) {
+                                r.record(p, d);
+                            }
+                        }
+                    });
+                    self.up = Some(up);
+                    self.sent_here = 0;
+                }
+                Err(e) => {
+                    let code = error_code(&e);
+                    self.fail(&code);
+                    // Not a busy loop against a server that refuses connections.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    return;
+                }
+            }
+        }
+        let result = self.transaction(n, start).await;
+        let up_ok = match result {
+            Ok(code) => {
+                if code / 100 == 2 {
+                    let size = self.w.body.len() as u64;
+                    self.record(|r| {
+                        r.delivered += 1;
+                        r.bytes += size;
+                        r.count(&code.to_string());
+                        r.record(Phase::Message, start.elapsed());
+                    });
+                } else {
+                    self.fail(&code.to_string());
+                }
+                true
+            }
+            Err(e) => {
+                let code = error_code(&e);
+                self.fail(&code);
+                false
+            }
+        };
+        self.sent_here += 1;
+        if !up_ok {
+            if let Some(up) = self.up.take() {
+                up.abort().await;
+            }
+        } else if self.sent_here >= self.w.per_connection
+            && let Some(up) = self.up.take()
+        {
+            up.quit().await;
+        }
+    }
+
+    /// One transaction; the final (or refusing) reply's code.
+    async fn transaction(&mut self, n: u64, start: Instant) -> Result<u16, UpstreamError> {
+        let w = self.w.clone();
+        self.scratch.clear();
+        for r in 0..w.recipients.max(1) {
+            let addr =
+                w.to.replace("{n}", &n.to_string())
+                    .replace("{r}", &r.to_string());
+            if let Ok(smtp_wire::Command::Rcpt { to, .. }) =
+                smtp_wire::Command::parse(format!("RCPT TO:<{addr}>").as_bytes())
+            {
+                self.scratch.push((to, RcptParams::default()));
+            }
+        }
+        let up = self.up.as_mut().expect("connected");
+        let params = MailParams::default();
+        let t = Instant::now();
+        let accepted = if w.pipelining && up.can_pipeline() {
+            let env = up.envelope(&self.from, &params, &self.scratch).await?;
+            let d = t.elapsed();
+            self.rec
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .record(Phase::Envelope, d);
+            if !env.mail.is_positive() {
+                up.rset().await?;
+                return Ok(env.mail.code);
+            }
+            let ok = env.rcpts.iter().filter(|r| r.is_positive()).count();
+            if ok == 0 {
+                up.rset().await?;
+                return Ok(env.rcpts.first().map_or(503, |r| r.code));
+            }
+            ok
+        } else {
+            let mail = up.mail(&self.from, &params).await?;
+            self.rec
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .record(Phase::Mail, t.elapsed());
+            if !mail.is_positive() {
+                up.rset().await?;
+                return Ok(mail.code);
+            }
+            let mut ok = 0;
+            let mut first_refusal = None;
+            for (to, p) in &self.scratch {
+                let t = Instant::now();
+                let r = up.rcpt(to, p).await?;
+                self.rec
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .record(Phase::Rcpt, t.elapsed());
+                if r.is_positive() {
+                    ok += 1;
+                } else {
+                    first_refusal.get_or_insert(r.code);
+                }
+            }
+            if ok == 0 {
+                up.rset().await?;
+                return Ok(first_refusal.unwrap_or(503));
+            }
+            ok
+        };
+        let _ = accepted;
+        let t = Instant::now();
+        let r = up.data().await?;
+        self.rec
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record(Phase::Data, t.elapsed());
+        if r.code != 354 {
+            up.rset().await?;
+            return Ok(r.code);
+        }
+        let header = format!(
+            "From: <{}>\r\nTo: <{}>\r\nSubject: smtp-relay load {n}\r\nMessage-ID: <{n}.{:016x}@smtp-relay-load>\r\n{}\r\n",
+            w.from,
+            self.scratch
+                .first()
+                .map(|(t, _)| t.to_string())
+                .unwrap_or_default()
+                .trim_matches(|c| c == '<' || c == '>'),
+            self.run.id,
+            self.run.header(n, start)
+        );
+        up.body(header.as_bytes()).await?;
+        up.body(&w.body).await?;
+        let t = Instant::now();
+        let r = up.end_of_data().await?;
+        self.rec
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record(Phase::EndOfData, t.elapsed());
+        Ok(r.code)
+    }
+
+    async fn close(mut self) {
+        if let Some(up) = self.up.take() {
+            up.quit().await;
+        }
+    }
+}
+
+/// An error's name in the reply-code table.
+fn error_code(e: &UpstreamError) -> String {
+    match e {
+        UpstreamError::Connect { .. } => "error: connect".into(),
+        UpstreamError::Tls { .. } => "error: tls".into(),
+        UpstreamError::Timeout { phase, .. } => format!("error: timeout ({phase})"),
+        UpstreamError::Closed { phase, .. } => format!("error: closed ({phase})"),
+        UpstreamError::Io { .. } => "error: i/o".into(),
+        UpstreamError::Refused { reply, .. }
+        | UpstreamError::Bug { reply, .. }
+        | UpstreamError::AuthRejected { reply, .. } => reply.code.to_string(),
+        UpstreamError::Protocol { .. } => "error: protocol".into(),
+    }
+}
+
+/// A server config for a plain target without TLS or AUTH (tests, `--self`).
+pub fn plain_server(addr: std::net::SocketAddr) -> UpstreamConfig {
+    UpstreamConfig {
+        name: addr.to_string(),
+        addr: addr.to_string(),
+        server_name: "localhost".into(),
+        tls: TlsMode::None,
+        tls_config: None,
+        helo_name: "load.smtp-relay".into(),
+        credentials: None,
+        timeouts: Timeouts {
+            connect: Duration::from_secs(10),
+            greeting: Duration::from_secs(30),
+            command: Duration::from_secs(30),
+            data_init: Duration::from_secs(30),
+            data_block: Duration::from_secs(30),
+            data_end: Duration::from_secs(60),
+        },
+        transcript: false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_bodies_have_the_size_and_no_dot_lines() {
+        for size in [0, 1, 2, 3, 78, 79, 1000, 4096] {
+            let b = generated_body(size);
+            assert!(b.len() <= size.max(2), "{size}: {}", b.len());
+            assert!(size < 3 || b.len() == size, "{size}: {}", b.len());
+            assert!(!b.split(|&c| c == b'\n').any(|l| l.starts_with(b".")));
+        }
+    }
+
+    #[test]
+    fn the_observer_checks_integrity_and_counts_duplicates() {
+        let body = generated_body(500);
+        let run = Run::new(&body);
+        let header = run.header(7, run.started);
+        let message = [
+            format!("Received: x\r\nSubject: s\r\n{header}\r\n").as_bytes(),
+            &body,
+        ]
+        .concat();
+        run.observe(&message);
+        run.observe(&message);
+        let mut corrupted = message.clone();
+        let last = corrupted.len() - 3;
+        corrupted[last] ^= 1;
+        run.observe(&corrupted);
+        // Another run's message and a message without the header are ignored.
+        let other = Run::new(&body);
+        run.observe(
+            &[
+                format!("{}\r\n", other.header(1, other.started)).as_bytes(),
+                &body,
+            ]
+            .concat(),
+        );
+        run.observe(b"Subject: x\r\n\r\nhello\r\n");
+        let a = run.arrivals.lock().unwrap();
+        assert_eq!((a.intact, a.corrupted, a.duplicates), (2, 1, 2));
+        assert_eq!(a.end_to_end.len(), 3);
+    }
+}

@@ -1,0 +1,156 @@
+//! The load generator against real servers on 127.0.0.1: bounded runs whose counts must add
+//! up, the open-loop schedule and its latency from the intended start, the report files.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fake_upstream::{Fault, Stage};
+use smtp_relay::load::cli::SelfSetup;
+use smtp_relay::load::stats::Phase;
+use smtp_relay::load::{self, Model, Run, Workload};
+
+fn workload(target: std::net::SocketAddr, model: Model, messages: u64) -> Workload {
+    Workload {
+        server: load::plain_server(target),
+        from: "load@example.com".into(),
+        to: "rcpt{r}-{n}@example.org".into(),
+        recipients: 2,
+        body: Arc::new(load::generated_body(2000)),
+        pipelining: true,
+        per_connection: 10,
+        model,
+        messages: Some(messages),
+        duration: Some(Duration::from_secs(30)),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bounded_run_through_the_relay_adds_up() {
+    let setup = SelfSetup::start().await.unwrap();
+    let w = workload(setup.relay.addr(), Model::Closed { connections: 4 }, 200);
+    let run = Run::new(&w.body);
+    *setup.current.lock().unwrap() = Some(run.clone());
+    let o = load::run(&w, run, true, None).await;
+    let t = &o.total;
+    assert_eq!((t.delivered, t.failed), (200, 0), "{:?}", t.codes);
+    assert_eq!(t.codes.get("250"), Some(&200));
+    assert_eq!(t.bytes, 200 * 2000);
+    assert_eq!(
+        (o.intact, o.corrupted, o.lost(), o.duplicates),
+        (200, 0, 0, 0)
+    );
+    assert_eq!(t.phase(Phase::Message).len(), 200);
+    assert_eq!(t.phase(Phase::EndOfData).len(), 200);
+    assert_eq!(t.phase(Phase::EndToEnd).len(), 200);
+    // MAIL and both RCPTs pipelined (the relay offers PIPELINING).
+    assert_eq!(t.phase(Phase::Envelope).len(), 200);
+    assert_eq!(t.phase(Phase::Mail).len(), 0);
+    // Ten messages a connection: at least 20 connections, a few more when the 200 do not
+    // divide evenly over the 4 workers.
+    let connects = t.phase(Phase::Connect).len();
+    assert!((20..=24).contains(&connects), "{connects}");
+    // The intervals add up to the total.
+    let summed: u64 = o.intervals.iter().map(|i| i.data.delivered).sum();
+    assert_eq!(summed, 200);
+    // End to end (client's first byte to the sink) is within the whole-message latency's
+    // order: the message is at the sink before the client hears 250.
+    assert!(
+        t.phase(Phase::EndToEnd).value_at_quantile(0.5)
+            <= t.phase(Phase::Message).value_at_quantile(0.5) + 1000
+    );
+    setup.relay.shutdown().await;
+    setup.sink.shutdown().await;
+}
+
+/// Open loop: messages start on schedule whatever the server does. One connection, 50
+/// messages a second, and the server stalls 400 ms on the fifth message: the messages meant
+/// to start during the stall wait, and their latency counts from when they were meant to
+/// start (coordinated omission corrected), so many of them, not just one, are slow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_open_loop_counts_latency_from_the_intended_start() {
+    let mut config = fake_upstream::testing::config("sink", "load-open-loop");
+    config.faults = vec![Fault::on(Stage::EndOfData).nth(5).delay_ms(400)];
+    let sink = fake_upstream::testing::start(config).await;
+    let mut w = workload(
+        sink.addr(),
+        Model::Open {
+            rate: 50.0,
+            connections: 1,
+        },
+        40,
+    );
+    w.per_connection = 1000;
+    let started = std::time::Instant::now();
+    let o = load::run(&w, Run::new(&w.body), false, None).await;
+    let took = started.elapsed();
+    assert_eq!(o.total.delivered, 40, "{:?}", o.total.codes);
+    // 40 messages at 50/s take 0.78 s by the schedule, not less.
+    assert!(took >= Duration::from_millis(770), "{took:?}");
+    let message = o.total.phase(Phase::Message);
+    let end = o.total.phase(Phase::EndOfData);
+    // Only one end of data was slow...
+    assert!(
+        end.value_at_quantile(0.9) < 100_000,
+        "{}",
+        end.value_at_quantile(0.9)
+    );
+    // ...but about 20 messages were meant to start during those 400 ms and waited.
+    let slow = message.count_between(100_000, u64::MAX);
+    assert!(
+        slow >= 10,
+        "{slow} slow messages; p50 {} µs",
+        message.value_at_quantile(0.5)
+    );
+    sink.shutdown().await;
+}
+
+/// The same run, closed loop, to show the difference: only the stalled message is slow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_closed_loop_sees_one_slow_message() {
+    let mut config = fake_upstream::testing::config("sink", "load-closed-loop");
+    config.faults = vec![Fault::on(Stage::EndOfData).nth(5).delay_ms(400)];
+    let sink = fake_upstream::testing::start(config).await;
+    let mut w = workload(sink.addr(), Model::Closed { connections: 1 }, 40);
+    w.per_connection = 1000;
+    let o = load::run(&w, Run::new(&w.body), false, None).await;
+    assert_eq!(o.total.delivered, 40);
+    let slow = o
+        .total
+        .phase(Phase::Message)
+        .count_between(100_000, u64::MAX);
+    assert_eq!(slow, 1);
+    sink.shutdown().await;
+}
+
+#[tokio::test]
+async fn refusals_and_errors_are_counted_by_code_never_swallowed() {
+    let mut config = fake_upstream::testing::config("sink", "load-refusals");
+    config.faults = vec![
+        Fault::on(Stage::Mail).nth(2).reply("451 4.3.0 busy"),
+        Fault::on(Stage::EndOfData).nth(3).reply("554 5.7.1 no"),
+    ];
+    let sink = fake_upstream::testing::start(config).await;
+    let mut w = workload(sink.addr(), Model::Closed { connections: 1 }, 10);
+    w.per_connection = 100;
+    let o = load::run(&w, Run::new(&w.body), false, None).await;
+    assert_eq!(
+        (o.total.delivered, o.total.failed),
+        (8, 2),
+        "{:?}",
+        o.total.codes
+    );
+    assert_eq!(o.total.codes.get("451"), Some(&1));
+    assert_eq!(o.total.codes.get("554"), Some(&1));
+    assert_eq!(o.total.codes.get("250"), Some(&8));
+    sink.shutdown().await;
+    // A server that is not there: every message counted as a connect error, and the run
+    // still ends (bounded).
+    let gone = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let w = workload(gone, Model::Closed { connections: 2 }, 20);
+    let o = load::run(&w, Run::new(&w.body), false, None).await;
+    assert_eq!(o.total.delivered, 0);
+    assert_eq!(o.total.codes.get("error: connect"), Some(&20));
+}
