@@ -237,6 +237,9 @@ pub struct Outcome {
 impl Outcome {
     /// Messages that got a 250 but never arrived (when an observer watched).
     pub fn lost(&self) -> u64 {
+        if !self.observed {
+            return 0;
+        }
         self.total
             .delivered
             .saturating_sub(self.intact + self.corrupted)
