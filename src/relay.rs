@@ -479,9 +479,10 @@ async fn accept_tls(cfg: &RelayConfig, tcp: impl Io + 'static) -> Option<Box<dyn
     }
 }
 
-/// Message content to the spool file and to every upstream taking the message, at once. A
+/// Message content to the spool and to every upstream taking the message, at once. A
 /// failing upstream is dropped here and poisons the transaction (the end of data answers
-/// 4xx and no upstream gets an end of data); a failing spool write drops the spool file.
+/// 4xx and no upstream gets an end of data); a failing spool write drops the spool copy (the
+/// message still goes on; the log says it was not kept).
 async fn stream_content(
     spool: &mut Option<Spool>,
     legs: &mut [Leg],
@@ -496,10 +497,13 @@ async fn stream_content(
                 let take = (SUMMARY_READ - s.head.len()).min(data.len());
                 s.head.extend_from_slice(&data[..take]);
             }
-            if s.file.write_all(data).await.is_err()
+            if let Err(e) = s.take(data).await
                 && let Some(s) = spool.take()
             {
-                let _ = tokio::fs::remove_file(&s.path).await;
+                tracing::error!(session, id = %s.id, path = %s.path.display(), error = %e, "cannot write the spool: the message goes on, but is not kept");
+                if s.file.is_some() {
+                    let _ = tokio::fs::remove_file(&s.path).await;
+                }
             }
         }
     };
@@ -547,11 +551,15 @@ fn in_network(ip: IpAddr, net: IpAddr, len: u8) -> bool {
     }
 }
 
-/// The message of the transaction in progress, streamed to a spool file.
+/// The message of the transaction in progress, on its way to the spool: kept in memory up
+/// to `SPOOL_BUFFER` octets and written with its record in one go at the end (one trip to
+/// the blocking pool instead of one per write), streamed to its file beyond that.
 struct Spool {
     id: String,
     path: PathBuf,
-    file: tokio::fs::File,
+    /// Opened once the message outgrew `pending`.
+    file: Option<tokio::fs::File>,
+    pending: Vec<u8>,
     size: u64,
     /// The message's first `SUMMARY_READ` octets, for its summary and a bounce's headers
     /// (not read back from the file).
@@ -560,6 +568,58 @@ struct Spool {
 
 /// One upstream session of a client session, for one route, and what it did in the
 /// transaction in progress.
+/// How much of a message the spool holds in memory before it opens the file.
+const SPOOL_BUFFER: usize = 64 * 1024;
+
+impl Spool {
+    fn new(id: String, path: PathBuf) -> Spool {
+        Spool {
+            id,
+            path,
+            file: None,
+            pending: Vec::new(),
+            size: 0,
+            head: Vec::new(),
+        }
+    }
+
+    /// More of the message.
+    async fn take(&mut self, data: &[u8]) -> std::io::Result<()> {
+        if self.file.is_none() && self.pending.len() + data.len() <= SPOOL_BUFFER {
+            self.pending.extend_from_slice(data);
+            return Ok(());
+        }
+        if self.file.is_none() {
+            let mut file = tokio::fs::File::create(&self.path).await?;
+            file.write_all(&self.pending).await?;
+            self.pending = Vec::new();
+            self.file = Some(file);
+        }
+        self.file.as_mut().expect("opened").write_all(data).await
+    }
+
+    /// Writes what is left of the message and its record.
+    async fn keep(self, record: Vec<u8>) -> std::io::Result<()> {
+        let json = self.path.with_extension("json");
+        match self.file {
+            None => {
+                let (path, pending) = (self.path, self.pending);
+                tokio::task::spawn_blocking(move || {
+                    std::fs::write(&path, &pending)?;
+                    std::fs::write(json, record)
+                })
+                .await
+                .map_err(std::io::Error::other)?
+            }
+            Some(mut file) => {
+                file.flush().await?;
+                drop(file);
+                tokio::fs::write(json, record).await
+            }
+        }
+    }
+}
+
 struct Leg {
     route: usize,
     up: Option<Upstream>,
@@ -1357,14 +1417,7 @@ impl Session {
             self.id
         );
         let path = crate::spool::path_for(&self.shared.config.spool_dir, &id, "eml");
-        let file = tokio::fs::File::create(&path).await?;
-        self.spool = Some(Spool {
-            id,
-            path,
-            file,
-            size: 0,
-            head: Vec::new(),
-        });
+        self.spool = Some(Spool::new(id, path));
         // RFC 5321 4.4: a trace header at the top, to the upstreams (the spool keeps the
         // message as the client sent it).
         let received = self.received_header();
@@ -1406,6 +1459,28 @@ impl Session {
             self.abort_legs().await;
             self.discard_spool().await;
             return Verdict::Reply(reply);
+        }
+        // With several upstreams, what each holds of the message goes out first: one lost
+        // now has not had its end of data, so no upstream gets one (a 451 for all).
+        if self.legs.iter().filter(|l| l.sending).count() > 1 {
+            let flushed = futures_util::future::join_all(
+                self.legs
+                    .iter_mut()
+                    .filter(|l| l.sending)
+                    .filter_map(|l| Some((l.route, l.up.as_mut()?)))
+                    .map(|(r, up)| async move { (r, up.flush_body().await) }),
+            )
+            .await;
+            for (r, result) in flushed {
+                if let Err(e) = result {
+                    let _ = self.leg_failed(r, e).await;
+                }
+            }
+            if let Some(reply) = self.poisoned.take() {
+                self.abort_legs().await;
+                self.discard_spool().await;
+                return Verdict::Reply(reply);
+            }
         }
         let ended = futures_util::future::join_all(
             self.legs
@@ -1495,8 +1570,7 @@ impl Session {
                     lines,
                 }
             };
-        if let Some(mut spool) = self.spool.take() {
-            let _ = spool.file.flush().await;
+        if let Some(spool) = self.spool.take() {
             let summary = summarize(&spool.head);
             // With several upstreams, a line for each, then the message's line.
             for &r in involved.iter().filter(|_| involved.len() > 1) {
@@ -1533,7 +1607,10 @@ impl Session {
                 None => None,
             };
             let json = spool_json(&spool, &env, self, &reply, summary, dsn);
-            let _ = tokio::fs::write(spool.path.with_extension("json"), json).await;
+            let (id, path) = (spool.id.clone(), spool.path.clone());
+            if let Err(e) = spool.keep(json).await {
+                tracing::error!(session = self.id, id = %id, path = %path.display(), error = %e, "cannot write the spool: the message was relayed, but is not kept");
+            }
         }
         Verdict::Reply(reply)
     }
@@ -1633,8 +1710,10 @@ impl Session {
     }
 
     async fn discard_spool(&mut self) {
-        if let Some(spool) = self.spool.take() {
-            drop(spool.file);
+        if let Some(spool) = self.spool.take()
+            && let Some(file) = spool.file
+        {
+            drop(file);
             let _ = tokio::fs::remove_file(&spool.path).await;
         }
     }

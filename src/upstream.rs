@@ -327,6 +327,9 @@ pub fn vet(upstream: &str, phase: Phase, reply: Reply) -> Result<Reply, Upstream
     }
 }
 
+/// Message content is written in pieces of at least this much (the last one aside).
+const BODY_BATCH: usize = 32 * 1024;
+
 /// The longest reply line accepted from an upstream (RFC 5321 says 512; servers exceed it).
 const MAX_REPLY_LINE: usize = 4096;
 
@@ -348,6 +351,8 @@ pub struct Upstream {
     timeouts: Timeouts,
     encoder: DataEncoder,
     out: Vec<u8>,
+    /// Message content encoded and not yet written.
+    body_out: Vec<u8>,
     /// `C:`/`S:` lines of this session, AUTH payloads redacted.
     transcript: Vec<String>,
     /// The upstream's reply to AUTH (its exact words, e.g. `235 Authentication successful`).
@@ -415,6 +420,7 @@ impl Upstream {
             timeouts: t,
             encoder: DataEncoder::new(),
             out: Vec::new(),
+            body_out: Vec::new(),
             transcript: Vec::new(),
             auth_reply: None,
             recording: config.transcript,
@@ -841,26 +847,42 @@ impl Upstream {
         }
     }
 
-    /// Sends a piece of message content: CRLF-normalised and dot-stuffed on the way.
+    /// Sends a piece of message content: CRLF-normalised and dot-stuffed on the way. Small
+    /// pieces are gathered (up to `BODY_BATCH` octets) and go out with the next one or with
+    /// the end of data: a small message is one write, not one per piece.
     pub async fn body(&mut self, chunk: &[u8]) -> Result<(), UpstreamError> {
-        self.out.clear();
-        self.encoder.encode(chunk, &mut self.out);
-        let out = std::mem::take(&mut self.out);
+        self.encoder.encode(chunk, &mut self.body_out);
+        if self.body_out.len() >= BODY_BATCH {
+            self.flush_body().await?;
+        }
+        Ok(())
+    }
+
+    /// Writes the content gathered so far.
+    pub async fn flush_body(&mut self) -> Result<(), UpstreamError> {
+        if self.body_out.is_empty() {
+            return Ok(());
+        }
+        let out = std::mem::take(&mut self.body_out);
         let r = self
             .write(&out, Phase::Body, self.timeouts.data_block)
             .await;
-        self.out = out;
+        self.body_out = out;
+        self.body_out.clear();
         r
     }
 
-    /// Ends the message (`.CRLF`) and returns the upstream's final reply.
+    /// Ends the message (`.CRLF`, in one write with the content still gathered) and returns
+    /// the upstream's final reply.
     pub async fn end_of_data(&mut self) -> Result<Reply, UpstreamError> {
-        self.out.clear();
-        self.encoder.finish(&mut self.out);
-        let out = std::mem::take(&mut self.out);
-        self.write(&out, Phase::Body, self.timeouts.data_block)
-            .await?;
-        self.out = out;
+        self.encoder.finish(&mut self.body_out);
+        let out = std::mem::take(&mut self.body_out);
+        let written = self
+            .write(&out, Phase::Body, self.timeouts.data_block)
+            .await;
+        self.body_out = out;
+        self.body_out.clear();
+        written?;
         self.note("C: <message data>".into());
         self.session.data_sent().map_err(|e| self.protocol(e))?;
         let reply = self
