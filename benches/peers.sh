@@ -5,8 +5,9 @@
 # configuration under a temporary directory; it queues to disk too), and through HAProxy in
 # TCP mode (the "relay that adds nothing" bound). Then our load generator against Postfix's
 # smtp-source on the same sink, the relay's p99 added latency at half its maximum load (open
-# loop), and the relay's memory with 10,000 idle sessions. Installs postfix and haproxy when
-# they are missing (Debian, as root).
+# loop), and the relay's memory with 10,000 idle sessions. "relay-shm" is the same relay with
+# its spool on tmpfs: the difference is what the disk costs. Installs postfix and haproxy
+# when they are missing (Debian, as root).
 #
 #   benches/peers.sh                 # 5 s per measurement
 #   DURATION=10 benches/peers.sh
@@ -18,6 +19,7 @@ P_SINK=${P_SINK:-28025}
 P_RELAY=${P_RELAY:-28026}
 P_POSTFIX=${P_POSTFIX:-28027}
 P_HAPROXY=${P_HAPROXY:-28028}
+P_RELAY_SHM=${P_RELAY_SHM:-28029}
 
 need=()
 [ -x /usr/sbin/postfix ] || need+=(postfix)
@@ -42,7 +44,7 @@ cleanup() {
   /usr/sbin/postfix -c "$tmp/postfix/conf" stop >/dev/null 2>&1 || true
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  rm -rf "$tmp"
+  rm -rf "$tmp" "${shm:-/nonexistent}"
 }
 trap cleanup EXIT
 
@@ -80,6 +82,12 @@ TOML
 "$bin" serve --config "$tmp/relay.toml" >"$tmp/relay.out" 2>&1 &
 relay_pid=$!
 pids+=($relay_pid)
+# The same relay with its spool in memory (tmpfs): what the relay costs without the disk.
+shm=$(mktemp -d /dev/shm/smtp-relay-peers.XXXXXX)
+sed -e "s|^listen = .*|listen = \"127.0.0.1:$P_RELAY_SHM\"|" -e "s|^spool_dir = .*|spool_dir = \"$shm/spool\"|" \
+  "$tmp/relay.toml" >"$tmp/relay-shm.toml"
+"$bin" serve --config "$tmp/relay-shm.toml" >"$tmp/relay-shm.out" 2>&1 &
+pids+=($!)
 
 # Postfix as a relay to the sink.
 mkdir -p "$tmp/postfix/conf" "$tmp/postfix/queue" "$tmp/postfix/data"
@@ -150,7 +158,7 @@ CFG
 haproxy -f "$tmp/haproxy.cfg" -db >"$tmp/haproxy.log" 2>&1 &
 pids+=($!)
 
-for p in "$P_SINK" "$P_RELAY" "$P_POSTFIX" "$P_HAPROXY"; do wait_port "$p"; done
+for p in "$P_SINK" "$P_RELAY" "$P_RELAY_SHM" "$P_POSTFIX" "$P_HAPROXY"; do wait_port "$p"; done
 
 # One measurement: prints "msgs/s p50 p99" (whole-message latency, ms) from the JSON.
 measure() {
@@ -181,7 +189,7 @@ for wl in "small-1/conn:--size 1024 --per-connection 1 --connections 20 --pipeli
   name=${wl%%:*}
   # shellcheck disable=SC2206
   args=(${wl#*:} --duration "$DURATION")
-  for t in "direct:$P_SINK" "smtp-relay:$P_RELAY" "postfix:$P_POSTFIX" "haproxy:$P_HAPROXY"; do
+  for t in "direct:$P_SINK" "smtp-relay:$P_RELAY" "relay-shm:$P_RELAY_SHM" "postfix:$P_POSTFIX" "haproxy:$P_HAPROXY"; do
     tname=${t%%:*}
     read -r r p50 p99 rest < <(measure "${t#*:}" "${args[@]}")
     rate[$name/$tname]=$r

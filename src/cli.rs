@@ -50,7 +50,24 @@ pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Up(args) => block_on(crate::up::run(args)),
         Command::Scenarios(args) => block_on(crate::scenario::cli::run(args)),
-        Command::Load(args) => block_on(crate::load::cli::run(args)),
+        Command::Load(args) => {
+            let threads = args.threads.unwrap_or(if args.self_test {
+                std::thread::available_parallelism().map_or(2, |n| n.get())
+            } else {
+                1
+            });
+            match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(threads.max(1))
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt.block_on(crate::load::cli::run(args)),
+                Err(e) => {
+                    eprintln!("smtp-relay load: cannot start the runtime: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::Serve { config, log_json } => {
             block_on(async move { crate::serve::run(&config, log_json).await })
         }

@@ -82,6 +82,11 @@ pub struct LoadArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// Worker threads of the load generator's runtime. Default: one against a target (a
+    /// single event loop, as smtp-source; the other cores are the server's), all cores with
+    /// --self (the relay and the sink run in the same process).
+    #[arg(long)]
+    pub threads: Option<usize>,
 }
 
 impl LoadArgs {
