@@ -205,8 +205,10 @@ half=$(awk -v r="$relay_max" 'BEGIN { printf "%.0f", r / 2 }')
 echo "open loop at half the relay's maximum (small-100/conn): $half msgs/s, latency from the intended start"
 read -r _ d50 d99 _ < <(measure "$P_SINK" --size 1024 --per-connection 100 --connections 20 --pipelining --rate "$half" --duration "$DURATION")
 read -r _ r50 r99 _ < <(measure "$P_RELAY" --size 1024 --per-connection 100 --connections 20 --pipelining --rate "$half" --duration "$DURATION")
-printf '  direct p50 %s ms p99 %s ms; smtp-relay p50 %s ms p99 %s ms; added p99 %s ms\n' "$d50" "$d99" "$r50" "$r99" \
-  "$(awk -v a="$r99" -v b="$d99" 'BEGIN { printf "%.3f", a - b }')"
+read -r _ s50 s99 _ < <(measure "$P_RELAY_SHM" --size 1024 --per-connection 100 --connections 20 --pipelining --rate "$half" --duration "$DURATION")
+printf '  direct p50 %s ms p99 %s ms; smtp-relay p50 %s ms p99 %s ms (added p99 %s ms); relay-shm p50 %s ms p99 %s ms (added p99 %s ms)\n' \
+  "$d50" "$d99" "$r50" "$r99" "$(awk -v a="$r99" -v b="$d99" 'BEGIN { printf "%.3f", a - b }')" \
+  "$s50" "$s99" "$(awk -v a="$s99" -v b="$d99" 'BEGIN { printf "%.3f", a - b }')"
 
 echo
 echo "load generators on the same sink (20 sessions, 1 KiB, one message per connection, then 100 per connection)"

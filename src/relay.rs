@@ -428,6 +428,7 @@ async fn client(
         transcript: cfg.transcripts.as_ref().map(|_| Vec::new()),
         lines_seen: 0,
         dsn_tasks: Vec::new(),
+        spool_write: None,
     };
     session.note(format!("* client {peer} ({kind:?} listener)"));
     tracing::info!(session = session.id, peer = %peer, tls = session.tls, "session opened");
@@ -442,6 +443,7 @@ async fn client(
         tracing::info!(session = session.id, error = %e, "client connection error");
     }
     Box::pin(session.abort_transaction()).await;
+    session.spooled().await;
     for leg in &mut session.legs {
         if let Some(up) = leg.up.take() {
             Box::pin(up.quit()).await;
@@ -694,6 +696,9 @@ struct Session {
     lines_seen: u64,
     /// Bounces being sent; the session waits for them before it ends.
     dsn_tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The last message's spool write, off the reply's path: awaited before the next one,
+    /// before the reply to QUIT, and when the session ends (at most one in flight).
+    spool_write: Option<tokio::task::JoinHandle<()>>,
 }
 
 enum Next {
@@ -849,6 +854,8 @@ impl Session {
                 Some(Event::Close(r)) => {
                     self.note_client_line();
                     self.note_reply(&r);
+                    // A client that saw the 221 finds its messages in the spool.
+                    self.spooled().await;
                     r.encode(out);
                     return Next::Close;
                 }
@@ -1607,12 +1614,23 @@ impl Session {
                 None => None,
             };
             let json = spool_json(&spool, &env, self, &reply, summary, dsn);
-            let (id, path) = (spool.id.clone(), spool.path.clone());
-            if let Err(e) = spool.keep(json).await {
-                tracing::error!(session = self.id, id = %id, path = %path.display(), error = %e, "cannot write the spool: the message was relayed, but is not kept");
-            }
+            let (id, path, session) = (spool.id.clone(), spool.path.clone(), self.id);
+            // The upstream has decided: the client's reply need not wait for the disk.
+            self.spooled().await;
+            self.spool_write = Some(tokio::spawn(async move {
+                if let Err(e) = spool.keep(json).await {
+                    tracing::error!(session, id = %id, path = %path.display(), error = %e, "cannot write the spool: the message was relayed, but is not kept");
+                }
+            }));
         }
         Verdict::Reply(reply)
+    }
+
+    /// Waits for the last message's spool write.
+    async fn spooled(&mut self) {
+        if let Some(write) = self.spool_write.take() {
+            let _ = write.await;
+        }
     }
 
     /// The recipients that were accepted but not delivered, with what was said.
