@@ -570,8 +570,10 @@ struct Spool {
 
 /// One upstream session of a client session, for one route, and what it did in the
 /// transaction in progress.
-/// How much of a message the spool holds in memory before it opens the file.
-const SPOOL_BUFFER: usize = 64 * 1024;
+/// How much of a message the spool holds in memory before it writes: a message this small
+/// is written whole at the end, a larger one in pieces this large (each write is a trip to
+/// the blocking pool: 64 KiB pieces made a 1 MB message sixteen of them).
+const SPOOL_BUFFER: usize = 128 * 1024;
 
 impl Spool {
     fn new(id: String, path: PathBuf) -> Spool {
@@ -587,17 +589,17 @@ impl Spool {
 
     /// More of the message.
     async fn take(&mut self, data: &[u8]) -> std::io::Result<()> {
-        if self.file.is_none() && self.pending.len() + data.len() <= SPOOL_BUFFER {
-            self.pending.extend_from_slice(data);
+        self.pending.extend_from_slice(data);
+        if self.pending.len() < SPOOL_BUFFER {
             return Ok(());
         }
         if self.file.is_none() {
-            let mut file = tokio::fs::File::create(&self.path).await?;
-            file.write_all(&self.pending).await?;
-            self.pending = Vec::new();
-            self.file = Some(file);
+            self.file = Some(tokio::fs::File::create(&self.path).await?);
         }
-        self.file.as_mut().expect("opened").write_all(data).await
+        let file = self.file.as_mut().expect("opened");
+        file.write_all(&self.pending).await?;
+        self.pending.clear();
+        Ok(())
     }
 
     /// Writes what is left of the message and its record.
@@ -614,6 +616,7 @@ impl Spool {
                 .map_err(std::io::Error::other)?
             }
             Some(mut file) => {
+                file.write_all(&self.pending).await?;
                 file.flush().await?;
                 drop(file);
                 tokio::fs::write(json, record).await
@@ -1794,8 +1797,9 @@ pub struct Summary {
     pub text: Option<String>,
 }
 
-/// How much of a spooled message is read for its summary, and how much text is kept.
-const SUMMARY_READ: usize = 256 * 1024;
+/// How much of a message is kept for its summary (and a bounce's headers), and how much
+/// text the summary keeps.
+const SUMMARY_READ: usize = 64 * 1024;
 const SUMMARY_TEXT: usize = 2000;
 
 /// Summarises the start of a message (headers and the first text part).
