@@ -6,6 +6,7 @@
 //! - [`check`]: `smtp-relay check`, which shows what the protocol crate makes of command lines.
 //! - [`load`]: `smtp-relay load`, the load generator (HdrHistogram, open and closed loop).
 //! - [`log`]: structured logs in `log/relay.log` (human or JSON lines).
+//! - [`queue`]: store-and-forward's durable queue (group-committed, crash-safe).
 //! - [`relay`]: the relay in live mode: client sessions, pass-through AUTH, verbatim upstream
 //!   replies, the spool.
 //! - [`route`]: the routes table (recipient domain -> upstream).
@@ -26,6 +27,7 @@ pub mod cli;
 pub mod dsn;
 pub mod load;
 pub mod log;
+pub mod queue;
 pub mod relay;
 pub mod route;
 pub mod scenario;

@@ -1,0 +1,453 @@
+//! The durable queue of store-and-forward mode: every queued message is two files,
+//! `msg/<h>/<id>.eml` (its content, never changed) and `msg/<h>/<id>.json` (its envelope and
+//! delivery state, replaced atomically). A message is in the queue exactly when its `.json`
+//! exists.
+//!
+//! Enqueueing is crash-safe: the content is written to `tmp/` and `fsync`ed, the record too,
+//! both are renamed into place (content first, record last) and the directory is `fsync`ed;
+//! only then does [`Queue::enqueue`] return, and only then may the client hear 250. A crash at
+//! any point leaves either no record (the client got no 250; a leftover content file is
+//! removed at the next start) or a complete message.
+//!
+//! Group commit: enqueues that arrive together are committed together by one thread, each
+//! directory `fsync`ed once per batch instead of once per message.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+
+/// A recipient's state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "state")]
+pub enum RcptState {
+    /// Still to be delivered (after `attempts` tries; `last` is what the upstream said).
+    Pending { last: Option<String> },
+    /// The upstream took it, with these words.
+    Delivered { reply: String },
+    /// Permanently refused, or given up; a bounce was (or will be) sent.
+    Failed { reply: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rcpt {
+    /// The forward path in wire form, `<bob@163.com>`.
+    pub to: String,
+    #[serde(flatten)]
+    pub state: RcptState,
+}
+
+/// A queued message's envelope and delivery state (`<id>.json`). Never holds a secret: the
+/// credentials to deliver it are looked up by `auth_user` in the relay's secrets store.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Queued {
+    pub id: String,
+    /// The route it goes to (`default` or a route's label).
+    pub route: String,
+    /// The reverse path in wire form, `<alice@163.com>` or `<>`.
+    pub mail_from: String,
+    /// MAIL parameters to pass on (`BODY=8BITMIME`, ...), as the client gave them.
+    #[serde(default)]
+    pub mail_params: String,
+    pub rcpts: Vec<Rcpt>,
+    /// Who the client authenticated as (to pick the credentials to deliver with).
+    pub auth_user: Option<String>,
+    pub size: u64,
+    /// RFC 3339.
+    pub received_at: String,
+    pub attempts: u32,
+    /// RFC 3339: not before this.
+    pub next_attempt: String,
+    #[serde(default)]
+    pub last_error: Option<String>,
+}
+
+impl Queued {
+    /// Recipients still to deliver.
+    pub fn pending(&self) -> impl Iterator<Item = &Rcpt> {
+        self.rcpts
+            .iter()
+            .filter(|r| matches!(r.state, RcptState::Pending { .. }))
+    }
+
+    /// Nothing left to deliver: the message can leave the queue.
+    pub fn done(&self) -> bool {
+        self.pending().next().is_none()
+    }
+}
+
+/// What [`Queue::list`] finds: the records, and the unreadable ones with why.
+pub type Listing = (Vec<Queued>, Vec<(PathBuf, String)>);
+
+/// Counters of the committer, for tests and metrics.
+#[derive(Debug, Default)]
+pub struct Commits {
+    /// Batches committed.
+    pub batches: AtomicU64,
+    /// Messages committed.
+    pub messages: AtomicU64,
+    /// Directory fsyncs.
+    pub dir_syncs: AtomicU64,
+}
+
+enum Job {
+    /// Content already written to `tmp` (not yet synced), and its record.
+    Enqueue {
+        content: PathBuf,
+        record: Queued,
+        done: tokio::sync::oneshot::Sender<std::io::Result<()>>,
+    },
+}
+
+/// The queue directory.
+#[derive(Clone)]
+pub struct Queue {
+    dir: PathBuf,
+    jobs: std::sync::mpsc::Sender<Job>,
+    pub commits: Arc<Commits>,
+    next_tmp: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+fn subdir_of(dir: &Path, id: &str) -> PathBuf {
+    dir.join("msg").join(crate::spool::subdir(id))
+}
+
+/// Writes `bytes` to `path` and syncs it.
+fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+impl Queue {
+    /// Opens (or creates) a queue directory. Recovery: `tmp/` is emptied (nothing there was
+    /// acknowledged), and content files without a record are removed.
+    pub fn open(dir: &Path) -> std::io::Result<Queue> {
+        std::fs::create_dir_all(dir.join("tmp"))?;
+        for i in 0..crate::spool::SUBDIRS {
+            std::fs::create_dir_all(dir.join("msg").join(format!("{i:x}")))?;
+        }
+        for entry in std::fs::read_dir(dir.join("tmp"))? {
+            let _ = std::fs::remove_file(entry?.path());
+        }
+        for path in crate::spool::files(&dir.join("msg"))? {
+            if path.extension().is_some_and(|e| e == "eml") && !path.with_extension("json").exists()
+            {
+                std::fs::remove_file(&path)?;
+            }
+        }
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let commits = Arc::new(Commits::default());
+        let (d, c) = (dir.to_path_buf(), commits.clone());
+        std::thread::Builder::new()
+            .name("smtp-relay-queue".into())
+            .spawn(move || committer(&d, rx, &c))?;
+        Ok(Queue {
+            dir: dir.to_path_buf(),
+            jobs: tx,
+            commits,
+            next_tmp: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// A fresh path in `tmp/` to stream a message's content to before [`Queue::enqueue`].
+    pub fn tmp_path(&self, id: &str) -> PathBuf {
+        let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
+        self.dir.join("tmp").join(format!("{id}.{n}.eml"))
+    }
+
+    /// Where a queued message's content is.
+    pub fn message_path(&self, id: &str) -> PathBuf {
+        subdir_of(&self.dir, id).join(format!("{id}.eml"))
+    }
+
+    fn record_path(&self, id: &str) -> PathBuf {
+        subdir_of(&self.dir, id).join(format!("{id}.json"))
+    }
+
+    /// Makes the message durable: `content` (a file under `tmp/`, written, not yet synced)
+    /// and `record` are synced and moved into the queue, the directory synced. Returns when
+    /// that is done: only then may the client hear 250.
+    pub async fn enqueue(&self, content: PathBuf, record: Queued) -> std::io::Result<()> {
+        let (done, rx) = tokio::sync::oneshot::channel();
+        self.jobs
+            .send(Job::Enqueue {
+                content,
+                record,
+                done,
+            })
+            .map_err(|_| std::io::Error::other("the queue's committer has stopped"))?;
+        rx.await
+            .map_err(|_| std::io::Error::other("the queue's committer has stopped"))?
+    }
+
+    /// Every queued message's record, oldest first, and the records that could not be read
+    /// (with why).
+    pub fn list(&self) -> std::io::Result<Listing> {
+        let mut records = Vec::new();
+        let mut bad = Vec::new();
+        for path in crate::spool::files(&self.dir.join("msg"))? {
+            if path.extension().is_none_or(|e| e != "json") {
+                continue;
+            }
+            match std::fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|b| serde_json::from_slice::<Queued>(&b).map_err(|e| e.to_string()))
+            {
+                Ok(r) => records.push(r),
+                Err(e) => bad.push((path, e)),
+            }
+        }
+        records.sort_by(|a, b| a.received_at.cmp(&b.received_at).then(a.id.cmp(&b.id)));
+        Ok((records, bad))
+    }
+
+    pub fn load(&self, id: &str) -> std::io::Result<Queued> {
+        let bytes = std::fs::read(self.record_path(id))?;
+        serde_json::from_slice(&bytes).map_err(std::io::Error::other)
+    }
+
+    /// Replaces a record atomically and durably (write to `tmp/`, sync, rename, sync dir).
+    pub async fn update(&self, record: &Queued) -> std::io::Result<()> {
+        let json = serde_json::to_vec_pretty(record).map_err(std::io::Error::other)?;
+        let tmp = self.tmp_path(&record.id).with_extension("json");
+        let dest = self.record_path(&record.id);
+        tokio::task::spawn_blocking(move || {
+            write_synced(&tmp, &json)?;
+            std::fs::rename(&tmp, &dest)?;
+            sync_dir(dest.parent().expect("in a subdirectory"))
+        })
+        .await
+        .map_err(std::io::Error::other)?
+    }
+
+    /// Takes a message out of the queue: the record first (from then on it is not queued),
+    /// then the content.
+    pub async fn remove(&self, id: &str) -> std::io::Result<()> {
+        let (record, content) = (self.record_path(id), self.message_path(id));
+        tokio::task::spawn_blocking(move || {
+            std::fs::remove_file(&record)?;
+            let _ = std::fs::remove_file(&content);
+            sync_dir(record.parent().expect("in a subdirectory"))
+        })
+        .await
+        .map_err(std::io::Error::other)?
+    }
+}
+
+/// The committer thread: takes every job waiting, syncs their files, renames them into
+/// place, syncs each directory touched once, then answers them all.
+fn committer(dir: &Path, rx: std::sync::mpsc::Receiver<Job>, stats: &Commits) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            batch.push(more);
+        }
+        let mut dirs = BTreeSet::new();
+        let mut results: Vec<(std::io::Result<()>, tokio::sync::oneshot::Sender<_>)> =
+            Vec::with_capacity(batch.len());
+        for job in batch {
+            let Job::Enqueue {
+                content,
+                record,
+                done,
+            } = job;
+            let sub = subdir_of(dir, &record.id);
+            let r = (|| {
+                std::fs::File::open(&content)?.sync_all()?;
+                let json = serde_json::to_vec_pretty(&record).map_err(std::io::Error::other)?;
+                let tmp_json = content.with_extension("json");
+                write_synced(&tmp_json, &json)?;
+                std::fs::rename(&content, sub.join(format!("{}.eml", record.id)))?;
+                std::fs::rename(&tmp_json, sub.join(format!("{}.json", record.id)))?;
+                Ok(())
+            })();
+            if r.is_ok() {
+                dirs.insert(sub);
+            } else {
+                let _ = std::fs::remove_file(&content);
+                let _ = std::fs::remove_file(content.with_extension("json"));
+            }
+            results.push((r, done));
+        }
+        // One fsync per directory for the whole batch: the renames are durable after it.
+        let mut dir_error = None;
+        for d in &dirs {
+            stats.dir_syncs.fetch_add(1, Ordering::Relaxed);
+            if let Err(e) = sync_dir(d) {
+                dir_error = Some(e.to_string());
+            }
+        }
+        stats.batches.fetch_add(1, Ordering::Relaxed);
+        for (r, done) in results {
+            let r = match (r, &dir_error) {
+                (Ok(()), Some(e)) => Err(std::io::Error::other(format!(
+                    "the queue directory could not be synced: {e}"
+                ))),
+                (r, _) => r,
+            };
+            if r.is_ok() {
+                stats.messages.fetch_add(1, Ordering::Relaxed);
+            }
+            let _ = done.send(r);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str) -> Queued {
+        Queued {
+            id: id.into(),
+            route: "default".into(),
+            mail_from: "<alice@163.com>".into(),
+            mail_params: String::new(),
+            rcpts: vec![
+                Rcpt {
+                    to: "<bob@163.com>".into(),
+                    state: RcptState::Pending { last: None },
+                },
+                Rcpt {
+                    to: "<friend@qq.com>".into(),
+                    state: RcptState::Delivered {
+                        reply: "250 OK".into(),
+                    },
+                },
+            ],
+            auth_user: Some("alice@163.com".into()),
+            size: 5,
+            received_at: "2026-11-26T07:00:00Z".into(),
+            attempts: 0,
+            next_attempt: "2026-11-26T07:00:00Z".into(),
+            last_error: None,
+        }
+    }
+
+    fn temp(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("queue-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[tokio::test]
+    async fn enqueue_list_update_remove() {
+        let dir = temp("basic");
+        let q = Queue::open(&dir).unwrap();
+        let tmp = q.tmp_path("m1");
+        std::fs::write(&tmp, b"hello").unwrap();
+        q.enqueue(tmp.clone(), record("m1")).await.unwrap();
+        assert!(!tmp.exists(), "moved out of tmp/");
+        assert_eq!(std::fs::read(q.message_path("m1")).unwrap(), b"hello");
+        let (all, bad) = q.list().unwrap();
+        assert!(bad.is_empty());
+        assert_eq!(all, vec![record("m1")]);
+        assert_eq!(all[0].pending().count(), 1);
+        let mut r = q.load("m1").unwrap();
+        r.rcpts[0].state = RcptState::Delivered {
+            reply: "250 Mail OK".into(),
+        };
+        r.attempts = 1;
+        q.update(&r).await.unwrap();
+        let again = q.load("m1").unwrap();
+        assert!(again.done());
+        assert_eq!(again.attempts, 1);
+        q.remove("m1").await.unwrap();
+        assert!(q.list().unwrap().0.is_empty());
+        assert!(!q.message_path("m1").exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn enqueues_arriving_together_share_commits() {
+        let dir = temp("group");
+        let q = Queue::open(&dir).unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..200 {
+            let q = q.clone();
+            tasks.push(tokio::spawn(async move {
+                let id = format!("g{i}");
+                let tmp = q.tmp_path(&id);
+                std::fs::write(&tmp, format!("message {i}")).unwrap();
+                q.enqueue(tmp, record(&id)).await.unwrap();
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(q.list().unwrap().0.len(), 200);
+        let c = &q.commits;
+        assert_eq!(c.messages.load(Ordering::Relaxed), 200);
+        let batches = c.batches.load(Ordering::Relaxed);
+        let syncs = c.dir_syncs.load(Ordering::Relaxed);
+        // At most one sync per subdirectory per batch; fewer batches than messages when they
+        // arrive together.
+        assert!(
+            syncs <= batches * crate::spool::SUBDIRS,
+            "{syncs} {batches}"
+        );
+        assert!(batches < 200, "{batches} batches for 200 messages");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn opening_recovers_from_a_crash_mid_enqueue() {
+        let dir = temp("recover");
+        let q = Queue::open(&dir).unwrap();
+        let tmp = q.tmp_path("kept");
+        std::fs::write(&tmp, b"kept").unwrap();
+        q.enqueue(tmp, record("kept")).await.unwrap();
+        // A crash between the two renames: content without its record; and a half-written
+        // temporary file.
+        std::fs::write(q.message_path("orphan"), b"never acknowledged").unwrap();
+        std::fs::write(q.tmp_path("half"), b"half").unwrap();
+        drop(q);
+        let q = Queue::open(&dir).unwrap();
+        let (all, _) = q.list().unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].id, "kept");
+        assert!(!q.message_path("orphan").exists());
+        assert_eq!(std::fs::read_dir(dir.join("tmp")).unwrap().count(), 0);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_failed_enqueue_leaves_nothing_half_written() {
+        let dir = temp("fail");
+        let q = Queue::open(&dir).unwrap();
+        // The content was never written: the commit fails, nothing is queued, tmp is clean.
+        let err = q.enqueue(q.tmp_path("missing"), record("missing")).await;
+        assert!(err.is_err());
+        assert!(q.list().unwrap().0.is_empty());
+        assert_eq!(std::fs::read_dir(dir.join("tmp")).unwrap().count(), 0);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn records_never_hold_a_secret_field() {
+        let json = serde_json::to_string(&record("x")).unwrap();
+        for key in ["password", "secret", "code", "credential"] {
+            assert!(!json.to_lowercase().contains(key), "{json}");
+        }
+    }
+}
