@@ -167,6 +167,59 @@ pub fn build(r: &Report) -> Vec<u8> {
     out
 }
 
+/// Sends a bounce through `config`: with the null sender (RFC 5321 4.5.5), or, when the
+/// upstream refuses the null sender permanently (163: `553 ... NULL sender is not allowed`),
+/// as the original sender to itself (`as_sender` carries that address in `From:`, since 163
+/// also wants the header From to match).
+pub async fn send(
+    config: &crate::upstream::UpstreamConfig,
+    sender: &smtp_wire::Mailbox,
+    as_daemon: &[u8],
+    as_sender: &[u8],
+) -> Result<Reply, crate::upstream::UpstreamError> {
+    let mut up = crate::upstream::Upstream::connect(config).await?;
+    let to = [(
+        smtp_wire::ForwardPath::Mailbox(sender.clone()),
+        smtp_wire::RcptParams::default(),
+    )];
+    let mut env = up
+        .envelope(
+            &smtp_wire::ReversePath::Null,
+            &smtp_wire::MailParams::default(),
+            &to,
+        )
+        .await?;
+    let mut body = as_daemon;
+    if env.mail.code / 100 == 5 {
+        up.rset().await?;
+        env = up
+            .envelope(
+                &smtp_wire::ReversePath::Mailbox(sender.clone()),
+                &smtp_wire::MailParams::default(),
+                &to,
+            )
+            .await?;
+        body = as_sender;
+    }
+    if !env.mail.is_positive() {
+        up.quit().await;
+        return Ok(env.mail);
+    }
+    if let Some(r) = env.rcpts.iter().find(|r| !r.is_positive()) {
+        up.quit().await;
+        return Ok(r.clone());
+    }
+    let reply = up.data().await?;
+    if reply.code != 354 {
+        up.quit().await;
+        return Ok(reply);
+    }
+    up.body(body).await?;
+    let reply = up.end_of_data().await?;
+    up.quit().await;
+    Ok(reply)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1687,7 +1687,7 @@ impl Session {
         }
         let (session, id) = (self.id, spool.id.clone());
         self.dsn_tasks.push(tokio::spawn(async move {
-            let result = send_dsn(&config, &sender, &as_daemon, &as_sender).await;
+            let result = crate::dsn::send(&config, &sender, &as_daemon, &as_sender).await;
             match result {
                 Ok(reply) => tracing::info!(
                     session,
@@ -1738,52 +1738,6 @@ impl Session {
             let _ = tokio::fs::remove_file(&spool.path).await;
         }
     }
-}
-
-/// Sends a bounce through `config`: with the null sender (RFC 5321 4.5.5), or, when the
-/// upstream refuses the null sender permanently (163: `553 ... NULL sender is not allowed`),
-/// as the original sender to itself (`as_sender` carries that address in `From:`, since 163
-/// also wants the header From to match).
-async fn send_dsn(
-    config: &UpstreamConfig,
-    sender: &smtp_wire::Mailbox,
-    as_daemon: &[u8],
-    as_sender: &[u8],
-) -> Result<Reply, UpstreamError> {
-    let mut up = Upstream::connect(config).await?;
-    let to = [(ForwardPath::Mailbox(sender.clone()), RcptParams::default())];
-    let mut env = up
-        .envelope(&ReversePath::Null, &MailParams::default(), &to)
-        .await?;
-    let mut body = as_daemon;
-    if env.mail.code / 100 == 5 {
-        up.rset().await?;
-        env = up
-            .envelope(
-                &ReversePath::Mailbox(sender.clone()),
-                &MailParams::default(),
-                &to,
-            )
-            .await?;
-        body = as_sender;
-    }
-    if !env.mail.is_positive() {
-        up.quit().await;
-        return Ok(env.mail);
-    }
-    if let Some(r) = env.rcpts.iter().find(|r| !r.is_positive()) {
-        up.quit().await;
-        return Ok(r.clone());
-    }
-    let reply = up.data().await?;
-    if reply.code != 354 {
-        up.quit().await;
-        return Ok(reply);
-    }
-    up.body(body).await?;
-    let reply = up.end_of_data().await?;
-    up.quit().await;
-    Ok(reply)
 }
 
 /// A readable summary of a message for the spool JSON: the Subject with its RFC 2047 words

@@ -1,0 +1,521 @@
+//! Delivery from the queue: one attempt per due message (its pending recipients, over one
+//! upstream session), retries with exponential backoff and jitter, a route backed off as a
+//! whole on quota replies (163's `MI:SFQ`, `RP:QRC`...), and a bounce (RFC 3464) for what
+//! failed permanently or expired, never for a null sender.
+//!
+//! Delivery is at least once: between the upstream's 250 and the record being updated there
+//! is a window in which a crash means the message is sent again after the restart.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use smtp_wire::{Command, Credentials, ForwardPath, MailParams, RcptParams, Reply, ReversePath};
+use tokio::io::AsyncReadExt;
+
+use super::store::{Queue, Queued, RcptState};
+use crate::upstream::{Upstream, UpstreamConfig};
+
+/// When to try again, and when to give up.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Retry {
+    /// After the first failed attempt (RFC 5321 4.5.4.1: at least 30 minutes).
+    pub first: Duration,
+    /// The longest wait between attempts.
+    pub max: Duration,
+    /// Give up (and bounce) this long after the message arrived (RFC: 4-5 days).
+    pub lifetime: Duration,
+    /// Each wait is varied by up to this fraction either way, so that retries spread.
+    pub jitter: f64,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Retry {
+            first: Duration::from_secs(30 * 60),
+            max: Duration::from_secs(4 * 3600),
+            lifetime: Duration::from_secs(5 * 86_400),
+            jitter: 0.2,
+        }
+    }
+}
+
+/// The wait after the `attempts`-th failed attempt: `first * 2^(attempts-1)`, capped at
+/// `max`, varied by `jitter` (`unit` is a random number in 0..1).
+pub fn backoff(r: &Retry, attempts: u32, unit: f64) -> Duration {
+    let doubling = 2f64.powi(attempts.saturating_sub(1).min(40) as i32);
+    let base = (r.first.as_secs_f64() * doubling).min(r.max.as_secs_f64());
+    let factor = 1.0 + r.jitter.clamp(0.0, 1.0) * (2.0 * unit.clamp(0.0, 1.0) - 1.0);
+    Duration::from_secs_f64((base * factor).max(0.0))
+}
+
+/// A reply that says the account or the route is over a quota (163's rate limits): the
+/// whole route waits, not just this message.
+pub fn is_quota(reply: &Reply) -> bool {
+    let text = reply.text();
+    reply.code / 100 == 4
+        && [
+            "MI:SFQ",
+            "RP:QRC",
+            "MI:DMC",
+            "HL:ICC",
+            "RP:DRC",
+            "frequency limited",
+        ]
+        .iter()
+        .any(|tag| text.contains(tag))
+}
+
+/// How an attempt ended.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Attempt {
+    /// Every recipient is delivered or failed for good.
+    Finished,
+    /// Some recipients wait for another attempt.
+    Again {
+        reason: String,
+        /// The upstream said the route is over a quota.
+        quota: bool,
+    },
+}
+
+fn parse_mail(rec: &Queued) -> Option<(ReversePath, MailParams)> {
+    let line = if rec.mail_params.is_empty() {
+        format!("MAIL FROM:{}", rec.mail_from)
+    } else {
+        format!("MAIL FROM:{} {}", rec.mail_from, rec.mail_params)
+    };
+    match Command::parse(line.as_bytes()) {
+        Ok(Command::Mail { from, params }) => Some((from, params)),
+        _ => None,
+    }
+}
+
+fn parse_rcpt(to: &str) -> Option<ForwardPath> {
+    match Command::parse(format!("RCPT TO:{to}").as_bytes()) {
+        Ok(Command::Rcpt { to, .. }) => Some(to),
+        _ => None,
+    }
+}
+
+/// Sets the state of the recipients at `indexes` from a reply: 2xx delivered, 5xx failed,
+/// anything else still pending.
+fn settle(rec: &mut Queued, indexes: &[usize], reply: &Reply) {
+    let said = crate::upstream::said(reply);
+    for &i in indexes {
+        rec.rcpts[i].state = match reply.code / 100 {
+            2 => RcptState::Delivered {
+                reply: said.clone(),
+            },
+            5 => RcptState::Failed {
+                reply: said.clone(),
+            },
+            _ => RcptState::Pending {
+                last: Some(said.clone()),
+            },
+        };
+    }
+}
+
+/// One attempt: the message's pending recipients, over one session with `upstream`. The
+/// record is changed in memory; the caller makes it durable.
+pub async fn attempt(queue: &Queue, rec: &mut Queued, upstream: &UpstreamConfig) -> Attempt {
+    let again = |reason: String, quota: bool| Attempt::Again { reason, quota };
+    let Some((from, params)) = parse_mail(rec) else {
+        for r in &mut rec.rcpts {
+            r.state = RcptState::Failed {
+                reply: format!(
+                    "550 5.1.7 the queued sender {} cannot be parsed",
+                    rec.mail_from
+                ),
+            };
+        }
+        return Attempt::Finished;
+    };
+    let pending: Vec<usize> = (0..rec.rcpts.len())
+        .filter(|&i| matches!(rec.rcpts[i].state, RcptState::Pending { .. }))
+        .collect();
+    let mut rcpts = Vec::with_capacity(pending.len());
+    let mut sent = Vec::with_capacity(pending.len());
+    for &i in &pending {
+        match parse_rcpt(&rec.rcpts[i].to) {
+            Some(to) => {
+                rcpts.push((to, RcptParams::default()));
+                sent.push(i);
+            }
+            None => settle(
+                rec,
+                &[i],
+                &Reply::new(550, (5, 1, 3), "the queued recipient cannot be parsed"),
+            ),
+        }
+    }
+    if rcpts.is_empty() {
+        return Attempt::Finished;
+    }
+    let mut up = match Upstream::connect(upstream).await {
+        Ok(up) => up,
+        Err(e) => {
+            let quota = e.reply().is_some_and(is_quota);
+            return again(e.to_string(), quota);
+        }
+    };
+    let env = match up.envelope(&from, &params, &rcpts).await {
+        Ok(env) => env,
+        Err(e) => {
+            up.abort().await;
+            return again(e.to_string(), false);
+        }
+    };
+    if !env.mail.is_positive() {
+        let quota = is_quota(&env.mail);
+        settle(rec, &sent, &env.mail);
+        up.quit().await;
+        return if rec.done() {
+            Attempt::Finished
+        } else {
+            again(crate::upstream::said(&env.mail), quota)
+        };
+    }
+    let mut accepted = Vec::new();
+    let mut quota = false;
+    for (&i, reply) in sent.iter().zip(&env.rcpts) {
+        if reply.is_positive() {
+            accepted.push(i);
+        } else {
+            quota |= is_quota(reply);
+            settle(rec, &[i], reply);
+        }
+    }
+    if accepted.is_empty() {
+        let _ = up.rset().await;
+        up.quit().await;
+        return if rec.done() {
+            Attempt::Finished
+        } else {
+            again("every recipient deferred".into(), quota)
+        };
+    }
+    let result = async {
+        let r = up.data().await?;
+        if r.code != 354 {
+            return Ok(r);
+        }
+        let mut file = tokio::fs::File::open(queue.message_path(&rec.id))
+            .await
+            .map_err(|source| crate::upstream::UpstreamError::Io {
+                upstream: upstream.name.clone(),
+                phase: crate::upstream::Phase::Body,
+                source,
+            })?;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n =
+                file.read(&mut buf)
+                    .await
+                    .map_err(|source| crate::upstream::UpstreamError::Io {
+                        upstream: upstream.name.clone(),
+                        phase: crate::upstream::Phase::Body,
+                        source,
+                    })?;
+            if n == 0 {
+                break;
+            }
+            up.body(&buf[..n]).await?;
+        }
+        up.end_of_data().await
+    }
+    .await;
+    match result {
+        Ok(reply) => {
+            quota |= is_quota(&reply);
+            settle(rec, &accepted, &reply);
+            up.quit().await;
+            if rec.done() {
+                Attempt::Finished
+            } else {
+                again(crate::upstream::said(&reply), quota)
+            }
+        }
+        // Lost after the data: the upstream may or may not have the message. At least once:
+        // it is sent again.
+        Err(e) => {
+            up.abort().await;
+            for &i in &accepted {
+                rec.rcpts[i].state = RcptState::Pending {
+                    last: Some(e.to_string()),
+                };
+            }
+            again(e.to_string(), false)
+        }
+    }
+}
+
+/// Where each route's messages go, and with which credentials.
+pub trait Routes: Send + Sync {
+    /// The upstream for a message (its route), with the credentials for its sender.
+    fn upstream(&self, rec: &Queued) -> Option<UpstreamConfig>;
+    /// The upstream that carries bounces to `sender`, with the credentials for it.
+    fn bounces(&self, sender: &str) -> Option<UpstreamConfig>;
+}
+
+/// What the scheduler needs besides the queue.
+pub struct Scheduler {
+    pub queue: Queue,
+    pub routes: Arc<dyn Routes>,
+    pub retry: Retry,
+    /// At most this many deliveries at once.
+    pub concurrency: usize,
+    /// How often the queue is looked at when nothing wakes the scheduler.
+    pub tick: Duration,
+    /// Our name in bounces.
+    pub hostname: String,
+    /// Woken when a message is enqueued.
+    pub wake: Arc<tokio::sync::Notify>,
+}
+
+fn now() -> chrono::DateTime<chrono::Utc> {
+    chrono::Utc::now()
+}
+
+fn parse_time(s: &str) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .unwrap_or_else(|_| now())
+}
+
+impl Scheduler {
+    /// Delivers until `shutdown`: every due message, each route waiting out its quota
+    /// back-off, at most `concurrency` at once.
+    pub async fn run(self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let me = Arc::new(self);
+        let paused: Arc<std::sync::Mutex<HashMap<String, chrono::DateTime<chrono::Utc>>>> =
+            Arc::default();
+        let in_flight: Arc<std::sync::Mutex<std::collections::HashSet<String>>> = Arc::default();
+        let gate = Arc::new(tokio::sync::Semaphore::new(me.concurrency.max(1)));
+        let mut tasks = tokio::task::JoinSet::new();
+        loop {
+            let due = match me.queue.list() {
+                Ok((records, _)) => records,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot list the queue");
+                    Vec::new()
+                }
+            };
+            let t = now();
+            for rec in due {
+                if parse_time(&rec.next_attempt) > t {
+                    continue;
+                }
+                if paused
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&rec.route)
+                    .is_some_and(|until| *until > t)
+                {
+                    continue;
+                }
+                if !in_flight
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(rec.id.clone())
+                {
+                    continue;
+                }
+                let Ok(permit) = gate.clone().try_acquire_owned() else {
+                    in_flight
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&rec.id);
+                    break;
+                };
+                let (me, paused, in_flight) = (me.clone(), paused.clone(), in_flight.clone());
+                tasks.spawn(async move {
+                    let id = rec.id.clone();
+                    me.deliver(rec, &paused).await;
+                    in_flight
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&id);
+                    drop(permit);
+                });
+            }
+            while tasks.try_join_next().is_some() {}
+            tokio::select! {
+                _ = tokio::time::sleep(me.tick) => {}
+                _ = me.wake.notified() => {}
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                _ = smtp_net::stopped(&mut shutdown) => break,
+            }
+        }
+        // Attempts in flight finish (each bounded by the upstream timeouts).
+        while tasks.join_next().await.is_some() {}
+    }
+
+    async fn deliver(
+        &self,
+        mut rec: Queued,
+        paused: &std::sync::Mutex<HashMap<String, chrono::DateTime<chrono::Utc>>>,
+    ) {
+        let outcome = match self.routes.upstream(&rec) {
+            Some(upstream) => attempt(&self.queue, &mut rec, &upstream).await,
+            None => Attempt::Again {
+                reason: format!("no route named {}", rec.route),
+                quota: false,
+            },
+        };
+        rec.attempts += 1;
+        let t = now();
+        let expired = t.signed_duration_since(parse_time(&rec.received_at))
+            >= chrono::Duration::from_std(self.retry.lifetime).unwrap_or(chrono::Duration::MAX);
+        match outcome {
+            Attempt::Again { reason, quota } if !expired => {
+                let wait = backoff(
+                    &self.retry,
+                    rec.attempts,
+                    fastrand_unit(&rec.id, rec.attempts),
+                );
+                rec.next_attempt =
+                    (t + chrono::Duration::from_std(wait).unwrap_or_default()).to_rfc3339();
+                tracing::info!(id = %rec.id, route = %rec.route, attempts = rec.attempts, wait_s = wait.as_secs_f64(), reason = %reason, quota, outcome = "deferred", "queue");
+                rec.last_error = Some(reason);
+                if quota {
+                    paused.lock().unwrap_or_else(|e| e.into_inner()).insert(
+                        rec.route.clone(),
+                        t + chrono::Duration::from_std(wait).unwrap_or_default(),
+                    );
+                }
+                if let Err(e) = self.queue.update(&rec).await {
+                    tracing::error!(id = %rec.id, error = %e, "cannot update a queued message");
+                }
+            }
+            other => {
+                if let Attempt::Again { reason, .. } = &other {
+                    for r in &mut rec.rcpts {
+                        if let RcptState::Pending { last } = &r.state {
+                            r.state = RcptState::Failed {
+                                reply: format!(
+                                    "expired after {} attempts; last: {}",
+                                    rec.attempts,
+                                    last.clone().unwrap_or_else(|| reason.clone())
+                                ),
+                            };
+                        }
+                    }
+                }
+                self.bounce(&rec).await;
+                let delivered = rec
+                    .rcpts
+                    .iter()
+                    .filter(|r| matches!(r.state, RcptState::Delivered { .. }))
+                    .count();
+                tracing::info!(id = %rec.id, route = %rec.route, attempts = rec.attempts, delivered, failed = rec.rcpts.len() - delivered, outcome = "done", "queue");
+                if let Err(e) = self.queue.remove(&rec.id).await {
+                    tracing::error!(id = %rec.id, error = %e, "cannot remove a delivered message from the queue");
+                }
+            }
+        }
+    }
+
+    /// A bounce for the failed recipients, unless there are none or the sender is null.
+    async fn bounce(&self, rec: &Queued) {
+        let failures: Vec<crate::dsn::Failure> = rec
+            .rcpts
+            .iter()
+            .filter_map(|r| match &r.state {
+                RcptState::Failed { reply } => Some(crate::dsn::Failure {
+                    recipient: r.to.trim_matches(|c| c == '<' || c == '>').to_string(),
+                    remote: rec.route.clone(),
+                    reply: Reply::parse(format!("{reply}\r\n").as_bytes())
+                        .unwrap_or_else(|_| Reply::new(550, (5, 0, 0), reply.clone())),
+                }),
+                _ => None,
+            })
+            .collect();
+        let sender = rec.mail_from.trim_matches(|c| c == '<' || c == '>');
+        if failures.is_empty() || sender.is_empty() {
+            return;
+        }
+        let Some(Command::Mail {
+            from: ReversePath::Mailbox(mailbox),
+            ..
+        }) = Command::parse(format!("MAIL FROM:{}", rec.mail_from).as_bytes()).ok()
+        else {
+            return;
+        };
+        let Some(upstream) = self.routes.bounces(sender) else {
+            tracing::error!(id = %rec.id, "no route for bounces");
+            return;
+        };
+        let head = std::fs::read(self.queue.message_path(&rec.id))
+            .map(|m| m[..m.len().min(crate::dsn::MAX_RETURNED_HEADERS)].to_vec())
+            .unwrap_or_default();
+        let daemon = format!("MAILER-DAEMON@{}", self.hostname);
+        let report = |from: &str| {
+            crate::dsn::build(&crate::dsn::Report {
+                reporting_mta: &self.hostname,
+                from,
+                to: sender,
+                original_id: &rec.id,
+                envelope_id: None,
+                arrival: parse_time(&rec.received_at),
+                failures: &failures,
+                original_headers: &head,
+            })
+        };
+        match crate::dsn::send(&upstream, &mailbox, &report(&daemon), &report(sender)).await {
+            Ok(r) => tracing::info!(id = %rec.id, to = %sender, reply = %r, "bounce"),
+            Err(e) => tracing::warn!(id = %rec.id, to = %sender, error = %e, "bounce failed"),
+        }
+    }
+}
+
+/// A number in 0..1 from the message and the attempt: jitter without a random generator,
+/// different for each message.
+fn fastrand_unit(id: &str, attempts: u32) -> f64 {
+    let h = crate::load::fnv64(format!("{id}/{attempts}").as_bytes());
+    (h >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Credentials for a sender, from the relay's secrets store (never the queue).
+pub type Secrets = Arc<dyn Fn(&str) -> Option<Credentials> + Send + Sync>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_caps_and_jitters() {
+        let r = Retry {
+            first: Duration::from_secs(60),
+            max: Duration::from_secs(600),
+            lifetime: Duration::from_secs(86_400),
+            jitter: 0.2,
+        };
+        assert_eq!(backoff(&r, 1, 0.5), Duration::from_secs(60));
+        assert_eq!(backoff(&r, 2, 0.5), Duration::from_secs(120));
+        assert_eq!(backoff(&r, 3, 0.5), Duration::from_secs(240));
+        assert_eq!(backoff(&r, 5, 0.5), Duration::from_secs(600), "capped");
+        assert_eq!(backoff(&r, 400, 0.5), Duration::from_secs(600));
+        assert_eq!(backoff(&r, 1, 0.0), Duration::from_secs(48));
+        assert_eq!(backoff(&r, 1, 1.0), Duration::from_secs(72));
+        let units: Vec<f64> = (0..100).map(|i| fastrand_unit("m", i)).collect();
+        assert!(units.iter().all(|u| (0.0..1.0).contains(u)));
+        assert!(units.iter().any(|u| *u < 0.3) && units.iter().any(|u| *u > 0.7));
+    }
+
+    #[test]
+    fn quota_replies_are_recognised() {
+        assert!(is_quota(&Reply::plain(
+            451,
+            "MI:SFQ 163 smtp9,DcCow 1795672909"
+        )));
+        assert!(is_quota(&Reply::plain(451, "RP:QRC 163 smtp9")));
+        assert!(is_quota(&Reply::plain(421, "HL:ICC 163 smtp9")));
+        assert!(
+            !is_quota(&Reply::plain(554, "MI:STC 163 smtp9")),
+            "a 5xx is not retried"
+        );
+        assert!(!is_quota(&Reply::plain(451, "Requested action aborted")));
+    }
+}

@@ -1,0 +1,270 @@
+//! Store-and-forward delivery against the fake upstream: retries until an upstream that was
+//! down comes back, a route backed off on quota replies, bounces for permanent failures and
+//! expiry (none for a null sender).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fake_upstream::{Fault, Stage};
+use smtp_relay::queue::deliver::{Retry, Routes, Scheduler};
+use smtp_relay::queue::store::{Queue, Queued, Rcpt, RcptState};
+use smtp_relay::upstream::UpstreamConfig;
+
+struct To(UpstreamConfig);
+
+impl Routes for To {
+    fn upstream(&self, _: &Queued) -> Option<UpstreamConfig> {
+        Some(self.0.clone())
+    }
+    fn bounces(&self, _: &str) -> Option<UpstreamConfig> {
+        Some(self.0.clone())
+    }
+}
+
+const MESSAGE: &[u8] =
+    b"From: alice@163.com\r\nTo: bob@163.com\r\nSubject: queued\r\n\r\nLater is fine.\r\n";
+
+fn record(id: &str, from: &str, to: &[&str], lifetime_ago: i64) -> Queued {
+    let t = chrono::Utc::now() - chrono::Duration::seconds(lifetime_ago);
+    Queued {
+        id: id.into(),
+        route: "default".into(),
+        mail_from: format!("<{from}>"),
+        mail_params: String::new(),
+        rcpts: to
+            .iter()
+            .map(|t| Rcpt {
+                to: format!("<{t}>"),
+                state: RcptState::Pending { last: None },
+            })
+            .collect(),
+        auth_user: None,
+        size: MESSAGE.len() as u64,
+        received_at: t.to_rfc3339(),
+        attempts: 0,
+        next_attempt: t.to_rfc3339(),
+        last_error: None,
+    }
+}
+
+async fn enqueue(q: &Queue, rec: Queued) {
+    let tmp = q.tmp_path(&rec.id);
+    std::fs::write(&tmp, MESSAGE).unwrap();
+    q.enqueue(tmp, rec).await.unwrap();
+}
+
+fn quick() -> Retry {
+    Retry {
+        first: Duration::from_millis(200),
+        max: Duration::from_secs(1),
+        lifetime: Duration::from_secs(60),
+        jitter: 0.0,
+    }
+}
+
+fn scheduler(q: &Queue, to: UpstreamConfig, retry: Retry) -> Scheduler {
+    Scheduler {
+        queue: q.clone(),
+        routes: Arc::new(To(to)),
+        retry,
+        concurrency: 1,
+        tick: Duration::from_millis(20),
+        hostname: "relay.test".into(),
+        wake: Arc::default(),
+    }
+}
+
+/// A sink that keeps what it gets and its transcripts (the checks read them).
+fn sink_config(name: &str) -> fake_upstream::Config {
+    let mut config = fake_upstream::testing::config("sink", name);
+    config.persona.rules.keep_messages = true;
+    config.transcripts = true;
+    config
+}
+
+fn queue_dir(name: &str) -> std::path::PathBuf {
+    fake_upstream::testing::temp_dir(&format!("queue-{name}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_down_for_a_while_gets_everything_when_it_returns() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let q = Queue::open(&queue_dir("down")).unwrap();
+    for i in 0..3 {
+        enqueue(
+            &q,
+            record(
+                &format!("down{i}"),
+                "alice@163.com",
+                &["bob@example.org"],
+                0,
+            ),
+        )
+        .await;
+    }
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let sched = tokio::spawn(scheduler(&q, smtp_relay::load::plain_server(addr), quick()).run(rx));
+    // While it is down: attempts fail, each message waits with the reason and a later time.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let r = q.load("down0").unwrap();
+    assert!(r.attempts >= 1, "{r:?}");
+    assert!(
+        r.last_error.as_deref().unwrap().contains("cannot connect"),
+        "{r:?}"
+    );
+    assert!(r.next_attempt > chrono::Utc::now().to_rfc3339(), "{r:?}");
+    // Back: within the backoff (at most 1 s), all three arrive, once each.
+    let mut config = sink_config("queue-down-sink");
+    config.listen = addr;
+    config.listen_tls = None;
+    let sink = fake_upstream::testing::start(config).await;
+    let got = sink.wait_for(3, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(got.len(), 3);
+    assert!(got.iter().all(|m| m.content.as_slice() == MESSAGE));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !q.list().unwrap().0.is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        q.list().unwrap().0.is_empty(),
+        "delivered messages leave the queue"
+    );
+    stop.send(true).unwrap();
+    sched.await.unwrap();
+    assert_eq!(sink.received_count(), 3, "no duplicates");
+    sink.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quota_reply_backs_the_whole_route_off() {
+    let mut config = sink_config("queue-quota");
+    config.faults = vec![
+        Fault::on(Stage::Mail)
+            .first(1)
+            .reply("451 MI:SFQ 163 smtp9,DcCow 1795672909"),
+    ];
+    let sink = fake_upstream::testing::start(config).await;
+    let q = Queue::open(&queue_dir("quota")).unwrap();
+    enqueue(&q, record("qa", "alice@163.com", &["bob@example.org"], 0)).await;
+    enqueue(&q, record("qb", "alice@163.com", &["carol@example.org"], 0)).await;
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let sched =
+        tokio::spawn(scheduler(&q, smtp_relay::load::plain_server(sink.addr()), quick()).run(rx));
+    sink.wait_for(2, Duration::from_secs(5)).await.unwrap();
+    stop.send(true).unwrap();
+    sched.await.unwrap();
+    // The MAIL commands the sink saw, with when: after the quota reply, nothing for the
+    // route's back-off (200 ms), although the second message was due.
+    let mut mails: Vec<Instant> = sink
+        .transcripts()
+        .iter()
+        .flat_map(|t| {
+            t.lines
+                .iter()
+                .zip(&t.times)
+                .filter(|(l, _)| l.starts_with("C: MAIL"))
+                .map(|(_, at)| *at)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    mails.sort();
+    assert_eq!(mails.len(), 3, "one refused, then one each");
+    let gap = mails[1] - mails[0];
+    assert!(
+        gap >= Duration::from_millis(180),
+        "the route waited {gap:?}"
+    );
+    sink.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permanent_failures_and_expiry_bounce_to_the_sender_never_for_null() {
+    let mut config = sink_config("queue-bounce");
+    config.faults = vec![
+        Fault::on(Stage::Rcpt)
+            .address("nobody@example.org")
+            .reply("550 5.1.1 no such user"),
+        Fault::on(Stage::Rcpt)
+            .address("later@example.org")
+            .reply("451 4.2.0 mailbox busy"),
+    ];
+    let sink = fake_upstream::testing::start(config).await;
+    let q = Queue::open(&queue_dir("bounce")).unwrap();
+    // A 5xx for one recipient: the other delivered, a bounce for the one.
+    enqueue(
+        &q,
+        record(
+            "b1",
+            "alice@163.com",
+            &["nobody@example.org", "carol@example.org"],
+            0,
+        ),
+    )
+    .await;
+    // A 4xx past the message's lifetime: expired, bounced.
+    enqueue(
+        &q,
+        record("b2", "alice@163.com", &["later@example.org"], 120),
+    )
+    .await;
+    // A null sender's failure: no bounce.
+    enqueue(&q, record("b3", "", &["nobody@example.org"], 0)).await;
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let sched =
+        tokio::spawn(scheduler(&q, smtp_relay::load::plain_server(sink.addr()), quick()).run(rx));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !q.list().unwrap().0.is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(q.list().unwrap().0.is_empty());
+    stop.send(true).unwrap();
+    sched.await.unwrap();
+    let got = sink.received();
+    let to = |who: &str| -> Vec<&fake_upstream::Received> {
+        got.iter()
+            .filter(|m| m.rcpt_to.iter().any(|r| r == who))
+            .collect()
+    };
+    assert_eq!(to("carol@example.org").len(), 1);
+    let bounces = to("alice@163.com");
+    assert_eq!(
+        bounces.len(),
+        2,
+        "one for b1, one for b2; none for the null sender"
+    );
+    let texts: Vec<String> = bounces
+        .iter()
+        .map(|m| String::from_utf8_lossy(&m.content).into_owned())
+        .collect();
+    assert!(
+        texts.iter().any(
+            |t| t.contains("Final-Recipient: rfc822; nobody@example.org")
+                && t.contains("Status: 5.1.1")
+                && t.contains("Diagnostic-Code: smtp; 550 5.1.1 no such user")
+        ),
+        "{texts:?}"
+    );
+    assert!(
+        texts
+            .iter()
+            .any(|t| t.contains("Final-Recipient: rfc822; later@example.org")
+                && t.contains("expired after 1 attempts")),
+        "{texts:?}"
+    );
+    for m in &bounces {
+        assert_eq!(m.mail_from, "<>");
+        let parsed = mail_parser::MessageParser::default()
+            .parse(m.content.as_slice())
+            .unwrap();
+        assert_eq!(
+            parsed.subject(),
+            Some("Undelivered Mail Returned to Sender")
+        );
+    }
+    sink.shutdown().await;
+}
