@@ -61,6 +61,10 @@ pub struct RelayConfig {
     /// Connect to each route at start (EHLO, no AUTH) to learn what it offers (SMTPUTF8);
     /// every later upstream session refreshes it.
     pub probe_routes: bool,
+    /// Store and forward for the default route (other routes say it in [`Route::queue`]).
+    pub default_queue: bool,
+    /// The queue and its delivery settings; needed when any route queues.
+    pub queue: Option<QueueSettings>,
     pub auth: AuthMode,
     pub max_message_size: u64,
     pub max_recipients: usize,
@@ -102,6 +106,8 @@ impl RelayConfig {
             upstream,
             routes: Vec::new(),
             probe_routes: true,
+            default_queue: false,
+            queue: None,
             auth: AuthMode::Passthrough,
             max_message_size: 50 * 1024 * 1024,
             max_recipients: 100,
@@ -115,6 +121,70 @@ impl RelayConfig {
             retention: crate::spool::Retention::default(),
             transcripts: None,
         }
+    }
+}
+
+/// Store-and-forward settings.
+#[derive(Clone)]
+pub struct QueueSettings {
+    /// The queue directory (apart from the live spool).
+    pub dir: PathBuf,
+    pub retry: crate::queue::deliver::Retry,
+    /// Deliveries at once.
+    pub concurrency: usize,
+    /// How often the queue is looked at when nothing wakes the scheduler.
+    pub tick: Duration,
+    /// Credentials to deliver a sender's mail with, looked up by the client's AUTH user
+    /// (or the sender): from the relay's secrets store, never from the queue.
+    pub secrets: crate::queue::deliver::Secrets,
+}
+
+impl std::fmt::Debug for QueueSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueueSettings")
+            .field("dir", &self.dir)
+            .field("retry", &self.retry)
+            .field("concurrency", &self.concurrency)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The routes as the scheduler sees them: each label's upstream, with the sender's
+/// credentials from the secrets store.
+struct QueueRoutes {
+    config: RelayConfig,
+    secrets: crate::queue::deliver::Secrets,
+}
+
+impl crate::queue::deliver::Routes for QueueRoutes {
+    fn upstream(&self, rec: &crate::queue::store::Queued) -> Option<UpstreamConfig> {
+        let mut up = if rec.route == "default" {
+            self.config.upstream.clone()
+        } else {
+            self.config
+                .routes
+                .iter()
+                .find(|r| r.label == rec.route)?
+                .upstream
+                .clone()
+        };
+        let who = rec.auth_user.clone().unwrap_or_else(|| {
+            rec.mail_from
+                .trim_matches(|c| c == '<' || c == '>')
+                .to_string()
+        });
+        if let Some(c) = (self.secrets)(&who) {
+            up.credentials = Some(c);
+        }
+        Some(up)
+    }
+
+    fn bounces(&self, sender: &str) -> Option<UpstreamConfig> {
+        let mut up = self.config.upstream.clone();
+        if let Some(c) = (self.secrets)(sender) {
+            up.credentials = Some(c);
+        }
+        Some(up)
     }
 }
 
@@ -175,6 +245,9 @@ struct Shared {
     next_id: AtomicU64,
     /// Per route: whether its upstream offered SMTPUTF8 when last seen (`None`: not yet).
     smtputf8: std::sync::Mutex<Vec<Option<bool>>>,
+    /// Store and forward: the queue, and the scheduler's bell.
+    queue: Option<crate::queue::store::Queue>,
+    wake: Arc<tokio::sync::Notify>,
 }
 
 impl Shared {
@@ -275,6 +348,16 @@ pub async fn start(mut config: RelayConfig) -> std::io::Result<RelayHandle> {
         (Some(a), Some(_)) => Some(TcpListener::bind(a).await?),
         _ => None,
     };
+    let queues = config.default_queue || config.routes.iter().any(|r| r.queue);
+    let queue = match (&config.queue, queues) {
+        (Some(q), true) => Some(crate::queue::store::Queue::open(&q.dir)?),
+        (None, true) => {
+            return Err(std::io::Error::other(
+                "a route queues its mail, but no queue is configured",
+            ));
+        }
+        _ => None,
+    };
     let addr = plain.local_addr()?;
     let tls_addr = match &implicit {
         Some(l) => Some(l.local_addr()?),
@@ -285,6 +368,8 @@ pub async fn start(mut config: RelayConfig) -> std::io::Result<RelayHandle> {
         transcripts: Default::default(),
         per_ip: Default::default(),
         smtputf8: std::sync::Mutex::new(vec![None; config.routes.len() + 1]),
+        queue,
+        wake: Arc::default(),
         config,
         next_id: AtomicU64::new(1),
     });
@@ -306,6 +391,21 @@ pub async fn start(mut config: RelayConfig) -> std::io::Result<RelayHandle> {
             Transport::Plain,
             rx.clone(),
         ));
+        if let (Some(queue), Some(settings)) = (&shared.queue, &shared.config.queue) {
+            let scheduler = crate::queue::deliver::Scheduler {
+                queue: queue.clone(),
+                routes: Arc::new(QueueRoutes {
+                    config: shared.config.clone(),
+                    secrets: settings.secrets.clone(),
+                }),
+                retry: settings.retry,
+                concurrency: settings.concurrency,
+                tick: settings.tick,
+                hostname: shared.config.hostname.clone(),
+                wake: shared.wake.clone(),
+            };
+            set.spawn(scheduler.run(rx.clone()));
+        }
         if let Some(l) = implicit {
             set.spawn(accept_loop(shared, l, Transport::Tls, rx));
         }
@@ -429,6 +529,7 @@ async fn client(
         lines_seen: 0,
         dsn_tasks: Vec::new(),
         spool_write: None,
+        queue_file: None,
     };
     session.note(format!("* client {peer} ({kind:?} listener)"));
     tracing::info!(session = session.id, peer = %peer, tls = session.tls, "session opened");
@@ -487,11 +588,18 @@ async fn accept_tls(cfg: &RelayConfig, tcp: impl Io + 'static) -> Option<Box<dyn
 /// message still goes on; the log says it was not kept).
 async fn stream_content(
     spool: &mut Option<Spool>,
+    queue_file: &mut Option<QueueFile>,
     legs: &mut [Leg],
     poisoned: &mut Option<Reply>,
     session: u64,
     data: &[u8],
 ) {
+    if let Some(q) = queue_file.as_mut()
+        && q.error.is_none()
+        && let Err(e) = q.file.write_all(data).await
+    {
+        q.error = Some(e.to_string());
+    }
     let to_spool = async {
         if let Some(s) = spool.as_mut() {
             s.size += data.len() as u64;
@@ -625,6 +733,14 @@ impl Spool {
     }
 }
 
+/// A message's content being written for the queue.
+struct QueueFile {
+    path: PathBuf,
+    file: tokio::fs::File,
+    /// The first write error (the message is then refused with 452 4.3.1).
+    error: Option<String>,
+}
+
 struct Leg {
     route: usize,
     up: Option<Upstream>,
@@ -699,6 +815,9 @@ struct Session {
     lines_seen: u64,
     /// Bounces being sent; the session waits for them before it ends.
     dsn_tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Store and forward: the message's content on its way to the queue (with its trace
+    /// header), when a route of the transaction queues.
+    queue_file: Option<QueueFile>,
     /// The last message's spool write, off the reply's path: awaited before the next one,
     /// before the reply to QUIT, and when the session ends (at most one in flight).
     spool_write: Option<tokio::task::JoinHandle<()>>,
@@ -873,6 +992,7 @@ impl Session {
                     // Disjoint fields: `data` borrows the connection's buffer, no copy.
                     Box::pin(stream_content(
                         &mut self.spool,
+                        &mut self.queue_file,
                         &mut self.legs,
                         &mut self.poisoned,
                         self.id,
@@ -1007,12 +1127,27 @@ impl Session {
         }
     }
 
+    /// Whether route `r` stores and forwards.
+    fn queued(&self, r: usize) -> bool {
+        let cfg = &self.shared.config;
+        match r {
+            0 => cfg.default_queue,
+            i => cfg.routes[i - 1].queue,
+        }
+    }
+
     /// MAIL: a new transaction. Upstreams still inside an earlier one (the client said RSET,
     /// or DATA was refused) are reset first; MAIL goes to the default route at once, whose
     /// verdict (the sender rules of the upstream the client authenticated with) is the
     /// answer. Other routes get MAIL at their first recipient.
     async fn mail(&mut self, from: ReversePath, params: MailParams) -> Verdict {
         self.reset_legs().await;
+        if self.queued(0) {
+            // Store and forward: nobody upstream to ask now; the sender is checked when the
+            // message is delivered (a refusal then is a bounce).
+            self.transaction = Some((from, params));
+            return Verdict::Reply(Reply::new(250, (2, 1, 0), "Sender OK"));
+        }
         if let Err(e) = self.open_leg(0).await {
             return Verdict::Reply(e.client_reply());
         }
@@ -1086,7 +1221,7 @@ impl Session {
         let mut replies: Vec<Option<(usize, Reply)>> = vec![None; group.len()];
         let mut leg0_mail = None;
         for r in order {
-            if self.legs[r].failure.is_some() {
+            if self.legs[r].failure.is_some() || self.queued(r) {
                 continue;
             }
             if self.open_leg(r).await.is_err() {
@@ -1180,6 +1315,14 @@ impl Session {
             return Verdict::Reply(reply);
         }
         let r = crate::route::route_index(&self.shared.config.routes, &to);
+        if self.queued(r) {
+            let leg = &mut self.legs[r];
+            let reply = Reply::new(250, (2, 1, 5), "Recipient OK, queued for delivery");
+            leg.rcpt_replies.push((to.to_string(), reply.to_string()));
+            leg.accepted.push((to, params));
+            leg.upstream_ok += 1;
+            return Verdict::Reply(reply);
+        }
         if let Some(failure) = &self.legs[r].failure {
             return Verdict::Reply(failure.clone());
         }
@@ -1263,7 +1406,11 @@ impl Session {
             self.poisoned = None;
             return Verdict::Reply(reply);
         }
-        if !self.legs.iter().any(|l| l.sending) {
+        let queueing = self
+            .legs
+            .iter()
+            .any(|l| self.queued(l.route) && !l.accepted.is_empty());
+        if !queueing && !self.legs.iter().any(|l| l.sending) {
             // Every upstream refused the message: their words.
             return Verdict::Reply(self.combined_refusal());
         }
@@ -1272,10 +1419,11 @@ impl Session {
             Err(e) => {
                 self.abort_transaction().await;
                 self.abort_legs().await;
+                // Insufficient storage (RFC 3463 4.3.1): the client tries again later.
                 Verdict::Reply(Reply::new(
-                    451,
-                    (4, 3, 0),
-                    format!("cannot spool the message: {e}"),
+                    452,
+                    (4, 3, 1),
+                    format!("cannot store the message: {e}"),
                 ))
             }
         }
@@ -1427,13 +1575,29 @@ impl Session {
             self.id
         );
         let path = crate::spool::path_for(&self.shared.config.spool_dir, &id, "eml");
+        // A route that queues: the content goes to the queue's tmp/ as well.
+        if self
+            .legs
+            .iter()
+            .any(|l| self.queued(l.route) && !l.accepted.is_empty())
+            && let Some(queue) = &self.shared.queue
+        {
+            let qpath = queue.tmp_path(&id);
+            let file = tokio::fs::File::create(&qpath).await?;
+            self.queue_file = Some(QueueFile {
+                path: qpath,
+                file,
+                error: None,
+            });
+        }
         self.spool = Some(Spool::new(id, path));
-        // RFC 5321 4.4: a trace header at the top, to the upstreams (the spool keeps the
-        // message as the client sent it).
+        // RFC 5321 4.4: a trace header at the top, to the upstreams and the queue (the spool
+        // keeps the message as the client sent it).
         let received = self.received_header();
         let mut none = None;
         stream_content(
             &mut none,
+            &mut self.queue_file,
             &mut self.legs,
             &mut self.poisoned,
             self.id,
@@ -1466,6 +1630,13 @@ impl Session {
     /// words; some, 250 and a bounce to the sender for the recipients that failed.
     async fn deliver(&mut self, env: Envelope) -> Verdict {
         if let Some(reply) = self.poisoned.take() {
+            self.abort_legs().await;
+            self.discard_spool().await;
+            return Verdict::Reply(reply);
+        }
+        // Store and forward first: once the queue holds the message durably, the live routes
+        // get their end of data; if it cannot, nobody does and the client hears 452 4.3.1.
+        if let Err(reply) = self.enqueue(&env).await {
             self.abort_legs().await;
             self.discard_spool().await;
             return Verdict::Reply(reply);
@@ -1636,6 +1807,101 @@ impl Session {
         }
     }
 
+    /// Puts the message in the queue for each route that queues (one record per route, the
+    /// content hard-linked), durably; the routes' outcome is then `250 queued as <id>`.
+    async fn enqueue(&mut self, env: &Envelope) -> Result<(), Reply> {
+        let Some(mut qf) = self.queue_file.take() else {
+            return Ok(());
+        };
+        let refuse =
+            |why: String| Reply::new(452, (4, 3, 1), format!("cannot queue the message: {why}"));
+        let Some(queue) = self.shared.queue.clone() else {
+            return Err(refuse("no queue".into()));
+        };
+        let written = async {
+            if let Some(e) = qf.error.take() {
+                return Err(e);
+            }
+            qf.file.flush().await.map_err(|e| e.to_string())
+        }
+        .await;
+        drop(qf.file);
+        if let Err(e) = written {
+            let _ = tokio::fs::remove_file(&qf.path).await;
+            tracing::error!(session = self.id, error = %e, "cannot write to the queue");
+            return Err(refuse(e));
+        }
+        let routes: Vec<usize> = self
+            .legs
+            .iter()
+            .filter(|l| self.queued(l.route) && !l.accepted.is_empty())
+            .map(|l| l.route)
+            .collect();
+        let base = self
+            .spool
+            .as_ref()
+            .map(|s| s.id.clone())
+            .unwrap_or_default();
+        let now = chrono::Utc::now().to_rfc3339();
+        let size = std::fs::metadata(&qf.path).map(|m| m.len()).unwrap_or(0);
+        for (n, &r) in routes.iter().enumerate() {
+            let label = match r {
+                0 => "default".to_string(),
+                i => self.shared.config.routes[i - 1].label.clone(),
+            };
+            let id = if routes.len() == 1 {
+                base.clone()
+            } else {
+                format!("{base}-{label}")
+            };
+            let content = if n + 1 == routes.len() {
+                qf.path.clone()
+            } else {
+                let link = queue.tmp_path(&id);
+                if let Err(e) = std::fs::hard_link(&qf.path, &link) {
+                    return Err(refuse(e.to_string()));
+                }
+                link
+            };
+            let record = crate::queue::store::Queued {
+                id: id.clone(),
+                route: label,
+                mail_from: env
+                    .from
+                    .as_ref()
+                    .map(ReversePath::to_string)
+                    .unwrap_or_else(|| "<>".into()),
+                mail_params: self
+                    .transaction
+                    .as_ref()
+                    .map(|(_, p)| p.to_string())
+                    .unwrap_or_default(),
+                rcpts: self.legs[r]
+                    .accepted
+                    .iter()
+                    .map(|(to, _)| crate::queue::store::Rcpt {
+                        to: to.to_string(),
+                        state: crate::queue::store::RcptState::Pending { last: None },
+                    })
+                    .collect(),
+                auth_user: self.conn.session().authenticated().map(str::to_string),
+                size,
+                received_at: now.clone(),
+                attempts: 0,
+                next_attempt: now.clone(),
+                last_error: None,
+            };
+            if let Err(e) = queue.enqueue(content, record).await {
+                tracing::error!(session = self.id, id = %id, error = %e, "cannot queue a message");
+                return Err(refuse(e.to_string()));
+            }
+            tracing::info!(session = self.id, id = %id, route = r, outcome = "queued", "message");
+            self.legs[r].outcome = Some(Reply::new(250, (2, 0, 0), format!("queued as {id}")));
+        }
+        self.shared.wake.notify_one();
+        Ok(())
+    }
+
     /// The recipients that were accepted but not delivered, with what was said.
     fn failures(&self) -> Vec<crate::dsn::Failure> {
         self.legs
@@ -1731,6 +1997,10 @@ impl Session {
     }
 
     async fn discard_spool(&mut self) {
+        if let Some(q) = self.queue_file.take() {
+            drop(q.file);
+            let _ = tokio::fs::remove_file(&q.path).await;
+        }
         if let Some(spool) = self.spool.take()
             && let Some(file) = spool.file
         {

@@ -23,6 +23,9 @@ pub struct Route {
     /// (only for an upstream that knows the same accounts). Otherwise the route uses its own
     /// `upstream.credentials`, or none.
     pub passthrough: bool,
+    /// Store and forward: this route's recipients are queued durably and delivered later
+    /// (see [`crate::queue`]) instead of relayed live.
+    pub queue: bool,
 }
 
 /// Index of the route that serves `to`: 0 is the default route, `i` is `routes[i - 1]`.
@@ -104,6 +107,7 @@ mod tests {
                 transcript: true,
             },
             passthrough: false,
+            queue: false,
         }
     }
 

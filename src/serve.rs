@@ -282,6 +282,7 @@ pub fn parse(text: &str, origin: &str, base: &Path) -> Result<Loaded, String> {
             domains: r.domains.clone(),
             upstream,
             passthrough: r.passthrough,
+            queue: false,
         });
     }
     let bare_line_endings = match f.bare_line_endings.as_deref() {
@@ -312,6 +313,8 @@ pub fn parse(text: &str, origin: &str, base: &Path) -> Result<Loaded, String> {
         upstream,
         routes,
         probe_routes: true,
+        default_queue: false,
+        queue: None,
         auth,
         max_message_size: l.max_message_size,
         max_recipients: l.max_recipients,

@@ -268,3 +268,121 @@ async fn permanent_failures_and_expiry_bounce_to_the_sender_never_for_null() {
     }
     sink.shutdown().await;
 }
+
+/// The relay in store-and-forward mode, in front of an upstream that is not there yet.
+async fn queue_relay(
+    name: &str,
+    upstream: std::net::SocketAddr,
+) -> (smtp_relay::relay::RelayHandle, Queue, std::path::PathBuf) {
+    let dir = queue_dir(name);
+    let mut config = smtp_relay::relay::RelayConfig::new(
+        "relay.test",
+        "127.0.0.1:0".parse().unwrap(),
+        dir.join("spool"),
+        smtp_relay::load::plain_server(upstream),
+    );
+    config.auth =
+        smtp_relay::relay::AuthMode::TrustedNetworks(vec![("127.0.0.0".parse().unwrap(), 8)]);
+    config.default_queue = true;
+    config.probe_routes = false;
+    config.queue = Some(smtp_relay::relay::QueueSettings {
+        dir: dir.join("queue"),
+        retry: quick(),
+        concurrency: 2,
+        tick: Duration::from_millis(20),
+        secrets: Arc::new(|_: &str| None),
+    });
+    let relay = smtp_relay::relay::start(config).await.unwrap();
+    let queue = Queue::open(&dir.join("queue")).unwrap();
+    (relay, queue, dir)
+}
+
+async fn send(relay: std::net::SocketAddr) -> String {
+    let mut c = fake_upstream::testing::Client::connect(relay).await;
+    c.reply().await;
+    c.cmd("EHLO client.example").await;
+    assert_eq!(
+        c.cmd("MAIL FROM:<alice@example.com>").await,
+        "250 2.1.0 Sender OK"
+    );
+    assert_eq!(
+        c.cmd("RCPT TO:<bob@example.org>").await,
+        "250 2.1.5 Recipient OK, queued for delivery"
+    );
+    let go = c.cmd("DATA").await;
+    if !go.starts_with("354") {
+        c.cmd("QUIT").await;
+        return go;
+    }
+    c.send_raw(MESSAGE).await;
+    c.send_raw(b".\r\n").await;
+    let r = c.reply().await.to_string();
+    c.cmd("QUIT").await;
+    r
+}
+
+/// 250 only once the message is durable in the queue; delivered when the upstream is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_mode_answers_250_when_durable_and_delivers_later() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let (relay, queue, _dir) = queue_relay("relay-queue", addr).await;
+    let reply = send(relay.addr()).await;
+    assert!(reply.starts_with("250 2.0.0 queued as "), "{reply}");
+    // Durable before the 250: the record and the content are in the queue.
+    let (records, _) = queue.list().unwrap();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].rcpts[0].to, "<bob@example.org>");
+    let content = std::fs::read(queue.message_path(&records[0].id)).unwrap();
+    assert!(content.starts_with(b"Received: from client.example"));
+    assert!(content.ends_with(MESSAGE));
+    // The upstream comes: the message goes, once, and leaves the queue.
+    let mut config = sink_config("relay-queue-sink");
+    config.listen = addr;
+    config.listen_tls = None;
+    let sink = fake_upstream::testing::start(config).await;
+    let got = sink.wait_for(1, Duration::from_secs(5)).await.unwrap();
+    assert!(got[0].content.ends_with(MESSAGE));
+    assert_eq!(got[0].mail_from, "<alice@example.com>");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !queue.list().unwrap().0.is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(queue.list().unwrap().0.is_empty());
+    relay.shutdown().await;
+    assert_eq!(sink.received_count(), 1);
+    sink.shutdown().await;
+}
+
+/// The queue cannot be written: 452 4.3.1 (at DATA, before the client sends the message),
+/// nothing half-written; once it can, service resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_that_cannot_be_written_is_452_and_then_recovers() {
+    let sink = fake_upstream::testing::start(sink_config("relay-queue-full-sink")).await;
+    let (relay, queue, dir) = queue_relay("relay-queue-full", sink.addr()).await;
+    let tmp = dir.join("queue/tmp");
+    std::fs::remove_dir_all(&tmp).unwrap();
+    std::fs::write(&tmp, b"not a directory").unwrap();
+    let reply = send(relay.addr()).await;
+    assert!(
+        reply.starts_with("452 4.3.1 cannot store the message"),
+        "{reply}"
+    );
+    assert!(queue.list().unwrap().0.is_empty());
+    std::fs::remove_file(&tmp).unwrap();
+    std::fs::create_dir(&tmp).unwrap();
+    let reply = send(relay.addr()).await;
+    assert!(reply.starts_with("250 2.0.0 queued as "), "{reply}");
+    sink.wait_for(1, Duration::from_secs(5)).await.unwrap();
+    relay.shutdown().await;
+    assert_eq!(
+        sink.received_count(),
+        1,
+        "the refused message was not delivered"
+    );
+    sink.shutdown().await;
+}

@@ -39,6 +39,7 @@ async fn two_routes(name: &str, qq_faults: Vec<Fault>) -> Two {
         domains: vec!["qq.com".into(), ".qq.com".into()],
         upstream: upstream_config(&qq, "smtp.qq.com (fake)", "smtp.qq.com"),
         passthrough: false,
+        queue: false,
     };
     let s = setup_with(&format!("routes-{name}"), vec![], move |c| {
         c.routes = vec![route];
@@ -244,6 +245,7 @@ async fn unreachable_route_is_a_4xx_for_its_recipients_only() {
             domains: vec!["qq.com".into()],
             upstream,
             passthrough: false,
+            queue: false,
         }];
     })
     .await;

@@ -473,8 +473,13 @@ impl Scheduler {
 /// A number in 0..1 from the message and the attempt: jitter without a random generator,
 /// different for each message.
 fn fastrand_unit(id: &str, attempts: u32) -> f64 {
-    let h = crate::load::fnv64(format!("{id}/{attempts}").as_bytes());
-    (h >> 11) as f64 / (1u64 << 53) as f64
+    // FNV-1a, then SplitMix64's finaliser: FNV's high bits barely move between similar
+    // inputs.
+    let mut z = crate::load::fnv64(format!("{id}/{attempts}").as_bytes());
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    (z >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// Credentials for a sender, from the relay's secrets store (never the queue).

@@ -470,6 +470,7 @@ fn relay_config(
             domains: r.domains.clone(),
             upstream: upstream_config(&r.upstream, fake, tls)?,
             passthrough: false,
+            queue: false,
         });
     }
     Ok(RelayConfig {
