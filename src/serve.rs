@@ -38,6 +38,49 @@ struct File {
     /// `reject` (default: 550 5.6.0 after the data) or `normalize`.
     #[serde(default)]
     bare_line_endings: Option<String>,
+    /// Store and forward: where the queue is and how it retries.
+    queue: Option<FileQueue>,
+    /// Credentials to deliver queued mail with, per sender (never copied into the queue).
+    #[serde(default)]
+    secrets: Vec<FileSecret>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileQueue {
+    dir: PathBuf,
+    #[serde(default = "default_first_retry")]
+    first_retry_secs: u64,
+    #[serde(default = "default_max_retry")]
+    max_retry_secs: u64,
+    #[serde(default = "default_lifetime")]
+    lifetime_hours: u64,
+    #[serde(default = "default_concurrency")]
+    concurrency: usize,
+}
+
+fn default_first_retry() -> u64 {
+    30 * 60
+}
+fn default_max_retry() -> u64 {
+    4 * 3600
+}
+fn default_lifetime() -> u64 {
+    5 * 24
+}
+fn default_concurrency() -> usize {
+    4
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSecret {
+    /// The sender (the client's AUTH user) these credentials deliver for.
+    address: String,
+    /// The upstream user name (default: the address).
+    username: Option<String>,
+    password_env: Option<String>,
+    password_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -106,6 +149,8 @@ struct FileUpstream {
     /// Routes only, pass-through mode: replay the client's credentials to this upstream too.
     #[serde(default)]
     passthrough: bool,
+    /// `live` (default) or `queue` (store and forward; needs `[queue]`).
+    mode: Option<String>,
     host: String,
     port: u16,
     /// `implicit`, `starttls` or `none`.
@@ -233,8 +278,9 @@ pub fn parse(text: &str, origin: &str, base: &Path) -> Result<Loaded, String> {
         ));
     }
     let upstream = upstream_config(u, "upstream", &ctx)?;
+    let default_queue = queue_mode(u, "upstream", origin)?;
     let credentials = &upstream.credentials;
-    if matches!(auth, AuthMode::Users(_)) && credentials.is_none() {
+    if matches!(auth, AuthMode::Users(_)) && credentials.is_none() && !default_queue {
         return Err(bad(
             origin,
             "upstream.username",
@@ -282,7 +328,7 @@ pub fn parse(text: &str, origin: &str, base: &Path) -> Result<Loaded, String> {
             domains: r.domains.clone(),
             upstream,
             passthrough: r.passthrough,
-            queue: false,
+            queue: queue_mode(r, &key, origin)?,
         });
     }
     let bare_line_endings = match f.bare_line_endings.as_deref() {
@@ -304,6 +350,54 @@ pub fn parse(text: &str, origin: &str, base: &Path) -> Result<Loaded, String> {
             .map(|p| p.join("log"))
             .unwrap_or_else(|| base.join("log")),
     };
+    let queues = default_queue || routes.iter().any(|r| r.queue);
+    if queues && matches!(auth, AuthMode::Passthrough) {
+        return Err(bad(
+            origin,
+            "auth.mode",
+            "a route in queue mode delivers after the client has gone, so the client's own credentials cannot be used: use auth mode \"users\" (with [[secrets]] for each sender) or \"none\"",
+        ));
+    }
+    let queue = match (&f.queue, queues) {
+        (None, true) => {
+            return Err(bad(
+                origin,
+                "queue",
+                "a route has mode = \"queue\": give a [queue] section with dir",
+            ));
+        }
+        (None, false) => None,
+        (Some(q), _) => {
+            let mut secrets = std::collections::HashMap::new();
+            for (i, sec) in f.secrets.iter().enumerate() {
+                let key = format!("secrets[{i}]");
+                let secret = read_secret(
+                    origin,
+                    &key,
+                    sec.password_env.as_deref(),
+                    sec.password_file.as_deref().map(at).as_deref(),
+                )?;
+                let user = sec.username.clone().unwrap_or_else(|| sec.address.clone());
+                secrets.insert(
+                    sec.address.to_ascii_lowercase(),
+                    Credentials::new(user, secret),
+                );
+            }
+            let secrets = Arc::new(secrets);
+            Some(crate::relay::QueueSettings {
+                dir: at(&q.dir),
+                retry: crate::queue::deliver::Retry {
+                    first: Duration::from_secs(q.first_retry_secs.max(1)),
+                    max: Duration::from_secs(q.max_retry_secs.max(q.first_retry_secs).max(1)),
+                    lifetime: Duration::from_secs(q.lifetime_hours * 3600),
+                    jitter: 0.2,
+                },
+                concurrency: q.concurrency.max(1),
+                tick: Duration::from_secs(1),
+                secrets: Arc::new(move |who: &str| secrets.get(&who.to_ascii_lowercase()).cloned()),
+            })
+        }
+    };
     let relay = RelayConfig {
         hostname: f.hostname.clone(),
         listen: f.listen,
@@ -313,8 +407,8 @@ pub fn parse(text: &str, origin: &str, base: &Path) -> Result<Loaded, String> {
         upstream,
         routes,
         probe_routes: true,
-        default_queue: false,
-        queue: None,
+        default_queue,
+        queue,
         auth,
         max_message_size: l.max_message_size,
         max_recipients: l.max_recipients,
@@ -333,6 +427,60 @@ pub fn parse(text: &str, origin: &str, base: &Path) -> Result<Loaded, String> {
         },
     };
     Ok(Loaded { relay, log_dir })
+}
+
+/// `mode` of an `[upstream]` or `[[routes]]` table: whether it queues.
+fn queue_mode(u: &FileUpstream, key: &str, origin: &str) -> Result<bool, String> {
+    match u.mode.as_deref() {
+        None | Some("live") => Ok(false),
+        Some("queue") => Ok(true),
+        Some(other) => Err(bad(
+            origin,
+            &format!("{key}.mode"),
+            format!("{other:?}: expected \"live\" or \"queue\""),
+        )),
+    }
+}
+
+/// A secret from an environment variable or a file (its first line), never the config.
+fn read_secret(
+    origin: &str,
+    key: &str,
+    env: Option<&str>,
+    file: Option<&Path>,
+) -> Result<String, String> {
+    match (env, file) {
+        (Some(var), None) => std::env::var(var).map_err(|_| {
+            bad(
+                origin,
+                &format!("{key}.password_env"),
+                format!("environment variable {var} is not set"),
+            )
+        }),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                bad(
+                    origin,
+                    &format!("{key}.password_file"),
+                    format!("{}: {e}", path.display()),
+                )
+            })?;
+            let secret = text.lines().next().unwrap_or_default().trim().to_string();
+            if secret.is_empty() {
+                return Err(bad(
+                    origin,
+                    &format!("{key}.password_file"),
+                    "the file is empty",
+                ));
+            }
+            Ok(secret)
+        }
+        _ => Err(bad(
+            origin,
+            key,
+            "give exactly one of password_env or password_file",
+        )),
+    }
 }
 
 /// What an upstream needs from the rest of the config file.
@@ -661,6 +809,64 @@ tls = "implicit"
         )
         .unwrap_err();
         assert!(e.contains("belong in [[routes]]"), "{e}");
+    }
+
+    #[test]
+    fn queue_mode() {
+        // SAFETY: a variable only this test reads.
+        unsafe { std::env::set_var("SMTP_RELAY_TEST_ALICE_CODE", "ALICEAUTHCODE163") };
+        let text = BASE
+            .replace(
+                "mode = \"passthrough\"",
+                "mode = \"none\"\ntrusted_networks = [\"127.0.0.0/8\"]",
+            )
+            .replace("tls = \"implicit\"", "tls = \"implicit\"\nmode = \"queue\"")
+            + "[queue]\ndir = \"queue\"\nfirst_retry_secs = 60\nlifetime_hours = 24\n[[secrets]]\naddress = \"Alice@163.com\"\npassword_env = \"SMTP_RELAY_TEST_ALICE_CODE\"\n";
+        let c = parse(&text, "r.toml", Path::new("/x")).unwrap().relay;
+        assert!(c.default_queue);
+        let q = c.queue.unwrap();
+        assert_eq!(q.dir, Path::new("/x/queue"));
+        assert_eq!(q.retry.first, Duration::from_secs(60));
+        assert_eq!(q.retry.lifetime, Duration::from_secs(86_400));
+        let alice = (q.secrets)("alice@163.com").unwrap();
+        assert_eq!(
+            (alice.username.as_str(), alice.secret.as_str()),
+            ("Alice@163.com", "ALICEAUTHCODE163")
+        );
+        assert!((q.secrets)("bob@163.com").is_none());
+
+        let e = parse(
+            &text.replace("[queue]\ndir = \"queue\"\n", "[unused]\n"),
+            "r.toml",
+            Path::new("."),
+        )
+        .unwrap_err();
+        assert!(e.contains("unused") || e.contains("queue"), "{e}");
+        let no_queue: String = text[..text.find("[queue]").unwrap()].to_string();
+        let e = parse(&no_queue, "r.toml", Path::new(".")).unwrap_err();
+        assert!(
+            e.starts_with("r.toml: queue: a route has mode = \"queue\""),
+            "{e}"
+        );
+        let pass = no_queue.replace(
+            "mode = \"none\"\ntrusted_networks = [\"127.0.0.0/8\"]",
+            "mode = \"passthrough\"",
+        ) + "[queue]\ndir = \"q\"\n";
+        let e = parse(&pass, "r.toml", Path::new(".")).unwrap_err();
+        assert!(
+            e.starts_with("r.toml: auth.mode: a route in queue mode"),
+            "{e}"
+        );
+        let e = parse(
+            &text.replace("mode = \"queue\"", "mode = \"later\""),
+            "r.toml",
+            Path::new("."),
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("upstream.mode: \"later\": expected \"live\" or \"queue\""),
+            "{e}"
+        );
     }
 
     #[test]
