@@ -38,6 +38,11 @@ pub struct UpArgs {
     /// Switch the upstream's quotas and rate limits off.
     #[arg(long)]
     pub no_limits: bool,
+    /// Store and forward: clients authenticate against the relay (the demo or --user
+    /// accounts), every message is queued durably before its 250, and delivered (with the
+    /// same accounts' codes) from `<data-dir>/queue`, retried when the upstream fails.
+    #[arg(long)]
+    pub queue: bool,
     /// Write the relay's log (`<data-dir>/log/relay.log`) as JSON lines instead of text.
     #[arg(long)]
     pub log_json: bool,
@@ -52,6 +57,8 @@ pub struct Up {
     pub log: PathBuf,
     pub transcripts: PathBuf,
     pub mailboxes: PathBuf,
+    /// The queue, in store-and-forward mode.
+    pub queue: Option<PathBuf>,
 }
 
 /// Starts the fake upstream and the relay.
@@ -102,16 +109,50 @@ pub async fn start(args: &UpArgs) -> Result<Up, String> {
         },
         transcript: true,
     };
-    let relay = relay::start(RelayConfig {
+    let mut config = RelayConfig {
         listen_tls: Some(args.listen_tls),
         tls: Some(tls.server_config.clone()),
         auth: AuthMode::Passthrough,
         transcripts: Some(data.join("transcripts")),
         ..RelayConfig::new("localhost", args.listen, spool.clone(), upstream)
-    })
-    .await
-    .map_err(|e| format!("relay: {e}"))?;
+    };
+    let queue_dir = args.queue.then(|| data.join("queue"));
+    if let Some(dir) = &queue_dir {
+        // The relay checks the accounts itself and keeps their codes to deliver with: the
+        // accounts are the fake's own, so both agree.
+        let accounts: Vec<(String, String)> = fake
+            .users()
+            .iter()
+            .filter(|u| u.smtp)
+            .map(|u| (u.address.to_lowercase(), u.code.clone()))
+            .collect();
+        config.auth = AuthMode::Users(std::sync::Arc::new(crate::users::Users::from_passwords(
+            accounts.iter().map(|(a, c)| (a.as_str(), c.as_str())),
+        )));
+        let secrets: std::collections::HashMap<String, smtp_wire::Credentials> = accounts
+            .iter()
+            .map(|(a, c)| (a.clone(), smtp_wire::Credentials::new(a.clone(), c.clone())))
+            .collect();
+        config.default_queue = true;
+        config.queue = Some(relay::QueueSettings {
+            dir: dir.clone(),
+            retry: crate::queue::deliver::Retry {
+                first: Duration::from_secs(30),
+                max: Duration::from_secs(600),
+                ..crate::queue::deliver::Retry::default()
+            },
+            concurrency: 4,
+            tick: Duration::from_secs(1),
+            secrets: std::sync::Arc::new(move |who: &str| {
+                secrets.get(&who.to_lowercase()).cloned()
+            }),
+        });
+    }
+    let relay = relay::start(config)
+        .await
+        .map_err(|e| format!("relay: {e}"))?;
     Ok(Up {
+        queue: queue_dir,
         ca: tls.files.ca.clone(),
         mailboxes: fake.data_dir().join("mailboxes"),
         log: data.join("log").join("relay.log"),
@@ -153,6 +194,12 @@ pub fn banner(up: &Up) -> String {
         transcripts = up.transcripts.display(),
         mailboxes = up.mailboxes.display(),
     );
+    if let Some(q) = &up.queue {
+        s.push_str(&format!(
+            "  queue       {}  (store and forward: 250 once queued, delivered and retried from here)\n",
+            q.display()
+        ));
+    }
     for u in up.fake.users() {
         let note = if u.smtp { "" } else { "  (SMTP disabled)" };
         s.push_str(&format!(

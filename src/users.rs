@@ -45,6 +45,19 @@ impl Users {
         Ok(Users { hashes })
     }
 
+    /// Users from addresses and plain passwords, hashed here (`up --queue` makes its users
+    /// from the demo accounts so).
+    pub fn from_passwords<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Users {
+        let hashes = pairs
+            .into_iter()
+            .filter_map(|(user, password)| {
+                let hash = bcrypt::hash(password, 8).ok()?;
+                Some((user.to_lowercase(), hash))
+            })
+            .collect();
+        Users { hashes }
+    }
+
     pub fn load(path: &Path) -> Result<Users, String> {
         let origin = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| format!("{origin}: {e}"))?;

@@ -51,14 +51,19 @@ fn unknown_subcommand_is_a_usage_error() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("Usage"));
 }
 
-/// `smtp-relay up` as a user runs it: it prints where things are and a curl command; the
-/// printed command, pasted into a shell, sends a message that lands in the fake mailbox; Ctrl-C
-/// (SIGINT) stops it cleanly.
-#[test]
-fn up_prints_a_command_that_works_and_stops_on_ctrl_c() {
+/// Starts `smtp-relay up` with `extra` arguments on port 0 everywhere, in a fresh data
+/// directory; returns the child, its banner lines (up to the Ctrl-C line) and the directory.
+fn start_up(
+    name: &str,
+    extra: &[&str],
+) -> (
+    fake_upstream::testing::Reap,
+    Vec<String>,
+    std::path::PathBuf,
+) {
     use std::io::{BufRead, BufReader};
     let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("up-{}", std::process::id()));
+        .join(format!("{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let child = bin()
         .arg("up")
@@ -71,7 +76,7 @@ fn up_prints_a_command_that_works_and_stops_on_ctrl_c() {
             "--upstream-listen-tls",
             "127.0.0.1:0",
         ])
-        .arg("--log-json")
+        .args(extra)
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -90,13 +95,13 @@ fn up_prints_a_command_that_works_and_stops_on_ctrl_c() {
             break;
         }
     }
-    let text = banner.concat();
-    assert!(
-        text.contains("account     alice@163.com  code ALICEAUTHCODE163"),
-        "{text}"
-    );
-    assert!(text.contains("ca.pem"), "{text}");
-    assert!(text.contains("swaks --server 127.0.0.1:"), "{text}");
+    // Keep reading its output (so that it never blocks on a full pipe).
+    std::thread::spawn(move || for _ in out.lines() {});
+    (child, banner, dir)
+}
+
+/// The curl command `up` printed, run in a shell.
+fn run_printed_curl(banner: &[String]) {
     let curl_start = banner
         .iter()
         .position(|l| l.trim_start().starts_with("printf"))
@@ -112,6 +117,22 @@ fn up_prints_a_command_that_works_and_stops_on_ctrl_c() {
         "{command}\n{}",
         String::from_utf8_lossy(&run.stderr)
     );
+}
+
+/// `smtp-relay up` as a user runs it: it prints where things are and a curl command; the
+/// printed command, pasted into a shell, sends a message that lands in the fake mailbox; Ctrl-C
+/// (SIGINT) stops it cleanly.
+#[test]
+fn up_prints_a_command_that_works_and_stops_on_ctrl_c() {
+    let (mut child, banner, dir) = start_up("up", &["--log-json"]);
+    let text = banner.concat();
+    assert!(
+        text.contains("account     alice@163.com  code ALICEAUTHCODE163"),
+        "{text}"
+    );
+    assert!(text.contains("ca.pem"), "{text}");
+    assert!(text.contains("swaks --server 127.0.0.1:"), "{text}");
+    run_printed_curl(&banner);
     let mailbox = dir.join("upstream/mailboxes/bob@163.com");
     let files: Vec<_> = std::fs::read_dir(&mailbox).unwrap().collect();
     assert!(
@@ -291,5 +312,45 @@ fn load_self_prints_the_table_and_writes_the_reports() {
     );
     let html = std::fs::read_to_string(dir.join("load.html")).unwrap();
     assert!(html.starts_with("<!doctype html>") && html.matches("<svg").count() == 2);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `up --queue`: the printed command's message gets its 250 once queued, and the scheduler
+/// delivers it to the fake 163 with alice's code from the secrets; the queue empties.
+#[test]
+fn up_queue_queues_then_delivers() {
+    let (mut child, banner, dir) = start_up("up-queue", &["--queue"]);
+    let text = banner.concat();
+    assert!(text.contains("queue       "), "{text}");
+    run_printed_curl(&banner);
+    let mailbox = dir.join("upstream/mailboxes/bob@163.com");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while std::fs::read_dir(&mailbox).map(|d| d.count()).unwrap_or(0) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing delivered from the queue"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let queued = || {
+        smtp_relay::spool::files(&dir.join("queue/msg"))
+            .unwrap()
+            .len()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while queued() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the queue kept {} files",
+            queued()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let killed = Command::new("kill")
+        .args(["-INT", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    assert!(child.0.wait().unwrap().success());
     let _ = std::fs::remove_dir_all(&dir);
 }
