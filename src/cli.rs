@@ -43,6 +43,8 @@ pub enum Command {
     /// (HdrHistogram; open loop corrects coordinated omission). --self measures our relay
     /// against a direct-to-sink run.
     Load(crate::load::cli::LoadArgs),
+    /// Look at and act on the store-and-forward queue (works while the relay runs).
+    Queue(crate::queue::admin::QueueArgs),
 }
 
 /// Runs a parsed command line; the binary's `main` only parses arguments and calls this.
@@ -50,6 +52,7 @@ pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Up(args) => block_on(crate::up::run(args)),
         Command::Scenarios(args) => block_on(crate::scenario::cli::run(args)),
+        Command::Queue(args) => block_on(crate::queue::admin::run(args)),
         Command::Load(args) => {
             let threads = args.threads.unwrap_or(if args.self_test {
                 std::thread::available_parallelism().map_or(2, |n| n.get())

@@ -386,3 +386,68 @@ async fn a_queue_that_cannot_be_written_is_452_and_then_recovers() {
     );
     sink.shutdown().await;
 }
+
+/// `smtp-relay queue list|show|retry|delete` on a queue directory.
+#[tokio::test]
+async fn the_admin_commands() {
+    let dir = queue_dir("admin");
+    let q = Queue::open(&dir).unwrap();
+    let mut later = record("adm1", "alice@163.com", &["bob@example.org"], 0);
+    later.next_attempt = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    later.attempts = 3;
+    later.last_error = Some("451 4.4.1 upstream x: cannot connect".into());
+    enqueue(&q, later).await;
+    enqueue(&q, record("adm2", "carol@163.com", &["dan@example.org"], 0)).await;
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_smtp-relay"))
+            .arg("queue")
+            .arg("--dir")
+            .arg(&dir)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, list, _) = run(&["list"]);
+    assert!(ok);
+    assert!(
+        list.contains("adm1")
+            && list.contains("<bob@example.org>")
+            && list.contains("last: 451 4.4.1"),
+        "{list}"
+    );
+    assert!(list.contains("2 message(s) queued"), "{list}");
+    let (ok, show, _) = run(&["show", "adm1"]);
+    assert!(ok, "{show}");
+    assert!(show.contains("<bob@example.org>: pending"), "{show}");
+    assert!(show.contains("Later is fine."), "{show}");
+    let (ok, out, _) = run(&["retry", "adm1"]);
+    assert!(ok && out.contains("1 message(s) due now"), "{out}");
+    assert!(q.load("adm1").unwrap().next_attempt <= chrono::Utc::now().to_rfc3339());
+    assert_eq!(
+        q.load("adm1").unwrap().attempts,
+        3,
+        "a retry keeps the count"
+    );
+    let (ok, out, _) = run(&["delete", "adm2"]);
+    assert!(ok && out.contains("adm2 deleted"), "{out}");
+    assert!(q.load("adm2").is_err());
+    let (ok, _, err) = run(&["show", "adm2"]);
+    assert!(!ok && err.contains("adm2"), "{err}");
+    let (ok, _, err) = std::process::Command::new(env!("CARGO_BIN_EXE_smtp-relay"))
+        .args(["queue", "--dir", "/nonexistent", "list"])
+        .output()
+        .map(|o| {
+            (
+                o.status.success(),
+                (),
+                String::from_utf8_lossy(&o.stderr).into_owned(),
+            )
+        })
+        .unwrap();
+    assert!(!ok && err.contains("not a queue directory"), "{err}");
+}

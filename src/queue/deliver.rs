@@ -365,6 +365,11 @@ impl Scheduler {
             },
         };
         rec.attempts += 1;
+        // Deleted meanwhile (`smtp-relay queue delete`): leave it gone.
+        if self.queue.load(&rec.id).is_err() {
+            tracing::info!(id = %rec.id, "queue: deleted during its delivery attempt");
+            return;
+        }
         let t = now();
         let expired = t.signed_duration_since(parse_time(&rec.received_at))
             >= chrono::Duration::from_std(self.retry.lifetime).unwrap_or(chrono::Duration::MAX);

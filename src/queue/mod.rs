@@ -1,6 +1,6 @@
-//! Store-and-forward mode (in progress): the durable queue ([`store`]) and delivery from it
-//! with retries, route back-off and bounces ([`deliver`]). Wiring into the relay, the admin
-//! commands and the metrics come next; live mode is unchanged.
+//! Store-and-forward mode: the durable queue ([`store`]), delivery from it with retries,
+//! route back-off and bounces ([`deliver`]), and `smtp-relay queue` ([`admin`]).
 
+pub mod admin;
 pub mod deliver;
 pub mod store;

@@ -151,6 +151,12 @@ impl Queue {
                 std::fs::remove_file(&path)?;
             }
         }
+        Queue::open_existing(dir)
+    }
+
+    /// Opens a queue without the recovery (for the admin commands, beside a running relay
+    /// whose `tmp/` files are messages being received).
+    pub fn open_existing(dir: &Path) -> std::io::Result<Queue> {
         let (tx, rx) = std::sync::mpsc::channel::<Job>();
         let commits = Arc::new(Commits::default());
         let (d, c) = (dir.to_path_buf(), commits.clone());
