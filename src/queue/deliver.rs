@@ -322,13 +322,30 @@ impl Scheduler {
                 {
                     continue;
                 }
-                let Ok(permit) = gate.clone().try_acquire_owned() else {
+                // Every due message of this listing is dispatched, waiting for a free slot:
+                // listing the queue again for each few would make a large backlog crawl.
+                let permit = tokio::select! {
+                    p = gate.clone().acquire_owned() => p.expect("never closed"),
+                    _ = smtp_net::stopped(&mut shutdown) => {
+                        in_flight.lock().unwrap_or_else(|e| e.into_inner()).remove(&rec.id);
+                        break;
+                    }
+                };
+                while tasks.try_join_next().is_some() {}
+                // The route may have been backed off while this message waited for its slot.
+                if paused
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&rec.route)
+                    .is_some_and(|until| *until > now())
+                {
                     in_flight
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .remove(&rec.id);
-                    break;
-                };
+                    drop(permit);
+                    continue;
+                }
                 let (me, paused, in_flight) = (me.clone(), paused.clone(), in_flight.clone());
                 tasks.spawn(async move {
                     let id = rec.id.clone();
