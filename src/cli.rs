@@ -35,6 +35,10 @@ pub enum Command {
         /// Write the log as JSON lines instead of text.
         #[arg(long)]
         log_json: bool,
+        /// Serve the counters in the Prometheus text format on this address (`GET
+        /// /metrics`); overrides the config's `metrics`.
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<std::net::SocketAddr>,
     },
     /// Replay scenario files (scripted client sessions, checks on what the upstream got)
     /// against smtp-relay and fake upstreams, or against another relay with --relay.
@@ -71,9 +75,11 @@ pub fn run(cli: Cli) -> ExitCode {
                 }
             }
         }
-        Command::Serve { config, log_json } => {
-            block_on(async move { crate::serve::run(&config, log_json).await })
-        }
+        Command::Serve {
+            config,
+            log_json,
+            metrics,
+        } => block_on(async move { crate::serve::run(&config, log_json, metrics).await }),
         Command::Check { lines } => {
             let stdout = std::io::stdout();
             let mut out = stdout.lock();

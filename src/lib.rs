@@ -6,6 +6,7 @@
 //! - [`check`]: `smtp-relay check`, which shows what the protocol crate makes of command lines.
 //! - [`load`]: `smtp-relay load`, the load generator (HdrHistogram, open and closed loop).
 //! - [`log`]: structured logs in `log/relay.log` (human or JSON lines).
+//! - [`metrics`]: `--metrics ADDR`, the Prometheus text endpoint.
 //! - [`queue`]: store-and-forward's durable queue (group-committed, crash-safe).
 //! - [`relay`]: the relay in live mode: client sessions, pass-through AUTH, verbatim upstream
 //!   replies, the spool.
@@ -27,6 +28,7 @@ pub mod cli;
 pub mod dsn;
 pub mod load;
 pub mod log;
+pub mod metrics;
 pub mod queue;
 pub mod relay;
 pub mod route;

@@ -65,6 +65,8 @@ pub struct RelayConfig {
     pub default_queue: bool,
     /// The queue and its delivery settings; needed when any route queues.
     pub queue: Option<QueueSettings>,
+    /// Serve the counters in the Prometheus text format here (`GET /metrics`).
+    pub metrics: Option<SocketAddr>,
     pub auth: AuthMode,
     pub max_message_size: u64,
     pub max_recipients: usize,
@@ -108,6 +110,7 @@ impl RelayConfig {
             probe_routes: true,
             default_queue: false,
             queue: None,
+            metrics: None,
             auth: AuthMode::Passthrough,
             max_message_size: 50 * 1024 * 1024,
             max_recipients: 100,
@@ -192,6 +195,7 @@ impl crate::queue::deliver::Routes for QueueRoutes {
 pub struct RelayHandle {
     shared: Arc<Shared>,
     addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     tls_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     tasks: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -204,6 +208,11 @@ impl RelayHandle {
 
     pub fn tls_addr(&self) -> Option<SocketAddr> {
         self.tls_addr
+    }
+
+    /// Where `--metrics` is served.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// Two-hop transcripts of the sessions that ended (when `transcripts` is configured), in
@@ -248,6 +257,7 @@ struct Shared {
     /// Store and forward: the queue, and the scheduler's bell.
     queue: Option<crate::queue::store::Queue>,
     wake: Arc<tokio::sync::Notify>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Shared {
@@ -358,6 +368,14 @@ pub async fn start(mut config: RelayConfig) -> std::io::Result<RelayHandle> {
         }
         _ => None,
     };
+    let metrics_listener = match config.metrics {
+        Some(a) => Some(TcpListener::bind(a).await?),
+        None => None,
+    };
+    let metrics_addr = match &metrics_listener {
+        Some(l) => Some(l.local_addr()?),
+        None => None,
+    };
     let addr = plain.local_addr()?;
     let tls_addr = match &implicit {
         Some(l) => Some(l.local_addr()?),
@@ -370,6 +388,7 @@ pub async fn start(mut config: RelayConfig) -> std::io::Result<RelayHandle> {
         smtputf8: std::sync::Mutex::new(vec![None; config.routes.len() + 1]),
         queue,
         wake: Arc::default(),
+        metrics: Arc::default(),
         config,
         next_id: AtomicU64::new(1),
     });
@@ -403,8 +422,31 @@ pub async fn start(mut config: RelayConfig) -> std::io::Result<RelayHandle> {
                 tick: settings.tick,
                 hostname: shared.config.hostname.clone(),
                 wake: shared.wake.clone(),
+                metrics: Some(shared.metrics.clone()),
             };
             set.spawn(scheduler.run(rx.clone()));
+        }
+        if let Some(listener) = metrics_listener {
+            let s = shared.clone();
+            let render: Arc<dyn Fn() -> String + Send + Sync> = Arc::new(move || {
+                let queue = s.queue.as_ref().map(|q| {
+                    let records = q.list().map(|(r, _)| r).unwrap_or_default();
+                    let oldest = records
+                        .iter()
+                        .filter_map(|r| chrono::DateTime::parse_from_rfc3339(&r.received_at).ok())
+                        .min()
+                        .map(|t| {
+                            (chrono::Utc::now() - t.with_timezone(&chrono::Utc))
+                                .num_milliseconds()
+                                .max(0) as f64
+                                / 1000.0
+                        })
+                        .unwrap_or(0.0);
+                    (records.len() as u64, oldest)
+                });
+                s.metrics.render(queue)
+            });
+            set.spawn(crate::metrics::serve(listener, render, rx.clone()));
         }
         if let Some(l) = implicit {
             set.spawn(accept_loop(shared, l, Transport::Tls, rx));
@@ -414,6 +456,7 @@ pub async fn start(mut config: RelayConfig) -> std::io::Result<RelayHandle> {
     Ok(RelayHandle {
         shared: handle_shared,
         addr,
+        metrics_addr,
         tls_addr,
         shutdown,
         tasks: std::sync::Mutex::new(Some(tasks)),
@@ -531,6 +574,8 @@ async fn client(
         spool_write: None,
         queue_file: None,
     };
+    crate::metrics::Metrics::inc(&shared.metrics.sessions_opened);
+    crate::metrics::Metrics::inc(&shared.metrics.sessions_open);
     session.note(format!("* client {peer} ({kind:?} listener)"));
     tracing::info!(session = session.id, peer = %peer, tls = session.tls, "session opened");
     let result = match kind {
@@ -555,6 +600,10 @@ async fn client(
     for task in session.dsn_tasks.drain(..) {
         let _ = task.await;
     }
+    shared
+        .metrics
+        .sessions_open
+        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(
         session = session.id,
         seconds = session.started.elapsed().as_secs_f64(),
@@ -1700,6 +1749,19 @@ impl Session {
                     .is_some_and(Reply::is_positive)
             })
             .collect();
+        let metrics = &self.shared.metrics;
+        for &r in &involved {
+            if !self.queued(r)
+                && let Some(o) = &self.legs[r].outcome
+            {
+                metrics.reply(o.code);
+            }
+        }
+        crate::metrics::Metrics::inc(if delivered.is_empty() {
+            &metrics.messages_refused
+        } else {
+            &metrics.messages_accepted
+        });
         let mut dsn = None;
         let reply =
             if delivered.is_empty() {
@@ -1896,6 +1958,7 @@ impl Session {
                 return Err(refuse(e.to_string()));
             }
             tracing::info!(session = self.id, id = %id, route = r, outcome = "queued", "message");
+            crate::metrics::Metrics::inc(&self.shared.metrics.queued);
             self.legs[r].outcome = Some(Reply::new(250, (2, 0, 0), format!("queued as {id}")));
         }
         self.shared.wake.notify_one();

@@ -40,6 +40,8 @@ struct File {
     bare_line_endings: Option<String>,
     /// Store and forward: where the queue is and how it retries.
     queue: Option<FileQueue>,
+    /// Serve the Prometheus metrics here (`GET /metrics`).
+    metrics: Option<SocketAddr>,
     /// Credentials to deliver queued mail with, per sender (never copied into the queue).
     #[serde(default)]
     secrets: Vec<FileSecret>,
@@ -409,6 +411,7 @@ pub fn parse(text: &str, origin: &str, base: &Path) -> Result<Loaded, String> {
         probe_routes: true,
         default_queue,
         queue,
+        metrics: f.metrics,
         auth,
         max_message_size: l.max_message_size,
         max_recipients: l.max_recipients,
@@ -617,9 +620,13 @@ fn server_tls(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, Stri
 }
 
 /// Runs the relay from a config file until Ctrl-C.
-pub async fn run(config: &Path, log_json: bool) -> std::process::ExitCode {
+pub async fn run(
+    config: &Path,
+    log_json: bool,
+    metrics: Option<SocketAddr>,
+) -> std::process::ExitCode {
     let Loaded {
-        relay: config,
+        relay: mut config,
         log_dir,
     } = match load(config) {
         Ok(c) => c,
@@ -628,6 +635,9 @@ pub async fn run(config: &Path, log_json: bool) -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
+    if metrics.is_some() {
+        config.metrics = metrics;
+    }
     let _log = match crate::log::init(&log_dir, log_json) {
         Ok(g) => g,
         Err(e) => {

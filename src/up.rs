@@ -43,6 +43,9 @@ pub struct UpArgs {
     /// same accounts' codes) from `<data-dir>/queue`, retried when the upstream fails.
     #[arg(long)]
     pub queue: bool,
+    /// Serve the relay's counters in the Prometheus text format here (`GET /metrics`).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
     /// Write the relay's log (`<data-dir>/log/relay.log`) as JSON lines instead of text.
     #[arg(long)]
     pub log_json: bool,
@@ -116,6 +119,7 @@ pub async fn start(args: &UpArgs) -> Result<Up, String> {
         transcripts: Some(data.join("transcripts")),
         ..RelayConfig::new("localhost", args.listen, spool.clone(), upstream)
     };
+    config.metrics = args.metrics;
     let queue_dir = args.queue.then(|| data.join("queue"));
     if let Some(dir) = &queue_dir {
         // The relay checks the accounts itself and keeps their codes to deliver with: the

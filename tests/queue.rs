@@ -71,6 +71,7 @@ fn scheduler(q: &Queue, to: UpstreamConfig, retry: Retry) -> Scheduler {
         tick: Duration::from_millis(20),
         hostname: "relay.test".into(),
         wake: Arc::default(),
+        metrics: None,
     }
 }
 
@@ -285,6 +286,7 @@ async fn queue_relay(
         smtp_relay::relay::AuthMode::TrustedNetworks(vec![("127.0.0.0".parse().unwrap(), 8)]);
     config.default_queue = true;
     config.probe_routes = false;
+    config.metrics = Some("127.0.0.1:0".parse().unwrap());
     config.queue = Some(smtp_relay::relay::QueueSettings {
         dir: dir.join("queue"),
         retry: quick(),
@@ -353,6 +355,33 @@ async fn queue_mode_answers_250_when_durable_and_delivers_later() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(queue.list().unwrap().0.is_empty());
+    // The counters, as Prometheus scrapes them (curl, a real HTTP client).
+    let url = format!("http://{}/metrics", relay.metrics_addr().unwrap());
+    let out = std::process::Command::new("curl")
+        .args(["-sf", &url])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    for line in [
+        "smtp_relay_sessions_total 1",
+        "smtp_relay_messages_accepted_total 1",
+        "smtp_relay_queued_total 1",
+        "smtp_relay_delivered_total 1",
+        "smtp_relay_queue_messages 0",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+    }
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("smtp_relay_deferred_total ")
+                && l != "smtp_relay_deferred_total 0"),
+        "the first attempts failed: {text}"
+    );
     relay.shutdown().await;
     assert_eq!(sink.received_count(), 1);
     sink.shutdown().await;

@@ -272,6 +272,8 @@ pub struct Scheduler {
     pub hostname: String,
     /// Woken when a message is enqueued.
     pub wake: Arc<tokio::sync::Notify>,
+    /// Counts deliveries, deferrals and bounces.
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 fn now() -> chrono::DateTime<chrono::Utc> {
@@ -401,6 +403,9 @@ impl Scheduler {
                     (t + chrono::Duration::from_std(wait).unwrap_or_default()).to_rfc3339();
                 tracing::info!(id = %rec.id, route = %rec.route, attempts = rec.attempts, wait_s = wait.as_secs_f64(), reason = %reason, quota, outcome = "deferred", "queue");
                 rec.last_error = Some(reason);
+                if let Some(m) = &self.metrics {
+                    crate::metrics::Metrics::inc(&m.deferred);
+                }
                 if quota {
                     paused.lock().unwrap_or_else(|e| e.into_inner()).insert(
                         rec.route.clone(),
@@ -426,6 +431,22 @@ impl Scheduler {
                     }
                 }
                 self.bounce(&rec).await;
+                if let Some(m) = &self.metrics {
+                    let failed = rec
+                        .rcpts
+                        .iter()
+                        .any(|r| matches!(r.state, RcptState::Failed { .. }));
+                    let any_delivered = rec
+                        .rcpts
+                        .iter()
+                        .any(|r| matches!(r.state, RcptState::Delivered { .. }));
+                    if any_delivered {
+                        crate::metrics::Metrics::inc(&m.delivered);
+                    }
+                    if failed {
+                        crate::metrics::Metrics::inc(&m.bounced);
+                    }
+                }
                 let delivered = rec
                     .rcpts
                     .iter()

@@ -1,0 +1,223 @@
+//! `--metrics ADDR`: the relay's counters in the Prometheus text exposition format, served
+//! over plain HTTP (`GET /metrics`). Counters are atomics bumped where things happen; the
+//! queue's size and age are read when scraped.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The relay's counters.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub sessions_opened: AtomicU64,
+    pub sessions_open: AtomicU64,
+    /// Messages the relay answered 2xx at the end of data (relayed live, or queued).
+    pub messages_accepted: AtomicU64,
+    /// Messages refused at the end of data (the upstream's refusal, or the relay's).
+    pub messages_refused: AtomicU64,
+    /// Store and forward: messages queued, delivered, deferred (an attempt to retry), bounced.
+    pub queued: AtomicU64,
+    pub delivered: AtomicU64,
+    pub deferred: AtomicU64,
+    pub bounced: AtomicU64,
+    /// Upstream replies to the end of data, by code.
+    pub upstream_replies: Mutex<BTreeMap<u16, u64>>,
+}
+
+impl Metrics {
+    pub fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn reply(&self, code: u16) {
+        *self
+            .upstream_replies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(code)
+            .or_insert(0) += 1;
+    }
+
+    /// The exposition text; `queue` is (messages queued now, age of the oldest in seconds).
+    pub fn render(&self, queue: Option<(u64, f64)>) -> String {
+        let mut s = String::new();
+        let counter = |s: &mut String, name: &str, help: &str, v: u64| {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+        };
+        let gauge = |s: &mut String, name: &str, help: &str, v: f64| {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        };
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        counter(
+            &mut s,
+            "smtp_relay_sessions_total",
+            "Client sessions opened.",
+            get(&self.sessions_opened),
+        );
+        gauge(
+            &mut s,
+            "smtp_relay_sessions_open",
+            "Client sessions open now.",
+            get(&self.sessions_open) as f64,
+        );
+        counter(
+            &mut s,
+            "smtp_relay_messages_accepted_total",
+            "Messages answered 2xx at the end of data (relayed or queued).",
+            get(&self.messages_accepted),
+        );
+        counter(
+            &mut s,
+            "smtp_relay_messages_refused_total",
+            "Messages refused at the end of data.",
+            get(&self.messages_refused),
+        );
+        counter(
+            &mut s,
+            "smtp_relay_queued_total",
+            "Messages queued (store and forward).",
+            get(&self.queued),
+        );
+        counter(
+            &mut s,
+            "smtp_relay_delivered_total",
+            "Queued messages delivered.",
+            get(&self.delivered),
+        );
+        counter(
+            &mut s,
+            "smtp_relay_deferred_total",
+            "Delivery attempts that will be retried.",
+            get(&self.deferred),
+        );
+        counter(
+            &mut s,
+            "smtp_relay_bounced_total",
+            "Queued messages with a recipient that failed for good.",
+            get(&self.bounced),
+        );
+        if let Some((size, age)) = queue {
+            gauge(
+                &mut s,
+                "smtp_relay_queue_messages",
+                "Messages in the queue now.",
+                size as f64,
+            );
+            gauge(
+                &mut s,
+                "smtp_relay_queue_oldest_seconds",
+                "Age of the oldest queued message.",
+                age,
+            );
+        }
+        let _ = writeln!(
+            s,
+            "# HELP smtp_relay_upstream_replies_total Upstream replies to the end of data, by code.\n# TYPE smtp_relay_upstream_replies_total counter"
+        );
+        for (code, n) in self
+            .upstream_replies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            let _ = writeln!(
+                s,
+                "smtp_relay_upstream_replies_total{{code=\"{code}\"}} {n}"
+            );
+        }
+        s
+    }
+}
+
+/// Serves `GET /metrics` on `addr` until `shutdown`; `render` makes the body.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    render: std::sync::Arc<dyn Fn() -> String + Send + Sync>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    smtp_net::accept_loop(listener, shutdown, move |mut tcp, _peer: SocketAddr| {
+        let render = render.clone();
+        async move {
+            // One request, read within 5 s and 8 KiB; anything but GET /metrics is a 404.
+            let mut buf = vec![0u8; 8192];
+            let mut len = 0;
+            let read = tokio::time::timeout(Duration::from_secs(5), async {
+                while len < buf.len() {
+                    let n = tcp.read(&mut buf[len..]).await?;
+                    if n == 0 {
+                        break;
+                    }
+                    len += n;
+                    if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+                        break;
+                    }
+                }
+                Ok::<_, std::io::Error>(())
+            })
+            .await;
+            if !matches!(read, Ok(Ok(()))) {
+                return;
+            }
+            let request = String::from_utf8_lossy(&buf[..len]);
+            let path = request.split_whitespace().nth(1).unwrap_or("");
+            let response = if request.starts_with("GET ") && (path == "/metrics" || path == "/") {
+                let body = render();
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+            } else {
+                "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string()
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(5), tcp.write_all(response.as_bytes())).await;
+            let _ = tcp.shutdown().await;
+        }
+    })
+    .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_the_text_format() {
+        let m = Metrics::default();
+        Metrics::inc(&m.sessions_opened);
+        Metrics::inc(&m.queued);
+        m.reply(250);
+        m.reply(250);
+        m.reply(451);
+        let text = m.render(Some((3, 12.5)));
+        assert!(
+            text.contains(
+                "# TYPE smtp_relay_sessions_total counter\nsmtp_relay_sessions_total 1\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("smtp_relay_queue_messages 3\n"), "{text}");
+        assert!(
+            text.contains("smtp_relay_queue_oldest_seconds 12.5\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("smtp_relay_upstream_replies_total{code=\"250\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("smtp_relay_upstream_replies_total{code=\"451\"} 1\n"),
+            "{text}"
+        );
+        // Every sample line is NAME[{labels}] VALUE.
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let (name, value) = line.rsplit_once(' ').unwrap();
+            assert!(name.starts_with("smtp_relay_"), "{line}");
+            assert!(value.parse::<f64>().is_ok(), "{line}");
+        }
+    }
+}
