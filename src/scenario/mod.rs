@@ -989,14 +989,21 @@ pub const RELAY_OPTIONS: &[&str] = &[
     "auth_failure_delay",
     "bare_line_endings",
     "upstream_timeout",
+    "queue",
+    "first_retry",
 ];
 
 fn check_relay_option(k: &str, v: &str) -> Result<(), String> {
     match k {
         "auth" => match v {
-            "passthrough" | "none" => Ok(()),
-            other => Err(format!("auth={other}: expected passthrough or none")),
+            "passthrough" | "none" | "users" => Ok(()),
+            other => Err(format!("auth={other}: expected passthrough, users or none")),
         },
+        "queue" => match v {
+            "on" | "off" => Ok(()),
+            other => Err(format!("queue={other}: expected on or off")),
+        },
+        "first_retry" => parse_duration(v).map(|_| ()),
         "max_recipients" | "max_message_size" | "max_sessions" | "max_sessions_per_ip" => v
             .parse::<u64>()
             .map(|_| ())

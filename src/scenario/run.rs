@@ -142,6 +142,15 @@ pub async fn run_one(sc: &Scenario, opts: &Options, tls: &TlsMaterial) -> Outcom
     };
     drop(client.conn.take());
     client.held.clear();
+    // Store and forward: the queue empties (delivered or bounced) before the relay stops.
+    if let Some(dir) = &env.queue_dir {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline
+            && crate::spool::files(&dir.join("msg")).map_or(0, |f| f.len()) > 0
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
     // Let the relay finish: its sessions end, bounces go out, transcripts are written.
     if let Some(relay) = &env.relay {
         relay.shutdown().await;
@@ -175,6 +184,8 @@ struct Env {
     messages_dir: PathBuf,
     /// The relay's spool (smtp-relay only).
     spool_dir: Option<PathBuf>,
+    /// The relay's queue, in store-and-forward mode.
+    queue_dir: Option<PathBuf>,
     scenario_dir: PathBuf,
 }
 
@@ -227,6 +238,7 @@ impl Env {
             external: false,
             messages_dir: scenario_dir.join("messages"),
             spool_dir: None,
+            queue_dir: None,
             scenario_dir,
             fakes,
         };
@@ -238,14 +250,45 @@ impl Env {
             }),
             Target::Ours => {
                 let mut config = relay_config(sc, &common, tls, dir)?;
+                // The default route's accounts: the relay's users and secrets in queue mode.
+                let accounts: Vec<(String, String)> = common.fakes[0]
+                    .1
+                    .users()
+                    .iter()
+                    .filter(|u| u.smtp)
+                    .map(|u| (u.address.to_lowercase(), u.code.clone()))
+                    .collect();
+                let secrets: std::collections::HashMap<String, smtp_wire::Credentials> = accounts
+                    .iter()
+                    .map(|(a, c)| (a.clone(), smtp_wire::Credentials::new(a.clone(), c.clone())))
+                    .collect();
+                config.queue = Some(crate::relay::QueueSettings {
+                    dir: dir.join("queue"),
+                    retry: crate::queue::deliver::Retry {
+                        first: Duration::from_millis(200),
+                        max: Duration::from_secs(1),
+                        lifetime: Duration::from_secs(60),
+                        jitter: 0.0,
+                    },
+                    concurrency: 2,
+                    tick: Duration::from_millis(50),
+                    secrets: std::sync::Arc::new(move |who: &str| {
+                        secrets.get(&who.to_lowercase()).cloned()
+                    }),
+                });
                 for (k, v) in &sc.relay {
-                    apply_relay_option(&mut config, k, v)?;
+                    apply_relay_option(&mut config, &accounts, k, v)?;
                 }
+                if !config.default_queue {
+                    config.queue = None;
+                }
+                let queue_dir = config.queue.as_ref().map(|q| q.dir.clone());
                 let relay = relay::start(config)
                     .await
                     .map_err(|e| format!("relay: {e}"))?;
                 Ok(Env {
                     spool_dir: Some(dir.join("spool")),
+                    queue_dir,
                     relay_addr: relay.addr(),
                     relay_tls_addr: relay.tls_addr(),
                     relay: Some(relay),
@@ -488,7 +531,12 @@ fn relay_config(
     })
 }
 
-fn apply_relay_option(c: &mut RelayConfig, k: &str, v: &str) -> Result<(), String> {
+fn apply_relay_option(
+    c: &mut RelayConfig,
+    accounts: &[(String, String)],
+    k: &str,
+    v: &str,
+) -> Result<(), String> {
     let num = || {
         v.parse::<u64>()
             .map_err(|_| format!("{k}={v}: expected a number"))
@@ -498,7 +546,19 @@ fn apply_relay_option(c: &mut RelayConfig, k: &str, v: &str) -> Result<(), Strin
         "auth" => {
             c.auth = match v {
                 "none" => AuthMode::TrustedNetworks(vec![("127.0.0.0".parse().expect("ip"), 8)]),
+                // The upstream's own accounts, checked by the relay (as `up --queue` does).
+                "users" => {
+                    AuthMode::Users(std::sync::Arc::new(crate::users::Users::from_passwords(
+                        accounts.iter().map(|(a, c)| (a.as_str(), c.as_str())),
+                    )))
+                }
                 _ => AuthMode::Passthrough,
+            }
+        }
+        "queue" => c.default_queue = v == "on",
+        "first_retry" => {
+            if let Some(q) = c.queue.as_mut() {
+                q.retry.first = dur()?;
             }
         }
         "max_recipients" => c.max_recipients = num()? as usize,
