@@ -6,7 +6,8 @@
 # TCP mode (the "relay that adds nothing" bound). Then our load generator against Postfix's
 # smtp-source on the same sink, the relay's p99 added latency at half its maximum load (open
 # loop), and the relay's memory with 10,000 idle sessions. "relay-shm" is the same relay with
-# its spool on tmpfs: the difference is what the disk costs. Installs postfix and haproxy
+# its spool on tmpfs: the difference is what the disk costs. "relay-queue" is the relay in
+# store-and-forward mode (250 after fsync, like Postfix). Installs postfix and haproxy
 # when they are missing (Debian, as root).
 #
 #   benches/peers.sh                 # 5 s per measurement
@@ -20,6 +21,7 @@ P_RELAY=${P_RELAY:-28026}
 P_POSTFIX=${P_POSTFIX:-28027}
 P_HAPROXY=${P_HAPROXY:-28028}
 P_RELAY_SHM=${P_RELAY_SHM:-28029}
+P_RELAY_QUEUE=${P_RELAY_QUEUE:-28030}
 
 need=()
 [ -x /usr/sbin/postfix ] || need+=(postfix)
@@ -87,6 +89,13 @@ shm=$(mktemp -d /dev/shm/smtp-relay-peers.XXXXXX)
 sed -e "s|^listen = .*|listen = \"127.0.0.1:$P_RELAY_SHM\"|" -e "s|^spool_dir = .*|spool_dir = \"$shm/spool\"|" \
   "$tmp/relay.toml" >"$tmp/relay-shm.toml"
 "$bin" serve --config "$tmp/relay-shm.toml" >"$tmp/relay-shm.out" 2>&1 &
+pids+=($!)
+# The same relay storing and forwarding: 250 only once the message is fsynced in its queue
+# (as Postfix's 250 is), delivered to the sink from there.
+sed -e "s|^listen = .*|listen = \"127.0.0.1:$P_RELAY_QUEUE\"|" -e "s|^spool_dir = .*|spool_dir = \"$tmp/relay-queue/spool\"|" \
+  -e "s|^tls = \"none\"|tls = \"none\"\nmode = \"queue\"|" "$tmp/relay.toml" >"$tmp/relay-queue.toml"
+printf '[queue]\ndir = "%s"\nfirst_retry_secs = 1\nmax_retry_secs = 5\nconcurrency = 8\n' "$tmp/relay-queue/queue" >>"$tmp/relay-queue.toml"
+"$bin" serve --config "$tmp/relay-queue.toml" >"$tmp/relay-queue.out" 2>&1 &
 pids+=($!)
 
 # Postfix as a relay to the sink.
@@ -158,7 +167,7 @@ CFG
 haproxy -f "$tmp/haproxy.cfg" -db >"$tmp/haproxy.log" 2>&1 &
 pids+=($!)
 
-for p in "$P_SINK" "$P_RELAY" "$P_RELAY_SHM" "$P_POSTFIX" "$P_HAPROXY"; do wait_port "$p"; done
+for p in "$P_SINK" "$P_RELAY" "$P_RELAY_SHM" "$P_RELAY_QUEUE" "$P_POSTFIX" "$P_HAPROXY"; do wait_port "$p"; done
 
 # One measurement: prints "msgs/s p50 p99" (whole-message latency, ms) from the JSON.
 measure() {
@@ -189,7 +198,7 @@ for wl in "small-1/conn:--size 1024 --per-connection 1 --connections 20 --pipeli
   name=${wl%%:*}
   # shellcheck disable=SC2206
   args=(${wl#*:} --duration "$DURATION")
-  for t in "direct:$P_SINK" "smtp-relay:$P_RELAY" "relay-shm:$P_RELAY_SHM" "postfix:$P_POSTFIX" "haproxy:$P_HAPROXY"; do
+  for t in "direct:$P_SINK" "smtp-relay:$P_RELAY" "relay-shm:$P_RELAY_SHM" "relay-queue:$P_RELAY_QUEUE" "postfix:$P_POSTFIX" "haproxy:$P_HAPROXY"; do
     tname=${t%%:*}
     read -r r p50 p99 rest < <(measure "${t#*:}" "${args[@]}")
     rate[$name/$tname]=$r

@@ -268,41 +268,76 @@ fn committer(dir: &Path, rx: std::sync::mpsc::Receiver<Job>, stats: &Commits) {
         while let Ok(more) = rx.try_recv() {
             batch.push(more);
         }
+        // Each message's files are synced in parallel (the file system's journal merges
+        // concurrent syncs into one commit), then renamed, then each directory synced once.
+        let synced: Vec<std::io::Result<()>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = batch
+                .chunks(batch.len().div_ceil(SYNC_THREADS).max(1))
+                .map(|chunk| {
+                    scope.spawn(move || {
+                        chunk
+                            .iter()
+                            .map(
+                                |Job::Enqueue {
+                                     content, record, ..
+                                 }| {
+                                    std::fs::File::open(content)?.sync_all()?;
+                                    let json = serde_json::to_vec_pretty(record)
+                                        .map_err(std::io::Error::other)?;
+                                    write_synced(&content.with_extension("json"), &json)
+                                },
+                            )
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        vec![Err(std::io::Error::other("a sync thread panicked"))]
+                    })
+                })
+                .collect()
+        });
         let mut dirs = BTreeSet::new();
         let mut results: Vec<(std::io::Result<()>, tokio::sync::oneshot::Sender<_>)> =
             Vec::with_capacity(batch.len());
-        for job in batch {
+        for (job, synced) in batch.into_iter().zip(synced) {
             let Job::Enqueue {
                 content,
                 record,
                 done,
             } = job;
             let sub = subdir_of(dir, &record.id);
-            let r = (|| {
-                std::fs::File::open(&content)?.sync_all()?;
-                let json = serde_json::to_vec_pretty(&record).map_err(std::io::Error::other)?;
-                let tmp_json = content.with_extension("json");
-                write_synced(&tmp_json, &json)?;
+            let tmp_json = content.with_extension("json");
+            let r = synced.and_then(|()| {
                 std::fs::rename(&content, sub.join(format!("{}.eml", record.id)))?;
-                std::fs::rename(&tmp_json, sub.join(format!("{}.json", record.id)))?;
-                Ok(())
-            })();
+                std::fs::rename(&tmp_json, sub.join(format!("{}.json", record.id)))
+            });
             if r.is_ok() {
                 dirs.insert(sub);
             } else {
                 let _ = std::fs::remove_file(&content);
-                let _ = std::fs::remove_file(content.with_extension("json"));
+                let _ = std::fs::remove_file(&tmp_json);
             }
             results.push((r, done));
         }
         // One fsync per directory for the whole batch: the renames are durable after it.
-        let mut dir_error = None;
-        for d in &dirs {
-            stats.dir_syncs.fetch_add(1, Ordering::Relaxed);
-            if let Err(e) = sync_dir(d) {
-                dir_error = Some(e.to_string());
-            }
-        }
+        let dir_errors: Vec<String> = std::thread::scope(|scope| {
+            let handles: Vec<_> = dirs
+                .iter()
+                .map(|d| scope.spawn(move || sync_dir(d).err().map(|e| e.to_string())))
+                .collect();
+            handles
+                .into_iter()
+                .filter_map(|h| h.join().ok().flatten())
+                .collect()
+        });
+        stats
+            .dir_syncs
+            .fetch_add(dirs.len() as u64, Ordering::Relaxed);
+        let dir_error = dir_errors.into_iter().next();
         stats.batches.fetch_add(1, Ordering::Relaxed);
         for (r, done) in results {
             let r = match (r, &dir_error) {
@@ -318,6 +353,9 @@ fn committer(dir: &Path, rx: std::sync::mpsc::Receiver<Job>, stats: &Commits) {
         }
     }
 }
+
+/// Threads that sync a batch's files at once.
+const SYNC_THREADS: usize = 16;
 
 #[cfg(test)]
 mod tests {
