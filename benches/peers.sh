@@ -22,6 +22,7 @@ P_POSTFIX=${P_POSTFIX:-28027}
 P_HAPROXY=${P_HAPROXY:-28028}
 P_RELAY_SHM=${P_RELAY_SHM:-28029}
 P_RELAY_QUEUE=${P_RELAY_QUEUE:-28030}
+P_QUEUE_METRICS=${P_QUEUE_METRICS:-28031}
 
 need=()
 [ -x /usr/sbin/postfix ] || need+=(postfix)
@@ -95,7 +96,7 @@ pids+=($!)
 sed -e "s|^listen = .*|listen = \"127.0.0.1:$P_RELAY_QUEUE\"|" -e "s|^spool_dir = .*|spool_dir = \"$tmp/relay-queue/spool\"|" \
   -e "s|^tls = \"none\"|tls = \"none\"\nmode = \"queue\"|" "$tmp/relay.toml" >"$tmp/relay-queue.toml"
 printf '[queue]\ndir = "%s"\nfirst_retry_secs = 1\nmax_retry_secs = 5\nconcurrency = 8\n' "$tmp/relay-queue/queue" >>"$tmp/relay-queue.toml"
-"$bin" serve --config "$tmp/relay-queue.toml" >"$tmp/relay-queue.out" 2>&1 &
+"$bin" serve --config "$tmp/relay-queue.toml" --metrics "127.0.0.1:$P_QUEUE_METRICS" >"$tmp/relay-queue.out" 2>&1 &
 pids+=($!)
 
 # Postfix as a relay to the sink.
@@ -201,6 +202,13 @@ for wl in "small-1/conn:--size 1024 --per-connection 1 --connections 20 --pipeli
   for t in "direct:$P_SINK" "smtp-relay:$P_RELAY" "relay-shm:$P_RELAY_SHM" "relay-queue:$P_RELAY_QUEUE" "postfix:$P_POSTFIX" "haproxy:$P_HAPROXY"; do
     tname=${t%%:*}
     read -r r p50 p99 rest < <(measure "${t#*:}" "${args[@]}")
+    if [ "$tname" = relay-queue ]; then
+      # Its deliveries must not run into the next measurement: wait for the queue to empty.
+      for _ in $(seq 1 600); do
+        curl -s "127.0.0.1:$P_QUEUE_METRICS/metrics" | grep -q '^smtp_relay_queue_messages 0$' && break
+        sleep 0.2
+      done
+    fi
     rate[$name/$tname]=$r
     base=${rate[$name/direct]:-$r}
     ratio=$(awk -v a="$r" -v b="$base" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }')

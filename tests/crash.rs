@@ -24,7 +24,12 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn start_relay(config: &std::path::Path) -> Child {
+/// The relay child, killed when dropped: a failing test must not leave it running.
+fn start_relay(config: &std::path::Path) -> fake_upstream::testing::Reap {
+    fake_upstream::testing::Reap(spawn_relay(config))
+}
+
+fn spawn_relay(config: &std::path::Path) -> Child {
     Command::new(env!("CARGO_BIN_EXE_smtp-relay"))
         .arg("serve")
         .arg("--config")
@@ -157,8 +162,8 @@ concurrency = 4
             .collect();
         let life = Duration::from_millis(rng.u64(150..700));
         tokio::time::sleep(life).await;
-        relay.kill().unwrap(); // SIGKILL
-        relay.wait().unwrap();
+        relay.0.kill().unwrap(); // SIGKILL
+        relay.0.wait().unwrap();
         for c in clients {
             let _ = tokio::time::timeout(Duration::from_secs(10), c).await;
         }
@@ -204,8 +209,8 @@ concurrency = 4
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    relay.kill().unwrap();
-    relay.wait().unwrap();
+    relay.0.kill().unwrap();
+    relay.0.wait().unwrap();
     let duplicates: u32 = arrived.values().map(|c| c - 1).sum();
     let unacked_arrived = arrived.keys().filter(|n| !acked.contains(n)).count();
     eprintln!(
