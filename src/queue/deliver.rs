@@ -74,7 +74,8 @@ pub enum Attempt {
     /// Some recipients wait for another attempt.
     Again {
         reason: String,
-        /// The upstream said the route is over a quota.
+        /// The whole route should wait: the upstream said it is over a quota, or it could not
+        /// be reached.
         quota: bool,
     },
 }
@@ -155,10 +156,9 @@ pub async fn attempt(queue: &Queue, rec: &mut Queued, upstream: &UpstreamConfig)
     }
     let mut up = match Upstream::connect(upstream).await {
         Ok(up) => up,
-        Err(e) => {
-            let quota = e.reply().is_some_and(is_quota);
-            return again(e.to_string(), quota);
-        }
+        // The route cannot be reached (or refuses the session): that holds for all its
+        // messages, so the whole route waits, instead of each message trying on its own.
+        Err(e) => return again(e.to_string(), true),
     };
     let env = match up.envelope(&from, &params, &rcpts).await {
         Ok(env) => env,
