@@ -140,6 +140,8 @@ pub struct QueueSettings {
     /// Credentials to deliver a sender's mail with, looked up by the client's AUTH user
     /// (or the sender): from the relay's secrets store, never from the queue.
     pub secrets: crate::queue::deliver::Secrets,
+    /// Per route (`default` or a route's label): its concurrency and rate.
+    pub route_limits: std::collections::HashMap<String, crate::queue::deliver::RouteLimits>,
 }
 
 impl std::fmt::Debug for QueueSettings {
@@ -157,6 +159,7 @@ impl std::fmt::Debug for QueueSettings {
 struct QueueRoutes {
     config: RelayConfig,
     secrets: crate::queue::deliver::Secrets,
+    limits: std::collections::HashMap<String, crate::queue::deliver::RouteLimits>,
 }
 
 impl crate::queue::deliver::Routes for QueueRoutes {
@@ -180,6 +183,10 @@ impl crate::queue::deliver::Routes for QueueRoutes {
             up.credentials = Some(c);
         }
         Some(up)
+    }
+
+    fn limits(&self, route: &str) -> crate::queue::deliver::RouteLimits {
+        self.limits.get(route).copied().unwrap_or_default()
     }
 
     fn bounces(&self, sender: &str) -> Option<UpstreamConfig> {
@@ -416,6 +423,7 @@ pub async fn start(mut config: RelayConfig) -> std::io::Result<RelayHandle> {
                 routes: Arc::new(QueueRoutes {
                     config: shared.config.clone(),
                     secrets: settings.secrets.clone(),
+                    limits: settings.route_limits.clone(),
                 }),
                 retry: settings.retry,
                 concurrency: settings.concurrency,

@@ -153,6 +153,10 @@ struct FileUpstream {
     passthrough: bool,
     /// `live` (default) or `queue` (store and forward; needs `[queue]`).
     mode: Option<String>,
+    /// Queue mode: deliveries at once on this route.
+    queue_concurrency: Option<usize>,
+    /// Queue mode: deliveries started per minute on this route (stay under its quotas).
+    queue_per_minute: Option<u32>,
     host: String,
     port: u16,
     /// `implicit`, `starttls` or `none`.
@@ -397,6 +401,23 @@ pub fn parse(text: &str, origin: &str, base: &Path) -> Result<Loaded, String> {
                 concurrency: q.concurrency.max(1),
                 tick: Duration::from_secs(1),
                 secrets: Arc::new(move |who: &str| secrets.get(&who.to_ascii_lowercase()).cloned()),
+                route_limits: std::iter::once(("default".to_string(), &f.upstream))
+                    .chain(
+                        routes
+                            .iter()
+                            .zip(&f.routes)
+                            .map(|(r, fr)| (r.label.clone(), fr)),
+                    )
+                    .map(|(label, u)| {
+                        (
+                            label,
+                            crate::queue::deliver::RouteLimits {
+                                concurrency: u.queue_concurrency,
+                                per_minute: u.queue_per_minute,
+                            },
+                        )
+                    })
+                    .collect(),
             })
         }
     };

@@ -150,6 +150,7 @@ pub async fn start(args: &UpArgs) -> Result<Up, String> {
             secrets: std::sync::Arc::new(move |who: &str| {
                 secrets.get(&who.to_lowercase()).cloned()
             }),
+            route_limits: Default::default(),
         });
     }
     let relay = relay::start(config)

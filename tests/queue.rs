@@ -6,11 +6,26 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fake_upstream::{Fault, Stage};
-use smtp_relay::queue::deliver::{Retry, Routes, Scheduler};
+use smtp_relay::queue::deliver::{Retry, RouteLimits, Routes, Scheduler};
 use smtp_relay::queue::store::{Queue, Queued, Rcpt, RcptState};
 use smtp_relay::upstream::UpstreamConfig;
 
 struct To(UpstreamConfig);
+
+/// A route with limits.
+struct Limited(UpstreamConfig, RouteLimits);
+
+impl Routes for Limited {
+    fn upstream(&self, _: &Queued) -> Option<UpstreamConfig> {
+        Some(self.0.clone())
+    }
+    fn bounces(&self, _: &str) -> Option<UpstreamConfig> {
+        Some(self.0.clone())
+    }
+    fn limits(&self, _: &str) -> RouteLimits {
+        self.1
+    }
+}
 
 impl Routes for To {
     fn upstream(&self, _: &Queued) -> Option<UpstreamConfig> {
@@ -293,6 +308,7 @@ async fn queue_relay(
         concurrency: 2,
         tick: Duration::from_millis(20),
         secrets: Arc::new(|_: &str| None),
+        route_limits: Default::default(),
     });
     let relay = smtp_relay::relay::start(config).await.unwrap();
     let queue = Queue::open(&dir.join("queue")).unwrap();
@@ -479,4 +495,55 @@ async fn the_admin_commands() {
         })
         .unwrap();
     assert!(!ok && err.contains("not a queue directory"), "{err}");
+}
+
+/// A route limited to 120 deliveries a minute starts one every half second, however many are
+/// due, instead of running into the upstream's quota.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_routes_rate_limit_spaces_its_deliveries() {
+    let sink = fake_upstream::testing::start(sink_config("queue-rate")).await;
+    let q = Queue::open(&queue_dir("rate")).unwrap();
+    for i in 0..3 {
+        enqueue(
+            &q,
+            record(&format!("r{i}"), "alice@163.com", &["bob@example.org"], 0),
+        )
+        .await;
+    }
+    let mut s = scheduler(&q, smtp_relay::load::plain_server(sink.addr()), quick());
+    s.concurrency = 8;
+    s.routes = Arc::new(Limited(
+        smtp_relay::load::plain_server(sink.addr()),
+        RouteLimits {
+            concurrency: Some(2),
+            per_minute: Some(120),
+        },
+    ));
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let sched = tokio::spawn(s.run(rx));
+    sink.wait_for(3, Duration::from_secs(10)).await.unwrap();
+    stop.send(true).unwrap();
+    sched.await.unwrap();
+    let mut mails: Vec<Instant> = sink
+        .transcripts()
+        .iter()
+        .flat_map(|t| {
+            t.lines
+                .iter()
+                .zip(&t.times)
+                .filter(|(l, _)| l.starts_with("C: MAIL"))
+                .map(|(_, at)| *at)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    mails.sort();
+    assert_eq!(mails.len(), 3);
+    for w in mails.windows(2) {
+        assert!(
+            w[1] - w[0] >= Duration::from_millis(450),
+            "{:?} apart",
+            w[1] - w[0]
+        );
+    }
+    sink.shutdown().await;
 }

@@ -257,6 +257,20 @@ pub trait Routes: Send + Sync {
     fn upstream(&self, rec: &Queued) -> Option<UpstreamConfig>;
     /// The upstream that carries bounces to `sender`, with the credentials for it.
     fn bounces(&self, sender: &str) -> Option<UpstreamConfig>;
+    /// How hard a route may be used (none by default).
+    fn limits(&self, _route: &str) -> RouteLimits {
+        RouteLimits::default()
+    }
+}
+
+/// A route's own limits, so that the relay stays under an upstream's quotas (163: 50
+/// messages a sender per 15 minutes...) instead of running into them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RouteLimits {
+    /// Deliveries at once on this route.
+    pub concurrency: Option<usize>,
+    /// Deliveries started per minute on this route.
+    pub per_minute: Option<u32>,
 }
 
 /// What the scheduler needs besides the queue.
@@ -295,8 +309,12 @@ impl Scheduler {
             Arc::default();
         let in_flight: Arc<std::sync::Mutex<std::collections::HashSet<String>>> = Arc::default();
         let gate = Arc::new(tokio::sync::Semaphore::new(me.concurrency.max(1)));
+        // Per route: its own slots, and when it may start its next delivery.
+        let mut route_gates: HashMap<String, Arc<tokio::sync::Semaphore>> = HashMap::new();
+        let mut next_start: HashMap<String, tokio::time::Instant> = HashMap::new();
         let mut tasks = tokio::task::JoinSet::new();
         loop {
+            let mut soonest: Option<tokio::time::Instant> = None;
             let due = match me.queue.list() {
                 Ok((records, _)) => records,
                 Err(e) => {
@@ -348,6 +366,40 @@ impl Scheduler {
                     drop(permit);
                     continue;
                 }
+                let limits = me.routes.limits(&rec.route);
+                let route_permit = match limits.concurrency {
+                    Some(n) => {
+                        let g = route_gates
+                            .entry(rec.route.clone())
+                            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(n.max(1))));
+                        match g.clone().try_acquire_owned() {
+                            Ok(p) => Some(p),
+                            Err(_) => {
+                                // The route is busy: the message waits for a later look.
+                                in_flight
+                                    .lock()
+                                    .unwrap_or_else(|e| e.into_inner())
+                                    .remove(&rec.id);
+                                continue;
+                            }
+                        }
+                    }
+                    None => None,
+                };
+                if let Some(per_minute) = limits.per_minute {
+                    let at = tokio::time::Instant::now();
+                    let allowed = next_start.get(&rec.route).copied().unwrap_or(at);
+                    if allowed > at {
+                        soonest = Some(soonest.map_or(allowed, |s| s.min(allowed)));
+                        in_flight
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .remove(&rec.id);
+                        continue;
+                    }
+                    let every = Duration::from_secs_f64(60.0 / f64::from(per_minute.max(1)));
+                    next_start.insert(rec.route.clone(), at + every);
+                }
                 let (me, paused, in_flight) = (me.clone(), paused.clone(), in_flight.clone());
                 tasks.spawn(async move {
                     let id = rec.id.clone();
@@ -356,12 +408,18 @@ impl Scheduler {
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .remove(&id);
+                    drop(route_permit);
                     drop(permit);
                 });
             }
             while tasks.try_join_next().is_some() {}
+            // The next look: after a tick, or when a rate-limited route may start again.
+            let wait = soonest.map_or(me.tick, |s| {
+                s.saturating_duration_since(tokio::time::Instant::now())
+                    .min(me.tick)
+            });
             tokio::select! {
-                _ = tokio::time::sleep(me.tick) => {}
+                _ = tokio::time::sleep(wait) => {}
                 _ = me.wake.notified() => {}
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
                 _ = smtp_net::stopped(&mut shutdown) => break,

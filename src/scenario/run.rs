@@ -275,6 +275,7 @@ impl Env {
                     secrets: std::sync::Arc::new(move |who: &str| {
                         secrets.get(&who.to_lowercase()).cloned()
                     }),
+                    route_limits: Default::default(),
                 });
                 for (k, v) in &sc.relay {
                     apply_relay_option(&mut config, &accounts, k, v)?;
