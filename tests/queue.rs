@@ -547,3 +547,33 @@ async fn a_routes_rate_limit_spaces_its_deliveries() {
     }
     sink.shutdown().await;
 }
+
+/// Due messages of one route and sender go over one upstream connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_senders_messages_share_a_connection() {
+    let mut config = sink_config("queue-batch");
+    config.transcripts = true;
+    let sink = fake_upstream::testing::start(config).await;
+    let q = Queue::open(&queue_dir("batch")).unwrap();
+    for i in 0..5 {
+        enqueue(
+            &q,
+            record(&format!("b{i}"), "alice@163.com", &["bob@example.org"], 0),
+        )
+        .await;
+    }
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let sched =
+        tokio::spawn(scheduler(&q, smtp_relay::load::plain_server(sink.addr()), quick()).run(rx));
+    sink.wait_for(5, Duration::from_secs(5)).await.unwrap();
+    stop.send(true).unwrap();
+    sched.await.unwrap();
+    let sessions: Vec<usize> = sink
+        .transcripts()
+        .iter()
+        .map(|t| t.lines.iter().filter(|l| l.starts_with("C: MAIL")).count())
+        .filter(|n| *n > 0)
+        .collect();
+    assert_eq!(sessions, [5], "five messages over one connection");
+    sink.shutdown().await;
+}

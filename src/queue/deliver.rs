@@ -121,6 +121,22 @@ fn settle(rec: &mut Queued, indexes: &[usize], reply: &Reply) {
 /// One attempt: the message's pending recipients, over one session with `upstream`. The
 /// record is changed in memory; the caller makes it durable.
 pub async fn attempt(queue: &Queue, rec: &mut Queued, upstream: &UpstreamConfig) -> Attempt {
+    let mut conn = None;
+    let outcome = attempt_on(&mut conn, queue, rec, upstream).await;
+    if let Some(up) = conn {
+        up.quit().await;
+    }
+    outcome
+}
+
+/// One attempt over `conn` (opened when `None`); a session left in a clean state is put back
+/// into `conn` for the next message of the same route and sender, one lost is dropped.
+pub async fn attempt_on(
+    conn: &mut Option<Upstream>,
+    queue: &Queue,
+    rec: &mut Queued,
+    upstream: &UpstreamConfig,
+) -> Attempt {
     let again = |reason: String, quota: bool| Attempt::Again { reason, quota };
     let Some((from, params)) = parse_mail(rec) else {
         for r in &mut rec.rcpts {
@@ -154,11 +170,14 @@ pub async fn attempt(queue: &Queue, rec: &mut Queued, upstream: &UpstreamConfig)
     if rcpts.is_empty() {
         return Attempt::Finished;
     }
-    let mut up = match Upstream::connect(upstream).await {
-        Ok(up) => up,
-        // The route cannot be reached (or refuses the session): that holds for all its
-        // messages, so the whole route waits, instead of each message trying on its own.
-        Err(e) => return again(e.to_string(), true),
+    let mut up = match conn.take() {
+        Some(up) => up,
+        None => match Upstream::connect(upstream).await {
+            Ok(up) => up,
+            // The route cannot be reached (or refuses the session): that holds for all its
+            // messages, so the whole route waits, instead of each message trying on its own.
+            Err(e) => return again(e.to_string(), true),
+        },
     };
     let env = match up.envelope(&from, &params, &rcpts).await {
         Ok(env) => env,
@@ -170,7 +189,7 @@ pub async fn attempt(queue: &Queue, rec: &mut Queued, upstream: &UpstreamConfig)
     if !env.mail.is_positive() {
         let quota = is_quota(&env.mail);
         settle(rec, &sent, &env.mail);
-        up.quit().await;
+        *conn = Some(up);
         return if rec.done() {
             Attempt::Finished
         } else {
@@ -188,8 +207,9 @@ pub async fn attempt(queue: &Queue, rec: &mut Queued, upstream: &UpstreamConfig)
         }
     }
     if accepted.is_empty() {
-        let _ = up.rset().await;
-        up.quit().await;
+        if up.rset().await.is_ok() {
+            *conn = Some(up);
+        }
         return if rec.done() {
             Attempt::Finished
         } else {
@@ -199,7 +219,7 @@ pub async fn attempt(queue: &Queue, rec: &mut Queued, upstream: &UpstreamConfig)
     let result = async {
         let r = up.data().await?;
         if r.code != 354 {
-            return Ok(r);
+            return Ok((r, false));
         }
         let mut file = tokio::fs::File::open(queue.message_path(&rec.id))
             .await
@@ -223,14 +243,18 @@ pub async fn attempt(queue: &Queue, rec: &mut Queued, upstream: &UpstreamConfig)
             }
             up.body(&buf[..n]).await?;
         }
-        up.end_of_data().await
+        up.end_of_data().await.map(|r| (r, true))
     }
     .await;
     match result {
-        Ok(reply) => {
+        Ok((reply, ended)) => {
             quota |= is_quota(&reply);
             settle(rec, &accepted, &reply);
-            up.quit().await;
+            // After a final reply the session is clean; after a refused DATA it is still in
+            // the transaction.
+            if ended || up.rset().await.is_ok() {
+                *conn = Some(up);
+            }
             if rec.done() {
                 Attempt::Finished
             } else {
@@ -323,91 +347,103 @@ impl Scheduler {
                 }
             };
             let t = now();
+            // Due messages, grouped by route and sender (the same credentials): each group
+            // goes over one upstream connection, at most BATCH messages.
+            let mut groups: Vec<(String, Vec<Queued>)> = Vec::new();
             for rec in due {
-                if parse_time(&rec.next_attempt) > t {
-                    continue;
-                }
-                if paused
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get(&rec.route)
-                    .is_some_and(|until| *until > t)
+                if parse_time(&rec.next_attempt) > t
+                    || paused
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get(&rec.route)
+                        .is_some_and(|until| *until > t)
+                    || !in_flight
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(rec.id.clone())
                 {
                     continue;
                 }
-                if !in_flight
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(rec.id.clone())
+                let key = format!(
+                    "{}\n{}",
+                    rec.route,
+                    rec.auth_user.as_deref().unwrap_or(&rec.mail_from)
+                );
+                match groups
+                    .iter_mut()
+                    .rev()
+                    .find(|(k, g)| *k == key && g.len() < BATCH)
                 {
-                    continue;
+                    Some((_, g)) => g.push(rec),
+                    None => groups.push((key, vec![rec])),
                 }
-                // Every due message of this listing is dispatched, waiting for a free slot:
-                // listing the queue again for each few would make a large backlog crawl.
+            }
+            let release = |recs: &[Queued]| {
+                let mut f = in_flight.lock().unwrap_or_else(|e| e.into_inner());
+                for r in recs {
+                    f.remove(&r.id);
+                }
+            };
+            for (_, group) in groups {
+                let route = group[0].route.clone();
+                // Every group of this listing is dispatched, waiting for a free slot: listing
+                // the queue again for each few would make a large backlog crawl.
                 let permit = tokio::select! {
                     p = gate.clone().acquire_owned() => p.expect("never closed"),
                     _ = smtp_net::stopped(&mut shutdown) => {
-                        in_flight.lock().unwrap_or_else(|e| e.into_inner()).remove(&rec.id);
+                        release(&group);
                         break;
                     }
                 };
                 while tasks.try_join_next().is_some() {}
-                // The route may have been backed off while this message waited for its slot.
+                // The route may have been backed off while this group waited for its slot.
                 if paused
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .get(&rec.route)
+                    .get(&route)
                     .is_some_and(|until| *until > now())
                 {
-                    in_flight
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .remove(&rec.id);
-                    drop(permit);
+                    release(&group);
                     continue;
                 }
-                let limits = me.routes.limits(&rec.route);
+                let limits = me.routes.limits(&route);
                 let route_permit = match limits.concurrency {
                     Some(n) => {
                         let g = route_gates
-                            .entry(rec.route.clone())
+                            .entry(route.clone())
                             .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(n.max(1))));
                         match g.clone().try_acquire_owned() {
                             Ok(p) => Some(p),
                             Err(_) => {
-                                // The route is busy: the message waits for a later look.
-                                in_flight
-                                    .lock()
-                                    .unwrap_or_else(|e| e.into_inner())
-                                    .remove(&rec.id);
+                                // The route is busy: the group waits for a later look.
+                                release(&group);
                                 continue;
                             }
                         }
                     }
                     None => None,
                 };
+                let mut every = None;
                 if let Some(per_minute) = limits.per_minute {
                     let at = tokio::time::Instant::now();
-                    let allowed = next_start.get(&rec.route).copied().unwrap_or(at);
+                    let allowed = next_start.get(&route).copied().unwrap_or(at);
                     if allowed > at {
                         soonest = Some(soonest.map_or(allowed, |s| s.min(allowed)));
-                        in_flight
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .remove(&rec.id);
+                        release(&group);
                         continue;
                     }
-                    let every = Duration::from_secs_f64(60.0 / f64::from(per_minute.max(1)));
-                    next_start.insert(rec.route.clone(), at + every);
+                    let e = Duration::from_secs_f64(60.0 / f64::from(per_minute.max(1)));
+                    next_start.insert(route.clone(), at + e * group.len() as u32);
+                    every = Some(e);
                 }
                 let (me, paused, in_flight) = (me.clone(), paused.clone(), in_flight.clone());
                 tasks.spawn(async move {
-                    let id = rec.id.clone();
-                    me.deliver(rec, &paused).await;
-                    in_flight
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .remove(&id);
+                    let ids: Vec<String> = group.iter().map(|r| r.id.clone()).collect();
+                    me.deliver_group(group, &paused, every).await;
+                    let mut f = in_flight.lock().unwrap_or_else(|e| e.into_inner());
+                    for id in ids {
+                        f.remove(&id);
+                    }
                     drop(route_permit);
                     drop(permit);
                 });
@@ -429,18 +465,51 @@ impl Scheduler {
         while tasks.join_next().await.is_some() {}
     }
 
-    async fn deliver(
+    /// Delivers a group (one route, one sender) over one connection, spaced by the route's
+    /// rate; stops early when the route is backed off meanwhile (the rest stay due).
+    async fn deliver_group(
+        &self,
+        group: Vec<Queued>,
+        paused: &std::sync::Mutex<HashMap<String, chrono::DateTime<chrono::Utc>>>,
+        every: Option<Duration>,
+    ) {
+        let mut conn = None;
+        for (i, mut rec) in group.into_iter().enumerate() {
+            if i > 0
+                && let Some(e) = every
+            {
+                tokio::time::sleep(e).await;
+            }
+            if paused
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&rec.route)
+                .is_some_and(|until| *until > now())
+            {
+                break;
+            }
+            let outcome = match self.routes.upstream(&rec) {
+                Some(upstream) => attempt_on(&mut conn, &self.queue, &mut rec, &upstream).await,
+                None => Attempt::Again {
+                    reason: format!("no route named {}", rec.route),
+                    quota: false,
+                },
+            };
+            self.settle_outcome(rec, outcome, paused).await;
+        }
+        if let Some(up) = conn {
+            up.quit().await;
+        }
+    }
+
+    /// Makes an attempt's outcome durable: the record updated with its next attempt, or the
+    /// message out of the queue (with a bounce for what failed).
+    async fn settle_outcome(
         &self,
         mut rec: Queued,
+        outcome: Attempt,
         paused: &std::sync::Mutex<HashMap<String, chrono::DateTime<chrono::Utc>>>,
     ) {
-        let outcome = match self.routes.upstream(&rec) {
-            Some(upstream) => attempt(&self.queue, &mut rec, &upstream).await,
-            None => Attempt::Again {
-                reason: format!("no route named {}", rec.route),
-                quota: false,
-            },
-        };
         rec.attempts += 1;
         // Deleted meanwhile (`smtp-relay queue delete`): leave it gone.
         if self.queue.load(&rec.id).is_err() {
@@ -582,6 +651,9 @@ fn fastrand_unit(id: &str, attempts: u32) -> f64 {
     z ^= z >> 31;
     (z >> 11) as f64 / (1u64 << 53) as f64
 }
+
+/// Messages of one route and sender sent over one upstream connection.
+const BATCH: usize = 20;
 
 /// Credentials for a sender, from the relay's secrets store (never the queue).
 pub type Secrets = Arc<dyn Fn(&str) -> Option<Credentials> + Send + Sync>;
