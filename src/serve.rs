@@ -551,41 +551,18 @@ fn upstream_config(u: &FileUpstream, key: &str, ctx: &Ctx) -> Result<UpstreamCon
         }
         None => public_roots(),
     };
-    let credentials = match (&u.username, &u.password_env, &u.password_file) {
-        (None, None, None) => None,
-        (Some(user), Some(var), None) => {
-            let secret = std::env::var(var).map_err(|_| {
-                bad(
-                    origin,
-                    &format!("{key}.password_env"),
-                    format!("environment variable {var} is not set"),
-                )
-            })?;
+    let credentials = match &u.username {
+        None if u.password_env.is_none() && u.password_file.is_none() => None,
+        Some(user) => {
+            let file = u.password_file.as_deref().map(at);
+            let secret = read_secret(origin, key, u.password_env.as_deref(), file.as_deref())?;
             Some(Credentials::new(user.clone(), secret))
         }
-        (Some(user), None, Some(file)) => {
-            let text = std::fs::read_to_string(at(file)).map_err(|e| {
-                bad(
-                    origin,
-                    &format!("{key}.password_file"),
-                    format!("{}: {e}", at(file).display()),
-                )
-            })?;
-            let secret = text.lines().next().unwrap_or_default().trim().to_string();
-            if secret.is_empty() {
-                return Err(bad(
-                    origin,
-                    &format!("{key}.password_file"),
-                    "the file is empty",
-                ));
-            }
-            Some(Credentials::new(user.clone(), secret))
-        }
-        _ => {
+        None => {
             return Err(bad(
                 origin,
                 key,
-                "give username with exactly one of password_env or password_file",
+                "a password_env or password_file needs the username it belongs to",
             ));
         }
     };
