@@ -32,13 +32,8 @@ pub const SUBDIRS: u64 = 16;
 
 /// The subdirectory of message `id`: one hex digit of a hash of the id.
 pub fn subdir(id: &str) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in id.as_bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
     // The high bits: FNV-1a's low bits spread poorly.
-    format!("{:x}", (h >> 32) % SUBDIRS)
+    format!("{:x}", (crate::fnv64(id.as_bytes()) >> 32) % SUBDIRS)
 }
 
 /// `dir/<subdir>/<id>.<ext>`.

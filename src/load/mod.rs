@@ -87,15 +87,7 @@ pub struct Arrivals {
 /// started (µs from the run's start) and a hash of the body.
 pub const CHECK_HEADER: &str = "X-Smtp-Relay-Load";
 
-/// FNV-1a, 64 bits: cheap and enough to tell a corrupted body.
-pub fn fnv64(data: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in data {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
+pub use crate::fnv64;
 
 /// A body of `size` octets: 76-character lines of text ending in CRLF, no line starting
 /// with a dot.

@@ -645,7 +645,7 @@ impl Scheduler {
 fn fastrand_unit(id: &str, attempts: u32) -> f64 {
     // FNV-1a, then SplitMix64's finaliser: FNV's high bits barely move between similar
     // inputs.
-    let mut z = crate::load::fnv64(format!("{id}/{attempts}").as_bytes());
+    let mut z = crate::fnv64(format!("{id}/{attempts}").as_bytes());
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^= z >> 31;
