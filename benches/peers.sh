@@ -24,15 +24,9 @@ P_RELAY_SHM=${P_RELAY_SHM:-28029}
 P_RELAY_QUEUE=${P_RELAY_QUEUE:-28030}
 P_QUEUE_METRICS=${P_QUEUE_METRICS:-28031}
 
-need=()
-[ -x /usr/sbin/postfix ] || need+=(postfix)
-command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
-if [ "${#need[@]}" -gt 0 ]; then
-  echo "installing ${need[*]}..." >&2
-  apt-get update -qq
-  echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+# shellcheck source=postfix-relay.sh
+. benches/postfix-relay.sh
+need_packages postfix haproxy
 export PATH="$PATH:/usr/sbin"
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
@@ -44,21 +38,12 @@ tmp=$(mktemp -d /tmp/smtp-relay-peers.XXXXXX)
 chmod 755 "$tmp"
 pids=()
 cleanup() {
-  /usr/sbin/postfix -c "$tmp/postfix/conf" stop >/dev/null 2>&1 || true
+  postfix_relay_stop "$tmp/postfix"
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
   rm -rf "$tmp" "${shm:-/nonexistent}"
 }
 trap cleanup EXIT
-
-wait_port() {
-  for _ in $(seq 1 100); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-    sleep 0.1
-  done
-  echo "nothing listens on port $1" >&2
-  exit 1
-}
 
 # The sink.
 ./target/release/fake-upstream --persona sink --no-limits --listen "127.0.0.1:$P_SINK" \
@@ -100,57 +85,13 @@ printf '[queue]\ndir = "%s"\nfirst_retry_secs = 1\nmax_retry_secs = 5\nconcurren
 pids+=($!)
 
 # Postfix as a relay to the sink.
-mkdir -p "$tmp/postfix/conf" "$tmp/postfix/queue" "$tmp/postfix/data"
-chown postfix:postfix "$tmp/postfix/data"
-cat >"$tmp/postfix/conf/main.cf" <<MAIN
-compatibility_level = 3.6
-queue_directory = $tmp/postfix/queue
-data_directory = $tmp/postfix/data
-command_directory = /usr/sbin
-daemon_directory = /usr/lib/postfix/sbin
-mail_owner = postfix
-setgid_group = postdrop
-myhostname = postfix.peers
-inet_interfaces = 127.0.0.1
-inet_protocols = ipv4
-mydestination =
-local_recipient_maps =
-mynetworks = 127.0.0.0/8
-relayhost = [127.0.0.1]:$P_SINK
-smtpd_relay_restrictions = permit_mynetworks, reject
-local_header_rewrite_clients =
-smtp_tls_security_level = none
-smtpd_tls_security_level = none
-maillog_file = /dev/stdout
+postfix_relay "$tmp/postfix" "$P_POSTFIX" "$P_SINK" "$(cat <<'EXTRA'
 default_process_limit = 200
 smtpd_client_connection_count_limit = 0
 smtpd_client_connection_rate_limit = 0
 message_size_limit = 104857600
-MAIN
-cat >"$tmp/postfix/conf/master.cf" <<MASTER
-127.0.0.1:$P_POSTFIX inet n - n - - smtpd
-pickup    unix  n - n 60 1 pickup
-cleanup   unix  n - n - 0 cleanup
-qmgr      unix  n - n 300 1 qmgr
-rewrite   unix  - - n - - trivial-rewrite
-bounce    unix  - - n - 0 bounce
-defer     unix  - - n - 0 bounce
-trace     unix  - - n - 0 bounce
-verify    unix  - - n - 1 verify
-flush     unix  n - n 1000? 0 flush
-proxymap  unix  - - n - - proxymap
-smtp      unix  - - n - - smtp
-relay     unix  - - n - - smtp
-showq     unix  n - n - - showq
-error     unix  - - n - - error
-retry     unix  - - n - - error
-discard   unix  - - n - - discard
-anvil     unix  - - n - 1 anvil
-scache    unix  - - n - 1 scache
-postlog   unix-dgram n - n - 1 postlogd
-MASTER
-/usr/sbin/postfix -c "$tmp/postfix/conf" start-fg >"$tmp/postfix.log" 2>&1 &
-pids+=($!)
+EXTRA
+)"
 
 # HAProxy in TCP mode.
 cat >"$tmp/haproxy.cfg" <<CFG

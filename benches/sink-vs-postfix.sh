@@ -18,11 +18,9 @@ RUNS=${RUNS:-3}
 PORT_FAKE=${PORT_FAKE:-27025}
 PORT_POSTFIX=${PORT_POSTFIX:-27026}
 
-if ! command -v smtp-source >/dev/null 2>&1 && [ ! -x /usr/sbin/smtp-source ]; then
-  echo "installing postfix (for smtp-source and smtp-sink)..." >&2
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postfix >/dev/null
-fi
+# shellcheck source=postfix-relay.sh
+. benches/postfix-relay.sh
+need_packages smtp-source
 export PATH="$PATH:/usr/sbin"
 
 cargo build --release -q -p fake-upstream
@@ -41,14 +39,6 @@ pids+=($!)
 smtp-sink -u nobody -m 1000 "127.0.0.1:$PORT_POSTFIX" 1024 >"$tmp/sink.log" 2>&1 &
 pids+=($!)
 
-wait_port() {
-  for _ in $(seq 1 100); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-    sleep 0.1
-  done
-  echo "nothing listens on port $1" >&2
-  exit 1
-}
 wait_port "$PORT_FAKE"
 wait_port "$PORT_POSTFIX"
 
