@@ -653,7 +653,10 @@ async fn stream_content(
 ) {
     if let Some(q) = queue_file.as_mut()
         && q.error.is_none()
-        && let Err(e) = q.file.write_all(data).await
+        && let Err(e) = {
+            q.content.size += data.len() as u64;
+            q.content.take(data).await
+        }
     {
         q.error = Some(e.to_string());
     }
@@ -767,6 +770,25 @@ impl Spool {
         Ok(())
     }
 
+    /// A writer whose file is created now.
+    async fn create(id: String, path: PathBuf) -> std::io::Result<Spool> {
+        let file = tokio::fs::File::create(&path).await?;
+        Ok(Spool {
+            file: Some(file),
+            ..Spool::new(id, path)
+        })
+    }
+
+    /// Writes what is left and flushes (the file exists afterwards).
+    async fn finish(mut self) -> std::io::Result<()> {
+        let mut file = match self.file.take() {
+            Some(f) => f,
+            None => tokio::fs::File::create(&self.path).await?,
+        };
+        file.write_all(&self.pending).await?;
+        file.flush().await
+    }
+
     /// Writes what is left of the message and its record.
     async fn keep(self, record: Vec<u8>) -> std::io::Result<()> {
         let json = self.path.with_extension("json");
@@ -792,8 +814,9 @@ impl Spool {
 
 /// A message's content being written for the queue.
 struct QueueFile {
-    path: PathBuf,
-    file: tokio::fs::File,
+    /// The same buffered writer as the spool copy's (its file opened at once, so that a
+    /// queue that cannot be written is known at DATA).
+    content: Spool,
     /// The first write error (the message is then refused with 452 4.3.1).
     error: Option<String>,
 }
@@ -1639,11 +1662,9 @@ impl Session {
             .any(|l| self.queued(l.route) && !l.accepted.is_empty())
             && let Some(queue) = &self.shared.queue
         {
-            let qpath = queue.tmp_path(&id);
-            let file = tokio::fs::File::create(&qpath).await?;
+            let content = Spool::create(id.clone(), queue.tmp_path(&id)).await?;
             self.queue_file = Some(QueueFile {
-                path: qpath,
-                file,
+                content,
                 error: None,
             });
         }
@@ -1888,16 +1909,13 @@ impl Session {
         let Some(queue) = self.shared.queue.clone() else {
             return Err(refuse("no queue".into()));
         };
-        let written = async {
-            if let Some(e) = qf.error.take() {
-                return Err(e);
-            }
-            qf.file.flush().await.map_err(|e| e.to_string())
-        }
-        .await;
-        drop(qf.file);
+        let (path, size) = (qf.content.path.clone(), qf.content.size);
+        let written = match qf.error.take() {
+            Some(e) => Err(e),
+            None => qf.content.finish().await.map_err(|e| e.to_string()),
+        };
         if let Err(e) = written {
-            let _ = tokio::fs::remove_file(&qf.path).await;
+            let _ = tokio::fs::remove_file(&path).await;
             tracing::error!(session = self.id, error = %e, "cannot write to the queue");
             return Err(refuse(e));
         }
@@ -1913,7 +1931,6 @@ impl Session {
             .map(|s| s.id.clone())
             .unwrap_or_default();
         let now = chrono::Utc::now().to_rfc3339();
-        let size = std::fs::metadata(&qf.path).map(|m| m.len()).unwrap_or(0);
         for (n, &r) in routes.iter().enumerate() {
             let label = match r {
                 0 => "default".to_string(),
@@ -1925,10 +1942,10 @@ impl Session {
                 format!("{base}-{label}")
             };
             let content = if n + 1 == routes.len() {
-                qf.path.clone()
+                path.clone()
             } else {
                 let link = queue.tmp_path(&id);
-                if let Err(e) = std::fs::hard_link(&qf.path, &link) {
+                if let Err(e) = std::fs::hard_link(&path, &link) {
                     return Err(refuse(e.to_string()));
                 }
                 link
@@ -2069,8 +2086,9 @@ impl Session {
 
     async fn discard_spool(&mut self) {
         if let Some(q) = self.queue_file.take() {
-            drop(q.file);
-            let _ = tokio::fs::remove_file(&q.path).await;
+            let path = q.content.path.clone();
+            drop(q);
+            let _ = tokio::fs::remove_file(&path).await;
         }
         if let Some(spool) = self.spool.take()
             && let Some(file) = spool.file

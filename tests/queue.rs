@@ -98,6 +98,37 @@ fn sink_config(name: &str) -> fake_upstream::Config {
     config
 }
 
+/// When the sink received each MAIL command, in order, once it has seen at least `n` (a
+/// session's transcript is complete only when the sink has closed it, a moment after the
+/// relay's QUIT).
+async fn mail_times(sink: &fake_upstream::Handle, n: usize) -> Vec<Instant> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let times = mail_times_now(sink);
+        if times.len() >= n || Instant::now() >= deadline {
+            return times;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn mail_times_now(sink: &fake_upstream::Handle) -> Vec<Instant> {
+    let mut times: Vec<Instant> = sink
+        .transcripts()
+        .iter()
+        .flat_map(|t| {
+            t.lines
+                .iter()
+                .zip(&t.times)
+                .filter(|(l, _)| l.starts_with("C: MAIL"))
+                .map(|(_, at)| *at)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    times.sort();
+    times
+}
+
 fn queue_dir(name: &str) -> std::path::PathBuf {
     fake_upstream::testing::temp_dir(&format!("queue-{name}"))
 }
@@ -176,19 +207,7 @@ async fn a_quota_reply_backs_the_whole_route_off() {
     sched.await.unwrap();
     // The MAIL commands the sink saw, with when: after the quota reply, nothing for the
     // route's back-off (200 ms), although the second message was due.
-    let mut mails: Vec<Instant> = sink
-        .transcripts()
-        .iter()
-        .flat_map(|t| {
-            t.lines
-                .iter()
-                .zip(&t.times)
-                .filter(|(l, _)| l.starts_with("C: MAIL"))
-                .map(|(_, at)| *at)
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    mails.sort();
+    let mails = mail_times(&sink, 3).await;
     assert_eq!(mails.len(), 3, "one refused, then one each");
     let gap = mails[1] - mails[0];
     assert!(
@@ -524,19 +543,7 @@ async fn a_routes_rate_limit_spaces_its_deliveries() {
     sink.wait_for(3, Duration::from_secs(10)).await.unwrap();
     stop.send(true).unwrap();
     sched.await.unwrap();
-    let mut mails: Vec<Instant> = sink
-        .transcripts()
-        .iter()
-        .flat_map(|t| {
-            t.lines
-                .iter()
-                .zip(&t.times)
-                .filter(|(l, _)| l.starts_with("C: MAIL"))
-                .map(|(_, at)| *at)
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    mails.sort();
+    let mails = mail_times(&sink, 3).await;
     assert_eq!(mails.len(), 3);
     for w in mails.windows(2) {
         assert!(
@@ -568,6 +575,8 @@ async fn one_senders_messages_share_a_connection() {
     sink.wait_for(5, Duration::from_secs(5)).await.unwrap();
     stop.send(true).unwrap();
     sched.await.unwrap();
+    // The sink files a transcript when its connection closes; wait for it.
+    mail_times(&sink, 5).await;
     let sessions: Vec<usize> = sink
         .transcripts()
         .iter()
