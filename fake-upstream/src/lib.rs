@@ -22,9 +22,11 @@
 //!   persona's policy, the [`Handle`].
 //! - [`cli`]: the `fake-upstream` command line.
 //! - [`testing`]: a raw SMTP client and helpers for tests against any SMTP server.
+//! - [`dates`]: RFC 5322 dates found in text, for the transcript normalisers.
 
 pub mod cli;
 pub mod config;
+pub mod dates;
 pub mod error;
 pub mod faults;
 pub mod persona;

@@ -172,8 +172,8 @@ pub fn b64(s: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(s)
 }
 
-/// Replaces the volatile parts of a transcript: client ports, the coremail token, transids
-/// and ten-digit unix timestamps.
+/// Replaces the volatile parts of a transcript: client ports, the coremail token, transids,
+/// RFC 5322 dates (any form, see [`crate::dates`]) and ten-digit unix timestamps.
 pub fn normalize(text: &str) -> String {
     let mut out = String::new();
     for line in text.lines() {
@@ -193,7 +193,7 @@ pub fn normalize(text: &str) -> String {
                 .unwrap_or(l.len());
             l.replace_range(start..end, "<port>");
         }
-        out.push_str(&replace_timestamps(&l));
+        out.push_str(&replace_timestamps(&crate::dates::replace_dates(&l)));
         out.push('\n');
     }
     out
