@@ -11,7 +11,7 @@ pub struct LogGuard {
 
 /// Sends the process's logs to `dir/relay.log`.
 pub fn init(dir: &Path, json: bool) -> Result<LogGuard, String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    smtp_net::files::private_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let appender = tracing_appender::rolling::never(dir, "relay.log");
     let (writer, guard) = tracing_appender::non_blocking(appender);
     let builder = tracing_subscriber::fmt()

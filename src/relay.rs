@@ -396,8 +396,14 @@ pub async fn start(mut config: RelayConfig) -> std::io::Result<RelayHandle> {
         queue,
         wake: Arc::default(),
         metrics: Arc::default(),
+        // Session numbers go on from the last run's transcripts, so that none is replaced.
+        next_id: AtomicU64::new(
+            config
+                .transcripts
+                .as_deref()
+                .map_or(1, smtp_net::files::next_number),
+        ),
         config,
-        next_id: AtomicU64::new(1),
     });
     if shared.config.probe_routes {
         probe_routes(&shared).await;
@@ -619,9 +625,17 @@ async fn client(
     );
     session.note("* closed".into());
     if let (Some(lines), Some(dir)) = (session.transcript.take(), &shared.config.transcripts) {
-        let _ = tokio::fs::create_dir_all(dir).await;
-        let path = dir.join(format!("{:06}.log", session.id));
-        let _ = tokio::fs::write(&path, lines.join("\n") + "\n").await;
+        let text = lines.join("\n") + "\n";
+        let written = smtp_net::files::write_new_async(
+            dir.clone(),
+            format!("{:06}", session.id),
+            "log",
+            text.into_bytes(),
+        )
+        .await;
+        if let Err(e) = written {
+            tracing::warn!(session = session.id, dir = %dir.display(), error = %e, "transcript not written");
+        }
         let mut kept = shared.transcripts.lock().unwrap_or_else(|e| e.into_inner());
         if kept.len() >= 1000 {
             kept.pop_front();
@@ -762,7 +776,7 @@ impl Spool {
             return Ok(());
         }
         if self.file.is_none() {
-            self.file = Some(tokio::fs::File::create(&self.path).await?);
+            self.file = Some(crate::spool::create_private(&self.path).await?);
         }
         let file = self.file.as_mut().expect("opened");
         file.write_all(&self.pending).await?;
@@ -772,7 +786,7 @@ impl Spool {
 
     /// A writer whose file is created now.
     async fn create(id: String, path: PathBuf) -> std::io::Result<Spool> {
-        let file = tokio::fs::File::create(&path).await?;
+        let file = crate::spool::create_private(&path).await?;
         Ok(Spool {
             file: Some(file),
             ..Spool::new(id, path)
@@ -783,7 +797,7 @@ impl Spool {
     async fn finish(mut self) -> std::io::Result<()> {
         let mut file = match self.file.take() {
             Some(f) => f,
-            None => tokio::fs::File::create(&self.path).await?,
+            None => crate::spool::create_private(&self.path).await?,
         };
         file.write_all(&self.pending).await?;
         file.flush().await
@@ -796,8 +810,8 @@ impl Spool {
             None => {
                 let (path, pending) = (self.path, self.pending);
                 tokio::task::spawn_blocking(move || {
-                    std::fs::write(&path, &pending)?;
-                    std::fs::write(json, record)
+                    crate::spool::write_private(&path, &pending)?;
+                    crate::spool::write_private(&json, &record)
                 })
                 .await
                 .map_err(std::io::Error::other)?
@@ -806,7 +820,9 @@ impl Spool {
                 file.write_all(&self.pending).await?;
                 file.flush().await?;
                 drop(file);
-                tokio::fs::write(json, record).await
+                tokio::task::spawn_blocking(move || crate::spool::write_private(&json, &record))
+                    .await
+                    .map_err(std::io::Error::other)?
             }
         }
     }
@@ -2034,7 +2050,8 @@ impl Session {
         let as_daemon = report(&daemon);
         let as_sender = report(&sender_text);
         let path = spool.path.with_extension("dsn.eml");
-        let _ = tokio::fs::write(&path, &as_daemon).await;
+        let (p, bytes) = (path.clone(), as_daemon.clone());
+        let _ = tokio::task::spawn_blocking(move || crate::spool::write_private(&p, &bytes)).await;
         let mut config = cfg.upstream.clone();
         if uses_client_credentials(cfg, 0) {
             config.credentials = self.credentials.clone();

@@ -41,12 +41,42 @@ pub fn path_for(dir: &Path, id: &str, ext: &str) -> PathBuf {
     dir.join(subdir(id)).join(format!("{id}.{ext}"))
 }
 
-/// Creates the spool directory and its subdirectories.
+/// Creates the spool directory and its subdirectories, private to the relay's user.
 pub fn create(dir: &Path) -> std::io::Result<()> {
+    smtp_net::files::private_dir(dir)?;
     for i in 0..SUBDIRS {
-        std::fs::create_dir_all(dir.join(format!("{i:x}")))?;
+        smtp_net::files::private_dir(&dir.join(format!("{i:x}")))?;
     }
     Ok(())
+}
+
+/// Creates (or truncates) a file only the relay's user can read: every message, record and
+/// queue file goes through here or [`write_private`].
+pub async fn create_private(path: &Path) -> std::io::Result<tokio::fs::File> {
+    tokio::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(smtp_net::files::FILE_MODE)
+        .open(path)
+        .await
+}
+
+/// [`create_private`] for blocking code.
+pub fn create_private_sync(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(smtp_net::files::FILE_MODE)
+        .open(path)
+}
+
+/// Writes `bytes` to a private file (see [`create_private`]).
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    create_private_sync(path)?.write_all(bytes)
 }
 
 /// Every file of the spool: in its subdirectories, and directly in it (older spools).

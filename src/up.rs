@@ -67,7 +67,7 @@ pub struct Up {
 /// Starts the fake upstream and the relay.
 pub async fn start(args: &UpArgs) -> Result<Up, String> {
     let data = &args.data_dir;
-    std::fs::create_dir_all(data).map_err(|e| format!("{}: {e}", data.display()))?;
+    smtp_net::files::private_dir(data).map_err(|e| format!("{}: {e}", data.display()))?;
     let files = TlsFiles::in_dir(data);
     let tls = fake_upstream::tls::load_or_generate(files.clone()).map_err(|e| e.to_string())?;
 

@@ -53,18 +53,24 @@ fn unknown_subcommand_is_a_usage_error() {
 
 /// Starts `smtp-relay up` with `extra` arguments on port 0 everywhere, in a fresh data
 /// directory; returns the child, its banner lines (up to the Ctrl-C line) and the directory.
-fn start_up(
-    name: &str,
-    extra: &[&str],
-) -> (
+type Started = (
     fake_upstream::testing::Reap,
     Vec<String>,
     std::path::PathBuf,
-) {
+);
+
+fn start_up(name: &str, extra: &[&str]) -> Started {
+    start_up_in(name, extra, true)
+}
+
+/// `up` in `<tmp>/<name>-<pid>`, emptied first when `fresh`.
+fn start_up_in(name: &str, extra: &[&str], fresh: bool) -> Started {
     use std::io::{BufRead, BufReader};
     let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    if fresh {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     let child = bin()
         .arg("up")
         .arg("--data-dir")
@@ -353,4 +359,71 @@ fn up_queue_queues_then_delivers() {
     assert!(killed.success());
     assert!(child.0.wait().unwrap().success());
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Every file and directory under `dir`, with its mode.
+fn modes(dir: &std::path::Path) -> Vec<(std::path::PathBuf, u32)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let meta = std::fs::symlink_metadata(&p).unwrap();
+            out.push((p.clone(), meta.permissions().mode() & 0o777));
+            if meta.is_dir() {
+                stack.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Restarting `up` in the same data directory replaces no file of the earlier run (the relay's
+/// transcripts, the fake's transcripts and raw DATA copies, mailboxes), and everything the
+/// relay and the fake wrote is private to the user (0600 files in 0700 directories).
+#[test]
+fn a_restart_replaces_no_file_and_everything_is_private() {
+    let mut before: Vec<(std::path::PathBuf, Vec<u8>)> = Vec::new();
+    for run in 0..2 {
+        let (mut child, banner, dir) = if run == 0 {
+            start_up("restart", &[])
+        } else {
+            start_up_in("restart", &[], false)
+        };
+        run_printed_curl(&banner);
+        let killed = Command::new("kill")
+            .args(["-INT", &child.0.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        assert!(child.0.wait().unwrap().success());
+        let files = modes(&dir);
+        let contents: Vec<(std::path::PathBuf, Vec<u8>)> = files
+            .iter()
+            .filter(|(p, _)| p.is_file())
+            .map(|(p, _)| (p.clone(), std::fs::read(p).unwrap()))
+            .collect();
+        // A file of the first run is still there as it was (the log may only have grown).
+        for (p, c) in &before {
+            let now = contents.iter().find(|(q, _)| q == p).map(|(_, c)| c);
+            assert!(
+                now.is_some_and(|now| now.starts_with(c)),
+                "{} of the first run was replaced or removed",
+                p.display()
+            );
+        }
+        for (p, mode) in &files {
+            let want = if p.is_dir() { 0o700 } else { 0o600 };
+            assert_eq!(*mode, want, "{} is {mode:o}", p.display());
+        }
+        if run == 1 {
+            for sub in ["transcripts", "upstream/transcripts", "upstream/raw"] {
+                let n = std::fs::read_dir(dir.join(sub)).unwrap().count();
+                assert!(n >= 2, "{sub}: {n} file(s) after two runs");
+            }
+        }
+        before = contents;
+    }
 }

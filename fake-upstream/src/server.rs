@@ -110,7 +110,8 @@ impl FakeUpstream {
     /// Binds the listeners, prepares TLS (generating the CA and certificate on first start)
     /// and serves until [`Handle::shutdown`].
     pub async fn start(config: Config) -> Result<Handle, Error> {
-        std::fs::create_dir_all(&config.data_dir).map_err(|e| Error::io(&config.data_dir, e))?;
+        smtp_net::files::private_dir(&config.data_dir)
+            .map_err(|e| Error::io(&config.data_dir, e))?;
         let files = config
             .tls_files
             .clone()
@@ -137,6 +138,9 @@ impl FakeUpstream {
         let tls_addr = implicit.as_ref().and_then(|l| l.local_addr().ok());
         let base_config = (!config.persona.has_templates())
             .then(|| config.persona.server_config(&Vars::default(), true));
+        // Numbered on from the last run in this directory, so that no file of it is replaced.
+        let first_conn = smtp_net::files::next_number(&config.data_dir.join("transcripts"))
+            .max(smtp_net::files::next_number(&config.data_dir.join("raw")));
         let shared = Arc::new(Shared {
             base_config,
             faults: FaultSet::new(config.faults.clone(), config.seed),
@@ -144,7 +148,7 @@ impl FakeUpstream {
             tls,
             state: Mutex::new(State::default()),
             received_notify: Notify::new(),
-            next_conn: AtomicU64::new(1),
+            next_conn: AtomicU64::new(first_conn),
             next_message: AtomicU64::new(1),
         });
         let (shutdown, rx) = watch::channel(false);
@@ -436,12 +440,12 @@ fn finish(shared: &Shared, mut transcript: Transcript) {
     transcript.push("* closed".into());
     if shared.config.write_transcripts {
         let dir = shared.config.data_dir.join("transcripts");
-        if std::fs::create_dir_all(&dir).is_ok() {
-            let _ = std::fs::write(
-                dir.join(format!("{:06}.log", transcript.id)),
-                transcript.text(),
-            );
-        }
+        let _ = smtp_net::files::write_new(
+            &dir,
+            &format!("{:06}", transcript.id),
+            "log",
+            transcript.text().as_bytes(),
+        );
     }
     let mut st = shared.state();
     if st.transcripts.len() >= TRANSCRIPTS_KEPT {
@@ -765,16 +769,10 @@ impl Session {
         }
         self.data_phases += 1;
         let dir = self.shared.config.data_dir.join("raw");
-        let path = dir.join(format!(
-            "{:06}-{}.data",
-            self.transcript.id, self.data_phases
-        ));
-        let written = async {
-            tokio::fs::create_dir_all(&dir).await?;
-            tokio::fs::write(&path, &raw).await
-        };
-        match written.await {
-            Ok(()) => Some(path),
+        let stem = format!("{:06}-{}", self.transcript.id, self.data_phases);
+        let path = dir.join(format!("{stem}.data"));
+        match smtp_net::files::write_new_async(dir, stem, "data", raw).await {
+            Ok(path) => Some(path),
             Err(e) => {
                 self.note(&format!(
                     "* cannot keep raw DATA in {}: {e}",

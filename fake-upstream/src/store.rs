@@ -199,16 +199,17 @@ pub fn mailbox_dir(address: &str) -> String {
         .collect()
 }
 
-/// `dir/stem.ext`, or `dir/stem-2.ext` and so on when taken: a message never overwrites
-/// another.
-fn unused_path(dir: &Path, stem: &str, ext: &str) -> PathBuf {
-    let mut path = dir.join(format!("{stem}.{ext}"));
-    let mut n = 2;
-    while path.exists() {
-        path = dir.join(format!("{stem}-{n}.{ext}"));
-        n += 1;
-    }
-    path
+/// Writes a file only the fake's user can read (a mailbox's JSON beside its `.eml`).
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(smtp_net::files::FILE_MODE)
+        .open(path)?
+        .write_all(bytes)
 }
 
 /// A transid as a file name: 163's transids may hold `/`.
@@ -225,21 +226,25 @@ pub async fn write_message(
     let mut files = Vec::new();
     for rcpt in &received.rcpt_to {
         let dir = data_dir.join("mailboxes").join(mailbox_dir(rcpt));
-        tokio::fs::create_dir_all(&dir)
-            .await
-            .map_err(|e| Error::io(&dir, e))?;
-        let path = unused_path(&dir, &file_stem(&received.id), "eml");
-        tokio::fs::write(&path, eml)
-            .await
-            .map_err(|e| Error::io(&path, e))?;
+        let path = smtp_net::files::write_new_async(
+            dir.clone(),
+            file_stem(&received.id),
+            "eml",
+            eml.to_vec(),
+        )
+        .await
+        .map_err(|e| Error::io(&dir, e))?;
         files.push(path);
     }
     received.files = files;
     let json = serde_json::to_vec_pretty(&*received).expect("serializable");
     for eml_path in &received.files {
         let path = eml_path.with_extension("json");
-        tokio::fs::write(&path, &json)
+        let (p, bytes) = (path.clone(), json.clone());
+        tokio::task::spawn_blocking(move || write_private(&p, &bytes))
             .await
+            .map_err(std::io::Error::other)
+            .and_then(|r| r)
             .map_err(|e| Error::io(&path, e))?;
     }
     Ok(())
@@ -333,21 +338,5 @@ mod tests {
         let c = coremail_token(&mut rng);
         assert_eq!(c.len(), 54 + 8 + 12);
         assert_eq!(mailbox_dir("Bob Smith@163.COM"), "bob_smith@163.com");
-    }
-}
-
-#[cfg(test)]
-mod path_tests {
-    use super::*;
-
-    #[test]
-    fn a_taken_name_gets_a_suffix() {
-        let dir = std::env::temp_dir().join(format!("unused-path-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let first = unused_path(&dir, "a", "eml");
-        std::fs::write(&first, b"x").unwrap();
-        assert_eq!(unused_path(&dir, "a", "eml"), dir.join("a-2.eml"));
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -1,6 +1,8 @@
 //! Tokio glue shared by the relay and the fake upstream: the accept loop with its shutdown
 //! signal, and writes with a timeout that says so in its error. The SMTP itself is in
-//! `smtp-wire`; this crate only moves bytes and tasks.
+//! `smtp-wire`; this crate only moves bytes and tasks. [`files`] writes the session files.
+
+pub mod files;
 
 use std::future::Future;
 use std::net::SocketAddr;

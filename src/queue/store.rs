@@ -125,7 +125,7 @@ fn subdir_of(dir: &Path, id: &str) -> PathBuf {
 /// Writes `bytes` to `path` and syncs it.
 fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
-    let mut f = std::fs::File::create(path)?;
+    let mut f = crate::spool::create_private_sync(path)?;
     f.write_all(bytes)?;
     f.sync_all()
 }
@@ -138,9 +138,11 @@ impl Queue {
     /// Opens (or creates) a queue directory. Recovery: `tmp/` is emptied (nothing there was
     /// acknowledged), and content files without a record are removed.
     pub fn open(dir: &Path) -> std::io::Result<Queue> {
-        std::fs::create_dir_all(dir.join("tmp"))?;
+        smtp_net::files::private_dir(dir)?;
+        smtp_net::files::private_dir(&dir.join("tmp"))?;
+        smtp_net::files::private_dir(&dir.join("msg"))?;
         for i in 0..crate::spool::SUBDIRS {
-            std::fs::create_dir_all(dir.join("msg").join(format!("{i:x}")))?;
+            smtp_net::files::private_dir(&dir.join("msg").join(format!("{i:x}")))?;
         }
         for entry in std::fs::read_dir(dir.join("tmp"))? {
             let _ = std::fs::remove_file(entry?.path());
