@@ -88,6 +88,7 @@ kinds! {
     NoValidRecipients = "no_valid_recipients" => 554, Some((5, 5, 1)), "No valid recipients";
     DataStart = "data_start" => 354, None, "End data with <CR><LF>.<CR><LF>";
     BareLineEnding = "bare_line_ending" => 550, Some((5, 6, 0)), "Message contains bare <CR> or <LF>; lines must end with <CR><LF>";
+    NulInData = "nul_in_data" => 550, Some((5, 6, 0)), "Message contains NUL octets, which are not allowed in mail";
     MessageAccepted = "message_accepted" => 250, Some((2, 0, 0)), "Message accepted for delivery";
     ChunkOk = "chunk_ok" => 250, Some((2, 0, 0)), "Chunk received";
     BdatUnavailable = "bdat_unavailable" => 502, Some((5, 5, 1)), "BDAT not available";

@@ -6,18 +6,22 @@
 //! # End of data and smuggling
 //! The decoder starts at the start of a line (the CRLF of the `DATA` command counts), and data
 //! ends only at `CRLF . CRLF`. `\n.\n`, `\r.\r`, `\n.\r\n`, `\r.\r\n`, `\r\n.\r`, `\r\n.\n`
-//! and every other bare-CR/LF or NUL variant are content (smtp-edge-cases 70-76). What happens
-//! to a bare CR or LF is the [`BareLineEnding`] policy:
+//! and every other bare-CR/LF or NUL variant are content (smtp-edge-cases 70-76). A NUL octet
+//! is never a line's start: `CRLF NUL . CRLF` is content, not an end. What happens to a bare CR
+//! or LF, and to a NUL (which a next hop that strips NULs would turn into an end of data), is the
+//! [`BareLineEnding`] policy:
 //! - [`BareLineEnding::Reject`] (default): the bytes are kept as they came, the outcome counts
 //!   them, and the session answers `550 5.6.0` after the terminator: nothing is delivered.
-//! - [`BareLineEnding::Normalize`]: each bare CR and bare LF becomes CRLF in the output, so
-//!   the smuggled text turns into visible content. A normalised line end does not count as a
-//!   start of line for unstuffing or for the terminator: only a real CRLF does.
+//! - [`BareLineEnding::Normalize`]: each bare CR and bare LF becomes CRLF in the output and each
+//!   NUL is removed, so the smuggled text turns into visible content. A normalised line end (or
+//!   a line start behind a removed NUL) does not count as a start of line for unstuffing or for
+//!   the terminator: only a real CRLF does.
 //!
-//! The encoder turns any bare CR or LF into CRLF and stuffs every `.` that starts a line, so
-//! what it writes never contains a terminator before its own.
+//! The encoder turns any bare CR or LF into CRLF, leaves out NUL octets and stuffs every `.`
+//! that starts a line, so what it writes never contains a terminator before its own, nor an
+//! octet that a next hop could strip to make one.
 
-use memchr::memchr2;
+use memchr::memchr3;
 
 /// What to do with a bare CR or LF inside message data. See the module documentation.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -61,6 +65,8 @@ pub struct DataOutcome {
     pub too_large: bool,
     pub bare_lf: u64,
     pub bare_cr: u64,
+    /// NUL octets seen (removed under [`BareLineEnding::Normalize`]).
+    pub nul: u64,
     /// The policy in force, so the verdict knows whether bare line ends are an error.
     pub policy: BareLineEnding,
 }
@@ -69,6 +75,11 @@ impl DataOutcome {
     /// Whether bare line endings make this message unacceptable under its policy.
     pub fn has_forbidden_line_endings(&self) -> bool {
         self.policy == BareLineEnding::Reject && (self.bare_lf > 0 || self.bare_cr > 0)
+    }
+
+    /// Whether NUL octets make this message unacceptable under its policy.
+    pub fn has_forbidden_nul(&self) -> bool {
+        self.policy == BareLineEnding::Reject && self.nul > 0
     }
 }
 
@@ -142,11 +153,18 @@ impl DataDecoder {
         let mut run = 0;
         while i < input.len() {
             match self.state {
-                DecodeState::Mid => match memchr2(b'\r', b'\n', &input[i..]) {
+                DecodeState::Mid => match memchr3(b'\r', b'\n', 0, &input[i..]) {
                     None => i = input.len(),
                     Some(off) => {
                         let p = i + off;
-                        if input[p] == b'\n' {
+                        if input[p] == 0 {
+                            self.outcome.nul += 1;
+                            if self.outcome.policy == BareLineEnding::Normalize {
+                                self.put(out, &input[run..p]);
+                                run = p + 1;
+                            }
+                            i = p + 1;
+                        } else if input[p] == b'\n' {
                             self.put(out, &input[run..p]);
                             self.bare_lf(out);
                             run = p + 1;
@@ -260,6 +278,12 @@ impl DataEncoder {
         let mut run = 0;
         while i < input.len() {
             match self.state {
+                _ if input[i] == 0 => {
+                    // Left out, the state unchanged: a line start stays one.
+                    out.extend_from_slice(&input[run..i]);
+                    i += 1;
+                    run = i;
+                }
                 EncodeState::LineStart => {
                     if input[i] == b'.' {
                         out.extend_from_slice(&input[run..i]);
@@ -268,11 +292,13 @@ impl DataEncoder {
                     }
                     self.state = EncodeState::Mid;
                 }
-                EncodeState::Mid => match memchr2(b'\r', b'\n', &input[i..]) {
+                EncodeState::Mid => match memchr3(b'\r', b'\n', 0, &input[i..]) {
                     None => i = input.len(),
                     Some(off) => {
                         let p = i + off;
-                        if input[p] == b'\n' {
+                        if input[p] == 0 {
+                            i = p;
+                        } else if input[p] == b'\n' {
                             out.extend_from_slice(&input[run..p]);
                             out.extend_from_slice(b"\r\n");
                             run = p + 1;
@@ -280,7 +306,8 @@ impl DataEncoder {
                             self.state = EncodeState::LineStart;
                         } else if input.get(p + 1) == Some(&b'\n') {
                             i = p + 2;
-                            if input.get(p + 2).is_none_or(|&b| b == b'.') {
+                            // A NUL may hide a dot that starts the line: decided at LineStart.
+                            if input.get(p + 2).is_none_or(|&b| b == b'.' || b == 0) {
                                 self.state = EncodeState::LineStart;
                             }
                         } else {

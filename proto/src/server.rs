@@ -833,6 +833,10 @@ impl ServerSession {
             self.reset_transaction();
             return Step::Reply(self.reply(ReplyKind::BareLineEnding));
         }
+        if outcome.has_forbidden_nul() {
+            self.reset_transaction();
+            return Step::Reply(self.reply(ReplyKind::NulInData));
+        }
         self.envelope.size = outcome.size;
         self.phase = Phase::Pending(Pending::Deliver);
         Step::Decide(Decision::Deliver(self.envelope.clone()))

@@ -920,12 +920,19 @@ fn smuggling(separator: &[u8]) {
                 "{separator:?}: early terminator on re-encode"
             );
         }
-        // NUL variants have no bare CR or LF: one message with the text as content.
+        // A NUL is refused as bare line ends are, or removed when normalising: a next hop
+        // that strips NULs must never get `CRLF NUL . CRLF` (and so an end of data).
+        for (_, content) in &h.delivered {
+            assert!(!content.contains(&0), "{separator:?}: NUL delivered");
+            let wire = smtp_wire::DataEncoder::encode_all(content);
+            assert!(!wire.contains(&0), "{separator:?}: NUL sent on");
+        }
         let has_bare = separator
             .windows(2)
             .any(|w| (w[0] == b'\r') != (w[1] == b'\n'))
             || separator.first() == Some(&b'\n')
-            || separator.last() == Some(&b'\r');
+            || separator.last() == Some(&b'\r')
+            || separator.contains(&0);
         if bare == BareLineEnding::Reject && has_bare {
             assert_reply(&replies[0], 550, (5, 6, 0));
         } else {
