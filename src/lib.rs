@@ -7,6 +7,7 @@
 //! - [`load`]: `smtp-relay load`, the load generator (HdrHistogram, open and closed loop).
 //! - [`log`]: structured logs in `log/relay.log` (human or JSON lines).
 //! - [`metrics`]: `--metrics ADDR`, the Prometheus text endpoint.
+//! - [`pace`]: how long to wait for a client: idle, line, data-rate and session limits.
 //! - [`queue`]: store-and-forward's durable queue (group-committed, crash-safe).
 //! - [`relay`]: the relay in live mode: client sessions, pass-through AUTH, verbatim upstream
 //!   replies, the spool.
@@ -29,6 +30,7 @@ pub mod dsn;
 pub mod load;
 pub mod log;
 pub mod metrics;
+pub mod pace;
 pub mod queue;
 pub mod relay;
 pub mod route;

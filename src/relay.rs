@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use smtp_wire::{
     BareLineEnding, Capabilities, Credentials, Decision, Envelope, Event, ForwardPath, LineEndings,
-    MailParams, Mechanism, RcptParams, Reply, ReversePath, ServerConfig, ServerConnection,
-    Transport, Verdict,
+    MailParams, Mechanism, RcptParams, Reply, ReplyKind, ReversePath, ServerConfig,
+    ServerConnection, Transport, Verdict,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -70,6 +70,8 @@ pub struct RelayConfig {
     pub auth: AuthMode,
     pub max_message_size: u64,
     pub max_recipients: usize,
+    /// RCPT commands per transaction, accepted or not; more get `452 4.5.3`, never the upstream.
+    pub max_rcpt_commands: usize,
     pub max_sessions: usize,
     /// Sessions at once from one IP address; more get `421 4.7.0`.
     pub max_sessions_per_ip: usize,
@@ -79,6 +81,14 @@ pub struct RelayConfig {
     pub command_timeout: Duration,
     /// Idle time allowed inside DATA between two reads.
     pub data_timeout: Duration,
+    /// Time allowed to complete one command line once its first octet came, however the
+    /// octets trickle in (the idle timeout alone is reset by every byte); `421 4.4.2` beyond.
+    pub line_timeout: Duration,
+    /// Octets per second a client must keep up inside DATA, as Postfix's
+    /// `smtpd_min_data_rate`: every read earns `octets / rate` seconds of time, the time
+    /// spent waiting is taken off, and the balance (at most `data_timeout`) running out
+    /// ends the session with `421 4.4.2`. 0 turns it off.
+    pub min_data_rate: u64,
     /// A whole session may not last longer than this (slow-loris protection).
     pub session_deadline: Duration,
     pub bare_line_endings: BareLineEnding,
@@ -114,11 +124,14 @@ impl RelayConfig {
             auth: AuthMode::Passthrough,
             max_message_size: 50 * 1024 * 1024,
             max_recipients: 100,
+            max_rcpt_commands: 200,
             max_sessions: 200,
             max_sessions_per_ip: 20,
             auth_failure_delay: Duration::from_secs(1),
             command_timeout: Duration::from_secs(300),
             data_timeout: Duration::from_secs(180),
+            line_timeout: Duration::from_secs(60),
+            min_data_rate: 500,
             session_deadline: Duration::from_secs(3600),
             bare_line_endings: BareLineEnding::Reject,
             retention: crate::spool::Retention::default(),
@@ -553,6 +566,7 @@ async fn client(
         greeting: "ESMTP smtp-relay".into(),
         max_message_size: cfg.max_message_size,
         max_recipients: cfg.max_recipients,
+        max_rcpt_commands: cfg.max_rcpt_commands,
         starttls: cfg.tls.is_some(),
         auth_mechanisms: match cfg.auth {
             AuthMode::Passthrough | AuthMode::Users(_) => vec![Mechanism::Plain, Mechanism::Login],
@@ -1001,8 +1015,28 @@ impl Session {
         // Small while commands come (an idle session costs little: 10,000 of them are held in
         // a few tens of MB), large inside DATA (fewer reads, fewer wake-ups).
         let mut buf: Vec<u8> = Vec::with_capacity(READ_SMALL);
+        let cfg = &self.shared.config;
+        let mut pace = crate::pace::Pace::new(
+            crate::pace::PaceConfig {
+                command_timeout: cfg.command_timeout,
+                data_timeout: cfg.data_timeout,
+                line_timeout: cfg.line_timeout,
+                min_data_rate: cfg.min_data_rate,
+                session_deadline: cfg.session_deadline,
+            },
+            self.started,
+        );
         loop {
-            match self.process(&mut out).await {
+            let lines_before = self.conn.lines_handled();
+            let next = self.process(&mut out).await;
+            let in_data = self.conn.in_data();
+            pace.processed(
+                Instant::now(),
+                in_data,
+                self.conn.lines_handled() != lines_before,
+                !in_data && self.conn.buffered() > 0,
+            );
+            match next {
                 Next::Continue => {}
                 Next::Close => {
                     write(&mut io, &out).await?;
@@ -1023,27 +1057,37 @@ impl Session {
             }
             write(&mut io, &out).await?;
             out.clear();
-            let cfg = &self.shared.config;
-            let idle = if self.conn.in_data() {
-                cfg.data_timeout
-            } else {
-                cfg.command_timeout
-            };
-            let left = cfg.session_deadline.saturating_sub(self.started.elapsed());
-            if self.conn.in_data() {
+            let (wait, limit) = pace.wait(Instant::now(), in_data);
+            if in_data {
                 buf.reserve(READ_LARGE);
             } else if buf.capacity() > READ_SMALL {
                 buf = Vec::with_capacity(READ_SMALL);
             }
             tokio::select! {
-                read = tokio::time::timeout(idle.min(left), io.read_buf(&mut buf)) => match read {
+                read = tokio::time::timeout(wait, io.read_buf(&mut buf)) => match read {
                     Err(_) => {
-                        self.conn.timeout_reply().encode(&mut out);
+                        let reply = match limit {
+                            crate::pace::Limit::Line => self.conn.reply(ReplyKind::LineTooSlow),
+                            crate::pace::Limit::DataRate => self.conn.reply(ReplyKind::DataTooSlow),
+                            crate::pace::Limit::Idle | crate::pace::Limit::Session => {
+                                self.conn.timeout_reply()
+                            }
+                        };
+                        tracing::info!(
+                            session = self.id,
+                            peer = %self.peer,
+                            limit = limit.name(),
+                            waited = wait.as_secs_f64(),
+                            "session ended: client too slow"
+                        );
+                        self.note_reply(&reply);
+                        reply.encode(&mut out);
                         write(&mut io, &out).await?;
                         return Ok(());
                     }
                     Ok(Ok(0)) => return Ok(()),
-                    Ok(Ok(_)) => {
+                    Ok(Ok(n)) => {
+                        pace.received(Instant::now(), n, in_data);
                         self.conn.receive(&buf);
                         buf.clear();
                     }
@@ -1280,7 +1324,13 @@ impl Session {
     /// The RCPT commands the client pipelined behind the one being decided (they stop at
     /// the first line that is not a well-formed RCPT).
     fn pipelined_rcpts(&self) -> Vec<(ForwardPath, RcptParams)> {
-        let max = self.shared.config.max_recipients;
+        // Never more than the session will let through: a RCPT it refuses for the count must
+        // not have been asked of the upstream.
+        let max = self
+            .shared
+            .config
+            .max_recipients
+            .min(self.conn.rcpt_commands_left());
         let mut group = Vec::new();
         for line in self.conn.pipelined_lines(max) {
             match smtp_wire::Command::parse(line) {

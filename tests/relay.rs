@@ -654,3 +654,47 @@ async fn upstream_syntax_errors_and_421_are_translated_not_forwarded() {
     c.cmd("QUIT").await;
     s.stop().await;
 }
+
+/// 300 pipelined RCPTs for addresses the upstream refuses: the relay asks the upstream about
+/// at most `max_rcpt_commands` (here 50) of them and answers the rest `452 4.5.3` itself
+/// (address harvesting through the relay, and its reputation with the upstream, are bounded);
+/// the session goes on.
+#[tokio::test]
+async fn a_rcpt_flood_is_capped_before_it_reaches_the_upstream() {
+    let s = common::setup_full(
+        "rcpt-flood",
+        |f| f.persona.pipelining = Some(true),
+        |c| c.max_rcpt_commands = 50,
+    )
+    .await;
+    let (mut c, _) = s.login("ALICEAUTHCODE163").await;
+    let mut flood = b"MAIL FROM:<alice@163.com>\r\n".to_vec();
+    for i in 0..300 {
+        flood.extend_from_slice(format!("RCPT TO:<nobody{i}@163.com>\r\n").as_bytes());
+    }
+    c.send_raw(&flood).await;
+    assert_eq!(c.reply().await.to_string(), "250 Mail OK");
+    let mut codes = Vec::new();
+    for _ in 0..300 {
+        let r = c.reply().await;
+        codes.push((r.code, r.to_string()));
+    }
+    let upstream_answers = codes.iter().filter(|(code, _)| *code == 550).count();
+    assert_eq!(upstream_answers, 50, "{codes:?}");
+    let capped: Vec<&String> = codes
+        .iter()
+        .filter(|(c, _)| *c == 452)
+        .map(|(_, t)| t)
+        .collect();
+    assert_eq!(capped.len(), 250, "{codes:?}");
+    assert_eq!(
+        capped[0],
+        "452 4.5.3 Too many RCPT commands in this transaction"
+    );
+    assert_eq!(c.cmd("QUIT").await, "221 2.0.0 Bye");
+    s.relay.shutdown().await;
+    s.fake.shutdown().await;
+    let upstream_saw: String = s.fake.transcripts().iter().map(|t| t.text()).collect();
+    let rcpts = upstream_saw.matches("RCPT TO:<nobody").count();
+    assert_eq!(rcpts, 50, "{upstream_saw}");
+}

@@ -431,6 +431,8 @@ impl Persona {
             max_message_size: self.limits.max_message_size,
             // One more than the persona's limit, so that its own reply (RP:RCL) is given.
             max_recipients: self.limits.max_recipients.saturating_add(1),
+            // The persona's own limits decide, as above.
+            max_rcpt_commands: usize::MAX,
             max_errors: 20,
             // The persona's ban decides; the session never closes first.
             max_auth_failures: u32::MAX,

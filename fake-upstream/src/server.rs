@@ -238,6 +238,24 @@ impl Handle {
         self.shared.state().transcripts.iter().cloned().collect()
     }
 
+    /// Connections open now, on every listener. A connection's transcript is among
+    /// [`Handle::transcripts`] before it stops counting here.
+    pub fn open_connections(&self) -> u32 {
+        self.shared.state().connections.values().sum()
+    }
+
+    /// Waits until no connection is open, at most `limit`; whether none is.
+    pub async fn wait_idle(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while self.open_connections() > 0 {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        true
+    }
+
     /// Stops accepting, sends `421` to every session waiting for a command, and waits for
     /// the sessions to end (at most 5 seconds).
     pub async fn shutdown(&self) {

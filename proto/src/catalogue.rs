@@ -81,6 +81,7 @@ kinds! {
     MailOk = "mail_ok" => 250, Some((2, 1, 0)), "Sender OK";
     RcptOk = "rcpt_ok" => 250, Some((2, 1, 5)), "Recipient OK";
     TooManyRecipients = "too_many_recipients" => 452, Some((4, 5, 3)), "Too many recipients";
+    TooManyRcptCommands = "too_many_rcpt_commands" => 452, Some((4, 5, 3)), "Too many RCPT commands in this transaction";
     ParameterUnsupported = "parameter_unsupported" => 555, Some((5, 5, 4)), "Parameter not supported";
     SizeExceeded = "size_exceeded" => 552, Some((5, 3, 4)), "Message size exceeds fixed maximum message size";
     NonAsciiSender = "non_ascii_sender" => 550, Some((5, 6, 7)), "Non-ASCII addresses not permitted for that sender";
@@ -94,6 +95,8 @@ kinds! {
     BdatUnavailable = "bdat_unavailable" => 502, Some((5, 5, 1)), "BDAT not available";
     Shutdown = "shutdown" => 421, Some((4, 3, 2)), "Service shutting down";
     Timeout = "timeout" => 421, Some((4, 4, 2)), "Timeout, closing connection";
+    LineTooSlow = "line_too_slow" => 421, Some((4, 4, 2)), "Command line not completed in time, closing connection";
+    DataTooSlow = "data_too_slow" => 421, Some((4, 4, 2)), "Message data arriving too slowly, closing connection";
     InternalError = "internal_error" => 451, Some((4, 3, 0)), "Internal error";
 }
 

@@ -192,6 +192,17 @@ impl ServerConnection {
         self.session.reply(ReplyKind::Timeout)
     }
 
+    /// A reply of the catalogue as this session words it (a persona's override, enhanced
+    /// codes as configured): for limits the driver enforces itself.
+    pub fn reply(&self, kind: crate::catalogue::ReplyKind) -> Reply {
+        self.session.reply(kind)
+    }
+
+    /// RCPT commands the current transaction may still have decided.
+    pub fn rcpt_commands_left(&self) -> usize {
+        self.session.rcpt_commands_left()
+    }
+
     /// How many lines (commands, AUTH responses, refused lines) were handled so far: when it
     /// changes, [`ServerConnection::transcript_line`] is the new one.
     pub fn lines_handled(&self) -> u64 {

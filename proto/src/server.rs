@@ -41,6 +41,10 @@ pub struct ServerConfig {
     pub max_message_size: u64,
     /// Recipients per transaction; more get `452 4.5.3`. RFC 5321 4.5.3.1.8 wants >= 100.
     pub max_recipients: usize,
+    /// RCPT commands per transaction, accepted or refused (by us or by the next hop); more get
+    /// `452 4.5.3` without being decided. Bounds what a client can
+    /// make a relay ask its upstream (address harvesting through 10,000 pipelined RCPTs).
+    pub max_rcpt_commands: usize,
     /// Errors (5yz replies to bad commands) before `421 4.7.0` and close.
     pub max_errors: u32,
     /// Failed AUTH attempts before `421 4.7.0` and close.
@@ -84,6 +88,7 @@ impl Default for ServerConfig {
             greeting: "ESMTP smtp-relay".into(),
             max_message_size: 35 * 1024 * 1024,
             max_recipients: 100,
+            max_rcpt_commands: 200,
             max_errors: 20,
             max_auth_failures: 3,
             pipelining: true,
@@ -232,6 +237,8 @@ pub struct ServerSession {
     /// Size of BDAT chunks received in this transaction, and whether one was refused.
     chunked: u64,
     chunk_error: Option<Reply>,
+    /// RCPT commands in this transaction, whatever their answer.
+    rcpt_commands: usize,
     errors: u32,
     auth_failures: u32,
     last_verb: Option<Verb>,
@@ -249,6 +256,7 @@ impl ServerSession {
             envelope: Envelope::default(),
             chunked: 0,
             chunk_error: None,
+            rcpt_commands: 0,
             errors: 0,
             auth_failures: 0,
             last_verb: None,
@@ -432,6 +440,15 @@ impl ServerSession {
         self.envelope = Envelope::default();
         self.chunked = 0;
         self.chunk_error = None;
+        self.rcpt_commands = 0;
+    }
+
+    /// RCPT commands this transaction may still have decided (see
+    /// [`ServerConfig::max_rcpt_commands`]): a driver sending RCPTs ahead sends no more.
+    pub fn rcpt_commands_left(&self) -> usize {
+        self.config
+            .max_rcpt_commands
+            .saturating_sub(self.rcpt_commands)
     }
 
     fn in_transaction(&self) -> bool {
@@ -736,6 +753,12 @@ impl ServerSession {
     fn rcpt(&mut self, to: ForwardPath, params: RcptParams) -> Step {
         if !self.in_transaction() {
             return self.sequence_error("need MAIL before RCPT");
+        }
+        self.rcpt_commands += 1;
+        if self.rcpt_commands > self.config.max_rcpt_commands {
+            // Not an error: recipients accepted before stay valid and DATA proceeds
+            // (smtp-edge-cases 45, 81).
+            return Step::Reply(self.reply(ReplyKind::TooManyRcptCommands));
         }
         if let Some(u) = params.unknown.first() {
             let reply = self.unsupported(&u.keyword);

@@ -980,7 +980,10 @@ fn parse_tls(v: &str) -> Result<String, String> {
 pub const RELAY_OPTIONS: &[&str] = &[
     "auth",
     "max_recipients",
+    "max_rcpt_commands",
     "max_message_size",
+    "line_timeout",
+    "min_data_rate",
     "max_sessions",
     "max_sessions_per_ip",
     "command_timeout",
@@ -1004,12 +1007,17 @@ fn check_relay_option(k: &str, v: &str) -> Result<(), String> {
             other => Err(format!("queue={other}: expected on or off")),
         },
         "first_retry" => parse_duration(v).map(|_| ()),
-        "max_recipients" | "max_message_size" | "max_sessions" | "max_sessions_per_ip" => v
+        "max_recipients"
+        | "max_rcpt_commands"
+        | "max_message_size"
+        | "max_sessions"
+        | "max_sessions_per_ip"
+        | "min_data_rate" => v
             .parse::<u64>()
             .map(|_| ())
             .map_err(|_| format!("{k}={v}: expected a number")),
-        "command_timeout" | "data_timeout" | "session_deadline" | "auth_failure_delay"
-        | "upstream_timeout" => parse_duration(v).map(|_| ()),
+        "command_timeout" | "data_timeout" | "line_timeout" | "session_deadline"
+        | "auth_failure_delay" | "upstream_timeout" => parse_duration(v).map(|_| ()),
         "bare_line_endings" => match v {
             "reject" | "normalize" => Ok(()),
             other => Err(format!(

@@ -154,6 +154,12 @@ pub async fn run_one(sc: &Scenario, opts: &Options, tls: &TlsMaterial) -> Outcom
     // Let the relay finish: its sessions end, bounces go out, transcripts are written.
     if let Some(relay) = &env.relay {
         relay.shutdown().await;
+        // Its upstream sessions end with it: their transcripts are complete once the fakes
+        // count no open connection (the checks read them). A stalled fake session (a `stall`
+        // fault) stays open whatever the relay did: the wait is short.
+        for (_, fake) in &env.fakes {
+            fake.wait_idle(Duration::from_secs(1)).await;
+        }
     }
     env.settle(sc).await;
     if verdict == Verdict::Pass
@@ -567,6 +573,9 @@ fn apply_relay_option(
             }
         }
         "max_recipients" => c.max_recipients = num()? as usize,
+        "max_rcpt_commands" => c.max_rcpt_commands = num()? as usize,
+        "min_data_rate" => c.min_data_rate = num()?,
+        "line_timeout" => c.line_timeout = dur()?,
         "max_message_size" => c.max_message_size = num()?,
         "max_sessions" => c.max_sessions = num()? as usize,
         "max_sessions_per_ip" => c.max_sessions_per_ip = num()? as usize,
