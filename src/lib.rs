@@ -3,6 +3,7 @@
 //! # Layout
 //! - [`cli`]: the command line (clap) and [`cli::run`], which the binary calls, so tests
 //!   exercise the same path as users.
+//! - [`client_tls`]: TLS from mail clients: the handshake, its failure told with a hint.
 //! - [`check`]: `smtp-relay check`, which shows what the protocol crate makes of command lines.
 //! - [`load`]: `smtp-relay load`, the load generator (HdrHistogram, open and closed loop).
 //! - [`log`]: structured logs in `log/relay.log` (human or JSON lines).
@@ -26,6 +27,7 @@
 
 pub mod check;
 pub mod cli;
+pub mod client_tls;
 pub mod dsn;
 pub mod load;
 pub mod log;

@@ -52,6 +52,9 @@ pub struct RelayConfig {
     pub listen_tls: Option<SocketAddr>,
     /// The relay's certificate for its listeners; `None`: no STARTTLS, no TLS listener.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// The file mail clients should trust for that certificate (`up`'s CA), named in the
+    /// hint logged when a client refuses the certificate.
+    pub client_trust_file: Option<PathBuf>,
     /// Where every message is kept as received (`<id>.eml`, `<id>.json`).
     pub spool_dir: PathBuf,
     /// The default route: every recipient no route claims goes there; bounces too.
@@ -114,6 +117,7 @@ impl RelayConfig {
             listen,
             listen_tls: None,
             tls: None,
+            client_trust_file: None,
             spool_dir,
             upstream,
             routes: Vec::new(),
@@ -608,7 +612,7 @@ async fn client(
     tracing::info!(session = session.id, peer = %peer, tls = session.tls, "session opened");
     let result = match kind {
         Transport::Plain => session.run(Box::new(tcp), shutdown).await,
-        Transport::Tls => match Box::pin(accept_tls(cfg, tcp)).await {
+        Transport::Tls => match Box::pin(session.accept_tls(tcp, "implicit TLS")).await {
             Some(stream) => session.run(stream, shutdown).await,
             None => Ok(()),
         },
@@ -655,15 +659,6 @@ async fn client(
             kept.pop_front();
         }
         kept.push_back((session.id, lines));
-    }
-}
-
-async fn accept_tls(cfg: &RelayConfig, tcp: impl Io + 'static) -> Option<Box<dyn Io>> {
-    let tls = cfg.tls.clone()?;
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-        Ok(Ok(s)) => Some(Box::new(s)),
-        _ => None,
     }
 }
 
@@ -1003,6 +998,34 @@ impl Session {
         }
     }
 
+    /// The TLS handshake with the client (`how`: implicit TLS or STARTTLS); a failure is
+    /// logged with its cause and hint and marked in the transcript, and ends the session.
+    async fn accept_tls(&mut self, io: impl Io + 'static, how: &str) -> Option<Box<dyn Io>> {
+        let cfg = &self.shared.config;
+        let tls = cfg.tls.clone()?;
+        match crate::client_tls::accept(tls, io, cfg.client_trust_file.as_deref()).await {
+            Ok(stream) => {
+                self.note(format!("* TLS with the client ({how}): handshake done"));
+                Some(stream)
+            }
+            Err(f) => {
+                tracing::warn!(
+                    session = self.id,
+                    peer = %self.peer,
+                    how,
+                    cause = %f.cause,
+                    hint = %f.hint,
+                    "TLS handshake with the client failed"
+                );
+                self.note(format!(
+                    "* TLS with the client ({how}): handshake failed: {}",
+                    f.cause
+                ));
+                None
+            }
+        }
+    }
+
     async fn run(
         &mut self,
         mut io: Box<dyn Io>,
@@ -1046,7 +1069,7 @@ impl Session {
                 Next::StartTls => {
                     write(&mut io, &out).await?;
                     out.clear();
-                    let Some(stream) = Box::pin(accept_tls(&self.shared.config, io)).await else {
+                    let Some(stream) = Box::pin(self.accept_tls(io, "STARTTLS")).await else {
                         return Ok(());
                     };
                     io = stream;
@@ -1124,7 +1147,6 @@ impl Session {
                 Some(Event::StartTls { reply, .. }) => {
                     self.note_client_line();
                     self.note_reply(&reply);
-                    self.note("* TLS with the client (STARTTLS)".into());
                     reply.encode(out);
                     return Next::StartTls;
                 }

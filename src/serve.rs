@@ -432,6 +432,7 @@ pub fn parse(text: &str, origin: &str, base: &Path) -> Result<Loaded, String> {
         listen: f.listen,
         listen_tls: f.listen_tls,
         tls,
+        client_trust_file: None,
         spool_dir,
         upstream,
         routes,

@@ -115,6 +115,7 @@ pub async fn start(args: &UpArgs) -> Result<Up, String> {
     let mut config = RelayConfig {
         listen_tls: Some(args.listen_tls),
         tls: Some(tls.server_config.clone()),
+        client_trust_file: Some(data.join("ca.pem")),
         auth: AuthMode::Passthrough,
         transcripts: Some(data.join("transcripts")),
         ..RelayConfig::new("localhost", args.listen, spool.clone(), upstream)

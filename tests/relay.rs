@@ -698,3 +698,78 @@ async fn a_rcpt_flood_is_capped_before_it_reaches_the_upstream() {
     let rcpts = upstream_saw.matches("RCPT TO:<nobody").count();
     assert_eq!(rcpts, 50, "{upstream_saw}");
 }
+
+/// A client that does not trust the relay's certificate (here: one with only the public roots)
+/// refuses the handshake with the alert `unknown CA`: the relay's transcript says so, over the
+/// implicit-TLS port and after STARTTLS, instead of showing a session that simply ended.
+#[tokio::test]
+async fn a_refused_certificate_is_told_in_the_transcript() {
+    let s = setup("tls-refused", vec![]).await;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    let distrusting = std::sync::Arc::new(
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    );
+    let connector = tokio_rustls::TlsConnector::from(distrusting);
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+
+    let tcp = tokio::net::TcpStream::connect(s.relay.tls_addr().unwrap())
+        .await
+        .unwrap();
+    let err = connector.connect(name.clone(), tcp).await.unwrap_err();
+    assert!(err.to_string().contains("UnknownIssuer"), "{err}");
+
+    let mut plain = tokio::net::TcpStream::connect(s.relay.addr())
+        .await
+        .unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    plain.write_all(b"EHLO x\r\nSTARTTLS\r\n").await.unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&seen).contains("220 2.0.0") {
+        let n = plain.read(&mut buf).await.unwrap();
+        assert!(n > 0, "{}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    assert!(connector.connect(name, plain).await.is_err());
+
+    // Plain SMTP on the implicit-TLS port, and a client that connects and leaves.
+    let mut plain = tokio::net::TcpStream::connect(s.relay.tls_addr().unwrap())
+        .await
+        .unwrap();
+    plain.write_all(b"EHLO x\r\n").await.unwrap();
+    let _ = plain.read(&mut buf).await;
+    drop(tokio::net::TcpStream::connect(s.relay.tls_addr().unwrap()).await);
+
+    let mut want: Vec<String> = ["implicit TLS", "STARTTLS"]
+        .iter()
+        .map(|how| {
+            format!(
+                "* TLS with the client ({how}): handshake failed: the client sent the TLS alert unknown CA"
+            )
+        })
+        .collect();
+    want.push("handshake failed: the client did not speak TLS".into());
+    want.push("handshake failed: the client closed the connection during the TLS handshake".into());
+    // Each session's transcript is kept when it ends; wait for the last of them.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut t = String::new();
+    while std::time::Instant::now() < deadline {
+        t = s.relay.transcripts().join("\n");
+        if want.iter().all(|w| t.contains(w.as_str())) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for w in &want {
+        assert!(t.contains(w.as_str()), "{w}\n{t}");
+    }
+    s.relay.shutdown().await;
+    s.fake.shutdown().await;
+}
