@@ -4,6 +4,7 @@
 //! - [`cli`]: the command line (clap) and [`cli::run`], which the binary calls, so tests
 //!   exercise the same path as users.
 //! - [`client_tls`]: TLS from mail clients: the handshake, its failure told with a hint.
+//! - [`auth_guard`]: failed AUTHs counted across sessions, per client and per upstream.
 //! - [`check`]: `smtp-relay check`, which shows what the protocol crate makes of command lines.
 //! - [`load`]: `smtp-relay load`, the load generator (HdrHistogram, open and closed loop).
 //! - [`log`]: structured logs in `log/relay.log` (human or JSON lines).
@@ -25,6 +26,7 @@
 //! The protocol itself lives in the `smtp-wire` crate (`proto/`); the relay's server side, the
 //! scenario runner and the load generator arrive with their issues.
 
+pub mod auth_guard;
 pub mod check;
 pub mod cli;
 pub mod client_tls;

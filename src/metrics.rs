@@ -27,6 +27,11 @@ pub struct Metrics {
     pub bounced: AtomicU64,
     /// Upstream replies to the end of data, by code.
     pub upstream_replies: Mutex<BTreeMap<u16, u64>>,
+    /// AUTHs answered by the relay without asking the upstream, by reason
+    /// ([`crate::auth_guard::Refusal::name`]).
+    pub auth_refused_locally: Mutex<BTreeMap<&'static str, u64>>,
+    /// Times an upstream refused the relay itself (`554 IP is rejected`, `421 HL:ICC`).
+    pub upstream_refused_relay: AtomicU64,
 }
 
 impl Metrics {
@@ -40,6 +45,15 @@ impl Metrics {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .entry(code)
+            .or_insert(0) += 1;
+    }
+
+    pub fn auth_refused(&self, reason: &'static str) {
+        *self
+            .auth_refused_locally
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(reason)
             .or_insert(0) += 1;
     }
 
@@ -113,6 +127,27 @@ impl Metrics {
                 "smtp_relay_queue_oldest_seconds",
                 "Age of the oldest queued message.",
                 age,
+            );
+        }
+        counter(
+            &mut s,
+            "smtp_relay_upstream_refused_relay_total",
+            "Times an upstream refused the relay's own address (554 IP is rejected, 421 HL:ICC).",
+            get(&self.upstream_refused_relay),
+        );
+        let _ = writeln!(
+            s,
+            "# HELP smtp_relay_auth_refused_locally_total AUTHs answered without asking the upstream, by reason.\n# TYPE smtp_relay_auth_refused_locally_total counter"
+        );
+        for (reason, n) in self
+            .auth_refused_locally
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            let _ = writeln!(
+                s,
+                "smtp_relay_auth_refused_locally_total{{reason=\"{reason}\"}} {n}"
             );
         }
         let _ = writeln!(

@@ -80,6 +80,8 @@ pub struct RelayConfig {
     pub max_sessions_per_ip: usize,
     /// A failed AUTH is answered after this pause (slows down password guessing).
     pub auth_failure_delay: Duration,
+    /// Failed AUTHs counted across sessions (pass-through mode), refused locally beyond.
+    pub auth_limits: crate::auth_guard::AuthLimits,
     /// Idle time allowed while waiting for a command (RFC 5321 4.5.3.2.7: at least 5 min).
     pub command_timeout: Duration,
     /// Idle time allowed inside DATA between two reads.
@@ -132,6 +134,7 @@ impl RelayConfig {
             max_sessions: 200,
             max_sessions_per_ip: 20,
             auth_failure_delay: Duration::from_secs(1),
+            auth_limits: crate::auth_guard::AuthLimits::default(),
             command_timeout: Duration::from_secs(300),
             data_timeout: Duration::from_secs(180),
             line_timeout: Duration::from_secs(60),
@@ -282,6 +285,7 @@ struct Shared {
     queue: Option<crate::queue::store::Queue>,
     wake: Arc<tokio::sync::Notify>,
     metrics: Arc<crate::metrics::Metrics>,
+    auth_guard: crate::auth_guard::AuthGuard,
 }
 
 impl Shared {
@@ -413,6 +417,7 @@ pub async fn start(mut config: RelayConfig) -> std::io::Result<RelayHandle> {
         queue,
         wake: Arc::default(),
         metrics: Arc::default(),
+        auth_guard: crate::auth_guard::AuthGuard::new(config.auth_limits),
         // Session numbers go on from the last run's transcripts, so that none is replaced.
         next_id: AtomicU64::new(
             config
@@ -1225,10 +1230,44 @@ impl Session {
     }
 
     async fn authenticate_upstream(&mut self, c: Credentials) -> Verdict {
+        use crate::auth_guard::{Admission, Refusal};
         let mut config = self.shared.config.upstream.clone();
+        let shared = self.shared.clone();
+        let guard = &shared.auth_guard;
+        let (ip, upstream) = (self.peer.ip(), config.name.clone());
+        let (admission, wait) = guard.admit(Instant::now(), ip, &upstream, &c.username, &c.secret);
+        if let Admission::Refuse(refusal) = admission {
+            if refusal == Refusal::KnownBad {
+                guard.failed(Instant::now(), ip, &upstream, &c.username, &c.secret, false);
+            }
+            self.shared.metrics.auth_refused(refusal.name());
+            tracing::info!(
+                session = self.id,
+                peer = %self.peer,
+                user = %c.username,
+                reason = refusal.name(),
+                "auth refused without asking the upstream"
+            );
+            let reply = refusal.reply(&upstream, wait);
+            self.note(format!("    * not asked upstream: {}", refusal.name()));
+            return Verdict::Reply(reply);
+        }
         config.credentials = Some(c.clone());
         match Upstream::connect(&config).await {
+            Err(e) if self.refuses_the_relay(&e) => {
+                self.note(format!("    * upstream failure: {e}"));
+                let reply = e.reply().cloned().unwrap_or_else(|| e.client_reply());
+                guard.relay_refused(Instant::now(), &upstream, reply.clone());
+                let pause = guard.limits().relay_refused_pause;
+                Verdict::Reply(Refusal::RelayRefused(reply).reply(&upstream, pause))
+            }
+            Err(UpstreamError::AuthRejected { reply, .. }) if reply.code / 100 == 5 => {
+                self.note(format!("    * upstream refused the credentials: {reply}"));
+                guard.failed(Instant::now(), ip, &upstream, &c.username, &c.secret, true);
+                Verdict::Reply(reply)
+            }
             Ok(up) => {
+                guard.succeeded(ip);
                 self.shared.learn(0, up.capabilities());
                 if let Some(old) = self.legs[0].up.replace(up) {
                     old.quit().await;
@@ -1252,6 +1291,32 @@ impl Session {
         }
     }
 
+    /// Whether `e` is an upstream refusing the relay's own address; if so it is logged as an
+    /// error naming the upstream and counted in the metrics.
+    fn refuses_the_relay(&self, e: &UpstreamError) -> bool {
+        let refused = match e {
+            UpstreamError::Refused {
+                phase: crate::upstream::Phase::Greeting,
+                reply,
+                ..
+            } => crate::auth_guard::refuses_the_relay(reply, true),
+            UpstreamError::AuthRejected { reply, .. } | UpstreamError::Refused { reply, .. } => {
+                crate::auth_guard::refuses_the_relay(reply, false)
+            }
+            _ => false,
+        };
+        if refused {
+            crate::metrics::Metrics::inc(&self.shared.metrics.upstream_refused_relay);
+            tracing::error!(
+                session = self.id,
+                upstream = e.upstream(),
+                error = %e,
+                "the upstream refuses the relay itself: no client can send through it until it lifts this"
+            );
+        }
+        refused
+    }
+
     /// The upstream session of route `r`: the one already open, or a new one (with the
     /// client's credentials or the route's own, see [`uses_client_credentials`]).
     async fn open_leg(&mut self, r: usize) -> Result<(), UpstreamError> {
@@ -1270,7 +1335,9 @@ impl Session {
                 Ok(())
             }
             Err(e) => {
-                if let UpstreamError::AuthRejected { reply, .. } = &e
+                if self.refuses_the_relay(&e) {
+                    // Logged and counted there.
+                } else if let UpstreamError::AuthRejected { reply, .. } = &e
                     && !uses_client_credentials(cfg, r)
                 {
                     tracing::error!(

@@ -112,6 +112,11 @@ struct FileLimits {
     max_sessions: usize,
     max_sessions_per_ip: usize,
     auth_failure_delay_ms: u64,
+    auth_failures_per_client: u32,
+    auth_failures_per_upstream: u32,
+    auth_failure_window_secs: u64,
+    auth_block_secs: u64,
+    auth_remember_refused_secs: u64,
     command_timeout_secs: u64,
     data_timeout_secs: u64,
     line_timeout_secs: u64,
@@ -126,6 +131,7 @@ struct FileLimits {
 impl Default for FileLimits {
     fn default() -> Self {
         let t = Timeouts::default();
+        let g = crate::auth_guard::AuthLimits::default();
         FileLimits {
             max_message_size: 50 * 1024 * 1024,
             max_recipients: 100,
@@ -133,6 +139,11 @@ impl Default for FileLimits {
             max_sessions: 200,
             max_sessions_per_ip: 20,
             auth_failure_delay_ms: 1000,
+            auth_failures_per_client: g.per_client,
+            auth_failures_per_upstream: g.per_upstream,
+            auth_failure_window_secs: g.window.as_secs(),
+            auth_block_secs: g.block.as_secs(),
+            auth_remember_refused_secs: g.remember_refused.as_secs(),
             command_timeout_secs: 300,
             data_timeout_secs: 180,
             line_timeout_secs: 60,
@@ -447,6 +458,14 @@ pub fn parse(text: &str, origin: &str, base: &Path) -> Result<Loaded, String> {
         max_sessions: l.max_sessions,
         max_sessions_per_ip: l.max_sessions_per_ip,
         auth_failure_delay: Duration::from_millis(l.auth_failure_delay_ms),
+        auth_limits: crate::auth_guard::AuthLimits {
+            per_client: l.auth_failures_per_client,
+            per_upstream: l.auth_failures_per_upstream,
+            window: Duration::from_secs(l.auth_failure_window_secs),
+            block: Duration::from_secs(l.auth_block_secs),
+            remember_refused: Duration::from_secs(l.auth_remember_refused_secs),
+            ..crate::auth_guard::AuthLimits::default()
+        },
         command_timeout: Duration::from_secs(l.command_timeout_secs),
         data_timeout: Duration::from_secs(l.data_timeout_secs),
         line_timeout: Duration::from_secs(l.line_timeout_secs),

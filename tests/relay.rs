@@ -773,3 +773,107 @@ async fn a_refused_certificate_is_told_in_the_transcript() {
     s.relay.shutdown().await;
     s.fake.shutdown().await;
 }
+
+/// A session of a client bound to `from` (another loopback address: the relay counts AUTH
+/// failures per client address): EHLO, then `AUTH PLAIN` as alice with `code`; the reply.
+async fn auth_from(s: &common::Setup, from: [u8; 4], code: &str) -> String {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(std::net::SocketAddr::from((from, 0))).unwrap();
+    let tcp = socket.connect(s.relay.addr()).await.unwrap();
+    let mut c = fake_upstream::testing::Client::from_io(Box::new(tcp));
+    assert_eq!(c.reply().await.code, 220);
+    c.cmd("EHLO client.example").await;
+    let r = c
+        .cmd(&format!(
+            "AUTH PLAIN {}",
+            b64(&format!("\0alice@163.com\0{code}"))
+        ))
+        .await;
+    c.cmd("QUIT").await;
+    r
+}
+
+/// Failed AUTHs are counted across sessions, per client address and per upstream, and refused
+/// by the relay before the fake 163 (which bans the relay's address after 5) ever sees a
+/// fifth: every other user keeps working once the pause is over, and 163 never bans.
+#[tokio::test]
+async fn failed_auths_are_refused_locally_before_the_upstream_bans_the_relay() {
+    let s = setup("auth-guard", vec![]).await;
+    let (a, b, c, d) = (
+        [127, 0, 0, 2],
+        [127, 0, 0, 3],
+        [127, 0, 0, 4],
+        [127, 0, 0, 5],
+    );
+    let failed = "535 Error: authentication failed";
+    assert_eq!(auth_from(&s, a, "WRONG1").await, failed);
+    // The same wrong code from another client: not asked again.
+    let r = auth_from(&s, b, "WRONG1").await;
+    assert!(
+        r.starts_with(
+            "535 5.7.8 Authentication failed: smtp.163.com (fake) refused these credentials"
+        ),
+        "{r}"
+    );
+    assert_eq!(auth_from(&s, a, "WRONG2").await, failed);
+    assert_eq!(auth_from(&s, a, "WRONG3").await, failed);
+    // Three failures from `a`: even the right code waits.
+    let r = auth_from(&s, a, "ALICEAUTHCODE163").await;
+    assert!(
+        r.starts_with("454 4.7.0 Too many failed authentications from your address"),
+        "{r}"
+    );
+    // A fourth failure towards 163, from `c`: every AUTH towards it pauses.
+    assert_eq!(auth_from(&s, c, "WRONG4").await, failed);
+    let r = auth_from(&s, d, "ALICEAUTHCODE163").await;
+    assert!(
+        r.starts_with("454 4.7.0 Authentication towards smtp.163.com (fake) paused"),
+        "{r}"
+    );
+
+    s.relay.shutdown().await;
+    s.fake.shutdown().await;
+    let upstream_saw: String = s.fake.transcripts().iter().map(|t| t.text()).collect();
+    assert_eq!(upstream_saw.matches("C: AUTH").count(), 4, "{upstream_saw}");
+    assert!(!upstream_saw.contains("IP is rejected"), "{upstream_saw}");
+    assert!(!upstream_saw.contains("WRONG"), "no secret in a transcript");
+}
+
+/// An upstream that refuses the relay itself (163's `554 IP is rejected` once its own count of
+/// failures is reached: in answer to AUTH, then at every greeting) is named as such in the
+/// client's reply, logged and counted in the metrics.
+#[tokio::test]
+async fn an_upstream_refusing_the_relay_is_said_so() {
+    let s = common::setup_full(
+        "relay-banned",
+        |f| f.persona.limits.auth_failures_before_ban = Some(2),
+        |c| {
+            c.metrics = Some("127.0.0.1:0".parse().unwrap());
+            // Ask again at once (60 s by default), to see the refusal at the greeting.
+            c.auth_limits.relay_refused_pause = Duration::ZERO;
+        },
+    )
+    .await;
+    assert_eq!(
+        auth_from(&s, [127, 0, 0, 2], "WRONG").await,
+        "535 Error: authentication failed"
+    );
+    let banned = "454 4.7.0 upstream smtp.163.com (fake) refuses this relay's address for now (554 IP is rejected";
+    let r = auth_from(&s, [127, 0, 0, 3], "WRONG2").await;
+    assert!(r.starts_with(banned), "at AUTH: {r}");
+    let r = auth_from(&s, [127, 0, 0, 4], "ALICEAUTHCODE163").await;
+    assert!(r.starts_with(banned), "at the greeting: {r}");
+    let metrics = fake_upstream::testing::python(
+        "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1]).read().decode())",
+        vec![format!(
+            "http://{}/metrics",
+            s.relay.metrics_addr().unwrap()
+        )],
+    )
+    .await;
+    assert!(
+        metrics.contains("smtp_relay_upstream_refused_relay_total 2\n"),
+        "{metrics}"
+    );
+    s.stop().await;
+}

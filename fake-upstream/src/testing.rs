@@ -70,6 +70,11 @@ impl Client {
         Client::with(Box::new(tls))
     }
 
+    /// A client over a connection made elsewhere (e.g. bound to another loopback address).
+    pub fn from_io(io: Box<dyn Io>) -> Client {
+        Client::with(io)
+    }
+
     fn with(io: Box<dyn Io>) -> Client {
         Client {
             io: Some(io),

@@ -984,6 +984,8 @@ pub const RELAY_OPTIONS: &[&str] = &[
     "max_message_size",
     "line_timeout",
     "min_data_rate",
+    "auth_failures_per_client",
+    "auth_failures_per_upstream",
     "max_sessions",
     "max_sessions_per_ip",
     "command_timeout",
@@ -1012,7 +1014,9 @@ fn check_relay_option(k: &str, v: &str) -> Result<(), String> {
         | "max_message_size"
         | "max_sessions"
         | "max_sessions_per_ip"
-        | "min_data_rate" => v
+        | "min_data_rate"
+        | "auth_failures_per_client"
+        | "auth_failures_per_upstream" => v
             .parse::<u64>()
             .map(|_| ())
             .map_err(|_| format!("{k}={v}: expected a number")),

@@ -575,6 +575,8 @@ fn apply_relay_option(
         "max_recipients" => c.max_recipients = num()? as usize,
         "max_rcpt_commands" => c.max_rcpt_commands = num()? as usize,
         "min_data_rate" => c.min_data_rate = num()?,
+        "auth_failures_per_client" => c.auth_limits.per_client = num()? as u32,
+        "auth_failures_per_upstream" => c.auth_limits.per_upstream = num()? as u32,
         "line_timeout" => c.line_timeout = dur()?,
         "max_message_size" => c.max_message_size = num()?,
         "max_sessions" => c.max_sessions = num()? as usize,
