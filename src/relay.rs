@@ -281,6 +281,8 @@ struct Shared {
     next_id: AtomicU64,
     /// Per route: whether its upstream offered SMTPUTF8 when last seen (`None`: not yet).
     smtputf8: std::sync::Mutex<Vec<Option<bool>>>,
+    /// Per route: whether its upstream offered 8BITMIME when last seen.
+    eight_bit_mime: std::sync::Mutex<Vec<Option<bool>>>,
     /// Store and forward: the queue, and the scheduler's bell.
     queue: Option<crate::queue::store::Queue>,
     wake: Arc<tokio::sync::Notify>,
@@ -295,12 +297,31 @@ impl Shared {
         if let Some(slot) = known.get_mut(r) {
             *slot = Some(caps.smtputf8());
         }
+        drop(known);
+        let mut known = self
+            .eight_bit_mime
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(slot) = known.get_mut(r) {
+            *slot = Some(caps.eightbitmime());
+        }
     }
 
     /// SMTPUTF8 is offered to clients only when every route's upstream offers it.
     fn smtputf8(&self) -> bool {
         let known = self.smtputf8.lock().unwrap_or_else(|e| e.into_inner());
         known.iter().all(|k| *k == Some(true))
+    }
+
+    /// 8BITMIME likewise (RFC 6152 3: 8-bit content may not be relayed to a 7-bit server);
+    /// a route not yet seen counts as offering it (nearly every server does), and 8-bit
+    /// content for one that turns out not to is refused on its way.
+    fn eight_bit_mime(&self) -> bool {
+        let known = self
+            .eight_bit_mime
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        known.iter().all(|k| *k != Some(false))
     }
 }
 
@@ -414,6 +435,7 @@ pub async fn start(mut config: RelayConfig) -> std::io::Result<RelayHandle> {
         transcripts: Default::default(),
         per_ip: Default::default(),
         smtputf8: std::sync::Mutex::new(vec![None; config.routes.len() + 1]),
+        eight_bit_mime: std::sync::Mutex::new(vec![None; config.routes.len() + 1]),
         queue,
         wake: Arc::default(),
         metrics: Arc::default(),
@@ -585,6 +607,7 @@ async fn client(
         auth_requires_tls: !loopback,
         auth_required: !trusted,
         smtputf8: shared.smtputf8(),
+        eight_bit_mime: shared.eight_bit_mime(),
         ..ServerConfig::default()
     };
     let mut session = Session {
@@ -705,6 +728,28 @@ async fn stream_content(
             }
         }
     };
+    // RFC 6152 3: no 8-bit octet to an upstream that did not offer 8BITMIME. Such content is
+    // refused as a whole (554 5.6.3) and that upstream gets none of it.
+    if data.iter().any(|b| *b >= 0x80) {
+        for leg in legs.iter_mut().filter(|l| l.sending) {
+            let Some(up) = leg.up.take_if(|up| !up.capabilities().eightbitmime()) else {
+                continue;
+            };
+            let reply = Reply::new(
+                554,
+                (5, 6, 3),
+                format!(
+                    "message has 8-bit content and upstream {} does not accept it (no 8BITMIME); send it 7-bit (base64 or quoted-printable)",
+                    up.name()
+                ),
+            );
+            tracing::info!(session, upstream = %up.name(), "8-bit content refused: the upstream offers no 8BITMIME");
+            poisoned.get_or_insert(reply);
+            leg.sending = false;
+            leg.mail_sent = false;
+            up.abort().await;
+        }
+    }
     let to_upstreams = futures_util::future::join_all(
         legs.iter_mut()
             .filter(|l| l.sending)

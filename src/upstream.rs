@@ -714,12 +714,23 @@ impl Upstream {
             .map_err(|e| self.protocol(e))
     }
 
+    /// MAIL parameters as this upstream may be given them: `BODY=8BITMIME` only when it
+    /// offers 8BITMIME (RFC 6152 3). The content is checked on its way (the relay refuses
+    /// 8-bit content for such an upstream with `554 5.6.3`), so nothing 8-bit follows.
+    fn adapt(&self, params: &MailParams) -> MailParams {
+        let mut p = params.clone();
+        if p.body == Some(smtp_wire::Body::EightBitMime) && !self.capabilities().eightbitmime() {
+            p.body = None;
+        }
+        p
+    }
+
     pub async fn mail(
         &mut self,
         from: &ReversePath,
         params: &MailParams,
     ) -> Result<Reply, UpstreamError> {
-        let out = self.session.mail(from.clone(), params.clone());
+        let out = self.session.mail(from.clone(), self.adapt(params));
         match self
             .command(out, Phase::Mail, self.timeouts.command)
             .await?
@@ -788,7 +799,7 @@ impl Upstream {
         if let Some((from, params)) = mail {
             out.push(
                 self.session
-                    .mail(from.clone(), params.clone())
+                    .mail(from.clone(), self.adapt(params))
                     .map_err(|e| self.protocol(e))?,
             );
         }

@@ -187,6 +187,7 @@ fn scenario() -> impl Strategy<Value = Scenario> {
                     persona: if with_163 { "163" } else { "sink" }.into(),
                     era: None,
                     pipelining: Some(true),
+                    without: Vec::new(),
                     no_limits: true,
                     users: None,
                     faults: upstream_faults,

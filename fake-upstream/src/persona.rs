@@ -44,6 +44,10 @@ pub struct Persona {
     /// Force a PIPELINING line in (true) or out (false) of the era's lines.
     #[serde(default)]
     pub pipelining: Option<bool>,
+    /// EHLO keywords left out of the era's lines (`8BITMIME`, `SMTPUTF8`): a server that does
+    /// not offer them, and refuses their parameters as such a server does.
+    #[serde(default)]
+    pub without: Vec<String>,
     pub starttls_after_tls: bool,
     pub enhanced_status_codes: bool,
     pub auth_after_helo: bool,
@@ -380,6 +384,10 @@ impl Persona {
             Some(false) => lines.retain(|l| !l.eq_ignore_ascii_case("PIPELINING")),
             _ => {}
         }
+        lines.retain(|l| {
+            let keyword = l.split([' ', '=']).next().unwrap_or("");
+            !self.without.iter().any(|w| w.eq_ignore_ascii_case(keyword))
+        });
         lines
     }
 
@@ -437,6 +445,7 @@ impl Persona {
             // The persona's ban decides; the session never closes first.
             max_auth_failures: u32::MAX,
             pipelining: caps.pipelining(),
+            eight_bit_mime: caps.eightbitmime(),
             smtputf8: caps.smtputf8(),
             chunking: caps.chunking(),
             dsn: caps.dsn(),

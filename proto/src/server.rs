@@ -52,6 +52,8 @@ pub struct ServerConfig {
     pub pipelining: bool,
     /// Offer SMTPUTF8 (only when every route onward supports it).
     pub smtputf8: bool,
+    /// Offer 8BITMIME (RFC 6152); without it `BODY=8BITMIME` gets `555 5.5.4`.
+    pub eight_bit_mime: bool,
     /// Offer CHUNKING (BDAT) and BINARYMIME.
     pub chunking: bool,
     /// Offer DSN (only when the driver can generate DSNs itself).
@@ -93,6 +95,7 @@ impl Default for ServerConfig {
             max_auth_failures: 3,
             pipelining: true,
             smtputf8: false,
+            eight_bit_mime: true,
             chunking: false,
             dsn: false,
             starttls: false,
@@ -383,7 +386,9 @@ impl ServerSession {
             ext.push(Extension::Pipelining);
         }
         ext.push(Extension::Size(Some(c.max_message_size)));
-        ext.push(Extension::EightBitMime);
+        if c.eight_bit_mime {
+            ext.push(Extension::EightBitMime);
+        }
         if c.enhanced_status_codes {
             ext.push(Extension::EnhancedStatusCodes);
         }
@@ -734,6 +739,9 @@ impl ServerSession {
         }
         if p.smtputf8 && !self.config.smtputf8 {
             return Some(self.unsupported("SMTPUTF8"));
+        }
+        if p.body == Some(Body::EightBitMime) && !self.config.eight_bit_mime {
+            return Some(self.unsupported("BODY=8BITMIME"));
         }
         if p.body == Some(Body::BinaryMime) && !self.config.chunking {
             return Some(self.unsupported("BODY=BINARYMIME"));

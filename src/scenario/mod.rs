@@ -50,6 +50,8 @@ pub struct Upstream {
     pub persona: String,
     pub era: Option<String>,
     pub pipelining: Option<bool>,
+    /// EHLO keywords the fake does not offer (`upstream-without: 8BITMIME`).
+    pub without: Vec<String>,
     pub no_limits: bool,
     /// `None`: the persona's demo users.
     pub users: Option<Vec<User>>,
@@ -64,6 +66,7 @@ impl Upstream {
             persona: persona.to_string(),
             era: None,
             pipelining: None,
+            without: Vec::new(),
             no_limits: false,
             users: None,
             faults: Vec::new(),
@@ -605,6 +608,9 @@ impl Scenario {
                 "upstream-pipelining" => {
                     sc.upstream.pipelining = Some(parse_bool(value).map_err(err)?)
                 }
+                "upstream-without" => {
+                    sc.upstream.without = value.split_whitespace().map(str::to_string).collect()
+                }
                 "upstream-no-limits" => sc.upstream.no_limits = parse_bool(value).map_err(err)?,
                 "upstream-tls" => sc.upstream.tls = parse_tls(value).map_err(err)?,
                 "user" => {
@@ -812,6 +818,12 @@ impl Scenario {
             s.push_str(&format!(
                 "upstream-pipelining: {}\n",
                 if p { "on" } else { "off" }
+            ));
+        }
+        if !self.upstream.without.is_empty() {
+            s.push_str(&format!(
+                "upstream-without: {}\n",
+                self.upstream.without.join(" ")
             ));
         }
         if self.upstream.no_limits {

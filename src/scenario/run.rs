@@ -439,6 +439,7 @@ async fn start_fake(
     if let Some(p) = up.pipelining {
         persona.pipelining = Some(p);
     }
+    persona.without.extend(up.without.iter().cloned());
     // The checks compare what the upstream got: the sink keeps its messages here.
     persona.rules.keep_messages = true;
     let mut config = FakeConfig::new(persona, data_dir);
