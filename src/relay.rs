@@ -606,7 +606,8 @@ async fn client(
         // AUTH in clear only from loopback (a local mail client on the developer's machine).
         auth_requires_tls: !loopback,
         auth_required: !trusted,
-        smtputf8: shared.smtputf8(),
+        // RFC 6531 3.1: SMTPUTF8 comes with 8BITMIME.
+        smtputf8: shared.smtputf8() && shared.eight_bit_mime(),
         eight_bit_mime: shared.eight_bit_mime(),
         ..ServerConfig::default()
     };
