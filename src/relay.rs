@@ -2319,6 +2319,8 @@ const SUMMARY_TEXT: usize = 2000;
 
 /// Summarises the start of a message (headers and the first text part).
 pub fn summarize(message: &[u8]) -> Summary {
+    let recoded = utf8_header(message);
+    let message = recoded.as_deref().unwrap_or(message);
     let Some(parsed) = mail_parser::MessageParser::default().parse(message) else {
         return Summary::default();
     };
@@ -2338,6 +2340,44 @@ pub fn summarize(message: &[u8]) -> Summary {
             .body_text(0)
             .map(|t| t.chars().take(SUMMARY_TEXT).collect::<String>()),
     }
+}
+
+/// A message whose header holds raw 8-bit octets that are not UTF-8 (older Chinese clients
+/// send a GBK Subject so, with `BODY=8BITMIME`), with that header decoded as the message's
+/// charset says (the first `charset=` in it, or in its first 64 KiB), or as GB18030 when none
+/// does or that fails, and written back as UTF-8; `None` when the header is ASCII or UTF-8.
+fn utf8_header(message: &[u8]) -> Option<Vec<u8>> {
+    let end = memchr::memmem::find(message, b"\r\n\r\n")
+        .or_else(|| memchr::memmem::find(message, b"\n\n"))
+        .unwrap_or(message.len());
+    let head = &message[..end];
+    if std::str::from_utf8(head).is_ok() {
+        return None;
+    }
+    let gb18030 = encoding_rs::GB18030;
+    let scan = &message[..message.len().min(64 * 1024)];
+    let declared = memchr::memmem::find_iter(&scan.to_ascii_lowercase(), b"charset=")
+        .next()
+        .and_then(|i| {
+            let label: Vec<u8> = scan[i + 8..]
+                .iter()
+                .copied()
+                .skip_while(|c| *c == b'"')
+                .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b':' | b'.'))
+                .collect();
+            encoding_rs::Encoding::for_label(&label)
+        })
+        .filter(|e| *e != encoding_rs::UTF_8);
+    let (mut text, _, mut bad) = declared.unwrap_or(gb18030).decode(head);
+    if bad && declared.is_some() {
+        (text, _, bad) = gb18030.decode(head);
+    }
+    if bad {
+        return None;
+    }
+    let mut out = text.into_owned().into_bytes();
+    out.extend_from_slice(&message[end..]);
+    Some(out)
 }
 
 /// What `spool/<id>.json` records (never a secret).
@@ -2446,6 +2486,38 @@ mod tests {
         assert_eq!(s.subject.as_deref(), Some("你好"));
         assert_eq!(s.from.as_deref(), Some("程立 <alice@163.com>"));
         assert_eq!(s.text.as_deref(), Some("世界，来自 Foxmail。"));
+    }
+
+    /// A raw 8-bit GBK Subject (no RFC 2047 word), as older Chinese clients send it: decoded
+    /// as the body's charset says, or as GB18030 when nothing says; UTF-8 stays as it is.
+    #[test]
+    fn summary_decodes_a_raw_gbk_subject() {
+        let (subject, _, _) = encoding_rs::GBK.encode("测试邮件 你好");
+        let (body, _, _) = encoding_rs::GBK.encode("正文");
+        for content_type in [
+            &b"Content-Type: text/plain; charset=GBK\r\n"[..],
+            b"Content-Type: text/plain; charset=\"gb2312\"\r\n",
+            b"",
+        ] {
+            let mut m = b"From: a@163.com\r\nSubject: ".to_vec();
+            m.extend_from_slice(&subject);
+            m.extend_from_slice(b"\r\n");
+            m.extend_from_slice(content_type);
+            m.extend_from_slice(b"\r\n");
+            m.extend_from_slice(&body);
+            m.extend_from_slice(b"\r\n");
+            let s = summarize(&m);
+            assert_eq!(
+                s.subject.as_deref(),
+                Some("测试邮件 你好"),
+                "{content_type:?}"
+            );
+            if !content_type.is_empty() {
+                assert_eq!(s.text.as_deref().map(str::trim), Some("正文"));
+            }
+        }
+        let utf8 = "Subject: 测试 UTF-8\r\n\r\nbody\r\n".as_bytes();
+        assert_eq!(summarize(utf8).subject.as_deref(), Some("测试 UTF-8"));
     }
 
     #[test]
