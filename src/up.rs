@@ -1,5 +1,6 @@
 //! `smtp-relay up`: the offline developer setup in one command. The fake 163 (or QQ) upstream
-//! and the relay in front of it, in one process, TLS on both hops from one generated CA.
+//! and the relay in front of it, in one process, TLS on both hops from one generated CA; with
+//! the 163 persona also a fake qq.com MX, and the route that sends qq.com recipients there.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -32,6 +33,13 @@ pub struct UpArgs {
     /// The upstream persona.
     #[arg(long, default_value = "163", value_parser = ["163", "qq"])]
     pub persona: String,
+    /// The fake qq.com MX's listener (plain + STARTTLS), the route for qq.com recipients
+    /// (with the 163 persona).
+    #[arg(long, default_value = "127.0.0.1:1026")]
+    pub qq_listen: SocketAddr,
+    /// No fake qq.com MX and no qq.com route: every recipient goes to the one upstream.
+    #[arg(long)]
+    pub no_qq: bool,
     /// A user of the upstream, ADDRESS:CODE; repeatable; replaces the demo accounts.
     #[arg(long = "user", value_name = "ADDRESS:CODE")]
     pub users: Vec<String>,
@@ -54,6 +62,8 @@ pub struct UpArgs {
 /// What `up` started, for the banner and for tests.
 pub struct Up {
     pub fake: fake_upstream::Handle,
+    /// The fake qq.com MX that the `qq.com` route delivers to.
+    pub qq: Option<fake_upstream::Handle>,
     pub relay: relay::RelayHandle,
     pub ca: PathBuf,
     pub spool: PathBuf,
@@ -112,7 +122,44 @@ pub async fn start(args: &UpArgs) -> Result<Up, String> {
         },
         transcript: true,
     };
+    // Several domains out of the box: qq.com recipients go to a fake qq.com MX (STARTTLS, no
+    // AUTH: the relay delivers as an MTA does), the rest to the fake 163.
+    let qq = if args.persona == "163" && !args.no_qq {
+        let persona = Persona::load("qq-mx").map_err(|e| e.to_string())?;
+        let mut mx = FakeConfig::new(persona, data.join("upstream-qq"));
+        mx.listen = args.qq_listen;
+        mx.listen_tls = None;
+        mx.tls_files = Some(TlsFiles::in_dir(data));
+        if args.no_limits {
+            mx = mx.no_limits();
+        }
+        Some(
+            FakeUpstream::start(mx)
+                .await
+                .map_err(|e| format!("fake qq.com MX: {e}"))?,
+        )
+    } else {
+        None
+    };
+    let routes = match &qq {
+        Some(mx) => vec![crate::route::Route {
+            label: "qq".into(),
+            domains: vec!["qq.com".into()],
+            upstream: UpstreamConfig {
+                name: format!("mx1.qq.com (fake, {})", mx.addr()),
+                addr: mx.addr().to_string(),
+                server_name: "localhost".into(),
+                tls: TlsMode::StartTls,
+                credentials: None,
+                ..upstream.clone()
+            },
+            passthrough: false,
+            queue: false,
+        }],
+        None => Vec::new(),
+    };
     let mut config = RelayConfig {
+        routes,
         listen_tls: Some(args.listen_tls),
         tls: Some(tls.server_config.clone()),
         client_trust_file: Some(data.join("ca.pem")),
@@ -164,6 +211,7 @@ pub async fn start(args: &UpArgs) -> Result<Up, String> {
         log: data.join("log").join("relay.log"),
         transcripts: data.join("transcripts"),
         fake,
+        qq,
         relay,
         spool,
     })
@@ -200,6 +248,13 @@ pub fn banner(up: &Up) -> String {
         transcripts = up.transcripts.display(),
         mailboxes = up.mailboxes.display(),
     );
+    if let Some(mx) = &up.qq {
+        s.push_str(&format!(
+            "  route       qq.com -> fake qq.com MX on {} (plain + STARTTLS; mailboxes {})\n",
+            mx.addr(),
+            mx.data_dir().join("mailboxes").display()
+        ));
+    }
     if let Some(q) = &up.queue {
         s.push_str(&format!(
             "  queue       {}  (store and forward: 250 once queued, delivered and retried from here)\n",
@@ -232,7 +287,15 @@ pub fn banner(up: &Up) -> String {
             port = relay.port(),
         ));
     }
-    s.push_str("Ctrl-C (or SIGTERM) stops both.\n");
+    if let Some(mx) = &up.qq
+        && let Some(friend) = mx.users().iter().filter(|u| u.smtp).nth(1)
+    {
+        s.push_str(&format!(
+            "Several domains: add --to {} (swaks) or --mail-rcpt {} (curl); the relay routes it to the fake qq.com MX.\n",
+            friend.address, friend.address
+        ));
+    }
+    s.push_str("Ctrl-C (or SIGTERM) stops them all.\n");
     s
 }
 
@@ -257,5 +320,8 @@ pub async fn run(args: UpArgs) -> std::process::ExitCode {
     smtp_net::say("smtp-relay up: shutting down\n");
     up.relay.shutdown().await;
     up.fake.shutdown().await;
+    if let Some(mx) = &up.qq {
+        mx.shutdown().await;
+    }
     std::process::ExitCode::SUCCESS
 }

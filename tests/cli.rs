@@ -81,6 +81,8 @@ fn start_up_in(name: &str, extra: &[&str], fresh: bool) -> Started {
             "127.0.0.1:0",
             "--upstream-listen-tls",
             "127.0.0.1:0",
+            "--qq-listen",
+            "127.0.0.1:0",
         ])
         .args(extra)
         .stdout(Stdio::piped())
@@ -426,4 +428,61 @@ fn a_restart_replaces_no_file_and_everything_is_private() {
         }
         before = contents;
     }
+}
+
+/// `up` routes qq.com to its fake qq.com MX and says so: one message to a 163 and a qq.com
+/// recipient (python3's smtplib over implicit TLS, verifying the CA) lands in both mailboxes.
+#[test]
+fn up_routes_qq_com_to_its_fake_mx() {
+    let (mut child, banner, dir) = start_up("up-qq-route", &[]);
+    let text = banner.concat();
+    assert!(
+        text.contains("route       qq.com -> fake qq.com MX on 127.0.0.1:"),
+        "{text}"
+    );
+    assert!(text.contains("add --to bob@qq.com"), "{text}");
+    let tls = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("relay "))
+        .and_then(|l| l.split(", ").nth(1))
+        .and_then(|a| a.split(' ').next())
+        .unwrap()
+        .to_string();
+    let script = "import smtplib, ssl, sys\n\
+        host, port = sys.argv[1].rsplit(':', 1)\n\
+        ctx = ssl.create_default_context(cafile=sys.argv[2])\n\
+        s = smtplib.SMTP_SSL('localhost', int(port), context=ctx, timeout=20)\n\
+        s.login('alice@163.com', 'ALICEAUTHCODE163')\n\
+        s.sendmail('alice@163.com', ['bob@163.com', 'bob@qq.com'], 'From: alice@163.com\\r\\nSubject: two domains\\r\\n\\r\\nHi.\\r\\n')\n\
+        s.quit()\n";
+    let run = Command::new("python3")
+        .args(["-c", script, &tls])
+        .arg(dir.join("ca.pem"))
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    for mailbox in [
+        "upstream/mailboxes/bob@163.com",
+        "upstream-qq/mailboxes/bob@qq.com",
+    ] {
+        let emls = std::fs::read_dir(dir.join(mailbox))
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "eml")
+            })
+            .count();
+        assert_eq!(emls, 1, "{mailbox}");
+    }
+    let _ = Command::new("kill")
+        .args(["-INT", &child.0.id().to_string()])
+        .status();
+    assert!(child.0.wait().unwrap().success());
 }
