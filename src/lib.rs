@@ -7,6 +7,7 @@
 //! - [`auth_guard`]: failed AUTHs counted across sessions, per client and per upstream.
 //! - [`check`]: `smtp-relay check`, which shows what the protocol crate makes of command lines.
 //! - [`load`]: `smtp-relay load`, the load generator (HdrHistogram, open and closed loop).
+//! - [`local_ca`]: `up`'s certificate for mail clients, from a name-constrained, short-lived CA.
 //! - [`log`]: structured logs in `log/relay.log` (human or JSON lines).
 //! - [`metrics`]: `--metrics ADDR`, the Prometheus text endpoint.
 //! - [`pace`]: how long to wait for a client: idle, line, data-rate and session limits.
@@ -32,6 +33,7 @@ pub mod cli;
 pub mod client_tls;
 pub mod dsn;
 pub mod load;
+pub mod local_ca;
 pub mod log;
 pub mod metrics;
 pub mod pace;

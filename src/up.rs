@@ -65,7 +65,13 @@ pub struct Up {
     /// The fake qq.com MX that the `qq.com` route delivers to.
     pub qq: Option<fake_upstream::Handle>,
     pub relay: relay::RelayHandle,
+    /// The file mail clients trust: the relay's own CA.
     pub ca: PathBuf,
+    pub ca_until: chrono::DateTime<chrono::Utc>,
+    /// Made anew at this start (first start, or near expiry).
+    pub ca_renewed: bool,
+    /// The fake upstreams' CA: the relay's own business, not for mail clients.
+    pub upstream_ca: PathBuf,
     pub spool: PathBuf,
     pub log: PathBuf,
     pub transcripts: PathBuf,
@@ -78,14 +84,19 @@ pub struct Up {
 pub async fn start(args: &UpArgs) -> Result<Up, String> {
     let data = &args.data_dir;
     smtp_net::files::private_dir(data).map_err(|e| format!("{}: {e}", data.display()))?;
-    let files = TlsFiles::in_dir(data);
+    // Two CAs: the fake upstreams' (its leaf names smtp.163.com and smtp.qq.com; only the
+    // relay trusts it) and the relay's own for mail clients (local names only, short-lived).
+    let files = TlsFiles::in_dir(&data.join("upstream"));
+    smtp_net::files::private_dir(&data.join("upstream"))
+        .map_err(|e| format!("{}: {e}", data.display()))?;
     let tls = fake_upstream::tls::load_or_generate(files.clone()).map_err(|e| e.to_string())?;
+    let client_tls = crate::local_ca::load_or_renew(data, "localhost", chrono::Utc::now())?;
 
     let persona = Persona::load(&args.persona).map_err(|e| e.to_string())?;
     let mut fake = FakeConfig::new(persona, data.join("upstream"));
     fake.listen = args.upstream_listen;
     fake.listen_tls = Some(args.upstream_listen_tls);
-    fake.tls_files = Some(files);
+    fake.tls_files = Some(files.clone());
     if !args.users.is_empty() {
         fake.users = args
             .users
@@ -129,7 +140,7 @@ pub async fn start(args: &UpArgs) -> Result<Up, String> {
         let mut mx = FakeConfig::new(persona, data.join("upstream-qq"));
         mx.listen = args.qq_listen;
         mx.listen_tls = None;
-        mx.tls_files = Some(TlsFiles::in_dir(data));
+        mx.tls_files = Some(files.clone());
         if args.no_limits {
             mx = mx.no_limits();
         }
@@ -161,8 +172,8 @@ pub async fn start(args: &UpArgs) -> Result<Up, String> {
     let mut config = RelayConfig {
         routes,
         listen_tls: Some(args.listen_tls),
-        tls: Some(tls.server_config.clone()),
-        client_trust_file: Some(data.join("ca.pem")),
+        tls: Some(client_tls.server_config.clone()),
+        client_trust_file: Some(client_tls.ca.clone()),
         auth: AuthMode::Passthrough,
         transcripts: Some(data.join("transcripts")),
         ..RelayConfig::new("localhost", args.listen, spool.clone(), upstream)
@@ -206,7 +217,10 @@ pub async fn start(args: &UpArgs) -> Result<Up, String> {
         .map_err(|e| format!("relay: {e}"))?;
     Ok(Up {
         queue: queue_dir,
-        ca: tls.files.ca.clone(),
+        ca: client_tls.ca.clone(),
+        ca_until: client_tls.not_after,
+        ca_renewed: client_tls.renewed,
+        upstream_ca: tls.files.ca.clone(),
         mailboxes: fake.data_dir().join("mailboxes"),
         log: data.join("log").join("relay.log"),
         transcripts: data.join("transcripts"),
@@ -231,12 +245,20 @@ pub fn banner(up: &Up) -> String {
         "smtp-relay up: the relay in front of a fake {persona} upstream, offline\n\
          \x20 relay       {relay} (plain + STARTTLS), {relay_tls} (implicit TLS)\n\
          \x20 upstream    {persona} persona on {up_plain} (plain + STARTTLS), {up_tls} (implicit TLS; the relay uses it)\n\
-         \x20 CA          {ca}  (both hops verify against it)\n\
+         \x20 CA          {ca}  (trust this one in mail clients: it vouches for localhost, 127.0.0.1 and ::1 only; valid until {until}{renewed})\n\
+         \x20 upstream CA {upstream_ca}  (the relay verifies the fake upstreams with it; not for mail clients)\n\
          \x20 spool       {spool}\n\
          \x20 log         {log}\n\
          \x20 transcripts {transcripts}\n\
          \x20 mailboxes   {mailboxes}\n",
         persona = up.fake.persona_name(),
+        until = up.ca_until.format("%Y-%m-%d"),
+        renewed = if up.ca_renewed {
+            "; new: mail clients must trust this file again"
+        } else {
+            ""
+        },
+        upstream_ca = up.upstream_ca.display(),
         up_plain = up.fake.addr(),
         up_tls = up
             .fake
