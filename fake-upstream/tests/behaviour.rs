@@ -524,3 +524,23 @@ async fn tls_files_can_be_given_by_path() {
         .to_string();
     assert!(err.contains("ca.pem"), "{err}");
 }
+
+/// A persona told to leave 8BITMIME out (`without`) does not offer it and refuses
+/// `BODY=8BITMIME` as such a server does; the same persona otherwise offers and takes it.
+#[tokio::test]
+async fn a_persona_without_8bitmime_refuses_its_parameter() {
+    for without in [false, true] {
+        let mut cfg = config("sink", &format!("without-8bitmime-{without}"));
+        if without {
+            cfg.persona.without = vec!["8BITMIME".into()];
+        }
+        let h = start(cfg).await;
+        let mut c = Client::connect(&h).await;
+        c.reply().await;
+        let ehlo = c.cmd("EHLO client.example").await;
+        assert_eq!(ehlo.contains("8BITMIME"), !without, "{ehlo}");
+        let r = c.cmd("MAIL FROM:<a@example.com> BODY=8BITMIME").await;
+        assert_eq!(r.starts_with("555"), without, "{r}");
+        h.shutdown().await;
+    }
+}
