@@ -30,6 +30,8 @@ pub struct Metrics {
     /// AUTHs answered by the relay without asking the upstream, by reason
     /// ([`crate::auth_guard::Refusal::name`]).
     pub auth_refused_locally: Mutex<BTreeMap<&'static str, u64>>,
+    /// Client connections refused at connect, by the limit that refused them.
+    pub sessions_refused: Mutex<BTreeMap<&'static str, u64>>,
     /// Times an upstream refused the relay itself (`554 IP is rejected`, `421 HL:ICC`).
     pub upstream_refused_relay: AtomicU64,
 }
@@ -45,6 +47,15 @@ impl Metrics {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .entry(code)
+            .or_insert(0) += 1;
+    }
+
+    pub fn session_refused(&self, limit: &'static str) {
+        *self
+            .sessions_refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(limit)
             .or_insert(0) += 1;
     }
 
@@ -135,6 +146,21 @@ impl Metrics {
             "Times an upstream refused the relay's own address (554 IP is rejected, 421 HL:ICC).",
             get(&self.upstream_refused_relay),
         );
+        let _ = writeln!(
+            s,
+            "# HELP smtp_relay_sessions_refused_total Client connections refused at connect, by limit.\n# TYPE smtp_relay_sessions_refused_total counter"
+        );
+        for (limit, n) in self
+            .sessions_refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            let _ = writeln!(
+                s,
+                "smtp_relay_sessions_refused_total{{limit=\"{limit}\"}} {n}"
+            );
+        }
         let _ = writeln!(
             s,
             "# HELP smtp_relay_auth_refused_locally_total AUTHs answered without asking the upstream, by reason.\n# TYPE smtp_relay_auth_refused_locally_total counter"

@@ -564,7 +564,7 @@ async fn accept_loop(
 
 async fn client(
     shared: Arc<Shared>,
-    mut tcp: TcpStream,
+    tcp: TcpStream,
     peer: SocketAddr,
     kind: Transport,
     shutdown: watch::Receiver<bool>,
@@ -572,17 +572,40 @@ async fn client(
     let cfg = &shared.config;
     // Backpressure: a permit per session, moved into the task (mini-redis).
     let slot = IpSlot::take(&shared, peer.ip());
+    let per_ip_refused = slot.is_none();
     let permit = slot
         .as_ref()
         .and_then(|_| shared.sessions.try_acquire().ok());
-    let (Some(_slot), Some(_permit)) = (slot, permit) else {
-        tracing::info!(peer = %peer, "session refused: too many connections");
-        let reply = Reply::new(
-            421,
-            (4, 7, 0),
-            format!("{} Too many connections, try again later", cfg.hostname),
-        );
-        let _ = tcp.write_all(&reply.to_bytes()).await;
+    let (Some(slot), Some(_permit)) = (slot, permit) else {
+        let (limit, text, max) = if per_ip_refused {
+            (
+                "max_sessions_per_ip",
+                "Too many connections from your address, try again later",
+                cfg.max_sessions_per_ip,
+            )
+        } else {
+            (
+                "max_sessions",
+                "Too many connections, try again later",
+                cfg.max_sessions,
+            )
+        };
+        tracing::info!(peer = %peer, limit, max, tls = kind == Transport::Tls, "session refused: too many connections");
+        shared.metrics.session_refused(limit);
+        let reply = Reply::new(421, (4, 7, 0), format!("{} {text}", cfg.hostname));
+        // On the implicit-TLS listener the reason is said inside TLS: a bare close would
+        // read as a broken handshake to every client.
+        let io: Option<Box<dyn Io>> = match kind {
+            Transport::Plain => Some(Box::new(tcp)),
+            Transport::Tls => match &cfg.tls {
+                Some(tls) => crate::client_tls::accept(tls.clone(), tcp, None).await.ok(),
+                None => None,
+            },
+        };
+        if let Some(mut io) = io {
+            let _ = write(&mut io, &reply.to_bytes()).await;
+            let _ = tokio::time::timeout(Duration::from_secs(5), io.shutdown()).await;
+        }
         return;
     };
     let loopback = peer.ip().is_loopback();
@@ -612,6 +635,7 @@ async fn client(
         ..ServerConfig::default()
     };
     let mut session = Session {
+        ip_slot: Some(slot),
         id: shared.next_id.fetch_add(1, Ordering::Relaxed),
         shared: shared.clone(),
         conn: ServerConnection::new(
@@ -646,6 +670,8 @@ async fn client(
             None => Ok(()),
         },
     };
+    // The client's connection is closed (`run` owned it): its address may connect again.
+    session.ip_slot = None;
     if let Err(e) = &result {
         tracing::info!(session = session.id, error = %e, "client connection error");
     }
@@ -947,6 +973,11 @@ impl Leg {
 }
 
 struct Session {
+    /// Counts this session against its client's address while the client's connection is
+    /// open: given back when the relay says goodbye or the connection ends, not after the
+    /// cleanup behind it (upstream QUITs, the spool write), so that a client that reconnects
+    /// at once is not refused for a connection it no longer has.
+    ip_slot: Option<IpSlot>,
     id: u64,
     shared: Arc<Shared>,
     conn: ServerConnection,
@@ -1113,6 +1144,7 @@ impl Session {
             match next {
                 Next::Continue => {}
                 Next::Close => {
+                    self.ip_slot = None;
                     write(&mut io, &out).await?;
                     let _ = io.shutdown().await;
                     return Ok(());

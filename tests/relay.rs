@@ -877,3 +877,70 @@ async fn an_upstream_refusing_the_relay_is_said_so() {
     );
     s.stop().await;
 }
+
+/// A pool of exactly `max_sessions_per_ip` clients reconnecting as fast as they can is never
+/// refused: a session stops counting against its address when the relay says goodbye, not when
+/// its cleanup behind (upstream QUIT, spool write, log line) is done (issue 12).
+#[tokio::test]
+async fn a_full_pool_reconnecting_at_once_is_never_refused() {
+    let s = common::setup_with("pool", vec![], |c| c.max_sessions_per_ip = 4).await;
+    let addr = s.relay.addr();
+    let clients = (0..4).map(|_| {
+        tokio::spawn(async move {
+            let mut refused = 0;
+            for _ in 0..40 {
+                let mut c = fake_upstream::testing::Client::connect(addr).await;
+                let greeting = c.reply().await;
+                if greeting.code != 220 {
+                    refused += 1;
+                    continue;
+                }
+                c.cmd("EHLO pool.example").await;
+                assert_eq!(c.cmd("QUIT").await, "221 2.0.0 Bye");
+            }
+            refused
+        })
+    });
+    let refused: u32 = futures_util::future::join_all(clients)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .sum();
+    assert_eq!(refused, 0, "connections refused to a pool within the limit");
+    s.stop().await;
+}
+
+/// Over the limit on the implicit-TLS listener, the client completes the handshake and reads
+/// the reason inside TLS, as on the plain port; the refusal is counted by limit.
+#[tokio::test]
+async fn a_refusal_on_the_tls_listener_is_said_inside_tls() {
+    let s = common::setup_with("tls-refusal", vec![], |c| {
+        c.max_sessions_per_ip = 1;
+        c.metrics = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let _held = s.client().await;
+    let mut c = fake_upstream::testing::Client::connect_tls(
+        s.relay.tls_addr().unwrap(),
+        s.fake.ca_pem(),
+        "localhost",
+    )
+    .await;
+    assert_eq!(
+        c.reply().await.to_string(),
+        "421 4.7.0 relay.test Too many connections from your address, try again later"
+    );
+    let metrics = fake_upstream::testing::python(
+        "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1]).read().decode())",
+        vec![format!(
+            "http://{}/metrics",
+            s.relay.metrics_addr().unwrap()
+        )],
+    )
+    .await;
+    assert!(
+        metrics.contains("smtp_relay_sessions_refused_total{limit=\"max_sessions_per_ip\"} 1\n"),
+        "{metrics}"
+    );
+    s.stop().await;
+}
