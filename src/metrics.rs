@@ -42,30 +42,15 @@ impl Metrics {
     }
 
     pub fn reply(&self, code: u16) {
-        *self
-            .upstream_replies
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(code)
-            .or_insert(0) += 1;
+        bump(&self.upstream_replies, code);
     }
 
     pub fn session_refused(&self, limit: &'static str) {
-        *self
-            .sessions_refused
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(limit)
-            .or_insert(0) += 1;
+        bump(&self.sessions_refused, limit);
     }
 
     pub fn auth_refused(&self, reason: &'static str) {
-        *self
-            .auth_refused_locally
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(reason)
-            .or_insert(0) += 1;
+        bump(&self.auth_refused_locally, reason);
     }
 
     /// The exposition text; `queue` is (messages queued now, age of the oldest in seconds).
@@ -146,52 +131,50 @@ impl Metrics {
             "Times an upstream refused the relay's own address (554 IP is rejected, 421 HL:ICC).",
             get(&self.upstream_refused_relay),
         );
-        let _ = writeln!(
-            s,
-            "# HELP smtp_relay_sessions_refused_total Client connections refused at connect, by limit.\n# TYPE smtp_relay_sessions_refused_total counter"
+        labelled(
+            &mut s,
+            "smtp_relay_sessions_refused_total",
+            "Client connections refused at connect, by limit.",
+            "limit",
+            &self.sessions_refused,
         );
-        for (limit, n) in self
-            .sessions_refused
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-        {
-            let _ = writeln!(
-                s,
-                "smtp_relay_sessions_refused_total{{limit=\"{limit}\"}} {n}"
-            );
-        }
-        let _ = writeln!(
-            s,
-            "# HELP smtp_relay_auth_refused_locally_total AUTHs answered without asking the upstream, by reason.\n# TYPE smtp_relay_auth_refused_locally_total counter"
+        labelled(
+            &mut s,
+            "smtp_relay_auth_refused_locally_total",
+            "AUTHs answered without asking the upstream, by reason.",
+            "reason",
+            &self.auth_refused_locally,
         );
-        for (reason, n) in self
-            .auth_refused_locally
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-        {
-            let _ = writeln!(
-                s,
-                "smtp_relay_auth_refused_locally_total{{reason=\"{reason}\"}} {n}"
-            );
-        }
-        let _ = writeln!(
-            s,
-            "# HELP smtp_relay_upstream_replies_total Upstream replies to the end of data, by code.\n# TYPE smtp_relay_upstream_replies_total counter"
+        labelled(
+            &mut s,
+            "smtp_relay_upstream_replies_total",
+            "Upstream replies to the end of data, by code.",
+            "code",
+            &self.upstream_replies,
         );
-        for (code, n) in self
-            .upstream_replies
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-        {
-            let _ = writeln!(
-                s,
-                "smtp_relay_upstream_replies_total{{code=\"{code}\"}} {n}"
-            );
-        }
         s
+    }
+}
+
+/// One more for `key` in a labelled counter.
+fn bump<K: Ord>(map: &Mutex<BTreeMap<K, u64>>, key: K) {
+    *map.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(key)
+        .or_insert(0) += 1;
+}
+
+/// A counter with one label, a line per value of it.
+fn labelled<K: std::fmt::Display>(
+    s: &mut String,
+    name: &str,
+    help: &str,
+    label: &str,
+    map: &Mutex<BTreeMap<K, u64>>,
+) {
+    let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter");
+    for (value, n) in map.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        let _ = writeln!(s, "{name}{{{label}=\"{value}\"}} {n}");
     }
 }
 

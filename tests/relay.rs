@@ -863,14 +863,7 @@ async fn an_upstream_refusing_the_relay_is_said_so() {
     assert!(r.starts_with(banned), "at AUTH: {r}");
     let r = auth_from(&s, [127, 0, 0, 4], "ALICEAUTHCODE163").await;
     assert!(r.starts_with(banned), "at the greeting: {r}");
-    let metrics = fake_upstream::testing::python(
-        "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1]).read().decode())",
-        vec![format!(
-            "http://{}/metrics",
-            s.relay.metrics_addr().unwrap()
-        )],
-    )
-    .await;
+    let metrics = common::scrape_metrics(&s.relay).await;
     assert!(
         metrics.contains("smtp_relay_upstream_refused_relay_total 2\n"),
         "{metrics}"
@@ -930,14 +923,7 @@ async fn a_refusal_on_the_tls_listener_is_said_inside_tls() {
         c.reply().await.to_string(),
         "421 4.7.0 relay.test Too many connections from your address, try again later"
     );
-    let metrics = fake_upstream::testing::python(
-        "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1]).read().decode())",
-        vec![format!(
-            "http://{}/metrics",
-            s.relay.metrics_addr().unwrap()
-        )],
-    )
-    .await;
+    let metrics = common::scrape_metrics(&s.relay).await;
     assert!(
         metrics.contains("smtp_relay_sessions_refused_total{limit=\"max_sessions_per_ip\"} 1\n"),
         "{metrics}"

@@ -100,6 +100,18 @@ impl Setup {
     }
 }
 
+/// The relay's metrics page, fetched as a scraper would (python3's urllib over real HTTP).
+pub async fn scrape_metrics(relay: &RelayHandle) -> String {
+    fake_upstream::testing::python(
+        "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1]).read().decode())",
+        vec![format!(
+            "http://{}/metrics",
+            relay.metrics_addr().expect("metrics configured")
+        )],
+    )
+    .await
+}
+
 /// Snapshots a two-hop transcript (normalised) under the top-level `snapshots/`.
 pub fn snapshot(name: &str, transcript: &str) {
     let text = fake_upstream::testing::normalize(transcript);
