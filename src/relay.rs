@@ -757,7 +757,14 @@ async fn stream_content(
     };
     // RFC 6152 3: no 8-bit octet to an upstream that did not offer 8BITMIME. Such content is
     // refused as a whole (554 5.6.3) and that upstream gets none of it.
-    if data.iter().any(|b| *b >= 0x80) {
+    // The scan of the chunk only when some upstream taking it lacks 8BITMIME (rare).
+    let seven_bit_leg = legs.iter().any(|l| {
+        l.sending
+            && l.up
+                .as_ref()
+                .is_some_and(|up| !up.capabilities().eightbitmime())
+    });
+    if seven_bit_leg && data.iter().any(|b| *b >= 0x80) {
         for leg in legs.iter_mut().filter(|l| l.sending) {
             let Some(up) = leg.up.take_if(|up| !up.capabilities().eightbitmime()) else {
                 continue;
