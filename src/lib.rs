@@ -23,12 +23,17 @@
 //! - [`users`]: the relay's own users (auth mode `users`), bcrypt hashes.
 //! - [`upstream`]: the relay's connection to an upstream server (TLS, AUTH, pipelined
 //!   envelope, streamed body, a timeout per phase), driving `smtp_wire::ClientSession`.
+//! - [`upstream_tls`]: how an upstream is trusted: the TLS policy per route (verify,
+//!   fingerprint, encrypt, may, none), its certificate verifier, failures as sentences.
+//! - [`upstream_addr`]: every address an upstream's name resolves to, tried in turn.
+//! - [`check_tls`]: `smtp-relay check-tls HOST:PORT`, what a server's TLS offers and how to pin it.
 //!
 //! The protocol itself lives in the `smtp-wire` crate (`proto/`); the relay's server side, the
 //! scenario runner and the load generator arrive with their issues.
 
 pub mod auth_guard;
 pub mod check;
+pub mod check_tls;
 pub mod cli;
 pub mod client_tls;
 pub mod dsn;
@@ -45,6 +50,8 @@ pub mod serve;
 pub mod spool;
 pub mod up;
 pub mod upstream;
+pub mod upstream_addr;
+pub mod upstream_tls;
 pub mod users;
 
 /// FNV-1a, 64 bits: a cheap hash for the load generator's integrity check (enough to tell a

@@ -15,6 +15,7 @@ use smtp_wire::{BareLineEnding, Credentials};
 
 use crate::relay::{AuthMode, RelayConfig};
 use crate::upstream::{Timeouts, TlsMode, UpstreamConfig};
+use crate::upstream_tls::{TlsPolicy, Trust};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -178,8 +179,15 @@ struct FileUpstream {
     port: u16,
     /// `implicit`, `starttls` or `none`.
     tls: String,
-    /// Trust only this CA (PEM) instead of the bundled public roots.
+    /// How strictly the upstream is checked: `verify` (default), `fingerprint`, `encrypt`,
+    /// `may` or `none` (Postfix's security levels).
+    tls_policy: Option<String>,
+    /// `verify`: trust only this PEM file (CAs, or the server's own self-signed certificate,
+    /// trusted as given) instead of the bundled public roots.
     ca: Option<PathBuf>,
+    /// `fingerprint`: SHA-256 pins of the server's certificate or public key.
+    #[serde(default)]
+    fingerprints: Vec<String>,
     /// The name to verify (default: `host`).
     server_name: Option<String>,
     /// For `trusted` mode: the relay authenticates as this user...
@@ -374,6 +382,32 @@ pub fn parse(text: &str, origin: &str, base: &Path) -> Result<Loaded, String> {
             .unwrap_or_else(|| base.join("log")),
     };
     let queues = default_queue || routes.iter().any(|r| r.queue);
+    // `may` goes plaintext when STARTTLS is missing (or stripped on the way): never with a
+    // password on board.
+    let carries = |up: &UpstreamConfig, passthrough: bool, queue: bool| {
+        up.credentials.is_some() || passthrough || (queue && !f.secrets.is_empty())
+    };
+    let default_passthrough = matches!(auth, AuthMode::Passthrough);
+    for (key, up, passthrough, queue) in std::iter::once((
+        "upstream".to_string(),
+        &upstream,
+        default_passthrough,
+        default_queue,
+    ))
+    .chain(
+        routes
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (format!("routes[{i}]"), &r.upstream, r.passthrough, r.queue)),
+    ) {
+        if up.tls_policy == TlsPolicy::May && carries(up, passthrough, queue) {
+            return Err(bad(
+                origin,
+                &format!("{key}.tls_policy"),
+                "\"may\" falls back to plaintext when STARTTLS is not offered (or is stripped by someone in the path), and this route sends credentials (the relay's username, a client's in passthrough, or [[secrets]]): use \"verify\", \"fingerprint\" or \"encrypt\"",
+            ));
+        }
+    }
     if queues && matches!(auth, AuthMode::Passthrough) {
         return Err(bad(
             origin,
@@ -566,19 +600,48 @@ fn upstream_config(u: &FileUpstream, key: &str, ctx: &Ctx) -> Result<UpstreamCon
             ));
         }
     };
-    let roots = match &u.ca {
-        Some(ca) => {
-            let pem = std::fs::read_to_string(at(ca)).map_err(|e| {
-                bad(
-                    origin,
-                    &format!("{key}.ca"),
-                    format!("{}: {e}", at(ca).display()),
+    let policy = tls_policy(u, mode, key, origin)?;
+    let trust = match policy {
+        TlsPolicy::Verify => match &u.ca {
+            Some(ca) => {
+                let path = at(ca);
+                let pem = std::fs::read_to_string(&path).map_err(|e| {
+                    bad(
+                        origin,
+                        &format!("{key}.ca"),
+                        format!("{}: {e}", path.display()),
+                    )
+                })?;
+                Some(
+                    Trust::ca_pem(&ca.display().to_string(), &pem)
+                        .map_err(|e| bad(origin, &format!("{key}.ca"), e))?,
                 )
-            })?;
-            fake_upstream::tls::client_config(&pem)
-                .map_err(|e| bad(origin, &format!("{key}.ca"), e))?
-        }
-        None => public_roots(),
+            }
+            None => Some(Trust::PublicRoots),
+        },
+        TlsPolicy::Fingerprint => Some(Trust::Pins(
+            u.fingerprints
+                .iter()
+                .map(|f| f.parse())
+                .collect::<Result<_, _>>()
+                .map_err(|e| bad(origin, &format!("{key}.fingerprints"), e))?,
+        )),
+        TlsPolicy::Encrypt | TlsPolicy::May => Some(Trust::Unchecked),
+        TlsPolicy::None => None,
+    };
+    let tls_config = match trust {
+        Some(trust) => Some(
+            crate::upstream_tls::config_for(policy, trust)
+                .map_err(|e| bad(origin, &format!("{key}.tls_policy"), e))?,
+        ),
+        None => None,
+    };
+    let section = match (
+        key,
+        u.name.as_deref().or(u.domains.first().map(|d| d.as_str())),
+    ) {
+        ("upstream", _) | (_, None) => format!("[{key}] of {origin}"),
+        (_, Some(label)) => format!("[[routes]] {label:?} of {origin}"),
     };
     let credentials = match &u.username {
         None if u.password_env.is_none() && u.password_file.is_none() => None,
@@ -595,17 +658,83 @@ fn upstream_config(u: &FileUpstream, key: &str, ctx: &Ctx) -> Result<UpstreamCon
             ));
         }
     };
+    let addr = crate::upstream_addr::host_port(&u.host, u.port);
     Ok(UpstreamConfig {
-        name: format!("{}:{}", u.host, u.port),
-        addr: format!("{}:{}", u.host, u.port),
-        server_name: u.server_name.clone().unwrap_or_else(|| u.host.clone()),
+        name: addr.clone(),
+        addr,
+        server_name: u
+            .server_name
+            .clone()
+            .unwrap_or_else(|| crate::upstream_addr::host_of(&u.host).to_string()),
         tls: mode,
-        tls_config: Some(roots),
+        tls_policy: policy,
+        tls_config,
+        config_at: section,
         helo_name: ctx.hostname.to_string(),
         credentials,
         timeouts: ctx.timeouts,
         transcript: true,
     })
+}
+
+/// `tls_policy` checked against `tls`, `ca` and `fingerprints` (each mismatch named).
+fn tls_policy(
+    u: &FileUpstream,
+    mode: TlsMode,
+    key: &str,
+    origin: &str,
+) -> Result<TlsPolicy, String> {
+    let at = |k: &str| format!("{key}.{k}");
+    let policy = match &u.tls_policy {
+        None if mode == TlsMode::None => TlsPolicy::None,
+        None => TlsPolicy::Verify,
+        Some(p) => p.parse().map_err(|e| bad(origin, &at("tls_policy"), e))?,
+    };
+    let problem = match (mode, policy) {
+        (TlsMode::None, TlsPolicy::None) => None,
+        (TlsMode::None, p) => Some(format!(
+            "{p:?} needs TLS, and tls = \"none\" is plaintext: write tls = \"implicit\" (port 465) or \"starttls\""
+        )),
+        (_, TlsPolicy::None) => Some(
+            "\"none\" is plaintext: write tls = \"none\" instead (and leave tls_policy out)".to_string(),
+        ),
+        (TlsMode::Implicit, TlsPolicy::May) => Some(
+            "\"may\" means STARTTLS when offered (tls = \"starttls\"); implicit TLS is never optional: to skip the certificate check write \"encrypt\"".to_string(),
+        ),
+        _ => None,
+    };
+    if let Some(p) = problem {
+        return Err(bad(
+            origin,
+            &at("tls_policy"),
+            format!("{}: {p}", policy.as_str()),
+        ));
+    }
+    if policy == TlsPolicy::Fingerprint && u.fingerprints.is_empty() {
+        return Err(bad(
+            origin,
+            &at("fingerprints"),
+            "tls_policy = \"fingerprint\" needs at least one: smtp-relay check-tls HOST:PORT prints the server's",
+        ));
+    }
+    if policy != TlsPolicy::Fingerprint && !u.fingerprints.is_empty() {
+        return Err(bad(
+            origin,
+            &at("fingerprints"),
+            format!("only read with tls_policy = \"fingerprint\" (this one is {policy:?})"),
+        ));
+    }
+    if policy != TlsPolicy::Verify && u.ca.is_some() {
+        return Err(bad(
+            origin,
+            &at("ca"),
+            format!(
+                "only read with tls_policy = \"verify\" (this one is {:?}); to trust exactly one certificate use \"fingerprint\"",
+                policy.as_str()
+            ),
+        ));
+    }
+    Ok(policy)
 }
 
 fn parse_network(s: &str) -> Option<(IpAddr, u8)> {
@@ -614,20 +743,6 @@ fn parse_network(s: &str) -> Option<(IpAddr, u8)> {
     let len: u8 = len.parse().ok()?;
     let max = if addr.is_ipv4() { 32 } else { 128 };
     (len <= max).then_some((addr, len))
-}
-
-/// The Mozilla root set bundled by webpki-roots: verifying smtp.163.com needs nothing from the
-/// system.
-pub fn public_roots() -> Arc<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("ring supports the default versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Arc::new(config)
 }
 
 fn server_tls(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, String> {

@@ -122,9 +122,12 @@ pub async fn start(args: &UpArgs) -> Result<Up, String> {
         addr: upstream_tls.to_string(),
         server_name: server_name.into(),
         tls: TlsMode::Implicit,
-        tls_config: Some(
-            fake_upstream::tls::client_config(&tls.ca_pem).map_err(|e| e.to_string())?,
-        ),
+        tls_policy: crate::upstream_tls::TlsPolicy::Verify,
+        tls_config: Some(crate::upstream_tls::verify_ca_pem(
+            &tls.files.ca.display().to_string(),
+            &tls.ca_pem,
+        )?),
+        config_at: "smtp-relay up".into(),
         helo_name: "localhost".into(),
         credentials: None,
         timeouts: Timeouts {

@@ -16,7 +16,9 @@ use smtp_wire::{
     RcptParams, Reply, ReplyParser, ReversePath,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+
+use crate::upstream_addr::ConnectError;
+use crate::upstream_tls::{TlsFailure, TlsPolicy};
 
 /// How the connection to the upstream is secured.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,13 +66,19 @@ impl Default for Timeouts {
 pub struct UpstreamConfig {
     /// How errors and logs name it, e.g. `smtp.163.com:465`.
     pub name: String,
-    /// `host:port` to connect to.
+    /// `host:port` to connect to (IPv6 in brackets); every address the host resolves to is
+    /// tried ([`crate::upstream_addr`]).
     pub addr: String,
     /// The name its certificate must carry.
     pub server_name: String,
     pub tls: TlsMode,
-    /// Required unless `tls` is `None`: the roots to verify the upstream against.
+    /// How strictly the upstream is checked; `tls_config`'s verifier applies it.
+    pub tls_policy: TlsPolicy,
+    /// Required unless `tls` is `None`: built by [`crate::upstream_tls`] for `tls_policy`.
     pub tls_config: Option<Arc<rustls::ClientConfig>>,
+    /// Where this upstream is configured (`[[routes]] "lab" in relay.toml`), for the fix a
+    /// TLS failure suggests.
+    pub config_at: String,
     /// Our name in EHLO.
     pub helo_name: String,
     /// AUTH with these after the secured EHLO.
@@ -87,6 +95,7 @@ impl fmt::Debug for UpstreamConfig {
             .field("name", &self.name)
             .field("addr", &self.addr)
             .field("tls", &self.tls)
+            .field("tls_policy", &self.tls_policy)
             .field("credentials", &self.credentials)
             .finish_non_exhaustive()
     }
@@ -135,13 +144,17 @@ impl fmt::Display for Phase {
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum UpstreamError {
+    /// The name did not resolve, or none of its addresses answered.
     Connect {
         upstream: String,
-        source: std::io::Error,
+        error: ConnectError,
     },
+    /// The TLS handshake failed or the upstream's certificate was refused; `at` is where the
+    /// upstream is configured, for the fix the log line suggests.
     Tls {
         upstream: String,
-        reason: String,
+        failure: TlsFailure,
+        at: String,
     },
     Timeout {
         upstream: String,
@@ -149,10 +162,7 @@ pub enum UpstreamError {
         after: Duration,
     },
     /// The upstream closed the connection.
-    Closed {
-        upstream: String,
-        phase: Phase,
-    },
+    Closed { upstream: String, phase: Phase },
     Io {
         upstream: String,
         phase: Phase,
@@ -172,16 +182,10 @@ pub enum UpstreamError {
         reply: Reply,
     },
     /// The upstream's verdict on the credentials (163: `535 Error: authentication failed`).
-    AuthRejected {
-        upstream: String,
-        reply: Reply,
-    },
+    AuthRejected { upstream: String, reply: Reply },
     /// Something that is not SMTP as we know it (bad reply syntax, a missing extension,
     /// bytes after the 220 to STARTTLS).
-    Protocol {
-        upstream: String,
-        reason: String,
-    },
+    Protocol { upstream: String, reason: String },
 }
 
 impl UpstreamError {
@@ -203,6 +207,18 @@ impl UpstreamError {
         matches!(self, UpstreamError::Timeout { .. })
     }
 
+    /// The TLS handshake itself failed (not STARTTLS missing).
+    pub fn is_tls_handshake(&self) -> bool {
+        matches!(self, UpstreamError::Tls { failure, .. } if *failure != TlsFailure::NotOffered)
+            || matches!(
+                self,
+                UpstreamError::Closed {
+                    phase: Phase::Tls,
+                    ..
+                }
+            )
+    }
+
     /// The upstream's own reply, when it gave one.
     pub fn reply(&self) -> Option<&Reply> {
         match self {
@@ -218,15 +234,19 @@ impl UpstreamError {
     pub fn client_reply(&self) -> Reply {
         let up = self.upstream();
         match self {
-            UpstreamError::Connect { source, .. } => Reply::new(
+            UpstreamError::Connect { error, .. } => {
+                Reply::new(451, (4, 4, 1), format!("upstream {up}: {error}"))
+            }
+            // Postfix's codes: 4.7.4 when TLS is required and not offered, 4.7.5 for a
+            // failed handshake or a refused certificate (RFC 3463 X.7.4, X.7.5).
+            UpstreamError::Tls { failure, .. } => Reply::new(
                 451,
-                (4, 4, 1),
-                format!("upstream {up}: cannot connect: {source}"),
-            ),
-            UpstreamError::Tls { reason, .. } => Reply::new(
-                451,
-                (4, 4, 1),
-                format!("upstream {up}: TLS failed: {reason}"),
+                if *failure == TlsFailure::NotOffered {
+                    (4, 7, 4)
+                } else {
+                    (4, 7, 5)
+                },
+                format!("upstream {up}: TLS: {}", failure.short()),
             ),
             UpstreamError::Timeout { phase, after, .. } => Reply::new(
                 451,
@@ -271,18 +291,24 @@ impl UpstreamError {
     }
 }
 
+/// The log's form: the client's reply, and for a TLS failure the whole story with the fix.
 impl fmt::Display for UpstreamError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.client_reply().text())
+        match self {
+            UpstreamError::Tls {
+                upstream,
+                failure,
+                at,
+            } => write!(f, "upstream {upstream}: TLS: {}", failure.sentence(at)),
+            _ => f.write_str(&self.client_reply().text()),
+        }
     }
 }
 
 impl std::error::Error for UpstreamError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            UpstreamError::Connect { source, .. } | UpstreamError::Io { source, .. } => {
-                Some(source)
-            }
+            UpstreamError::Io { source, .. } => Some(source),
             _ => None,
         }
     }
@@ -344,6 +370,8 @@ pub struct EnvelopeReplies {
 /// A ready upstream session (greeted, secured and authenticated as configured).
 pub struct Upstream {
     name: String,
+    /// Where it is configured (for the fix a TLS failure suggests).
+    config_at: String,
     io: Box<dyn Io>,
     session: ClientSession,
     input: Vec<u8>,
@@ -373,28 +401,42 @@ impl fmt::Debug for Upstream {
 
 impl Upstream {
     /// Connects and runs the handshake: greeting, EHLO, STARTTLS and EHLO again when asked,
-    /// AUTH when credentials are configured.
+    /// AUTH when credentials are configured. Under `tls_policy = "may"` a failed TLS
+    /// handshake is followed by one plaintext connection (as Postfix does).
     pub async fn connect(config: &UpstreamConfig) -> Result<Upstream, UpstreamError> {
+        if config.tls_policy == TlsPolicy::Encrypt {
+            tracing::warn!(upstream = %config.name, at = %config.config_at, "tls_policy = \"encrypt\": the upstream's certificate is not verified (anyone in the path can read this session)");
+        }
+        match Upstream::connect_once(config, false).await {
+            Err(e) if config.tls_policy == TlsPolicy::May && e.is_tls_handshake() => {
+                tracing::warn!(upstream = %config.name, error = %e, "opportunistic TLS failed: this session goes on in plaintext (tls_policy = \"may\")");
+                let mut up = Upstream::connect_once(config, true).await?;
+                up.note(format!(
+                    "* plaintext: TLS failed on the first connection ({}), tls_policy = may",
+                    match &e {
+                        UpstreamError::Tls { failure, .. } => failure.short(),
+                        other => other.client_reply().text(),
+                    }
+                ));
+                Ok(up)
+            }
+            other => other,
+        }
+    }
+
+    async fn connect_once(config: &UpstreamConfig, plain: bool) -> Result<Upstream, UpstreamError> {
         let name = config.name.clone();
         let t = config.timeouts;
         let started = std::time::Instant::now();
-        let tcp = match tokio::time::timeout(t.connect, TcpStream::connect(&config.addr)).await {
-            Ok(Ok(tcp)) => tcp,
-            Ok(Err(source)) => {
-                return Err(UpstreamError::Connect {
-                    upstream: name,
-                    source,
-                });
-            }
-            Err(_) => {
-                return Err(UpstreamError::Timeout {
-                    upstream: name,
-                    phase: Phase::Connect,
-                    after: t.connect,
-                });
-            }
-        };
+        let connected = crate::upstream_addr::connect(&config.addr, t.connect)
+            .await
+            .map_err(|error| UpstreamError::Connect {
+                upstream: name.clone(),
+                error,
+            })?;
+        let tcp = connected.stream;
         let _ = tcp.set_nodelay(true);
+        let tried = connected.failed;
         let connected = started.elapsed();
         let mut io: Box<dyn Io> = Box::new(tcp);
         let mut tls_time = None;
@@ -405,11 +447,16 @@ impl Upstream {
         }
         let mut up = Upstream {
             name,
+            config_at: config.config_at.clone(),
             io,
             session: ClientSession::new(ClientConfig {
                 helo_name: config.helo_name.clone(),
                 tls: match config.tls {
+                    _ if plain => ClientTls::None,
                     TlsMode::None => ClientTls::None,
+                    TlsMode::StartTls if config.tls_policy == TlsPolicy::May => {
+                        ClientTls::Opportunistic
+                    }
                     TlsMode::StartTls => ClientTls::StartTls,
                     TlsMode::Implicit => ClientTls::Implicit,
                 },
@@ -431,12 +478,16 @@ impl Upstream {
             up.handshake_times.push((Phase::Tls, tls));
         }
         if up.recording {
+            for attempt in &tried {
+                up.transcript
+                    .push(format!("* {attempt}: trying the next address"));
+            }
             up.transcript
                 .push(format!("* connected to {}", config.addr));
             if config.tls == TlsMode::Implicit {
                 up.transcript.push(format!(
-                    "* TLS handshake done (implicit TLS, verified {})",
-                    config.server_name
+                    "* TLS handshake done (implicit TLS, {})",
+                    checked(config)
                 ));
             }
         }
@@ -477,14 +528,19 @@ impl Upstream {
                     up.handshake_times.push((Phase::Tls, t0.elapsed()));
                     phase_start = std::time::Instant::now();
                     up.note(format!(
-                        "* TLS handshake done (STARTTLS, verified {})",
-                        config.server_name
+                        "* TLS handshake done (STARTTLS, {})",
+                        checked(config)
                     ));
                     let out = up.session.tls_established().map_err(|e| up.protocol(e))?;
                     phase = Phase::Ehlo;
                     up.send(&out, phase).await?;
                 }
-                Ok(ClientEvent::Ready) => return Ok(up),
+                Ok(ClientEvent::Ready) => {
+                    if config.tls == TlsMode::StartTls && !up.session.tls_active() {
+                        up.note("* STARTTLS not offered: plaintext (tls_policy = may)".into());
+                    }
+                    return Ok(up);
+                }
                 Ok(other) => {
                     return Err(UpstreamError::Protocol {
                         upstream: up.name,
@@ -552,9 +608,10 @@ impl Upstream {
                 reply,
             },
             ClientError::AuthFailed(reply) => UpstreamError::AuthRejected { upstream, reply },
-            ClientError::TlsNotOffered => UpstreamError::Tls {
+            ClientError::TlsNotOffered | ClientError::AuthWithoutTls => UpstreamError::Tls {
                 upstream,
-                reason: "STARTTLS is required and the upstream does not offer it".into(),
+                failure: TlsFailure::NotOffered,
+                at: self.config_at.clone(),
             },
             other => UpstreamError::Protocol {
                 upstream,
@@ -942,17 +999,32 @@ impl Upstream {
     }
 }
 
+/// How the upstream's certificate was checked, for the transcript.
+fn checked(config: &UpstreamConfig) -> String {
+    match config.tls_policy {
+        TlsPolicy::Verify => format!("verified {}", config.server_name),
+        TlsPolicy::Fingerprint => "certificate matches a pinned fingerprint".into(),
+        TlsPolicy::Encrypt => "certificate NOT verified: tls_policy = encrypt".into(),
+        TlsPolicy::May | TlsPolicy::None => {
+            "opportunistic, certificate not verified: tls_policy = may".into()
+        }
+    }
+}
+
 async fn handshake(config: &UpstreamConfig, io: Box<dyn Io>) -> Result<Box<dyn Io>, UpstreamError> {
-    let tls_error = |reason: String| UpstreamError::Tls {
+    let tls_error = |failure: TlsFailure| UpstreamError::Tls {
         upstream: config.name.clone(),
-        reason,
+        failure,
+        at: config.config_at.clone(),
     };
-    let tls_config = config
-        .tls_config
-        .clone()
-        .ok_or_else(|| tls_error("no TLS configuration for this upstream".into()))?;
-    let name = ServerName::try_from(config.server_name.clone())
-        .map_err(|e| tls_error(format!("bad server name {:?}: {e}", config.server_name)))?;
+    let tls_config = config.tls_config.clone().ok_or_else(|| {
+        tls_error(TlsFailure::Other(
+            "no TLS configuration for this upstream".into(),
+        ))
+    })?;
+    let host = crate::upstream_addr::host_of(&config.server_name).to_string();
+    let name = ServerName::try_from(host.clone())
+        .map_err(|_| tls_error(TlsFailure::BadName(config.server_name.clone())))?;
     let connector = tokio_rustls::TlsConnector::from(tls_config);
     match tokio::time::timeout(config.timeouts.connect, connector.connect(name, io)).await {
         Ok(Ok(stream)) => Ok(Box::new(stream)),
@@ -972,7 +1044,7 @@ async fn handshake(config: &UpstreamConfig, io: Box<dyn Io>) -> Result<Box<dyn I
                 phase: Phase::Tls,
             })
         }
-        Ok(Err(e)) => Err(tls_error(e.to_string())),
+        Ok(Err(e)) => Err(tls_error(TlsFailure::from_io(&e))),
         Err(_) => Err(UpstreamError::Timeout {
             upstream: config.name.clone(),
             phase: Phase::Tls,

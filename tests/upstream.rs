@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use fake_upstream::{Config, DropWhen, FakeUpstream, Fault, Handle, Persona, Stage};
 use smtp_relay::upstream::{Phase, Timeouts, TlsMode, Upstream, UpstreamConfig, UpstreamError};
+use smtp_relay::upstream_tls::{TlsPolicy, verify_ca_pem};
 use smtp_wire::{Credentials, ForwardPath, MailParams, Mailbox, RcptParams, ReversePath};
 
 fn temp_dir(name: &str) -> PathBuf {
@@ -32,7 +33,13 @@ fn upstream(h: &Handle, tls: TlsMode, creds: Option<(&str, &str)>) -> UpstreamCo
         addr: addr.to_string(),
         server_name: "smtp.163.com".into(),
         tls,
-        tls_config: Some(fake_upstream::tls::client_config(h.ca_pem()).unwrap()),
+        tls_policy: if tls == TlsMode::None {
+            TlsPolicy::None
+        } else {
+            TlsPolicy::Verify
+        },
+        tls_config: Some(verify_ca_pem("the fake's CA", h.ca_pem()).unwrap()),
+        config_at: "[upstream] of the test".into(),
         helo_name: "relay.test".into(),
         credentials: creds.map(|(u, p)| Credentials::new(u, p)),
         timeouts: Timeouts::default(),
@@ -176,7 +183,9 @@ async fn upstream_down_is_a_451_naming_it() {
         addr: format!("127.0.0.1:{port}"),
         server_name: "localhost".into(),
         tls: TlsMode::None,
+        tls_policy: TlsPolicy::None,
         tls_config: None,
+        config_at: String::new(),
         helo_name: "relay.test".into(),
         credentials: None,
         timeouts: Timeouts::default(),
@@ -272,10 +281,25 @@ async fn a_certificate_from_another_ca_fails_the_handshake() {
     // A certificate from another CA: the handshake must fail, not fall back.
     let other = fake("163", "tls-other-ca", vec![]).await;
     let mut config = upstream(&h, TlsMode::Implicit, alice());
-    config.tls_config = Some(fake_upstream::tls::client_config(other.ca_pem()).unwrap());
+    config.tls_config = Some(verify_ca_pem("other.pem", other.ca_pem()).unwrap());
     let err = Upstream::connect(&config).await.unwrap_err();
     assert!(matches!(err, UpstreamError::Tls { .. }), "{err:?}");
-    assert!(err.client_reply().text().contains("TLS failed"));
+    let r = err.client_reply();
+    assert_eq!((r.code, r.enhanced), (451, Some((4, 7, 5))));
+    assert!(
+        r.text()
+            .contains("TLS: certificate not trusted: certificate for localhost"),
+        "{r}"
+    );
+    // The log's sentence names the certificate, the trust and the fix.
+    let said = err.to_string();
+    for part in [
+        "issued by CN=smtp-relay fake-upstream CA",
+        "it is not signed by the CA in other.pem",
+        "Fix: if CN=smtp-relay fake-upstream CA, O=smtp-relay is your organisation's CA, write in [upstream] of the test: ca = ",
+    ] {
+        assert!(said.contains(part), "{part:?} in {said}");
+    }
     other.shutdown().await;
     h.shutdown().await;
 }

@@ -25,6 +25,9 @@ pub enum ClientTls {
     None,
     /// STARTTLS is required: fail if the server does not offer it.
     StartTls,
+    /// STARTTLS when the server offers it, plaintext otherwise (opportunistic TLS, RFC 3207
+    /// section 4, Postfix's `may`). Credentials are never sent in plaintext in this mode.
+    Opportunistic,
     /// The connection is TLS from the first byte (port 465); STARTTLS is never sent, even
     /// when the server lists it (163 does, smtp-edge-cases 124).
     Implicit,
@@ -104,6 +107,9 @@ pub enum ClientError {
     TlsNotOffered,
     /// Credentials were configured and the server offers neither PLAIN nor LOGIN.
     AuthNotOffered,
+    /// Opportunistic TLS fell back to plaintext and credentials were configured: they are
+    /// not sent over a connection nobody asked to be plaintext.
+    AuthWithoutTls,
     /// The server refused the credentials (or the exchange).
     AuthFailed(Reply),
     /// A reply arrived when none was expected.
@@ -140,6 +146,9 @@ impl fmt::Display for ClientError {
             ClientError::StartTls(r) => reply("STARTTLS refused", r),
             ClientError::TlsNotOffered => "server does not offer STARTTLS".into(),
             ClientError::AuthNotOffered => "server offers neither AUTH PLAIN nor AUTH LOGIN".into(),
+            ClientError::AuthWithoutTls => {
+                "credentials are not sent over plaintext (STARTTLS was not offered)".into()
+            }
             ClientError::AuthFailed(r) => reply("authentication failed", r),
             ClientError::UnexpectedReply(r) => reply("unexpected reply", r),
             ClientError::NotReady => "command issued before the session was ready".into(),
@@ -305,19 +314,28 @@ impl ClientSession {
     }
 
     fn after_hello(&mut self) -> Result<ClientEvent, ClientError> {
-        if self.config.tls == ClientTls::StartTls && !self.tls_active {
-            if !self.caps.starttls() {
+        let wants_tls = matches!(
+            self.config.tls,
+            ClientTls::StartTls | ClientTls::Opportunistic
+        );
+        if wants_tls && !self.tls_active {
+            if self.caps.starttls() {
+                self.stage = Stage::StartTls;
+                return Ok(ClientEvent::Send(vec![Outgoing::Command(
+                    Command::StartTls,
+                )]));
+            }
+            if self.config.tls == ClientTls::StartTls {
                 return Err(self.fail(ClientError::TlsNotOffered));
             }
-            self.stage = Stage::StartTls;
-            return Ok(ClientEvent::Send(vec![Outgoing::Command(
-                Command::StartTls,
-            )]));
         }
         let Some(creds) = self.config.credentials.clone() else {
             self.stage = Stage::Ready;
             return Ok(ClientEvent::Ready);
         };
+        if self.config.tls == ClientTls::Opportunistic && !self.tls_active {
+            return Err(self.fail(ClientError::AuthWithoutTls));
+        }
         let mechanisms = self.caps.auth_mechanisms();
         if mechanisms.contains(&Mechanism::Plain) {
             let cmd = Command::Auth {

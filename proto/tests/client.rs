@@ -107,6 +107,40 @@ fn n124_starttls_required_but_not_offered() {
 }
 
 #[test]
+fn opportunistic_tls_upgrades_when_offered_and_goes_plain_when_not() {
+    let mut c = ClientSession::new(config(ClientTls::Opportunistic, None));
+    c.handle_reply(reply("220 x\r\n")).unwrap();
+    assert_eq!(
+        sent(c.handle_reply(reply(EHLO_163)).unwrap()),
+        "STARTTLS\r\n"
+    );
+    assert_eq!(
+        c.handle_reply(reply("220 go ahead\r\n")).unwrap(),
+        ClientEvent::UpgradeTls
+    );
+
+    let mut c = ClientSession::new(config(ClientTls::Opportunistic, None));
+    c.handle_reply(reply("220 x\r\n")).unwrap();
+    assert_eq!(
+        c.handle_reply(reply("250-x\r\n250 PIPELINING\r\n"))
+            .unwrap(),
+        ClientEvent::Ready
+    );
+    assert!(!c.tls_active());
+}
+
+#[test]
+fn opportunistic_tls_never_sends_credentials_in_plaintext() {
+    let creds = Credentials::new("me@163.com", "CODE");
+    let mut c = ClientSession::new(config(ClientTls::Opportunistic, Some(creds)));
+    c.handle_reply(reply("220 x\r\n")).unwrap();
+    assert_eq!(
+        c.handle_reply(reply("250-x\r\n250 AUTH PLAIN LOGIN\r\n")),
+        Err(ClientError::AuthWithoutTls)
+    );
+}
+
+#[test]
 fn n125_login_prompts_with_unusual_text() {
     let creds = Credentials::new("me@163.com", "CODE");
     let mut c = ClientSession::new(config(ClientTls::Implicit, Some(creds)));

@@ -112,10 +112,9 @@ impl LoadArgs {
                 Some(ca) => {
                     let pem = std::fs::read_to_string(ca)
                         .map_err(|e| format!("--ca {}: {e}", ca.display()))?;
-                    fake_upstream::tls::client_config(&pem)
-                        .map_err(|e| format!("--ca {}: {e}", ca.display()))?
+                    crate::upstream_tls::verify_ca_pem(&format!("--ca {}", ca.display()), &pem)?
                 }
-                None => crate::serve::public_roots(),
+                None => crate::upstream_tls::public_roots(),
             });
         }
         if let Some(auth) = &self.auth {

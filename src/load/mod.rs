@@ -622,7 +622,9 @@ pub fn plain_server(addr: std::net::SocketAddr) -> UpstreamConfig {
         addr: addr.to_string(),
         server_name: "localhost".into(),
         tls: TlsMode::None,
+        tls_policy: crate::upstream_tls::TlsPolicy::None,
         tls_config: None,
+        config_at: String::new(),
         helo_name: "load.smtp-relay".into(),
         credentials: None,
         timeouts: Timeouts {

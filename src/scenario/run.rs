@@ -496,9 +496,12 @@ fn upstream_config(
         addr: addr.to_string(),
         server_name: server_name.into(),
         tls: mode,
-        tls_config: Some(
-            fake_upstream::tls::client_config(&tls.ca_pem).map_err(|e| e.to_string())?,
-        ),
+        tls_policy: crate::upstream_tls::TlsPolicy::Verify,
+        tls_config: Some(crate::upstream_tls::verify_ca_pem(
+            "the harness CA",
+            &tls.ca_pem,
+        )?),
+        config_at: "the scenario".into(),
         helo_name: "relay.test".into(),
         credentials: None,
         timeouts: Timeouts {

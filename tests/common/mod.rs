@@ -16,7 +16,11 @@ pub fn upstream_config(fake: &Handle, name: &str, server_name: &str) -> Upstream
         addr: fake.tls_addr().unwrap().to_string(),
         server_name: server_name.into(),
         tls: TlsMode::Implicit,
-        tls_config: Some(fake_upstream::tls::client_config(fake.ca_pem()).unwrap()),
+        tls_policy: smtp_relay::upstream_tls::TlsPolicy::Verify,
+        tls_config: Some(
+            smtp_relay::upstream_tls::verify_ca_pem("the fake's CA", fake.ca_pem()).unwrap(),
+        ),
+        config_at: "the test".into(),
         helo_name: "relay.test".into(),
         credentials: None,
         timeouts: Timeouts {

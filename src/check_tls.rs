@@ -1,0 +1,1 @@
+//! `smtp-relay check-tls`: placeholder.
