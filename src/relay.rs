@@ -449,6 +449,12 @@ pub async fn start(mut config: RelayConfig) -> std::io::Result<RelayHandle> {
         ),
         config,
     });
+    for r in 0..=shared.config.routes.len() {
+        let up = route_upstream(&shared.config, r);
+        if up.tls_policy == crate::upstream_tls::TlsPolicy::Encrypt {
+            tracing::warn!(upstream = %up.name, at = %up.config_at, "tls_policy = \"encrypt\": this upstream's certificate is never verified; anyone in the path can impersonate it and read the mail (use \"verify\" or \"fingerprint\")");
+        }
+    }
     if shared.config.probe_routes {
         probe_routes(&shared).await;
     }

@@ -665,7 +665,7 @@ fn upstream_config(u: &FileUpstream, key: &str, ctx: &Ctx) -> Result<UpstreamCon
         server_name: u
             .server_name
             .clone()
-            .unwrap_or_else(|| crate::upstream_addr::host_of(&u.host).to_string()),
+            .unwrap_or_else(|| crate::upstream_addr::bare_host(&u.host).to_string()),
         tls: mode,
         tls_policy: policy,
         tls_config,
@@ -842,6 +842,167 @@ tls = "implicit"
             loaded.log_dir,
             Path::new("/etc/smtp-relay/smtp-relay-data/log")
         );
+    }
+
+    /// A route towards an internal server, `none` auth (no credentials on board).
+    fn internal(extra: &str) -> String {
+        let none = BASE.replace(
+            "mode = \"passthrough\"",
+            "mode = \"none\"\ntrusted_networks = [\"127.0.0.0/8\"]",
+        );
+        format!(
+            "{none}\n[[routes]]\nname = \"lab\"\ndomains = [\"lab.example\"]\nhost = \"mail.lab.example\"\nport = 25\n{extra}\n"
+        )
+    }
+
+    fn route_error(extra: &str) -> String {
+        parse(&internal(extra), "r.toml", Path::new("/x")).unwrap_err()
+    }
+
+    #[test]
+    fn tls_policies_parse_with_what_each_needs() {
+        let pin = format!("sha256:{}", "AB".repeat(32));
+        for (extra, policy) in [
+            ("tls = \"starttls\"", TlsPolicy::Verify),
+            (
+                "tls = \"starttls\"\ntls_policy = \"verify\"",
+                TlsPolicy::Verify,
+            ),
+            ("tls = \"starttls\"\ntls_policy = \"may\"", TlsPolicy::May),
+            (
+                "tls = \"implicit\"\ntls_policy = \"encrypt\"",
+                TlsPolicy::Encrypt,
+            ),
+            (
+                &*format!(
+                    "tls = \"starttls\"\ntls_policy = \"fingerprint\"\nfingerprints = [\"{pin}\"]"
+                ),
+                TlsPolicy::Fingerprint,
+            ),
+            ("tls = \"none\"", TlsPolicy::None),
+            ("tls = \"none\"\ntls_policy = \"none\"", TlsPolicy::None),
+        ] {
+            let c = parse(&internal(extra), "r.toml", Path::new("/x"))
+                .unwrap_or_else(|e| panic!("{extra}: {e}"))
+                .relay;
+            let up = &c.routes[0].upstream;
+            assert_eq!(up.tls_policy, policy, "{extra}");
+            assert_eq!(
+                up.tls_config.is_some(),
+                policy != TlsPolicy::None,
+                "{extra}"
+            );
+            assert_eq!(up.config_at, "[[routes]] \"lab\" of r.toml");
+        }
+    }
+
+    #[test]
+    fn tls_policy_mismatches_are_refused_with_the_reason() {
+        let pin = format!("sha256:{}", "AB".repeat(32));
+        for (extra, want) in [
+            (
+                "tls = \"implicit\"\ntls_policy = \"may\"".to_string(),
+                "r.toml: routes[0].tls_policy: may: \"may\" means STARTTLS when offered",
+            ),
+            (
+                "tls = \"none\"\ntls_policy = \"verify\"".into(),
+                "r.toml: routes[0].tls_policy: verify: Verify needs TLS",
+            ),
+            (
+                "tls = \"starttls\"\ntls_policy = \"none\"".into(),
+                "r.toml: routes[0].tls_policy: none: \"none\" is plaintext: write tls = \"none\"",
+            ),
+            (
+                "tls = \"starttls\"\ntls_policy = \"fingerprint\"".into(),
+                "r.toml: routes[0].fingerprints: tls_policy = \"fingerprint\" needs at least one",
+            ),
+            (
+                "tls = \"starttls\"\ntls_policy = \"fingerprint\"\nfingerprints = [\"AB:CD\"]"
+                    .into(),
+                "r.toml: routes[0].fingerprints: \"AB:CD\": expected a SHA-256 fingerprint",
+            ),
+            (
+                format!("tls = \"starttls\"\nfingerprints = [\"{pin}\"]"),
+                "r.toml: routes[0].fingerprints: only read with tls_policy = \"fingerprint\"",
+            ),
+            (
+                "tls = \"starttls\"\ntls_policy = \"encrypt\"\nca = \"ca.pem\"".into(),
+                "r.toml: routes[0].ca: only read with tls_policy = \"verify\"",
+            ),
+            (
+                "tls = \"starttls\"\ntls_policy = \"secure\"".into(),
+                "r.toml: routes[0].tls_policy: \"secure\": expected \"verify\"",
+            ),
+        ] {
+            let e = route_error(&extra);
+            assert!(e.starts_with(want), "{extra}:\n{e}\nwanted {want}");
+        }
+    }
+
+    #[test]
+    fn may_is_refused_on_a_route_that_carries_credentials() {
+        // The relay's own username on the route.
+        let e = route_error(
+            "tls = \"starttls\"\ntls_policy = \"may\"\nusername = \"relay@lab.example\"\npassword_env = \"PATH\"",
+        );
+        assert!(
+            e.starts_with("r.toml: routes[0].tls_policy: \"may\" falls back to plaintext"),
+            "{e}"
+        );
+        // The client's own, in passthrough mode.
+        let text = format!(
+            "{BASE}\n[[routes]]\nname = \"lab\"\ndomains = [\"lab.example\"]\npassthrough = true\nhost = \"mail.lab.example\"\nport = 25\ntls = \"starttls\"\ntls_policy = \"may\"\n"
+        );
+        let e = parse(&text, "r.toml", Path::new("/x")).unwrap_err();
+        assert!(
+            e.starts_with("r.toml: routes[0].tls_policy: \"may\""),
+            "{e}"
+        );
+        // The default upstream in passthrough mode carries the client's credentials too.
+        let text = BASE.replace(
+            "port = 465\ntls = \"implicit\"",
+            "port = 587\ntls = \"starttls\"\ntls_policy = \"may\"",
+        );
+        let e = parse(&text, "r.toml", Path::new("/x")).unwrap_err();
+        assert!(e.starts_with("r.toml: upstream.tls_policy: \"may\""), "{e}");
+    }
+
+    #[test]
+    fn an_ipv6_upstream_is_written_in_brackets() {
+        for host in ["::1", "[::1]"] {
+            let c = parse(
+                &BASE.replace("host = \"smtp.163.com\"", &format!("host = \"{host}\"")),
+                "r.toml",
+                Path::new("/x"),
+            )
+            .unwrap()
+            .relay;
+            assert_eq!(c.upstream.addr, "[::1]:465");
+            assert_eq!(c.upstream.name, "[::1]:465");
+            assert_eq!(c.upstream.server_name, "::1");
+        }
+    }
+
+    #[test]
+    fn a_self_signed_certificate_in_ca_is_accepted_at_load() {
+        let dir = std::env::temp_dir().join(format!("smtp-relay-serve-ca-{}", std::process::id()));
+        let files = fake_upstream::tls::TlsFiles::in_dir(&dir);
+        fake_upstream::tls::generate_kind(&files, fake_upstream::tls::CertKind::SelfSignedCa)
+            .unwrap();
+        let c = parse(
+            &internal("tls = \"starttls\"\nca = \"cert.pem\""),
+            "r.toml",
+            &dir,
+        )
+        .unwrap()
+        .relay;
+        assert_eq!(c.routes[0].upstream.tls_policy, TlsPolicy::Verify);
+        let e = route_error("tls = \"starttls\"\nca = \"missing.pem\"");
+        assert!(
+            e.starts_with("r.toml: routes[0].ca: /x/missing.pem: "),
+            "{e}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -1022,7 +1022,7 @@ async fn handshake(config: &UpstreamConfig, io: Box<dyn Io>) -> Result<Box<dyn I
             "no TLS configuration for this upstream".into(),
         ))
     })?;
-    let host = crate::upstream_addr::host_of(&config.server_name).to_string();
+    let host = crate::upstream_addr::bare_host(&config.server_name).to_string();
     let name = ServerName::try_from(host.clone())
         .map_err(|_| tls_error(TlsFailure::BadName(config.server_name.clone())))?;
     let connector = tokio_rustls::TlsConnector::from(tls_config);

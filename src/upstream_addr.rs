@@ -32,6 +32,11 @@ pub fn host_port(host: &str, port: u16) -> String {
     }
 }
 
+/// A host as written in a config (`[::1]`, `::1`, `smtp.163.com`) without brackets.
+pub fn bare_host(host: &str) -> &str {
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
 /// The host part of `host:port` (brackets of an IPv6 address removed).
 pub fn host_of(addr: &str) -> &str {
     let host = match addr.rsplit_once(':') {
@@ -264,6 +269,8 @@ mod tests {
         assert_eq!(host_of("[::1]:25"), "::1");
         assert_eq!(host_of("smtp.163.com:465"), "smtp.163.com");
         assert_eq!(host_of("localhost"), "localhost");
+        assert_eq!(bare_host("[::1]"), "::1");
+        assert_eq!(bare_host("::1"), "::1");
     }
 
     #[test]

@@ -256,6 +256,9 @@ pub enum CertProblem {
     UnknownIssuer,
     /// A CA certificate (CA:TRUE) presented as the server's own, and not written in `ca`.
     CaAsServerCert,
+    /// A trusted CA has the issuer's name but did not sign it (a CA made again under the same
+    /// name, or a forgery).
+    OtherIssuerSameName,
     /// The certificate does not carry the name the relay connected to.
     WrongName {
         expected: String,
@@ -301,6 +304,9 @@ impl Rejection {
             CertProblem::UnknownIssuer | CertProblem::CaAsServerCert => {
                 format!("certificate not trusted: {what}")
             }
+            CertProblem::OtherIssuerSameName => {
+                format!("certificate not trusted: {what}, signed by another CA of the same name")
+            }
             CertProblem::WrongName { expected } => {
                 format!("certificate name mismatch: {what}, not {expected}")
             }
@@ -340,12 +346,11 @@ impl Rejection {
         };
         let why = match &self.problem {
             CertProblem::UnknownIssuer => format!("it is not signed by {trusted}"),
+            CertProblem::OtherIssuerSameName => format!(
+                "{trusted} has the name of its issuer but did not sign it (a CA made again under the same name, or a forgery)"
+            ),
             CertProblem::CaAsServerCert => format!(
-                "it is a CA certificate (CA:TRUE, as `openssl req -x509` makes by default) presented as the server's own, and not written in {}",
-                match &self.trust {
-                    TrustSource::CaFile(f) => f.clone(),
-                    _ => "a ca file".into(),
-                }
+                "it is a CA certificate (CA:TRUE, as `openssl req -x509` makes by default) presented as the server's own, which is trusted only when written in ca, and it is not signed by {trusted}"
             ),
             CertProblem::WrongName { expected } => {
                 format!("it is not valid for {expected}, the name the relay connected to")
@@ -387,7 +392,9 @@ impl Rejection {
             CertProblem::UnknownIssuer | CertProblem::CaAsServerCert if c.self_signed => format!(
                 "if this is your server's certificate, write in {at}: ca = \"<a file with this certificate>\" (it is then trusted as given), or {pin}"
             ),
-            CertProblem::UnknownIssuer | CertProblem::CaAsServerCert => format!(
+            CertProblem::UnknownIssuer
+            | CertProblem::CaAsServerCert
+            | CertProblem::OtherIssuerSameName => format!(
                 "if {} is your organisation's CA, write in {at}: ca = \"<its certificate, PEM>\"; or pin this server: {pin}",
                 c.issuer
             ),
@@ -626,6 +633,7 @@ fn classify(
                     expected: name_text(server_name),
                 }
             }
+            CertificateError::BadSignature => CertProblem::OtherIssuerSameName,
             CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
                 CertProblem::Expired
             }

@@ -192,6 +192,8 @@ fn scenario() -> impl Strategy<Value = Scenario> {
                     users: None,
                     faults: upstream_faults,
                     tls: "implicit".into(),
+                    cert: None,
+                    tls_policy: None,
                 },
                 routes: Vec::new(),
                 relay: if with_163 {

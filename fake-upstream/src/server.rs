@@ -191,6 +191,11 @@ impl Handle {
         &self.shared.tls.files.ca
     }
 
+    /// The server's certificate (PEM), the first of its chain.
+    pub fn cert_path(&self) -> &std::path::Path {
+        &self.shared.tls.files.cert
+    }
+
     pub fn data_dir(&self) -> &std::path::Path {
         &self.shared.config.data_dir
     }

@@ -178,7 +178,8 @@ pub fn b64(s: &str) -> String {
 }
 
 /// Replaces the volatile parts of a transcript: client ports, the coremail token, transids,
-/// RFC 5322 dates (any form, see [`crate::dates`]) and ten-digit unix timestamps.
+/// RFC 5322 dates (any form, see [`crate::dates`]), ten-digit unix timestamps and SHA-256
+/// fingerprints of per-run keys.
 pub fn normalize(text: &str) -> String {
     let mut out = String::new();
     for line in text.lines() {
@@ -197,6 +198,19 @@ pub fn normalize(text: &str) -> String {
                 .map(|e| start + e)
                 .unwrap_or(l.len());
             l.replace_range(start..end, "<port>");
+        }
+        // SHA-256 fingerprints (`sha256:AB:CD:...`) of keys generated per run.
+        let mut from = 0;
+        while let Some(i) = l[from..].find("sha256:").map(|i| from + i) {
+            let start = i + "sha256:".len();
+            let end = start
+                + l[start..]
+                    .find(|c: char| !(c.is_ascii_hexdigit() || c == ':'))
+                    .unwrap_or(l.len() - start);
+            if end - start == 95 {
+                l.replace_range(start..end, "<fingerprint>");
+            }
+            from = start;
         }
         out.push_str(&replace_timestamps(&crate::dates::replace_dates(&l)));
         out.push('\n');

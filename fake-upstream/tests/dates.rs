@@ -121,3 +121,22 @@ proptest! {
         prop_assert_eq!(replace_dates(&s), s);
     }
 }
+
+/// Fingerprints of keys made per run are redacted; anything shorter than a SHA-256 stays.
+#[test]
+fn fingerprints_are_redacted_and_only_them() {
+    let fp = (0..32)
+        .map(|i| format!("{i:02X}"))
+        .collect::<Vec<_>>()
+        .join(":");
+    assert_eq!(
+        normalize(&format!(
+            "pin [\"sha256:{fp}\"] (or its key, \"sha256:{fp}\")"
+        )),
+        "pin [\"sha256:<fingerprint>\"] (or its key, \"sha256:<fingerprint>\")\n"
+    );
+    assert_eq!(
+        normalize("sha256:AB:CD and more"),
+        "sha256:AB:CD and more\n"
+    );
+}

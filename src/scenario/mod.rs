@@ -58,6 +58,10 @@ pub struct Upstream {
     pub faults: Vec<Fault>,
     /// How the relay reaches it: `implicit` (default), `starttls` or `none`.
     pub tls: String,
+    /// The fake's certificate (`upstream-cert:`); `None`: the harness's private CA.
+    pub cert: Option<fake_upstream::tls::CertKind>,
+    /// How the relay checks it (`upstream-tls-policy:`), e.g. `fingerprint key`.
+    pub tls_policy: Option<String>,
 }
 
 impl Upstream {
@@ -71,6 +75,8 @@ impl Upstream {
             users: None,
             faults: Vec::new(),
             tls: "implicit".into(),
+            cert: None,
+            tls_policy: None,
         }
     }
 }
@@ -613,6 +619,11 @@ impl Scenario {
                 }
                 "upstream-no-limits" => sc.upstream.no_limits = parse_bool(value).map_err(err)?,
                 "upstream-tls" => sc.upstream.tls = parse_tls(value).map_err(err)?,
+                "upstream-cert" => sc.upstream.cert = Some(value.parse().map_err(err)?),
+                "upstream-tls-policy" => {
+                    check_tls_policy(value).map_err(err)?;
+                    sc.upstream.tls_policy = Some(value.to_string());
+                }
                 "user" => {
                     let mut w = value.split_whitespace();
                     let (Some(address), Some(code)) = (w.next(), w.next()) else {
@@ -829,6 +840,12 @@ impl Scenario {
         if self.upstream.no_limits {
             s.push_str("upstream-no-limits: yes\n");
         }
+        if let Some(kind) = self.upstream.cert {
+            s.push_str(&format!("upstream-cert: {}\n", kind.as_str()));
+        }
+        if let Some(p) = &self.upstream.tls_policy {
+            s.push_str(&format!("upstream-tls-policy: {p}\n"));
+        }
         if self.upstream.tls != "implicit" {
             s.push_str(&format!("upstream-tls: {}\n", self.upstream.tls));
         }
@@ -978,6 +995,19 @@ fn parse_bool(v: &str) -> Result<bool, String> {
         "on" | "yes" | "true" => Ok(true),
         "off" | "no" | "false" => Ok(false),
         other => Err(format!("{other:?}: expected on or off")),
+    }
+}
+
+/// `upstream-tls-policy: verify [roots] | fingerprint [key|other] | encrypt | may | none`.
+pub fn check_tls_policy(v: &str) -> Result<(), String> {
+    let w: Vec<&str> = v.split_whitespace().collect();
+    match w.as_slice() {
+        ["verify"] | ["verify", "roots"] => Ok(()),
+        ["fingerprint"] | ["fingerprint", "key" | "other"] => Ok(()),
+        ["encrypt"] | ["may"] | ["none"] => Ok(()),
+        _ => Err(format!(
+            "{v:?}: expected verify [roots], fingerprint [key|other], encrypt, may or none"
+        )),
     }
 }
 

@@ -20,6 +20,7 @@ use super::{Check, CodePattern, ExpectReply, Scenario, Step, Upstream};
 use crate::relay::{self, AuthMode, RelayConfig, RelayHandle};
 use crate::route::Route;
 use crate::upstream::{Timeouts, TlsMode, UpstreamConfig};
+use crate::upstream_tls::{TlsPolicy, Trust};
 
 /// Which relay the client steps talk to.
 #[derive(Clone, Debug)]
@@ -450,7 +451,15 @@ async fn start_fake(
         config.listen = addr;
         config.listen_tls = None;
     }
-    config.tls_files = Some(tls.files.clone());
+    config.tls_files = Some(match up.cert {
+        // A certificate of the kind asked for, in the fake's own directory.
+        Some(kind) => {
+            let files = TlsFiles::in_dir(&config.data_dir.join("tls"));
+            fake_upstream::tls::generate_kind(&files, kind).map_err(|e| e.to_string())?;
+            files
+        }
+        None => tls.files.clone(),
+    });
     config.seed = 1;
     config.transcripts = true;
     if let Some(users) = &up.users {
@@ -476,11 +485,72 @@ fn upstream_names(persona: &str) -> (&'static str, &'static str) {
     }
 }
 
-fn upstream_config(
+/// The relay's TLS policy towards a fake (`upstream-tls-policy:`), with what it trusts: the
+/// fake's `ca.pem` (its CA, or for a self-signed certificate the certificate itself), the
+/// bundled roots, or a pin of the fake's certificate, its key, or something else.
+fn tls_policy(
     up: &Upstream,
+    mode: TlsMode,
     fake: &fake_upstream::Handle,
-    tls: &TlsMaterial,
-) -> Result<UpstreamConfig, String> {
+) -> Result<(TlsPolicy, Option<Trust>), String> {
+    let words: Vec<&str> = up
+        .tls_policy
+        .as_deref()
+        .unwrap_or(if mode == TlsMode::None {
+            "none"
+        } else {
+            "verify"
+        })
+        .split_whitespace()
+        .collect();
+    let cert = || -> Result<crate::upstream_tls::CertSummary, String> {
+        use rustls::pki_types::pem::PemObject;
+        let der = rustls::pki_types::CertificateDer::from_pem_file(fake.cert_path())
+            .map_err(|e| format!("{}: {e}", fake.cert_path().display()))?;
+        crate::upstream_tls::CertSummary::parse(&der)
+            .ok_or("the fake's certificate is unreadable".into())
+    };
+    let (policy, trust) = match words.as_slice() {
+        ["verify"] => (
+            TlsPolicy::Verify,
+            Some(Trust::ca_pem("ca.pem", fake.ca_pem())?),
+        ),
+        ["verify", "roots"] => (TlsPolicy::Verify, Some(Trust::PublicRoots)),
+        ["fingerprint"] => (
+            TlsPolicy::Fingerprint,
+            Some(Trust::Pins(vec![cert()?.sha256])),
+        ),
+        ["fingerprint", "key"] => (
+            TlsPolicy::Fingerprint,
+            Some(Trust::Pins(vec![cert()?.sha256_key])),
+        ),
+        ["fingerprint", "other"] => (
+            TlsPolicy::Fingerprint,
+            Some(Trust::Pins(vec![crate::upstream_tls::Fingerprint(
+                [0x5A; 32],
+            )])),
+        ),
+        ["encrypt"] => (TlsPolicy::Encrypt, Some(Trust::Unchecked)),
+        ["may"] => (TlsPolicy::May, Some(Trust::Unchecked)),
+        ["none"] => (TlsPolicy::None, None),
+        other => return Err(format!("upstream-tls-policy: {other:?}")),
+    };
+    match (mode, policy) {
+        (TlsMode::None, TlsPolicy::None) => {}
+        (TlsMode::None, _) | (_, TlsPolicy::None) => {
+            return Err(
+                "upstream-tls-policy: none goes with upstream-tls: none, and only it".into(),
+            );
+        }
+        (TlsMode::Implicit, TlsPolicy::May) => {
+            return Err("upstream-tls-policy: may needs upstream-tls: starttls".into());
+        }
+        _ => {}
+    }
+    Ok((policy, trust))
+}
+
+fn upstream_config(up: &Upstream, fake: &fake_upstream::Handle) -> Result<UpstreamConfig, String> {
     let (server_name, name) = upstream_names(&up.persona);
     let (mode, addr) = match up.tls.as_str() {
         "starttls" => (TlsMode::StartTls, fake.addr()),
@@ -491,16 +561,17 @@ fn upstream_config(
                 .ok_or("the fake upstream has no TLS listener")?,
         ),
     };
+    let (policy, trust) = tls_policy(up, mode, fake)?;
     Ok(UpstreamConfig {
         name: name.into(),
         addr: addr.to_string(),
         server_name: server_name.into(),
         tls: mode,
-        tls_policy: crate::upstream_tls::TlsPolicy::Verify,
-        tls_config: Some(crate::upstream_tls::verify_ca_pem(
-            "the harness CA",
-            &tls.ca_pem,
-        )?),
+        tls_policy: policy,
+        tls_config: match trust {
+            Some(trust) => Some(crate::upstream_tls::config_for(policy, trust)?),
+            None => None,
+        },
         config_at: "the scenario".into(),
         helo_name: "relay.test".into(),
         credentials: None,
@@ -520,13 +591,13 @@ fn relay_config(
     tls: &TlsMaterial,
     dir: &Path,
 ) -> Result<RelayConfig, String> {
-    let upstream = upstream_config(&sc.upstream, &env.fakes[0].1, tls)?;
+    let upstream = upstream_config(&sc.upstream, &env.fakes[0].1)?;
     let mut routes = Vec::new();
     for (r, (label, fake)) in sc.routes.iter().zip(env.fakes.iter().skip(1)) {
         routes.push(Route {
             label: label.clone(),
             domains: r.domains.clone(),
-            upstream: upstream_config(&r.upstream, fake, tls)?,
+            upstream: upstream_config(&r.upstream, fake)?,
             passthrough: false,
             queue: false,
         });
