@@ -49,6 +49,11 @@ pub enum Command {
     Load(crate::load::cli::LoadArgs),
     /// Look at and act on the store-and-forward queue (works while the relay runs).
     Queue(crate::queue::admin::QueueArgs),
+    /// Connect to an SMTP server as the relay would (every address, STARTTLS or implicit
+    /// TLS) and print what it offers, the certificates it presents with their SHA-256
+    /// fingerprints, each TLS policy's verdict, and the config lines to deliver there.
+    /// Exit 0 verified, 1 answered but not verified, 2 unreachable.
+    CheckTls(crate::check_tls::CheckTlsArgs),
 }
 
 /// Runs a parsed command line; the binary's `main` only parses arguments and calls this.
@@ -57,6 +62,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Up(args) => block_on(crate::up::run(args)),
         Command::Scenarios(args) => block_on(crate::scenario::cli::run(args)),
         Command::Queue(args) => block_on(crate::queue::admin::run(args)),
+        Command::CheckTls(args) => block_on(crate::check_tls::run(args)),
         Command::Load(args) => {
             let threads = args.threads.unwrap_or(if args.self_test {
                 std::thread::available_parallelism().map_or(2, |n| n.get())

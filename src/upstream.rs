@@ -389,6 +389,29 @@ pub struct Upstream {
     /// How long each phase of the handshake took (connect, TLS, greeting, EHLO, STARTTLS,
     /// AUTH), for load reports.
     handshake_times: Vec<(Phase, Duration)>,
+    /// What TLS was negotiated, when it was.
+    tls_info: Option<TlsInfo>,
+}
+
+/// The TLS version and cipher suite of a secured session.
+#[derive(Clone, Copy, Debug)]
+pub struct TlsInfo {
+    pub version: Option<rustls::ProtocolVersion>,
+    pub cipher: Option<rustls::SupportedCipherSuite>,
+}
+
+impl fmt::Display for TlsInfo {
+    /// `TLSv1_3, TLS13_AES_256_GCM_SHA384`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.version {
+            Some(v) => write!(f, "{v:?}")?,
+            None => f.write_str("unknown version")?,
+        }
+        match self.cipher {
+            Some(c) => write!(f, ", {:?}", c.suite()),
+            None => Ok(()),
+        }
+    }
 }
 
 impl fmt::Debug for Upstream {
@@ -440,9 +463,12 @@ impl Upstream {
         let connected = started.elapsed();
         let mut io: Box<dyn Io> = Box::new(tcp);
         let mut tls_time = None;
+        let mut tls_info = None;
         if config.tls == TlsMode::Implicit {
             let t0 = std::time::Instant::now();
-            io = handshake(config, io).await?;
+            let (secured, info) = handshake(config, io).await?;
+            io = secured;
+            tls_info = Some(info);
             tls_time = Some(t0.elapsed());
         }
         let mut up = Upstream {
@@ -472,6 +498,7 @@ impl Upstream {
             auth_reply: None,
             recording: config.transcript,
             handshake_times: Vec::with_capacity(6),
+            tls_info,
         };
         up.handshake_times.push((Phase::Connect, connected));
         if let Some(tls) = tls_time {
@@ -524,7 +551,9 @@ impl Upstream {
                         });
                     }
                     let t0 = std::time::Instant::now();
-                    up.io = handshake(config, up.io).await?;
+                    let (secured, info) = handshake(config, up.io).await?;
+                    up.io = secured;
+                    up.tls_info = Some(info);
                     up.handshake_times.push((Phase::Tls, t0.elapsed()));
                     phase_start = std::time::Instant::now();
                     up.note(format!(
@@ -561,6 +590,11 @@ impl Upstream {
         if self.recording {
             self.transcript.push(line);
         }
+    }
+
+    /// The TLS version and cipher suite, when the session is secured.
+    pub fn tls_info(&self) -> Option<TlsInfo> {
+        self.tls_info
     }
 
     /// The upstream's name (as configured).
@@ -1011,7 +1045,10 @@ fn checked(config: &UpstreamConfig) -> String {
     }
 }
 
-async fn handshake(config: &UpstreamConfig, io: Box<dyn Io>) -> Result<Box<dyn Io>, UpstreamError> {
+async fn handshake(
+    config: &UpstreamConfig,
+    io: Box<dyn Io>,
+) -> Result<(Box<dyn Io>, TlsInfo), UpstreamError> {
     let tls_error = |failure: TlsFailure| UpstreamError::Tls {
         upstream: config.name.clone(),
         failure,
@@ -1027,7 +1064,14 @@ async fn handshake(config: &UpstreamConfig, io: Box<dyn Io>) -> Result<Box<dyn I
         .map_err(|_| tls_error(TlsFailure::BadName(config.server_name.clone())))?;
     let connector = tokio_rustls::TlsConnector::from(tls_config);
     match tokio::time::timeout(config.timeouts.connect, connector.connect(name, io)).await {
-        Ok(Ok(stream)) => Ok(Box::new(stream)),
+        Ok(Ok(stream)) => {
+            let conn = stream.get_ref().1;
+            let info = TlsInfo {
+                version: conn.protocol_version(),
+                cipher: conn.negotiated_cipher_suite(),
+            };
+            Ok((Box::new(stream), info))
+        }
         // Closed before the handshake finished (an EOF or a reset, whichever the OS reports
         // first): said the same way each time.
         Ok(Err(e))

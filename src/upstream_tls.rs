@@ -593,9 +593,7 @@ impl PolicyVerifier {
     ) -> Result<(), CertProblem> {
         let summary = CertSummary::parse(end_entity)
             .ok_or_else(|| CertProblem::Other("the certificate cannot be parsed".into()))?;
-        let parsed = rustls::server::ParsedCertificate::try_from(end_entity)
-            .map_err(|e| CertProblem::Other(e.to_string()))?;
-        if rustls::client::verify_server_name(&parsed, server_name).is_err() {
+        if !names_match(end_entity, server_name) {
             return Err(CertProblem::WrongName {
                 expected: name_text(server_name),
             });
@@ -609,6 +607,12 @@ impl PolicyVerifier {
         }
         Ok(())
     }
+}
+
+/// Whether the certificate carries `server_name` (its subjectAltNames, as webpki reads them).
+pub fn names_match(end_entity: &CertificateDer<'_>, server_name: &ServerName<'_>) -> bool {
+    rustls::server::ParsedCertificate::try_from(end_entity)
+        .is_ok_and(|parsed| rustls::client::verify_server_name(&parsed, server_name).is_ok())
 }
 
 fn name_text(name: &ServerName<'_>) -> String {

@@ -52,6 +52,12 @@ pub struct Args {
     /// Keep accepted messages and session transcripts on disk even for the sink persona.
     #[arg(long)]
     pub keep: bool,
+    /// Present a certificate of this kind, made afresh in DATA_DIR/tls-KIND: private-ca
+    /// (the default, from the fake's own CA), self-signed-ca (as `openssl req -x509` makes
+    /// it), self-signed, wrong-name (for mail.internal.example) or expired (2019-2020).
+    /// Try the relay's TLS policies on it, or `smtp-relay check-tls`.
+    #[arg(long, value_name = "KIND")]
+    pub cert: Option<crate::tls::CertKind>,
 }
 
 impl Args {
@@ -114,6 +120,13 @@ impl Args {
         }
         if self.no_limits {
             config = config.no_limits();
+        }
+        if let Some(kind) = self.cert {
+            let files = crate::tls::TlsFiles::in_dir(
+                &config.data_dir.join(format!("tls-{}", kind.as_str())),
+            );
+            crate::tls::generate_kind(&files, kind)?;
+            config.tls_files = Some(files);
         }
         Ok(config)
     }
