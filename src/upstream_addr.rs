@@ -57,7 +57,10 @@ impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Failure::Io(e) => write!(f, "{e}"),
-            Failure::TimedOut(after) => write!(f, "no answer after {}s", after.as_secs()),
+            Failure::TimedOut(after) if after.subsec_millis() == 0 => {
+                write!(f, "no answer after {}s", after.as_secs())
+            }
+            Failure::TimedOut(after) => write!(f, "no answer after {}ms", after.as_millis()),
         }
     }
 }
