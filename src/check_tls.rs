@@ -19,7 +19,7 @@ use base64::Engine as _;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 
 use crate::upstream::{Phase, Timeouts, TlsInfo, TlsMode, Upstream, UpstreamConfig, UpstreamError};
-use crate::upstream_addr::{FailedAddresses, bare_host, host_of};
+use crate::upstream_addr::{FailedAddresses, bare_host};
 use crate::upstream_tls::{
     CertSummary, PolicyVerifier, Rejection, Seen, TlsPolicy, Trust, client_config, day, names_match,
 };
@@ -118,7 +118,7 @@ fn split_target(target: &str) -> Result<(String, u16), String> {
     if host.contains(':') && !(host.starts_with('[') && host.ends_with(']')) {
         return Err(missing());
     }
-    let host = host_of(target);
+    let host = bare_host(host);
     let port: u16 = port
         .parse()
         .map_err(|_| format!("{target:?}: {port:?} is not a port number"))?;
@@ -655,7 +655,7 @@ mod tests {
             split_target("smtp.163.com:465").unwrap(),
             ("smtp.163.com".into(), 465)
         );
-        assert_eq!(split_target("[::1]:25").unwrap(), ("[::1]".into(), 25));
+        assert_eq!(split_target("[::1]:25").unwrap(), ("::1".into(), 25));
         assert!(
             split_target("smtp.163.com")
                 .unwrap_err()
