@@ -285,9 +285,19 @@ impl Report {
                     let _ = writeln!(s, "  TLS: {info}");
                 }
                 None if a.session.is_ok() => {
+                    let failed = a.session.as_ref().is_ok_and(|lines| {
+                        lines
+                            .iter()
+                            .any(|l| l.starts_with("* plaintext: TLS failed"))
+                    });
                     let _ = writeln!(
                         s,
-                        "  TLS: none (only tls_policy = \"may\" or \"none\" would deliver here)"
+                        "  TLS: {} (only tls_policy = \"may\" or \"none\" would deliver here)",
+                        if failed {
+                            "the handshake failed, see above; the session went on in plaintext"
+                        } else {
+                            "none: STARTTLS is not offered"
+                        }
                     );
                 }
                 None => {}

@@ -277,6 +277,67 @@ async fn ipv6_addresses_are_bracketed_and_nothing_listening_is_exit_2() {
     assert!(text.contains("(exit 2)"), "{text}");
 }
 
+/// A server that offers STARTTLS and answers the ClientHello with plaintext (a broken
+/// TLS set-up); on every connection, so that `may`'s plaintext retry finds it too.
+async fn broken_starttls_server() -> std::net::SocketAddr {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut io = BufReader::new(stream);
+                io.get_mut().write_all(b"220 broken.test ESMTP\r\n").await?;
+                let mut line = String::new();
+                loop {
+                    line.clear();
+                    if io.read_line(&mut line).await? == 0 {
+                        return Ok::<(), std::io::Error>(());
+                    }
+                    let verb = line.trim_end().to_ascii_uppercase();
+                    let reply: &[u8] = if verb.starts_with("EHLO") {
+                        b"250-broken.test\r\n250 STARTTLS\r\n"
+                    } else if verb == "STARTTLS" {
+                        io.get_mut().write_all(b"220 go ahead\r\n").await?;
+                        let mut hello = [0u8; 5];
+                        io.read_exact(&mut hello).await?;
+                        io.get_mut().write_all(b"500 this is not TLS\r\n").await?;
+                        return Ok(());
+                    } else if verb == "QUIT" {
+                        io.get_mut().write_all(b"221 bye\r\n").await?;
+                        return Ok(());
+                    } else {
+                        b"502 5.5.1 not here\r\n"
+                    };
+                    io.get_mut().write_all(reply).await?;
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_failed_starttls_handshake_is_said_and_the_plaintext_session_shown() {
+    let addr = broken_starttls_server().await;
+    let report = run(args(addr.to_string())).await;
+    assert_eq!(report.outcome(), Outcome::NotVerified);
+    let a = &report.addresses[0];
+    assert!(a.tls.is_none());
+    assert!(a.chain.is_empty());
+    let text = report.render();
+    assert!(
+        text.contains(
+            "* plaintext: TLS failed on the first connection (the server did not answer in TLS)"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("TLS: the handshake failed, see above"),
+        "{text}"
+    );
+}
+
 fn bin() -> std::process::Command {
     std::process::Command::new(env!("CARGO_BIN_EXE_smtp-relay"))
 }
