@@ -39,6 +39,6 @@ pub use config::{Config, Observer, User};
 pub use error::Error;
 pub use faults::{DropWhen, Fault, Stage};
 pub use persona::Persona;
-pub use server::{FakeUpstream, Handle, Transcript};
+pub use server::{DataPhase, FakeUpstream, Handle, Transcript};
 pub use smtp_wire;
 pub use store::Received;

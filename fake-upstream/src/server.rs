@@ -32,7 +32,8 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Read size: also the most input a session buffers beyond one line.
 const READ_SIZE: usize = 64 * 1024;
 
-/// One session's transcript: `C:` and `S:` lines, `*` for events; secrets redacted.
+/// One session's transcript: `C:` and `S:` lines, `*` for events; secrets redacted. Written
+/// as the session goes: [`Handle::transcripts`] reads the sessions still open too.
 #[derive(Clone, Debug, Default)]
 pub struct Transcript {
     pub id: u64,
@@ -41,16 +42,90 @@ pub struct Transcript {
     /// When each line was recorded (same length as `lines`): to interleave this side with
     /// another's in time order.
     pub times: Vec<std::time::Instant>,
-    /// Off for load runs (`Config::transcripts`): nothing is recorded.
-    recording: bool,
+    /// Every DATA (or BDAT) phase of the session, as its bytes arrived.
+    pub data: Vec<DataPhase>,
+    /// The session was still open when this copy was taken.
+    pub open: bool,
+    /// Lines beyond [`TRANSCRIPT_LINES`] were not kept.
+    pub truncated: bool,
+    /// A DATA phase is being received (the last of `data`).
+    in_data: bool,
+}
+
+/// The most lines one transcript keeps.
+pub const TRANSCRIPT_LINES: usize = 100_000;
+
+/// The most raw octets of one DATA phase a transcript keeps (the counts cover all of it).
+pub const RAW_KEPT: usize = 1 << 20;
+
+/// One DATA phase (or the chunks of one BDAT transaction) exactly as the bytes came off the
+/// wire, before dot-unstuffing or any line-ending repair: the first [`RAW_KEPT`] octets, and
+/// counts over every octet of what no correct relay passes on (bare CR, bare LF, NUL).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DataPhase {
+    pub raw: Vec<u8>,
+    pub octets: u64,
+    /// A CR not followed by LF.
+    pub bare_cr: u64,
+    /// An LF not preceded by CR.
+    pub bare_lf: u64,
+    pub nul: u64,
+    /// Octets above 127.
+    pub eight_bit: u64,
+    /// The phase ended (the terminator or the last chunk came, or it was cut off).
+    pub ended: bool,
+    last: u8,
+}
+
+impl DataPhase {
+    /// Counts and keeps the next bytes of the phase.
+    pub fn feed(&mut self, chunk: &[u8]) {
+        if self.raw.len() < RAW_KEPT {
+            let room = RAW_KEPT - self.raw.len();
+            self.raw.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        }
+        for &b in chunk {
+            if self.last == b'\r' && b != b'\n' && self.octets > 0 {
+                self.bare_cr += 1;
+            }
+            match b {
+                b'\n' if self.last != b'\r' || self.octets == 0 => self.bare_lf += 1,
+                0 => self.nul += 1,
+                128.. => self.eight_bit += 1,
+                _ => {}
+            }
+            self.last = b;
+            self.octets += 1;
+        }
+    }
+
+    /// The phase is over: a CR at its very end was bare.
+    pub fn end(&mut self) {
+        if !self.ended && self.octets > 0 && self.last == b'\r' {
+            self.bare_cr += 1;
+        }
+        self.ended = true;
+    }
+
+    /// No bare CR, bare LF or NUL in it.
+    pub fn clean(&self) -> bool {
+        self.bare_cr == 0 && self.bare_lf == 0 && self.nul == 0
+    }
+
+    /// Whether the raw bytes kept contain `needle`.
+    pub fn contains(&self, needle: &[u8]) -> bool {
+        memchr::memmem::find(&self.raw, needle).is_some()
+    }
 }
 
 impl Transcript {
     fn push(&mut self, line: String) {
-        if self.recording {
-            self.lines.push(line);
-            self.times.push(std::time::Instant::now());
+        if self.lines.len() >= TRANSCRIPT_LINES {
+            self.truncated = true;
+            return;
         }
+        self.lines.push(line);
+        self.times.push(std::time::Instant::now());
     }
 
     /// The lines joined with newlines.
@@ -61,12 +136,81 @@ impl Transcript {
     }
 }
 
+/// A session's transcript while it is written, shared with [`Handle::transcripts`].
+struct Live {
+    id: u64,
+    /// Off for load runs (`Config::transcripts`): nothing is recorded.
+    recording: bool,
+    inner: Arc<Mutex<Transcript>>,
+}
+
+impl Live {
+    fn new(shared: &Shared, id: u64, client: SocketAddr) -> Live {
+        let recording = shared.config.transcripts;
+        let inner = Arc::new(Mutex::new(Transcript {
+            id,
+            client: Some(client),
+            open: true,
+            ..Transcript::default()
+        }));
+        if recording {
+            shared.state().open.insert(id, inner.clone());
+        }
+        Live {
+            id,
+            recording,
+            inner,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Transcript> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn push(&self, line: String) {
+        if self.recording {
+            self.lock().push(line);
+        }
+    }
+
+    /// Bytes of the DATA phase under way (a new phase when none is).
+    fn data(&self, raw: &[u8]) {
+        if !self.recording {
+            return;
+        }
+        let mut t = self.lock();
+        if !t.in_data {
+            t.in_data = true;
+            t.data.push(DataPhase::default());
+        }
+        if let Some(phase) = t.data.last_mut() {
+            phase.feed(raw);
+        }
+    }
+
+    /// The DATA phase under way ended.
+    fn end_data(&self) {
+        if !self.recording {
+            return;
+        }
+        let mut t = self.lock();
+        if t.in_data {
+            t.in_data = false;
+            if let Some(phase) = t.data.last_mut() {
+                phase.end();
+            }
+        }
+    }
+}
+
 #[derive(Default)]
 struct State {
     /// The most recent accepted messages (at most `Config::history`).
     received: VecDeque<Received>,
     received_total: u64,
     transcripts: VecDeque<Transcript>,
+    /// The transcripts of the sessions open now, by connection id.
+    open: std::collections::BTreeMap<u64, Arc<Mutex<Transcript>>>,
     connections: HashMap<IpAddr, u32>,
     auth_failures: HashMap<IpAddr, u32>,
     bans: HashMap<IpAddr, Instant>,
@@ -237,10 +381,18 @@ impl Handle {
         }
     }
 
-    /// Transcripts of the sessions that ended, in the order they ended (the last 1000; none
-    /// when `Config::transcripts` is off).
+    /// Transcripts of the sessions that ended, in the order they ended (the last 1000), then
+    /// those still open as they stand now (`open` set), by connection; none when
+    /// `Config::transcripts` is off. Every command, reply and DATA byte is in it as soon as
+    /// the fake has read it, whether or not the sender ever closes its session.
     pub fn transcripts(&self) -> Vec<Transcript> {
-        self.shared.state().transcripts.iter().cloned().collect()
+        let st = self.shared.state();
+        let mut all: Vec<Transcript> = st.transcripts.iter().cloned().collect();
+        for live in st.open.values() {
+            let t = live.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            all.push(t);
+        }
+        all
     }
 
     /// Connections open now, on every listener. A connection's transcript is among
@@ -318,13 +470,7 @@ async fn connection(
         ip: peer.ip().to_string(),
         coremail: store::coremail_token(&mut rng),
     };
-    let mut transcript = Transcript {
-        id,
-        client: Some(peer),
-        lines: Vec::new(),
-        times: Vec::new(),
-        recording: shared.config.transcripts,
-    };
+    let transcript = Live::new(&shared, id, peer);
     transcript.push(format!("* connect from {peer} ({kind:?} listener)"));
 
     // Connection-level refusals: a banned IP, too many connections from it.
@@ -368,23 +514,21 @@ async fn connection(
                     }
                 }
             }
-            finish(&shared, transcript);
+            finish(&shared, &transcript);
             return;
         }
     };
 
     let action = shared.faults.check(Stage::Connect, None);
-    if let Some(end) = apply_before(&action, &mut transcript, shutdown.clone()).await {
+    if let Some(end) = apply_before(&action, &transcript, shutdown.clone()).await {
         transcript.push(end);
-        finish(&shared, transcript);
+        finish(&shared, &transcript);
         return;
     }
     if action.tls_fail && kind == Transport::Tls {
-        transcript
-            .lines
-            .push("* fault: TLS handshake broken".into());
+        transcript.push("* fault: TLS handshake broken".into());
         let _ = write_all(&mut tcp, b"\x15\x03\x03\x00\x02\x02\x28").await;
-        finish(&shared, transcript);
+        finish(&shared, &transcript);
         return;
     }
 
@@ -427,15 +571,14 @@ async fn connection(
             Err(e) => session.note(&format!("* TLS handshake failed: {e}")),
         },
     }
-    let transcript = std::mem::take(&mut session.transcript);
-    finish(&shared, transcript);
+    finish(&shared, &session.transcript);
 }
 
 /// Delay, stall or drop-before of a fault. Returns the transcript line when the connection
 /// must end here.
 async fn apply_before(
     action: &Action,
-    transcript: &mut Transcript,
+    transcript: &Live,
     mut shutdown: watch::Receiver<bool>,
 ) -> Option<String> {
     if action.delay_ms > 0 {
@@ -456,25 +599,33 @@ async fn apply_before(
 /// Transcripts kept in memory for `Handle::transcripts` (the oldest are dropped first).
 const TRANSCRIPTS_KEPT: usize = 1000;
 
-fn finish(shared: &Shared, mut transcript: Transcript) {
-    if !transcript.recording {
+fn finish(shared: &Shared, live: &Live) {
+    if !live.recording {
         return;
     }
-    transcript.push("* closed".into());
-    if shared.config.write_transcripts {
+    live.end_data();
+    // Moved from the open sessions to the closed ones under the state's lock, so that a
+    // reader of `Handle::transcripts` sees it in one or the other, never in neither.
+    let text = {
+        let mut st = shared.state();
+        let mut transcript = std::mem::take(&mut *live.lock());
+        transcript.open = false;
+        transcript.push("* closed".into());
+        let text = shared
+            .config
+            .write_transcripts
+            .then(|| (transcript.id, transcript.text()));
+        st.open.remove(&live.id);
+        if st.transcripts.len() >= TRANSCRIPTS_KEPT {
+            st.transcripts.pop_front();
+        }
+        st.transcripts.push_back(transcript);
+        text
+    };
+    if let Some((id, text)) = text {
         let dir = shared.config.data_dir.join("transcripts");
-        let _ = smtp_net::files::write_new(
-            &dir,
-            &format!("{:06}", transcript.id),
-            "log",
-            transcript.text().as_bytes(),
-        );
+        let _ = smtp_net::files::write_new(&dir, &format!("{id:06}"), "log", text.as_bytes());
     }
-    let mut st = shared.state();
-    if st.transcripts.len() >= TRANSCRIPTS_KEPT {
-        st.transcripts.pop_front();
-    }
-    st.transcripts.push_back(transcript);
 }
 
 async fn accept_tls(
@@ -514,7 +665,7 @@ struct Session {
     vars: Vars,
     peer: SocketAddr,
     tls: bool,
-    transcript: Transcript,
+    transcript: Live,
     lines_seen: u64,
     /// The message being received (unstuffed), and its raw DATA bytes.
     message: Vec<u8>,
@@ -614,6 +765,7 @@ impl Session {
                 let decision = match event {
                     None => break,
                     Some(Event::Content { data, raw }) => {
+                        self.transcript.data(raw);
                         let rules = &self.shared.config.persona.rules;
                         if rules.keep_messages
                             || rules.inspects_content()
@@ -786,6 +938,7 @@ impl Session {
     /// Writes the raw bytes of the DATA phase that just ended (delivered or not) as
     /// `raw/<connection>-<n>.data`, when the persona keeps messages.
     async fn save_raw(&mut self) -> Option<PathBuf> {
+        self.transcript.end_data();
         let raw = std::mem::take(&mut self.raw);
         if raw.is_empty() || !self.shared.config.persona.rules.keep_messages {
             return None;
@@ -1121,5 +1274,44 @@ fn path_text(p: &ForwardPath) -> String {
     match p {
         ForwardPath::Postmaster(s) => s.clone(),
         ForwardPath::Mailbox(m) => m.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DataPhase;
+
+    fn phase(chunks: &[&[u8]]) -> DataPhase {
+        let mut d = DataPhase::default();
+        for c in chunks {
+            d.feed(c);
+        }
+        d.end();
+        d
+    }
+
+    #[test]
+    fn line_endings_are_judged_across_chunks() {
+        let counts = |d: DataPhase| (d.bare_cr, d.bare_lf, d.nul, d.eight_bit);
+        assert_eq!(counts(phase(&[b"a\r", b"\nb\r\n"])), (0, 0, 0, 0));
+        assert_eq!(counts(phase(&[b"a\r", b"b\r\n"])), (1, 0, 0, 0));
+        assert_eq!(counts(phase(&[b"\n", b"x\r\n"])), (0, 1, 0, 0));
+        assert_eq!(counts(phase(&[b"a\r\n", b"\n"])), (0, 1, 0, 0));
+        assert_eq!(counts(phase(&[b"a\r"])), (1, 0, 0, 0));
+        assert_eq!(counts(phase(&[b"\r\r\n"])), (1, 0, 0, 0));
+        assert_eq!(counts(phase(&[b"\0\xe4\xbd\xa0\r\n"])), (0, 0, 1, 3));
+        assert!(phase(&[b"ok\r\n", b"still ok\r\n"]).clean());
+    }
+
+    #[test]
+    fn the_raw_bytes_kept_are_bounded_and_the_counts_are_not() {
+        let mut d = DataPhase::default();
+        let block = vec![b'\n'; 64 * 1024];
+        for _ in 0..20 {
+            d.feed(&block);
+        }
+        assert_eq!(d.raw.len(), super::RAW_KEPT);
+        assert_eq!(d.bare_lf, 20 * 64 * 1024);
+        assert_eq!(d.octets, 20 * 64 * 1024);
     }
 }

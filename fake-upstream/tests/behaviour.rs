@@ -544,3 +544,57 @@ async fn a_persona_without_8bitmime_refuses_its_parameter() {
         h.shutdown().await;
     }
 }
+
+/// Polls the fake's transcripts until `ready` holds for one of them (at most 5 s).
+async fn transcript_when(
+    h: &fake_upstream::Handle,
+    ready: impl Fn(&fake_upstream::Transcript) -> bool,
+) -> fake_upstream::Transcript {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(t) = h.transcripts().into_iter().find(|t| ready(t)) {
+            return t;
+        }
+        assert!(Instant::now() < deadline, "{:#?}", h.transcripts());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_open_session_is_read_live_with_its_raw_data_bytes() {
+    let mut cfg = config("sink", "live-record");
+    cfg.transcripts = true;
+    let h = start(cfg).await;
+    let mut c = Client::connect(&h).await;
+    c.reply().await;
+    c.cmd("EHLO client.example").await;
+    c.cmd("MAIL FROM:<ceo@bank.example>").await;
+    c.cmd("RCPT TO:<victim@example.net>").await;
+    assert!(c.cmd("DATA").await.starts_with("354"));
+    // Part of the data, a bare LF, a bare CR and a NUL in it, the session left open.
+    c.send_raw(b"Subject: x\r\n\r\na\nb\rc\0d").await;
+    let t = transcript_when(&h, |t| t.data.first().is_some_and(|d| d.octets == 21)).await;
+    assert!(t.open);
+    assert!(t.lines.iter().any(|l| l == "C: MAIL FROM:<ceo@bank.example>"));
+    assert!(t.lines.iter().any(|l| l == "C: RCPT TO:<victim@example.net>"));
+    let d = &t.data[0];
+    assert!(!d.ended);
+    assert_eq!(d.raw, b"Subject: x\r\n\r\na\nb\rc\0d");
+    assert_eq!((d.bare_lf, d.bare_cr, d.nul), (1, 1, 1));
+    assert!(!d.clean());
+    c.send_raw(b"\r\n.\r\n").await;
+    assert!(c.reply().await.to_string().starts_with("250"));
+    let t = transcript_when(&h, |t| t.data.first().is_some_and(|d| d.ended)).await;
+    assert!(t.open, "no QUIT yet: still open");
+    assert_eq!(t.data.len(), 1);
+    c.cmd("QUIT").await;
+    let t = transcript_when(&h, |t| !t.open && t.lines.last().is_some_and(|l| l == "* closed"))
+        .await;
+    assert_eq!(t.data[0].bare_lf, 1);
+    assert_eq!(
+        h.transcripts().len(),
+        1,
+        "the closed session is listed once, no longer as open"
+    );
+    h.shutdown().await;
+}

@@ -170,10 +170,19 @@ pub enum Check {
     BodyIntact,
     /// The one message the upstreams got is exactly this, after the trace headers.
     UpstreamGot(Vec<u8>),
-    /// An upstream received a line containing this.
+    /// An upstream received a command line containing this (ASCII case ignored: `mail
+    /// FROM:` is as legal as `MAIL FROM:`), in a session closed or still open.
     UpstreamSaw(String),
-    /// No upstream received a line containing this.
+    /// No upstream received a command line containing this (case ignored), in any session,
+    /// closed or still open, and no envelope it received has it in its sender or recipients.
     UpstreamNeverSaw(String),
+    /// No DATA phase any upstream received had a bare CR, a bare LF or a NUL in its raw bytes
+    /// (as they came off the wire, before the fake repaired anything).
+    UpstreamDataClean,
+    /// Some DATA phase an upstream received has these raw bytes (before dot-unstuffing).
+    UpstreamDataHas(Vec<u8>),
+    /// No DATA phase any upstream received has these raw bytes.
+    UpstreamDataLacks(Vec<u8>),
     /// No MAIL, RCPT or DATA reached any upstream, and no message.
     NothingUpstream,
     /// A delivery status notification (`multipart/report`) reached this recipient.
@@ -693,6 +702,13 @@ impl Scenario {
                 ))),
                 "expect body intact" => sc.checks.push(check(Check::BodyIntact)),
                 "expect nothing upstream" => sc.checks.push(check(Check::NothingUpstream)),
+                "expect upstream data clean" => sc.checks.push(check(Check::UpstreamDataClean)),
+                "expect upstream data has" => sc
+                    .checks
+                    .push(check(Check::UpstreamDataHas(unescape(value).map_err(err)?))),
+                "expect upstream data lacks" => sc
+                    .checks
+                    .push(check(Check::UpstreamDataLacks(unescape(value).map_err(err)?))),
                 "expect upstream got" => sc
                     .checks
                     .push(check(Check::UpstreamGot(unescape(value).map_err(err)?))),
@@ -932,6 +948,13 @@ impl Scenario {
                     s.push_str(&format!("expect upstream never saw: {t}\n"))
                 }
                 Check::NothingUpstream => s.push_str("expect nothing upstream\n"),
+                Check::UpstreamDataClean => s.push_str("expect upstream data clean\n"),
+                Check::UpstreamDataHas(b) => {
+                    s.push_str(&format!("expect upstream data has: {}\n", escape(b)))
+                }
+                Check::UpstreamDataLacks(b) => {
+                    s.push_str(&format!("expect upstream data lacks: {}\n", escape(b)))
+                }
                 Check::BounceTo(a) => s.push_str(&format!("expect bounce to: {a}\n")),
                 Check::Consistent => s.push_str("expect consistent\n"),
                 Check::NoSecrets => s.push_str("expect no secrets\n"),

@@ -1243,13 +1243,26 @@ fn is_bounce(r: &fake_upstream::Received) -> bool {
 
 fn check_all(sc: &Scenario, env: &Env, client: &Client) -> Result<(), String> {
     let received = env.received();
-    let upstream_lines: Vec<String> = env
+    // The fakes' live record: sessions still open are read as they stand.
+    let transcripts: Vec<(String, fake_upstream::Transcript)> = env
         .fakes
         .iter()
-        .flat_map(|(_, f)| f.transcripts())
-        .flat_map(|t| t.lines.into_iter())
+        .flat_map(|(label, f)| f.transcripts().into_iter().map(move |t| (label.clone(), t)))
+        .collect();
+    let upstream_lines: Vec<String> = transcripts
+        .iter()
+        .flat_map(|(_, t)| t.lines.iter())
         .filter_map(|l| l.strip_prefix("C: ").map(str::to_string))
         .collect();
+    let data_phases = || {
+        transcripts
+            .iter()
+            .flat_map(|(label, t)| t.data.iter().map(move |d| (label.as_str(), t, d)))
+    };
+    let has = |hay: &str, needle: &str| {
+        hay.to_ascii_lowercase()
+            .contains(&needle.to_ascii_lowercase())
+    };
     for check in &sc.checks {
         let at = |e: String| format!("line {}: {e}", check.line);
         match &check.item {
@@ -1321,13 +1334,79 @@ fn check_all(sc: &Scenario, env: &Env, client: &Client) -> Result<(), String> {
                 }
             }
             Check::UpstreamSaw(text) => {
-                if !upstream_lines.iter().any(|l| l.contains(text.as_str())) {
-                    return Err(at(format!("no upstream received a line with {text:?}")));
+                if !upstream_lines.iter().any(|l| has(l, text)) {
+                    return Err(at(format!(
+                        "no upstream received a line with {text:?} (in {} session(s), {} still open)",
+                        transcripts.len(),
+                        transcripts.iter().filter(|(_, t)| t.open).count()
+                    )));
                 }
             }
             Check::UpstreamNeverSaw(text) => {
-                if let Some(l) = upstream_lines.iter().find(|l| l.contains(text.as_str())) {
-                    return Err(at(format!("an upstream received {l:?}")));
+                if let Some((label, t)) = transcripts
+                    .iter()
+                    .find(|(_, t)| t.lines.iter().any(|l| l.starts_with("C: ") && has(l, text)))
+                {
+                    let l = t
+                        .lines
+                        .iter()
+                        .find(|l| l.starts_with("C: ") && has(l, text))
+                        .map(String::as_str)
+                        .unwrap_or_default();
+                    return Err(at(format!(
+                        "upstream {label} received {:?} (session {}{})",
+                        l.trim_start_matches("C: "),
+                        t.id,
+                        if t.open { ", still open" } else { "" }
+                    )));
+                }
+                if let Some((label, r)) = received.iter().find(|(_, r)| {
+                    has(&r.mail_from, text) || r.rcpt_to.iter().any(|a| has(a, text))
+                }) {
+                    return Err(at(format!(
+                        "upstream {label} received a message with {text:?} in its envelope: MAIL FROM:{} RCPT TO:{}",
+                        r.mail_from,
+                        r.rcpt_to.join(", ")
+                    )));
+                }
+            }
+            Check::UpstreamDataClean => {
+                if let Some((label, t, d)) = data_phases().find(|(_, _, d)| !d.clean()) {
+                    let at_byte = d
+                        .raw
+                        .windows(2)
+                        .position(|w| {
+                            w[0] == 0 || (w[0] == b'\r') != (w[1] == b'\n') || w[1] == 0
+                        })
+                        .unwrap_or(0);
+                    let from = at_byte.saturating_sub(20);
+                    return Err(at(format!(
+                        "upstream {label} received DATA with {} bare CR, {} bare LF, {} NUL (session {}, {} octets): ...{}...",
+                        d.bare_cr,
+                        d.bare_lf,
+                        d.nul,
+                        t.id,
+                        d.octets,
+                        super::escape(&d.raw[from..(at_byte + 20).min(d.raw.len())])
+                    )));
+                }
+            }
+            Check::UpstreamDataHas(bytes) => {
+                if !data_phases().any(|(_, _, d)| d.contains(bytes)) {
+                    return Err(at(format!(
+                        "no DATA phase an upstream received has {:?} ({} phase(s) seen)",
+                        super::escape(bytes),
+                        data_phases().count()
+                    )));
+                }
+            }
+            Check::UpstreamDataLacks(bytes) => {
+                if let Some((label, t, _)) = data_phases().find(|(_, _, d)| d.contains(bytes)) {
+                    return Err(at(format!(
+                        "upstream {label} received DATA with {:?} in it (session {})",
+                        super::escape(bytes),
+                        t.id
+                    )));
                 }
             }
             Check::NothingUpstream => {
