@@ -139,6 +139,8 @@ impl Transcript {
 /// A session's transcript while it is written, shared with [`Handle::transcripts`].
 struct Live {
     id: u64,
+    /// The fake's count of recorded events ([`Handle::activity`]).
+    activity: Arc<AtomicU64>,
     /// Off for load runs (`Config::transcripts`): nothing is recorded.
     recording: bool,
     inner: Arc<Mutex<Transcript>>,
@@ -158,6 +160,7 @@ impl Live {
         }
         Live {
             id,
+            activity: shared.activity.clone(),
             recording,
             inner,
         }
@@ -170,6 +173,7 @@ impl Live {
     fn push(&self, line: String) {
         if self.recording {
             self.lock().push(line);
+            self.activity.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -186,6 +190,7 @@ impl Live {
         if let Some(phase) = t.data.last_mut() {
             phase.feed(raw);
         }
+        self.activity.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The DATA phase under way ended.
@@ -228,6 +233,8 @@ pub(crate) struct Shared {
     state: Mutex<State>,
     received_notify: Notify,
     next_conn: AtomicU64,
+    /// Lines and DATA chunks recorded so far, over every session.
+    activity: Arc<AtomicU64>,
     next_message: AtomicU64,
 }
 
@@ -293,6 +300,7 @@ impl FakeUpstream {
             state: Mutex::new(State::default()),
             received_notify: Notify::new(),
             next_conn: AtomicU64::new(first_conn),
+            activity: Arc::default(),
             next_message: AtomicU64::new(1),
         });
         let (shutdown, rx) = watch::channel(false);
@@ -393,6 +401,12 @@ impl Handle {
             all.push(t);
         }
         all
+    }
+
+    /// How many lines and DATA chunks the transcripts have recorded so far: a number that
+    /// changes while anyone talks to the fake (to wait for quiet).
+    pub fn activity(&self) -> u64 {
+        self.shared.activity.load(Ordering::Relaxed)
     }
 
     /// Connections open now, on every listener. A connection's transcript is among
@@ -889,7 +903,7 @@ impl Session {
         if !action.is_none() {
             self.flush(io).await?;
         }
-        if let Some(line) = apply_before(&action, &mut self.transcript, shutdown.clone()).await {
+        if let Some(line) = apply_before(&action, &self.transcript, shutdown.clone()).await {
             self.note(&line);
             return Ok(false);
         }

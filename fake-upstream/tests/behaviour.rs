@@ -575,8 +575,16 @@ async fn an_open_session_is_read_live_with_its_raw_data_bytes() {
     c.send_raw(b"Subject: x\r\n\r\na\nb\rc\0d").await;
     let t = transcript_when(&h, |t| t.data.first().is_some_and(|d| d.octets == 21)).await;
     assert!(t.open);
-    assert!(t.lines.iter().any(|l| l == "C: MAIL FROM:<ceo@bank.example>"));
-    assert!(t.lines.iter().any(|l| l == "C: RCPT TO:<victim@example.net>"));
+    assert!(
+        t.lines
+            .iter()
+            .any(|l| l == "C: MAIL FROM:<ceo@bank.example>")
+    );
+    assert!(
+        t.lines
+            .iter()
+            .any(|l| l == "C: RCPT TO:<victim@example.net>")
+    );
     let d = &t.data[0];
     assert!(!d.ended);
     assert_eq!(d.raw, b"Subject: x\r\n\r\na\nb\rc\0d");
@@ -588,8 +596,10 @@ async fn an_open_session_is_read_live_with_its_raw_data_bytes() {
     assert!(t.open, "no QUIT yet: still open");
     assert_eq!(t.data.len(), 1);
     c.cmd("QUIT").await;
-    let t = transcript_when(&h, |t| !t.open && t.lines.last().is_some_and(|l| l == "* closed"))
-        .await;
+    let t = transcript_when(&h, |t| {
+        !t.open && t.lines.last().is_some_and(|l| l == "* closed")
+    })
+    .await;
     assert_eq!(t.data[0].bare_lf, 1);
     assert_eq!(
         h.transcripts().len(),

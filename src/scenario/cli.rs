@@ -38,6 +38,12 @@ pub struct ScenariosArgs {
     /// configured to deliver.
     #[arg(long, value_name = "ADDR")]
     pub upstream_listen: Option<SocketAddr>,
+    /// Test the harness: run the portable scenarios against a correct small relay and against
+    /// each of its mutants (one defect each: LF.LF taken as the end of data, bare line ends
+    /// passed on, a header added, a recipient dropped, ...), print which scenarios catch
+    /// each; exit 1 when a mutant survives or the correct relay fails.
+    #[arg(long, conflicts_with = "relay")]
+    pub mutants: bool,
     /// Where the run keeps its CA, fake mailboxes and spools (a failed scenario's stay).
     #[arg(long, value_name = "DIR")]
     pub work_dir: Option<PathBuf>,
@@ -83,6 +89,35 @@ pub async fn run(args: ScenariosArgs) -> ExitCode {
         eprintln!("smtp-relay scenarios: no scenario matched");
         return ExitCode::from(2);
     }
+    let work_dir = args.work_dir.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("smtp-relay-scenarios-{}", std::process::id()))
+    });
+    if args.mutants {
+        smtp_net::say(&format!(
+            "smtp-relay scenarios --mutants: the portable scenarios against a correct relay and {} mutants, work directory {}\n",
+            super::mutant::Defect::ALL.len(),
+            work_dir.display()
+        ));
+        let timeout = args.timeout.map(Duration::from_secs_f64);
+        return match super::mutant::score(&scenarios, &work_dir, timeout).await {
+            Ok(scores) => {
+                smtp_net::say(&super::mutant::table(&scores));
+                let ok = scores
+                    .iter()
+                    .all(|s| s.killed() != (s.defect == super::mutant::Defect::None));
+                if ok {
+                    let _ = std::fs::remove_dir_all(&work_dir);
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                }
+            }
+            Err(e) => {
+                eprintln!("smtp-relay scenarios: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let target = match (args.relay, args.upstream_listen) {
         (Some(relay), Some(upstream_listen)) => Target::External {
             relay,
@@ -90,9 +125,6 @@ pub async fn run(args: ScenariosArgs) -> ExitCode {
         },
         _ => Target::Ours,
     };
-    let work_dir = args.work_dir.clone().unwrap_or_else(|| {
-        std::env::temp_dir().join(format!("smtp-relay-scenarios-{}", std::process::id()))
-    });
     let opts = Options {
         target,
         jobs: args.jobs,

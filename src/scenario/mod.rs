@@ -4,6 +4,7 @@
 //! shrunk property-test case), and [`run`] replays it.
 
 pub mod cli;
+pub mod mutant;
 pub mod report;
 pub mod run;
 
@@ -179,6 +180,9 @@ pub enum Check {
     /// No DATA phase any upstream received had a bare CR, a bare LF or a NUL in its raw bytes
     /// (as they came off the wire, before the fake repaired anything).
     UpstreamDataClean,
+    /// Every message an upstream got (bounces aside) has exactly this reverse path, case
+    /// included (`<Alice.Smith@example.com>`: a local part is case-sensitive).
+    UpstreamSender(String),
     /// Some DATA phase an upstream received has these raw bytes (before dot-unstuffing).
     UpstreamDataHas(Vec<u8>),
     /// No DATA phase any upstream received has these raw bytes.
@@ -702,13 +706,16 @@ impl Scenario {
                 ))),
                 "expect body intact" => sc.checks.push(check(Check::BodyIntact)),
                 "expect nothing upstream" => sc.checks.push(check(Check::NothingUpstream)),
+                "expect upstream sender" => sc
+                    .checks
+                    .push(check(Check::UpstreamSender(value.to_string()))),
                 "expect upstream data clean" => sc.checks.push(check(Check::UpstreamDataClean)),
                 "expect upstream data has" => sc
                     .checks
                     .push(check(Check::UpstreamDataHas(unescape(value).map_err(err)?))),
-                "expect upstream data lacks" => sc
-                    .checks
-                    .push(check(Check::UpstreamDataLacks(unescape(value).map_err(err)?))),
+                "expect upstream data lacks" => sc.checks.push(check(Check::UpstreamDataLacks(
+                    unescape(value).map_err(err)?,
+                ))),
                 "expect upstream got" => sc
                     .checks
                     .push(check(Check::UpstreamGot(unescape(value).map_err(err)?))),
@@ -949,6 +956,7 @@ impl Scenario {
                 }
                 Check::NothingUpstream => s.push_str("expect nothing upstream\n"),
                 Check::UpstreamDataClean => s.push_str("expect upstream data clean\n"),
+                Check::UpstreamSender(a) => s.push_str(&format!("expect upstream sender: {a}\n")),
                 Check::UpstreamDataHas(b) => {
                     s.push_str(&format!("expect upstream data has: {}\n", escape(b)))
                 }

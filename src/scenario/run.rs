@@ -307,7 +307,8 @@ impl Env {
     }
 
     /// Waits until the upstreams stop receiving (a store-and-forward relay delivers after
-    /// its 250): for an external relay, until the expected count arrived or nothing new came
+    /// its 250): for an external relay, until the expected count arrived and no upstream
+    /// heard anything new (a command, a reply, DATA bytes, on any session, open or closed)
     /// for a second (at most 15 s).
     async fn settle(&self, sc: &Scenario) {
         if !self.external {
@@ -319,12 +320,14 @@ impl Env {
             _ => None,
         });
         let deadline = Instant::now() + Duration::from_secs(15);
-        let mut last = (self.received_count(), Instant::now());
+        let activity = || self.fakes.iter().map(|(_, f)| f.activity()).sum::<u64>();
+        let mut last = (activity(), Instant::now());
         while Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(100)).await;
             let n = self.received_count();
-            if n != last.0 {
-                last = (n, Instant::now());
+            let a = activity();
+            if a != last.0 {
+                last = (a, Instant::now());
             }
             let enough = want.is_none_or(|w| n >= w);
             if enough && last.1.elapsed() > Duration::from_secs(1) {
@@ -1370,14 +1373,28 @@ fn check_all(sc: &Scenario, env: &Env, client: &Client) -> Result<(), String> {
                     )));
                 }
             }
+            Check::UpstreamSender(want) => {
+                let got: Vec<&fake_upstream::Received> = received
+                    .iter()
+                    .map(|(_, r)| r)
+                    .filter(|r| !is_bounce(r))
+                    .collect();
+                if got.is_empty() {
+                    return Err(at("no message reached an upstream".into()));
+                }
+                if let Some(r) = got.iter().find(|r| r.mail_from != *want) {
+                    return Err(at(format!(
+                        "an upstream got MAIL FROM:{}, expected {want} exactly",
+                        r.mail_from
+                    )));
+                }
+            }
             Check::UpstreamDataClean => {
                 if let Some((label, t, d)) = data_phases().find(|(_, _, d)| !d.clean()) {
                     let at_byte = d
                         .raw
                         .windows(2)
-                        .position(|w| {
-                            w[0] == 0 || (w[0] == b'\r') != (w[1] == b'\n') || w[1] == 0
-                        })
+                        .position(|w| w[0] == 0 || (w[0] == b'\r') != (w[1] == b'\n') || w[1] == 0)
                         .unwrap_or(0);
                     let from = at_byte.saturating_sub(20);
                     return Err(at(format!(

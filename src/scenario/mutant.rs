@@ -1,0 +1,606 @@
+//! Deliberately broken relays for testing the harness: a check is only worth the defects it
+//! catches. [`start`] runs a small, plain SMTP relay (one upstream session per client session,
+//! commands forwarded line by line, the upstream's replies passed back verbatim, the message
+//! buffered and refused for bare line ends) with at most one [`Defect`] switched on. The
+//! correct one (`Defect::None`) passes every portable scenario; each defect must fail at least
+//! one (`tests/mutants.rs`, `smtp-relay scenarios --mutants`), and a defect that survives is a
+//! scenario still to write.
+//!
+//! Loopback only, bounded everywhere (lines, messages, every wait), never for real mail.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+/// One defect of a relay.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Defect {
+    /// None: the correct relay, which every portable scenario must pass.
+    None,
+    /// Takes a line `.` ended by a bare LF (`LF . LF`, `CRLF . LF`, `LF . CRLF`) as the end of
+    /// data, treats what follows as commands, and keeps its upstream sessions open after the
+    /// client leaves (OpenSMTPD 6.8: the smuggled MAIL goes upstream in a session that is
+    /// never closed).
+    LfDotLf,
+    /// Passes bare CR and bare LF in the content on to the upstream unchanged.
+    PassesBareLineEnds,
+    /// Removes the client's dot-stuffing and does not put it back.
+    Unstuffs,
+    /// Adds a header to every message.
+    AddsHeader,
+    /// Answers `250` to the client's recipients after the first without forwarding them.
+    DropsRecipient,
+    /// Turns the upstream's `5xx` to the end of data into `250`.
+    UpstreamRefusalTo250,
+    /// Answers `250` at the end of data before the upstream has answered.
+    AnswersEarly,
+    /// Rewrites the envelope sender's case (the local part is case-sensitive, RFC 5321 2.4).
+    LowercasesSender,
+}
+
+impl Defect {
+    /// Every defect, the correct relay excluded.
+    pub const ALL: [Defect; 8] = [
+        Defect::LfDotLf,
+        Defect::PassesBareLineEnds,
+        Defect::Unstuffs,
+        Defect::AddsHeader,
+        Defect::DropsRecipient,
+        Defect::UpstreamRefusalTo250,
+        Defect::AnswersEarly,
+        Defect::LowercasesSender,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Defect::None => "none",
+            Defect::LfDotLf => "lf-dot-lf",
+            Defect::PassesBareLineEnds => "passes-bare-line-ends",
+            Defect::Unstuffs => "unstuffs",
+            Defect::AddsHeader => "adds-header",
+            Defect::DropsRecipient => "drops-recipient",
+            Defect::UpstreamRefusalTo250 => "upstream-refusal-to-250",
+            Defect::AnswersEarly => "answers-early",
+            Defect::LowercasesSender => "lowercases-sender",
+        }
+    }
+
+    /// What the defect does, in a sentence.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Defect::None => "the correct relay",
+            Defect::LfDotLf => {
+                "ends DATA at LF . LF and keeps its upstream session open (OpenSMTPD 6.8)"
+            }
+            Defect::PassesBareLineEnds => "passes bare CR and LF on to the upstream",
+            Defect::Unstuffs => "removes dot-stuffing and does not put it back",
+            Defect::AddsHeader => "adds a header to every message",
+            Defect::DropsRecipient => "accepts recipients after the first without forwarding them",
+            Defect::UpstreamRefusalTo250 => "turns the upstream's 5xx to the data into 250",
+            Defect::AnswersEarly => "answers 250 to the data before the upstream has",
+            Defect::LowercasesSender => "lowercases the envelope sender",
+        }
+    }
+}
+
+impl std::str::FromStr for Defect {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        std::iter::once(Defect::None)
+            .chain(Defect::ALL)
+            .find(|d| d.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = std::iter::once(Defect::None)
+                    .chain(Defect::ALL)
+                    .map(Defect::name)
+                    .collect();
+                format!("{s:?}: expected one of {}", names.join(", "))
+            })
+    }
+}
+
+/// The longest command line or reply line read.
+const MAX_LINE: usize = 4096;
+/// The largest message buffered; beyond it, `552`.
+const MAX_MESSAGE: usize = 64 << 20;
+/// Every wait: a client's next bytes, the upstream's connect and replies.
+const WAIT: Duration = Duration::from_secs(10);
+
+/// A running mutant relay.
+pub struct Mutant {
+    addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    /// Upstream sessions held open by [`Defect::LfDotLf`] until shutdown.
+    held: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Mutant {
+    /// Where clients connect.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting, ends every session and closes the upstream sessions it held.
+    pub fn shutdown(&self) {
+        let _ = self.shutdown.send(true);
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+}
+
+impl Drop for Mutant {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Starts a relay with `defect` on 127.0.0.1 (port 0), delivering to `upstream` (plain SMTP).
+pub async fn start(defect: Defect, upstream: SocketAddr) -> std::io::Result<Mutant> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let (tx, rx) = watch::channel(false);
+    let held: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+    let keep = held.clone();
+    tokio::spawn(async move {
+        let mut stopped = rx.clone();
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    let Ok((stream, _)) = accepted else { continue };
+                    let (keep, mut stop) = (keep.clone(), rx.clone());
+                    tokio::spawn(async move {
+                        tokio::select! {
+                            _ = session(stream, upstream, defect, keep) => {}
+                            _ = stop.wait_for(|s| *s) => {}
+                        }
+                    });
+                }
+                _ = stopped.wait_for(|s| *s) => return,
+            }
+        }
+    });
+    Ok(Mutant {
+        addr,
+        shutdown: tx,
+        held,
+    })
+}
+
+/// Bytes read from one side, with what is buffered beyond the last line taken.
+struct Input {
+    read: OwnedReadHalf,
+    buf: Vec<u8>,
+}
+
+impl Input {
+    async fn more(&mut self) -> std::io::Result<bool> {
+        let mut chunk = [0u8; 16 * 1024];
+        let n = tokio::time::timeout(WAIT, self.read.read(&mut chunk))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no input"))??;
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(n > 0)
+    }
+
+    /// The next line with its ending (LF, with or without CR), or `None` at the end.
+    async fn line(&mut self) -> std::io::Result<Option<Vec<u8>>> {
+        loop {
+            if let Some(i) = memchr::memchr(b'\n', &self.buf) {
+                return Ok(Some(self.buf.drain(..=i).collect()));
+            }
+            if self.buf.len() > MAX_LINE {
+                return Err(std::io::Error::other("line too long"));
+            }
+            if !self.more().await? {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// The message content up to its terminator (taken off too), and the content's length
+    /// without the terminator; `lenient` also ends it at a `.` line ended by a bare LF.
+    async fn content(&mut self, lenient: bool) -> std::io::Result<Option<Vec<u8>>> {
+        loop {
+            if let Some((end, after)) = terminator(&self.buf, lenient) {
+                let content = self.buf[..end].to_vec();
+                self.buf.drain(..after);
+                return Ok(Some(content));
+            }
+            if self.buf.len() > MAX_MESSAGE {
+                return Ok(None);
+            }
+            if !self.more().await? {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "closed in DATA",
+                ));
+            }
+        }
+    }
+}
+
+/// Where the content ends and where the bytes after the terminator start.
+fn terminator(buf: &[u8], lenient: bool) -> Option<(usize, usize)> {
+    let mut best: Option<(usize, usize)> = None;
+    let mut consider = |end: usize, after: usize| {
+        if best.is_none_or(|(e, _)| end < e) {
+            best = Some((end, after));
+        }
+    };
+    if buf.starts_with(b".\r\n") {
+        consider(0, 3);
+    }
+    if let Some(i) = memchr::memmem::find(buf, b"\r\n.\r\n") {
+        consider(i + 2, i + 5);
+    }
+    if lenient {
+        if buf.starts_with(b".\n") {
+            consider(0, 2);
+        }
+        for pat in [&b"\n.\n"[..], b"\n.\r\n"] {
+            if let Some(i) = memchr::memmem::find(buf, pat) {
+                consider(i + 1, i + pat.len());
+            }
+        }
+    }
+    best
+}
+
+/// A bare CR, a bare LF or a NUL in the content.
+fn unclean(content: &[u8]) -> bool {
+    content.iter().enumerate().any(|(i, &b)| {
+        b == 0
+            || (b == b'\r' && content.get(i + 1) != Some(&b'\n'))
+            || (b == b'\n' && (i == 0 || content[i - 1] != b'\r'))
+    })
+}
+
+struct Upstream {
+    input: Input,
+    write: OwnedWriteHalf,
+}
+
+impl Upstream {
+    async fn connect(addr: SocketAddr) -> std::io::Result<Upstream> {
+        let tcp = tokio::time::timeout(WAIT, TcpStream::connect(addr))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect"))??;
+        let (read, write) = tcp.into_split();
+        let mut up = Upstream {
+            input: Input {
+                read,
+                buf: Vec::new(),
+            },
+            write,
+        };
+        up.reply().await?;
+        up.send(b"EHLO mutant.test\r\n").await?;
+        up.reply().await?;
+        Ok(up)
+    }
+
+    async fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        tokio::time::timeout(WAIT, self.write.write_all(bytes))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "write"))?
+    }
+
+    /// One whole reply, every line with its CRLF, as the upstream said it.
+    async fn reply(&mut self) -> std::io::Result<Vec<u8>> {
+        let mut reply = Vec::new();
+        loop {
+            let line = self
+                .input
+                .line()
+                .await?
+                .ok_or_else(|| std::io::Error::other("upstream closed"))?;
+            let last = line.get(3) != Some(&b'-');
+            reply.extend_from_slice(&line);
+            if last {
+                return Ok(reply);
+            }
+        }
+    }
+
+    async fn command(&mut self, line: &[u8]) -> std::io::Result<Vec<u8>> {
+        self.send(line).await?;
+        self.reply().await
+    }
+
+    fn into_stream(self) -> Option<TcpStream> {
+        self.input.read.reunite(self.write).ok()
+    }
+}
+
+fn code(reply: &[u8]) -> u16 {
+    std::str::from_utf8(reply.get(..3).unwrap_or_default())
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+async fn session(
+    client: TcpStream,
+    upstream: SocketAddr,
+    defect: Defect,
+    held: Arc<Mutex<Vec<TcpStream>>>,
+) {
+    let (read, mut out) = client.into_split();
+    let mut input = Input {
+        read,
+        buf: Vec::new(),
+    };
+    let mut up = match Upstream::connect(upstream).await {
+        Ok(up) => up,
+        Err(e) => {
+            let _ = out
+                .write_all(format!("421 4.4.1 upstream unreachable: {e}\r\n").as_bytes())
+                .await;
+            return;
+        }
+    };
+    let _ = drive(&mut input, &mut out, &mut up, defect).await;
+    if defect == Defect::LfDotLf {
+        if let Some(stream) = up.into_stream() {
+            held.lock().unwrap_or_else(|p| p.into_inner()).push(stream);
+        }
+    } else {
+        let _ = up.command(b"QUIT\r\n").await;
+    }
+}
+
+async fn drive(
+    input: &mut Input,
+    out: &mut OwnedWriteHalf,
+    up: &mut Upstream,
+    defect: Defect,
+) -> std::io::Result<()> {
+    out.write_all(format!("220 mutant.test ESMTP ({})\r\n", defect.name()).as_bytes())
+        .await?;
+    let (mut mail_ok, mut rcpts) = (false, 0u32);
+    while let Some(line) = input.line().await? {
+        let text = String::from_utf8_lossy(&line);
+        let verb = text
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_ascii_uppercase();
+        let forwarded = |line: &[u8]| {
+            let mut l = line.to_vec();
+            while matches!(l.last(), Some(b'\r' | b'\n')) {
+                l.pop();
+            }
+            l.extend_from_slice(b"\r\n");
+            l
+        };
+        match verb.as_str() {
+            "EHLO" => {
+                out.write_all(b"250-mutant.test\r\n250-8BITMIME\r\n250 SIZE 67108864\r\n")
+                    .await?
+            }
+            "HELO" => out.write_all(b"250 mutant.test\r\n").await?,
+            "QUIT" => {
+                out.write_all(b"221 2.0.0 bye\r\n").await?;
+                return Ok(());
+            }
+            "DATA" if mail_ok && rcpts > 0 => {
+                out.write_all(b"354 End data with <CR><LF>.<CR><LF>\r\n")
+                    .await?;
+                let Some(mut content) = input.content(defect == Defect::LfDotLf).await? else {
+                    out.write_all(b"552 5.3.4 message too big\r\n").await?;
+                    return Ok(());
+                };
+                mail_ok = false;
+                rcpts = 0;
+                let lenient = matches!(defect, Defect::LfDotLf | Defect::PassesBareLineEnds);
+                if !lenient && unclean(&content) {
+                    out.write_all(b"550 5.6.0 bare CR, bare LF or NUL in the message\r\n")
+                        .await?;
+                    up.command(b"RSET\r\n").await?;
+                    continue;
+                }
+                if defect == Defect::Unstuffs {
+                    content = unstuff(&content);
+                }
+                if defect == Defect::AddsHeader {
+                    let mut c = b"X-Mutant: added\r\n".to_vec();
+                    c.extend_from_slice(&content);
+                    content = c;
+                }
+                let r = up.command(b"DATA\r\n").await?;
+                if code(&r) != 354 {
+                    out.write_all(&r).await?;
+                    continue;
+                }
+                if defect == Defect::AnswersEarly {
+                    out.write_all(b"250 2.0.0 OK (answered early)\r\n").await?;
+                }
+                if !content.is_empty() && !content.ends_with(b"\r\n") {
+                    content.extend_from_slice(b"\r\n");
+                }
+                up.send(&content).await?;
+                let r = up.command(b".\r\n").await?;
+                match defect {
+                    Defect::AnswersEarly => {}
+                    Defect::UpstreamRefusalTo250 if code(&r) >= 500 => {
+                        out.write_all(b"250 2.0.0 OK\r\n").await?
+                    }
+                    _ => out.write_all(&r).await?,
+                }
+            }
+            "RCPT" if defect == Defect::DropsRecipient && rcpts > 0 => {
+                rcpts += 1;
+                out.write_all(b"250 2.1.5 OK (not forwarded)\r\n").await?;
+            }
+            _ => {
+                let mut l = forwarded(&line);
+                if verb == "MAIL" && defect == Defect::LowercasesSender {
+                    l = l.to_ascii_lowercase();
+                }
+                let r = up.command(&l).await?;
+                let ok = code(&r) / 100 == 2;
+                match verb.as_str() {
+                    "MAIL" => {
+                        mail_ok = ok;
+                        rcpts = 0;
+                    }
+                    "RCPT" if ok => rcpts += 1,
+                    "RSET" => {
+                        mail_ok = false;
+                        rcpts = 0;
+                    }
+                    _ => {}
+                }
+                out.write_all(&r).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Content with its dot-stuffing removed (a line starting `..` loses one dot).
+fn unstuff(content: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(content.len());
+    let mut at_line_start = true;
+    let mut i = 0;
+    while i < content.len() {
+        let b = content[i];
+        if !(at_line_start && b == b'.' && content.get(i + 1) == Some(&b'.')) {
+            out.push(b);
+        }
+        at_line_start = b == b'\n';
+        i += 1;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn terminators_strict_and_lenient() {
+        assert_eq!(terminator(b"a\r\n.\r\nMAIL", false), Some((3, 6)));
+        assert_eq!(terminator(b".\r\n", false), Some((0, 3)));
+        assert_eq!(terminator(b"a\n.\nMAIL\r\n.\r\n", false), Some((10, 13)));
+        assert_eq!(terminator(b"a\n.\nMAIL\r\n.\r\n", true), Some((2, 4)));
+        assert_eq!(terminator(b"a\r\n.\nX", true), Some((3, 5)));
+        assert_eq!(terminator(b"a\r\n..\r\n", false), None);
+    }
+
+    #[test]
+    fn unclean_and_unstuff() {
+        assert!(!unclean(b"a\r\nb\r\n"));
+        assert!(unclean(b"a\nb"));
+        assert!(unclean(b"a\rb"));
+        assert!(unclean(b"a\0"));
+        assert_eq!(unstuff(b"..a\r\nb..\r\n..\r\n"), b".a\r\nb..\r\n.\r\n");
+    }
+
+    #[test]
+    fn defects_by_name() {
+        for d in std::iter::once(Defect::None).chain(Defect::ALL) {
+            assert_eq!(d.name().parse::<Defect>().unwrap(), d);
+        }
+        assert!("nope".parse::<Defect>().unwrap_err().contains("lf-dot-lf"));
+    }
+}
+
+/// How the portable scenarios fared against one mutant.
+#[derive(Clone, Debug)]
+pub struct Score {
+    pub defect: Defect,
+    pub outcomes: Vec<super::run::Outcome>,
+}
+
+impl Score {
+    /// The scenarios that failed against it.
+    pub fn failed(&self) -> Vec<&super::run::Outcome> {
+        self.outcomes
+            .iter()
+            .filter(|o| matches!(o.verdict, super::run::Verdict::Fail(_)))
+            .collect()
+    }
+
+    /// Whether the mutant was caught (for the correct relay: whether it wrongly was).
+    pub fn killed(&self) -> bool {
+        !self.failed().is_empty()
+    }
+}
+
+/// A free port on 127.0.0.1 for a fake upstream the runner restarts per scenario.
+fn free_port() -> Result<SocketAddr, String> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind: {e}"))?;
+    l.local_addr().map_err(|e| e.to_string())
+}
+
+/// Runs the portable ones of `scenarios` against the correct relay and every mutant, all at
+/// once (each its own relay and fake upstream, its scenarios one at a time).
+pub async fn score(
+    scenarios: &[super::Scenario],
+    work_dir: &std::path::Path,
+    timeout: Option<Duration>,
+) -> Result<Vec<Score>, String> {
+    let portable: Vec<super::Scenario> = scenarios
+        .iter()
+        .filter(|s| s.tags.iter().any(|t| t == "portable"))
+        .cloned()
+        .collect();
+    let runs = std::iter::once(Defect::None)
+        .chain(Defect::ALL)
+        .map(|defect| {
+            let portable = portable.clone();
+            let dir = work_dir.join(format!("mutant-{}", defect.name()));
+            async move {
+                let upstream = free_port()?;
+                let relay = start(defect, upstream)
+                    .await
+                    .map_err(|e| format!("mutant {}: {e}", defect.name()))?;
+                let opts = super::run::Options {
+                    target: super::run::Target::External {
+                        relay: relay.addr(),
+                        upstream_listen: upstream,
+                    },
+                    jobs: 1,
+                    timeout,
+                    work_dir: dir,
+                };
+                let outcomes = super::run_all(portable, &opts, |_| {}).await?;
+                relay.shutdown();
+                Ok::<Score, String>(Score { defect, outcomes })
+            }
+        });
+    futures_util::future::join_all(runs)
+        .await
+        .into_iter()
+        .collect()
+}
+
+/// The table `smtp-relay scenarios --mutants` prints.
+pub fn table(scores: &[Score]) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let _ = writeln!(s, "{:<26} {:<9} caught by", "mutant", "verdict");
+    let _ = writeln!(s, "{}", "-".repeat(78));
+    for sc in scores {
+        let failed: Vec<&str> = sc.failed().iter().map(|o| o.name.as_str()).collect();
+        let (verdict, by) = match (sc.defect, failed.is_empty()) {
+            (Defect::None, true) => (
+                "passes",
+                format!("every portable scenario ({})", sc.outcomes.len()),
+            ),
+            (Defect::None, false) => ("FAILS", failed.join(", ")),
+            (_, true) => ("SURVIVES", format!("nothing: {}", sc.defect.describe())),
+            (_, false) => ("caught", failed.join(", ")),
+        };
+        let _ = writeln!(s, "{:<26} {verdict:<9} {by}", sc.defect.name());
+    }
+    let mutants: Vec<&Score> = scores.iter().filter(|s| s.defect != Defect::None).collect();
+    let caught = mutants.iter().filter(|s| s.killed()).count();
+    let _ = writeln!(s, "\nmutants caught: {caught} of {}", mutants.len());
+    s
+}
