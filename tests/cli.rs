@@ -486,3 +486,136 @@ fn up_routes_qq_com_to_its_fake_mx() {
     }
     interrupt(&mut child);
 }
+
+fn listed(args: &[&str]) -> Vec<String> {
+    let out = bin()
+        .args(["scenarios", "--list"])
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(" ["))
+        .map(|l| l.split_whitespace().next().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn scenarios_select_by_tag_and_shard() {
+    let portable = listed(&["--tag", "portable"]);
+    assert!(portable.len() >= 21, "{portable:?}");
+    assert!(portable.contains(&"smuggle-lf-dot-lf".to_string()));
+    let all = listed(&[]);
+    let not_portable = listed(&["--exclude-tag", "portable"]);
+    assert_eq!(portable.len() + not_portable.len(), all.len());
+    // Two shards partition the selection, in name order.
+    let mut a = listed(&["--tag", "portable", "--shard", "1/2"]);
+    let b = listed(&["--tag", "portable", "--shard", "2/2"]);
+    assert!(!a.is_empty() && !b.is_empty());
+    assert!(a.iter().all(|n| !b.contains(n)));
+    a.extend(b);
+    a.sort();
+    assert_eq!(a, portable);
+    let out = bin()
+        .args(["scenarios", "--list", "--shard", "3/2"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expected I/N"));
+}
+
+#[test]
+fn scenarios_fail_fast_and_machine_readable_outputs() {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("cli-fail-fast-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let body = "upstream: sink\nrelay: auth=none\n\nconnect\nS: 220 *\nC: EHLO c.example\n";
+    std::fs::write(
+        dir.join("a-fails.scn"),
+        format!("description: fails\n{body}S: 999\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("b-passes.scn"),
+        format!("description: passes\n{body}S: 250 *\nquit\n"),
+    )
+    .unwrap();
+    let (json, tap) = (dir.join("out.json"), dir.join("out.tap"));
+    let out = bin()
+        .args(["scenarios", "--jobs", "1", "--fail-fast", "--json"])
+        .arg(&json)
+        .arg("--tap")
+        .arg(&tap)
+        .arg("--work-dir")
+        .arg(dir.join("work"))
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(j["failed"], 1);
+    assert_eq!(j["skipped"], 1, "{j}");
+    assert_eq!(
+        j["scenarios"][1]["reason"],
+        "not run: --fail-fast after a failure"
+    );
+    let t = std::fs::read_to_string(&tap).unwrap();
+    assert!(
+        t.starts_with("TAP version 13\n1..2\nnot ok 1 - a-fails\n"),
+        "{t}"
+    );
+    assert!(t.contains("ok 2 - b-passes # SKIP"), "{t}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_scenario_requiring_what_the_relay_lacks_is_skipped_with_the_reason() {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("cli-requires-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let body = "upstream: sink\nrelay: auth=none\n\nconnect\nS: 220 *\nquit\n";
+    // smtp-relay offers PIPELINING, not CHUNKING.
+    std::fs::write(
+        dir.join("needs-chunking.scn"),
+        format!("description: x\nrequires: CHUNKING\n{body}"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("needs-pipelining.scn"),
+        format!("description: y\nrequires: pipelining\n{body}"),
+    )
+    .unwrap();
+    let json = dir.join("out.json");
+    let out = bin()
+        .args(["scenarios", "--json"])
+        .arg(&json)
+        .arg("--work-dir")
+        .arg(dir.join("work"))
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(j["scenarios"][0]["name"], "needs-chunking");
+    assert_eq!(
+        j["scenarios"][0]["reason"],
+        "requires CHUNKING, which the relay does not advertise"
+    );
+    assert_eq!(j["scenarios"][1]["verdict"], "pass");
+    let _ = std::fs::remove_dir_all(&dir);
+}

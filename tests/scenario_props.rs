@@ -182,6 +182,7 @@ fn scenario() -> impl Strategy<Value = Scenario> {
                 path: PathBuf::from("generated.scn"),
                 description: "a generated session (tests/scenario_props.rs)".into(),
                 tags: Vec::new(),
+                requires: Vec::new(),
                 timeout: Duration::from_secs(30),
                 upstream: Upstream {
                     persona: if with_163 { "163" } else { "sink" }.into(),
@@ -244,6 +245,7 @@ fn generated_sessions_keep_the_invariants() {
         jobs: 1,
         timeout: None,
         work_dir: work.clone(),
+        fail_fast: false,
     };
     let mut runner = TestRunner::new(Config {
         cases,

@@ -16,6 +16,7 @@ fn options() -> Options {
         timeout: None,
         work_dir: std::env::temp_dir()
             .join(format!("smtp-relay-scenario-tests-{}", std::process::id())),
+        fail_fast: false,
     }
 }
 

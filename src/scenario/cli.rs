@@ -38,6 +38,32 @@ pub struct ScenariosArgs {
     /// configured to deliver.
     #[arg(long, value_name = "ADDR")]
     pub upstream_listen: Option<SocketAddr>,
+    /// Print the scenarios selected (name, tags, description) and exit.
+    #[arg(long)]
+    pub list: bool,
+    /// Only the scenarios with this tag (repeatable: any of them).
+    #[arg(long = "tag", value_name = "TAG")]
+    pub tags: Vec<String>,
+    /// Leave out the scenarios with this tag (repeatable).
+    #[arg(long = "exclude-tag", value_name = "TAG")]
+    pub exclude_tags: Vec<String>,
+    /// Run the I-th of N parts of the selection (1-based, by name), e.g. --shard 2/4 on the
+    /// second of four CI machines.
+    #[arg(long, value_name = "I/N", value_parser = parse_shard)]
+    pub shard: Option<(usize, usize)>,
+    /// After the first failure, start no more scenarios.
+    #[arg(long)]
+    pub fail_fast: bool,
+    /// Write the outcomes as JSON here.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Write the outcomes in TAP (version 13) here.
+    #[arg(long, value_name = "FILE")]
+    pub tap: Option<PathBuf>,
+    /// Print a line per scenario and the whole table (with --relay only the failures and
+    /// the counts are printed by default).
+    #[arg(long)]
+    pub verbose: bool,
     /// Test the harness: run the portable scenarios against a correct small relay and against
     /// each of its mutants (one defect each: LF.LF taken as the end of data, bare line ends
     /// passed on, a header added, a recipient dropped, ...), print which scenarios catch
@@ -47,6 +73,38 @@ pub struct ScenariosArgs {
     /// Where the run keeps its CA, fake mailboxes and spools (a failed scenario's stay).
     #[arg(long, value_name = "DIR")]
     pub work_dir: Option<PathBuf>,
+}
+
+/// `2/4`: the second of four parts.
+pub fn parse_shard(s: &str) -> Result<(usize, usize), String> {
+    let bad = || format!("{s:?}: expected I/N with 1 <= I <= N, e.g. 2/4");
+    let (i, n) = s.split_once('/').ok_or_else(bad)?;
+    let (i, n): (usize, usize) = (
+        i.trim().parse().map_err(|_| bad())?,
+        n.trim().parse().map_err(|_| bad())?,
+    );
+    if i == 0 || n == 0 || i > n {
+        return Err(bad());
+    }
+    Ok((i, n))
+}
+
+/// The scenarios `args` select, in name order: tags, exclusions, the shard.
+pub fn select(mut scenarios: Vec<Scenario>, args: &ScenariosArgs) -> Vec<Scenario> {
+    scenarios.sort_by(|a, b| a.name.cmp(&b.name));
+    scenarios.retain(|sc| {
+        (args.tags.is_empty() || sc.tags.iter().any(|t| args.tags.contains(t)))
+            && !sc.tags.iter().any(|t| args.exclude_tags.contains(t))
+    });
+    if let Some((i, n)) = args.shard {
+        scenarios = scenarios
+            .into_iter()
+            .enumerate()
+            .filter(|(k, _)| k % n == i - 1)
+            .map(|(_, sc)| sc)
+            .collect();
+    }
+    scenarios
 }
 
 fn default_jobs() -> usize {
@@ -85,9 +143,34 @@ pub async fn run(args: ScenariosArgs) -> ExitCode {
     if bad > 0 {
         return ExitCode::from(2);
     }
+    let mut scenarios = select(scenarios, &args);
+    if args.relay.is_some() {
+        // Against another relay only the portable ones mean anything: the rest are counted
+        // once here, not reported one by one.
+        let before = scenarios.len();
+        scenarios.retain(|sc| sc.tags.iter().any(|t| t == "portable"));
+        let left_out = before - scenarios.len();
+        if left_out > 0 {
+            smtp_net::say(&format!(
+                "smtp-relay scenarios: {left_out} scenario(s) not tagged portable (they depend on smtp-relay's own policy): not run\n"
+            ));
+        }
+    }
     if scenarios.is_empty() {
         eprintln!("smtp-relay scenarios: no scenario matched");
         return ExitCode::from(2);
+    }
+    if args.list {
+        for sc in &scenarios {
+            smtp_net::say(&format!(
+                "{:<48} [{}] {}\n",
+                sc.name,
+                sc.tags.join(","),
+                sc.description
+            ));
+        }
+        smtp_net::say(&format!("{} scenario(s)\n", scenarios.len()));
+        return ExitCode::SUCCESS;
     }
     let work_dir = args.work_dir.clone().unwrap_or_else(|| {
         std::env::temp_dir().join(format!("smtp-relay-scenarios-{}", std::process::id()))
@@ -130,7 +213,9 @@ pub async fn run(args: ScenariosArgs) -> ExitCode {
         jobs: args.jobs,
         timeout: args.timeout.map(Duration::from_secs_f64),
         work_dir: work_dir.clone(),
+        fail_fast: args.fail_fast,
     };
+    let quiet = args.relay.is_some() && !args.verbose;
     smtp_net::say(&format!(
         "smtp-relay scenarios: {} scenario(s), {} at once, work directory {}\n",
         scenarios.len(),
@@ -140,8 +225,10 @@ pub async fn run(args: ScenariosArgs) -> ExitCode {
         },
         work_dir.display()
     ));
-    let outcomes = match super::run_all(scenarios, &opts, |o| {
-        smtp_net::say(&(report::line(o) + "\n"))
+    let outcomes = match super::run_all(scenarios, &opts, move |o| {
+        if !quiet || matches!(o.verdict, Verdict::Fail(_)) {
+            smtp_net::say(&(report::line(o) + "\n"))
+        }
     })
     .await
     {
@@ -151,7 +238,28 @@ pub async fn run(args: ScenariosArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    smtp_net::say(&format!("\n{}", report::table(&outcomes)));
+    smtp_net::say(&format!(
+        "\n{}",
+        if quiet {
+            report::failures_only(&outcomes)
+        } else {
+            report::table(&outcomes)
+        }
+    ));
+    for (path, text) in [
+        (
+            &args.json,
+            args.json.as_ref().map(|_| report::json(&outcomes)),
+        ),
+        (&args.tap, args.tap.as_ref().map(|_| report::tap(&outcomes))),
+    ] {
+        if let (Some(path), Some(text)) = (path, text)
+            && let Err(e) = std::fs::write(path, text)
+        {
+            eprintln!("smtp-relay scenarios: {}: {e}", path.display());
+            return ExitCode::from(2);
+        }
+    }
     if let Some(path) = &args.junit
         && let Err(e) = std::fs::write(path, report::junit(&outcomes))
     {

@@ -25,6 +25,9 @@ pub struct Scenario {
     /// `portable`: depends on no policy of smtp-relay's own, so it also runs against other
     /// relays (`--relay`).
     pub tags: Vec<String>,
+    /// EHLO keywords the relay must advertise (`requires: PIPELINING`); without them the
+    /// scenario is skipped, saying which is missing.
+    pub requires: Vec<String>,
     /// The whole scenario must finish within this (default 30 s).
     pub timeout: Duration,
     /// The default route's fake upstream.
@@ -530,6 +533,7 @@ impl Scenario {
             path: path.to_path_buf(),
             description: String::new(),
             tags: Vec::new(),
+            requires: Vec::new(),
             timeout: Duration::from_secs(30),
             upstream: Upstream::new("163"),
             routes: Vec::new(),
@@ -619,6 +623,13 @@ impl Scenario {
                         .split([',', ' '])
                         .filter(|t| !t.is_empty())
                         .map(str::to_string)
+                        .collect()
+                }
+                "requires" => {
+                    sc.requires = value
+                        .split([',', ' '])
+                        .filter(|t| !t.is_empty())
+                        .map(|t| t.to_ascii_uppercase())
                         .collect()
                 }
                 "timeout" => sc.timeout = parse_duration(value).map_err(err)?,
@@ -842,6 +853,9 @@ impl Scenario {
         }
         if !self.tags.is_empty() {
             s.push_str(&format!("tags: {}\n", self.tags.join(", ")));
+        }
+        if !self.requires.is_empty() {
+            s.push_str(&format!("requires: {}\n", self.requires.join(" ")));
         }
         s.push_str(&format!("timeout: {}\n", format_duration(self.timeout)));
         s.push_str(&format!("upstream: {}\n", self.upstream.persona));

@@ -379,8 +379,10 @@ async fn drive(
         };
         match verb.as_str() {
             "EHLO" => {
-                out.write_all(b"250-mutant.test\r\n250-8BITMIME\r\n250 SIZE 67108864\r\n")
-                    .await?
+                out.write_all(
+                    b"250-mutant.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 67108864\r\n",
+                )
+                .await?
             }
             "HELO" => out.write_all(b"250 mutant.test\r\n").await?,
             "QUIT" => {
@@ -568,6 +570,7 @@ pub async fn score(
                     jobs: 1,
                     timeout,
                     work_dir: dir,
+                    fail_fast: false,
                 };
                 let outcomes = super::run_all(portable, &opts, |_| {}).await?;
                 relay.shutdown();

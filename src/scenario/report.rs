@@ -207,3 +207,125 @@ mod tests {
         );
     }
 }
+
+/// The outcomes as JSON: one object per scenario (name, file, verdict, reason, seconds) and
+/// the counts.
+pub fn json(outcomes: &[Outcome]) -> String {
+    let (pass, fail, skip) = counts(outcomes);
+    let items: Vec<serde_json::Value> = outcomes
+        .iter()
+        .map(|o| {
+            let (verdict, reason) = match &o.verdict {
+                Verdict::Pass => ("pass", None),
+                Verdict::Fail(r) => ("fail", Some(r.as_str())),
+                Verdict::Skip(r) => ("skip", Some(r.as_str())),
+            };
+            serde_json::json!({
+                "name": o.name,
+                "file": o.path.display().to_string(),
+                "verdict": verdict,
+                "reason": reason,
+                "seconds": o.duration.as_secs_f64(),
+            })
+        })
+        .collect();
+    let doc = serde_json::json!({
+        "passed": pass,
+        "failed": fail,
+        "skipped": skip,
+        "scenarios": items,
+    });
+    serde_json::to_string_pretty(&doc).unwrap_or_default() + "\n"
+}
+
+/// The outcomes in the Test Anything Protocol (version 13).
+pub fn tap(outcomes: &[Outcome]) -> String {
+    let mut s = format!("TAP version 13\n1..{}\n", outcomes.len());
+    for (i, o) in outcomes.iter().enumerate() {
+        let n = i + 1;
+        match &o.verdict {
+            Verdict::Pass => {
+                let _ = writeln!(s, "ok {n} - {}", o.name);
+            }
+            Verdict::Skip(r) => {
+                let _ = writeln!(s, "ok {n} - {} # SKIP {}", o.name, one_line(r));
+            }
+            Verdict::Fail(r) => {
+                let _ = writeln!(s, "not ok {n} - {}", o.name);
+                let _ = writeln!(s, "  ---\n  message: {:?}\n  ...", one_line(r));
+            }
+        }
+    }
+    s
+}
+
+fn one_line(s: &str) -> String {
+    s.replace(['\r', '\n'], " ")
+}
+
+/// Only the failures, and the rest counted in one line (for runs against another relay,
+/// where most of the library is skipped).
+pub fn failures_only(outcomes: &[Outcome]) -> String {
+    let failed: Vec<Outcome> = outcomes
+        .iter()
+        .filter(|o| matches!(o.verdict, Verdict::Fail(_)))
+        .cloned()
+        .collect();
+    let (pass, fail, skip) = counts(outcomes);
+    let mut s = String::new();
+    if !failed.is_empty() {
+        s.push_str(&table(&failed));
+        s.push('\n');
+    }
+    let _ = writeln!(
+        s,
+        "{} scenarios: {pass} passed, {fail} failed, {skip} skipped",
+        outcomes.len()
+    );
+    s
+}
+
+#[cfg(test)]
+mod output_tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn o(name: &str, verdict: Verdict) -> Outcome {
+        Outcome {
+            name: name.into(),
+            path: format!("scenarios/{name}.scn").into(),
+            verdict,
+            duration: Duration::from_millis(120),
+            transcript: String::new(),
+        }
+    }
+
+    #[test]
+    fn json_tap_and_failures_only() {
+        let all = [
+            o("a", Verdict::Pass),
+            o("b", Verdict::Fail("line 3: expected 250\ngot 451".into())),
+            o("c", Verdict::Skip("requires PIPELINING".into())),
+        ];
+        let j: serde_json::Value = serde_json::from_str(&json(&all)).unwrap();
+        assert_eq!(j["failed"], 1);
+        assert_eq!(j["scenarios"][1]["verdict"], "fail");
+        assert_eq!(j["scenarios"][2]["reason"], "requires PIPELINING");
+        let t = tap(&all);
+        assert!(
+            t.starts_with("TAP version 13\n1..3\nok 1 - a\nnot ok 2 - b\n"),
+            "{t}"
+        );
+        assert!(t.contains("ok 3 - c # SKIP requires PIPELINING"), "{t}");
+        assert!(
+            t.contains("message: \"line 3: expected 250 got 451\""),
+            "{t}"
+        );
+        let f = failures_only(&all);
+        assert!(f.contains("b ") && !f.contains("\na "), "{f}");
+        assert!(
+            f.ends_with("3 scenarios: 1 passed, 1 failed, 1 skipped\n"),
+            "{f}"
+        );
+    }
+}

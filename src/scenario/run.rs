@@ -46,6 +46,8 @@ pub struct Options {
     pub timeout: Option<Duration>,
     /// Fake upstream data, spools and the run's CA go here (one directory per scenario).
     pub work_dir: PathBuf,
+    /// After the first failure, start no more scenarios (they are reported skipped).
+    pub fail_fast: bool,
 }
 
 /// How a scenario ended.
@@ -86,12 +88,28 @@ pub async fn run_all(
     };
     let gate = Arc::new(tokio::sync::Semaphore::new(jobs));
     let done = Arc::new(done);
+    let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut tasks = Vec::with_capacity(scenarios.len());
     for sc in scenarios {
         let (gate, done, opts, tls) = (gate.clone(), done.clone(), opts.clone(), tls.clone());
+        let failed = failed.clone();
         tasks.push(tokio::spawn(async move {
             let _permit = gate.acquire_owned().await.expect("never closed");
-            let outcome = run_one(&sc, &opts, &tls).await;
+            use std::sync::atomic::Ordering;
+            let outcome = if opts.fail_fast && failed.load(Ordering::SeqCst) {
+                Outcome {
+                    name: sc.name.clone(),
+                    path: sc.path.clone(),
+                    verdict: Verdict::Skip("not run: --fail-fast after a failure".into()),
+                    duration: Duration::ZERO,
+                    transcript: String::new(),
+                }
+            } else {
+                run_one(&sc, &opts, &tls).await
+            };
+            if matches!(outcome.verdict, Verdict::Fail(_)) {
+                failed.store(true, Ordering::SeqCst);
+            }
             done(&outcome);
             outcome
         }));
@@ -128,6 +146,40 @@ pub async fn run_one(sc: &Scenario, opts: &Options, tls: &TlsMaterial) -> Outcom
         Ok(env) => env,
         Err(e) => return outcome(Verdict::Fail(format!("setup: {e}")), String::new()),
     };
+    if !sc.requires.is_empty() {
+        match advertised(env.relay_addr).await {
+            Ok(keywords) => {
+                let missing: Vec<&str> = sc
+                    .requires
+                    .iter()
+                    .filter(|r| !keywords.contains(r))
+                    .map(String::as_str)
+                    .collect();
+                if !missing.is_empty() {
+                    for (_, fake) in &env.fakes {
+                        fake.shutdown().await;
+                    }
+                    if let Some(relay) = &env.relay {
+                        relay.shutdown().await;
+                    }
+                    let _ = std::fs::remove_dir_all(&dir);
+                    return outcome(
+                        Verdict::Skip(format!(
+                            "requires {}, which the relay does not advertise",
+                            missing.join(" and ")
+                        )),
+                        String::new(),
+                    );
+                }
+            }
+            Err(e) => {
+                return outcome(
+                    Verdict::Fail(format!("setup: asking the relay what it offers: {e}")),
+                    String::new(),
+                );
+            }
+        }
+    }
     let limit = opts.timeout.unwrap_or(sc.timeout);
     let mut client = Client::new(env.client_tls.clone());
     let steps = tokio::time::timeout(limit, drive(sc, &env, &mut client)).await;
@@ -176,6 +228,52 @@ pub async fn run_one(sc: &Scenario, opts: &Options, tls: &TlsMaterial) -> Outcom
         let _ = std::fs::remove_dir_all(&dir);
     }
     outcome(verdict, transcript)
+}
+
+/// The EHLO keywords the relay advertises (upper case), asked on a connection of its own
+/// (greeting, EHLO, QUIT; 5 s for each reply).
+async fn advertised(relay: SocketAddr) -> Result<Vec<String>, String> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let wait = Duration::from_secs(5);
+    let timed = |what: &'static str| move |_| format!("no {what} within 5 s");
+    let tcp = tokio::time::timeout(wait, tokio::net::TcpStream::connect(relay))
+        .await
+        .map_err(timed("connection"))?
+        .map_err(|e| format!("connect: {e}"))?;
+    let mut io = BufReader::new(tcp);
+    let reply = async |io: &mut BufReader<tokio::net::TcpStream>| -> Result<Vec<String>, String> {
+        let mut lines = Vec::new();
+        loop {
+            let mut line = String::new();
+            let n = tokio::time::timeout(wait, io.read_line(&mut line))
+                .await
+                .map_err(timed("reply"))?
+                .map_err(|e| e.to_string())?;
+            if n == 0 || line.len() > 4096 || lines.len() > 100 {
+                return Err("closed or overlong reply".into());
+            }
+            let last = line.as_bytes().get(3) != Some(&b'-');
+            lines.push(line.trim_end().to_string());
+            if last {
+                return Ok(lines);
+            }
+        }
+    };
+    reply(&mut io).await?;
+    io.get_mut()
+        .write_all(b"EHLO requires.probe\r\n")
+        .await
+        .map_err(|e| e.to_string())?;
+    let ehlo = reply(&mut io).await?;
+    let _ = io.get_mut().write_all(b"QUIT\r\n").await;
+    let _ = reply(&mut io).await;
+    Ok(ehlo
+        .iter()
+        .skip(1)
+        .filter_map(|l| l.get(4..))
+        .filter_map(|k| k.split_whitespace().next())
+        .map(|k| k.to_ascii_uppercase())
+        .collect())
 }
 
 /// The fake upstreams and the relay of one scenario.
