@@ -608,3 +608,19 @@ async fn an_open_session_is_read_live_with_its_raw_data_bytes() {
     );
     h.shutdown().await;
 }
+
+#[tokio::test]
+async fn auth_cancelled_and_bad_base64_get_rfc_4954s_501() {
+    let h = start(config("163", "auth-501")).await;
+    let mut c = Client::connect(&h).await;
+    c.reply().await;
+    c.cmd("EHLO client.example").await;
+    assert!(c.cmd("AUTH LOGIN").await.starts_with("334"));
+    assert_eq!(c.cmd("*").await, "501 Authentication cancelled");
+    assert!(c.cmd("AUTH LOGIN").await.starts_with("334"));
+    assert_eq!(
+        c.cmd("!!!notbase64").await,
+        "501 Error: cannot decode base64 response"
+    );
+    h.shutdown().await;
+}
