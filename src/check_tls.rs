@@ -264,78 +264,10 @@ impl Report {
                 String::new()
             }
         );
-        let mut pins_shown = false;
-        for a in &self.addresses {
-            let _ = writeln!(s, "\n{}", a.addr);
-            match &a.session {
-                Ok(lines) => {
-                    for l in lines {
-                        let _ = writeln!(s, "  {l}");
-                    }
-                }
-                Err(e) => {
-                    let _ = writeln!(s, "  failed: {e}");
-                }
-            }
-            if !a.offers.is_empty() {
-                let _ = writeln!(s, "  offers: {}", a.offers.join(", "));
-            }
-            match a.tls {
-                Some(info) => {
-                    let _ = writeln!(s, "  TLS: {info}");
-                }
-                None if a.session.is_ok() => {
-                    let failed = a.session.as_ref().is_ok_and(|lines| {
-                        lines
-                            .iter()
-                            .any(|l| l.starts_with("* plaintext: TLS failed"))
-                    });
-                    let _ = writeln!(
-                        s,
-                        "  TLS: {} (only tls_policy = \"may\" or \"none\" would deliver here)",
-                        if failed {
-                            "the handshake failed, see above; the session went on in plaintext"
-                        } else {
-                            "none: STARTTLS is not offered"
-                        }
-                    );
-                }
-                None => {}
-            }
-            if a.chain.is_empty() {
-                continue;
-            }
-            let _ = writeln!(s, "  certificates presented: {}", a.chain.len());
-            for (i, der) in a.chain.iter().enumerate() {
-                render_cert(&mut s, i, der, self.now);
-            }
-            let _ = writeln!(s, "  verdicts:");
-            if let Some(ok) = a.name_ok {
-                let _ = writeln!(
-                    s,
-                    "    name {}: {}",
-                    o.server_name,
-                    if ok {
-                        "carried by the certificate"
-                    } else {
-                        "NOT carried by the certificate"
-                    }
-                );
-            }
-            for v in &a.verdicts {
-                match &v.result {
-                    Ok(()) => {
-                        let _ = writeln!(s, "    {}: accepted", v.label());
-                    }
-                    Err(r) => {
-                        let _ = writeln!(s, "    {}: refused: {}", v.label(), r.short());
-                    }
-                }
-            }
-            if !pins_shown {
-                pins_shown = true;
-                s.push_str(&advice(a, o));
-            }
+        // The lines to write are shown once, for the first address that presented certificates.
+        let first_chain = self.addresses.iter().position(|a| !a.chain.is_empty());
+        for (i, a) in self.addresses.iter().enumerate() {
+            self.render_address(&mut s, a, first_chain == Some(i));
         }
         let _ = writeln!(
             s,
@@ -349,6 +281,83 @@ impl Report {
             }
         );
         s
+    }
+}
+
+impl Report {
+    /// One address: its session, what it offers, TLS, the certificates, the verdicts and,
+    /// when `advise`, the lines to write.
+    fn render_address(&self, s: &mut String, a: &AddressReport, advise: bool) {
+        let o = &self.options;
+        let _ = writeln!(s, "\n{}", a.addr);
+        match &a.session {
+            Ok(lines) => {
+                for l in lines {
+                    let _ = writeln!(s, "  {l}");
+                }
+            }
+            Err(e) => {
+                let _ = writeln!(s, "  failed: {e}");
+            }
+        }
+        if !a.offers.is_empty() {
+            let _ = writeln!(s, "  offers: {}", a.offers.join(", "));
+        }
+        match a.tls {
+            Some(info) => {
+                let _ = writeln!(s, "  TLS: {info}");
+            }
+            None if a.session.is_ok() => {
+                let failed = a.session.as_ref().is_ok_and(|lines| {
+                    lines
+                        .iter()
+                        .any(|l| l.starts_with("* plaintext: TLS failed"))
+                });
+                let _ = writeln!(
+                    s,
+                    "  TLS: {} (only tls_policy = \"may\" or \"none\" would deliver here)",
+                    if failed {
+                        "the handshake failed, see above; the session went on in plaintext"
+                    } else {
+                        "none: STARTTLS is not offered"
+                    }
+                );
+            }
+            None => {}
+        }
+        if a.chain.is_empty() {
+            return;
+        }
+        let _ = writeln!(s, "  certificates presented: {}", a.chain.len());
+        for (i, der) in a.chain.iter().enumerate() {
+            render_cert(s, i, der, self.now);
+        }
+        let _ = writeln!(s, "  verdicts:");
+        if let Some(ok) = a.name_ok {
+            let _ = writeln!(
+                s,
+                "    name {}: {}",
+                o.server_name,
+                if ok {
+                    "carried by the certificate"
+                } else {
+                    "NOT carried by the certificate"
+                }
+            );
+        }
+        for v in &a.verdicts {
+            match &v.result {
+                Ok(()) => {
+                    let _ = writeln!(s, "    {}: accepted", v.label());
+                }
+                Err(r) => {
+                    let _ = writeln!(s, "    {}: refused: {}", v.label(), r.short());
+                }
+            }
+        }
+        if advise {
+            s.push_str(&advice(a, o));
+        }
     }
 }
 
@@ -580,30 +589,37 @@ async fn check_address(o: &Options, addr: SocketAddr, now: UnixTime) -> AddressR
         }
     }
     report.chain = seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    if let Some((end_entity, intermediates)) = report.chain.split_first() {
-        // `from_args` checked the name.
-        let Ok(name) = server_name_of(&o.server_name) else {
-            return report;
-        };
-        report.name_ok = Some(names_match(end_entity, &name));
-        let mut trusts = vec![(None, Trust::PublicRoots)];
-        if let Some((label, pem)) = &o.ca
-            && let Ok(trust) = Trust::ca_pem(label, pem)
-        {
-            trusts.push((Some(label.clone()), trust));
-        }
-        for (ca, trust) in trusts {
-            let result = PolicyVerifier::new(TlsPolicy::Verify, trust)
-                .map_err(|e| Rejection {
-                    problem: crate::upstream_tls::CertProblem::Other(e),
-                    cert: None,
-                    trust: crate::upstream_tls::TrustSource::Unchecked,
-                })
-                .and_then(|v| v.judge(end_entity, intermediates, &name, now));
-            report.verdicts.push(Verdict { ca, result });
-        }
-    }
+    judge_chain(o, &mut report, now);
     report
+}
+
+/// Whether the certificate presented carries the name, and `verify`'s verdict with the
+/// bundled roots and with `--ca`, as of `now`.
+fn judge_chain(o: &Options, report: &mut AddressReport, now: UnixTime) {
+    let Some((end_entity, intermediates)) = report.chain.split_first() else {
+        return;
+    };
+    // `from_args` checked the name.
+    let Ok(name) = server_name_of(&o.server_name) else {
+        return;
+    };
+    report.name_ok = Some(names_match(end_entity, &name));
+    let mut trusts = vec![(None, Trust::PublicRoots)];
+    if let Some((label, pem)) = &o.ca
+        && let Ok(trust) = Trust::ca_pem(label, pem)
+    {
+        trusts.push((Some(label.clone()), trust));
+    }
+    for (ca, trust) in trusts {
+        let result = PolicyVerifier::new(TlsPolicy::Verify, trust)
+            .map_err(|e| Rejection {
+                problem: crate::upstream_tls::CertProblem::Other(e),
+                cert: None,
+                trust: crate::upstream_tls::TrustSource::Unchecked,
+            })
+            .and_then(|v| v.judge(end_entity, intermediates, &name, now));
+        report.verdicts.push(Verdict { ca, result });
+    }
 }
 
 /// The certificates as PEM, the server's own first.

@@ -188,8 +188,6 @@ pub enum Check {
     UpstreamSender(String),
     /// Some DATA phase an upstream received has these raw bytes (before dot-unstuffing).
     UpstreamDataHas(Vec<u8>),
-    /// No DATA phase any upstream received has these raw bytes.
-    UpstreamDataLacks(Vec<u8>),
     /// No MAIL, RCPT or DATA reached any upstream, and no message.
     NothingUpstream,
     /// A delivery status notification (`multipart/report`) reached this recipient.
@@ -724,9 +722,6 @@ impl Scenario {
                 "expect upstream data has" => sc
                     .checks
                     .push(check(Check::UpstreamDataHas(unescape(value).map_err(err)?))),
-                "expect upstream data lacks" => sc.checks.push(check(Check::UpstreamDataLacks(
-                    unescape(value).map_err(err)?,
-                ))),
                 "expect upstream got" => sc
                     .checks
                     .push(check(Check::UpstreamGot(unescape(value).map_err(err)?))),
@@ -973,9 +968,6 @@ impl Scenario {
                 Check::UpstreamSender(a) => s.push_str(&format!("expect upstream sender: {a}\n")),
                 Check::UpstreamDataHas(b) => {
                     s.push_str(&format!("expect upstream data has: {}\n", escape(b)))
-                }
-                Check::UpstreamDataLacks(b) => {
-                    s.push_str(&format!("expect upstream data lacks: {}\n", escape(b)))
                 }
                 Check::BounceTo(a) => s.push_str(&format!("expect bounce to: {a}\n")),
                 Check::Consistent => s.push_str("expect consistent\n"),

@@ -1515,15 +1515,6 @@ fn check_all(sc: &Scenario, env: &Env, client: &Client) -> Result<(), String> {
                     )));
                 }
             }
-            Check::UpstreamDataLacks(bytes) => {
-                if let Some((label, t, _)) = data_phases().find(|(_, _, d)| d.contains(bytes)) {
-                    return Err(at(format!(
-                        "upstream {label} received DATA with {:?} in it (session {})",
-                        super::escape(bytes),
-                        t.id
-                    )));
-                }
-            }
             Check::NothingUpstream => {
                 let envelope = upstream_lines.iter().find(|l| {
                     let u = l.to_ascii_uppercase();

@@ -15,10 +15,9 @@ BIN=${SMTP_RELAY_BIN:-./target/debug/smtp-relay}
 [ -x "$BIN" ] || cargo build --locked -q
 
 python3 -c 'import aiosmtpd' 2>/dev/null || pip install -q --disable-pip-version-check aiosmtpd
-if ! command -v faketime >/dev/null 2>&1 || ! command -v openssl >/dev/null 2>&1; then
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq faketime openssl >/dev/null
-fi
+# shellcheck source=../../benches/postfix-relay.sh
+. benches/postfix-relay.sh   # need_packages: apt-get install of what is missing
+need_packages faketime openssl
 
 tmp=$(mktemp -d)
 pids=()
