@@ -5,7 +5,8 @@
 # self-contained Postfix configuration under a temporary directory (its own queue, port and
 # log; the system's Postfix is not touched), starts it, runs the scenarios, stops it.
 #
-#   scenarios/postfix.sh                 # all portable scenarios
+#   scenarios/postfix.sh                 # all portable scenarios, against its (empty) baseline
+#   scenarios/postfix.sh --no-baseline   # without scenarios/relays/postfix.expected
 #   scenarios/postfix.sh --filter smuggle --junit postfix.xml
 #
 # Extra arguments go to `smtp-relay scenarios`; SMTP_RELAY_BIN names a binary to use instead
@@ -44,9 +45,15 @@ if [ -z "$bin" ]; then
   cargo build --release -q --bin smtp-relay
   bin=./target/release/smtp-relay
 fi
+baseline=(--baseline scenarios/relays/postfix.expected)
+args=()
+for a in "$@"; do
+  if [ "$a" = --no-baseline ]; then baseline=(); else args+=("$a"); fi
+done
 status=0
 "$bin" scenarios scenarios \
-  --relay "127.0.0.1:$PORT" --upstream-listen "127.0.0.1:$UPORT" "$@" || status=$?
+  --relay "127.0.0.1:$PORT" --upstream-listen "127.0.0.1:$UPORT" \
+  ${baseline[@]+"${baseline[@]}"} ${args[@]+"${args[@]}"} || status=$?
 if [ "$status" != 0 ]; then
   echo "--- Postfix's log:" >&2
   tail -n 40 "$tmp/maillog" >&2 || true

@@ -184,6 +184,7 @@ fn scenario() -> impl Strategy<Value = Scenario> {
                 tags: Vec::new(),
                 requires: Vec::new(),
                 timeout: Duration::from_secs(30),
+                settle: None,
                 upstream: Upstream {
                     persona: if with_163 { "163" } else { "sink" }.into(),
                     era: None,
@@ -246,6 +247,7 @@ fn generated_sessions_keep_the_invariants() {
         timeout: None,
         work_dir: work.clone(),
         fail_fast: false,
+        settle: Duration::from_secs(1),
     };
     let mut runner = TestRunner::new(Config {
         cases,

@@ -74,6 +74,11 @@ pub struct DataPhase {
     pub eight_bit: u64,
     /// The phase ended (the terminator or the last chunk came, or it was cut off).
     pub ended: bool,
+    /// How many transcript lines came before it (the phase sits between `lines[line - 1]`
+    /// and `lines[line]`).
+    pub line: usize,
+    /// When its first bytes came.
+    pub at: Option<std::time::Instant>,
     last: u8,
 }
 
@@ -185,7 +190,12 @@ impl Live {
         let mut t = self.lock();
         if !t.in_data {
             t.in_data = true;
-            t.data.push(DataPhase::default());
+            let line = t.lines.len();
+            t.data.push(DataPhase {
+                line,
+                at: Some(std::time::Instant::now()),
+                ..DataPhase::default()
+            });
         }
         if let Some(phase) = t.data.last_mut() {
             phase.feed(raw);
@@ -229,7 +239,8 @@ pub(crate) struct Shared {
     /// placeholders (the sink): built once instead of per connection.
     base_config: Option<smtp_wire::ServerConfig>,
     pub(crate) tls: TlsMaterial,
-    faults: FaultSet,
+    /// Swapped whole by [`Handle::set_faults`] (counters start again).
+    faults: std::sync::RwLock<Arc<FaultSet>>,
     state: Mutex<State>,
     received_notify: Notify,
     next_conn: AtomicU64,
@@ -241,6 +252,13 @@ pub(crate) struct Shared {
 impl Shared {
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn faults(&self) -> Arc<FaultSet> {
+        self.faults
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 
@@ -294,7 +312,10 @@ impl FakeUpstream {
             .max(smtp_net::files::next_number(&config.data_dir.join("raw")));
         let shared = Arc::new(Shared {
             base_config,
-            faults: FaultSet::new(config.faults.clone(), config.seed),
+            faults: std::sync::RwLock::new(Arc::new(FaultSet::new(
+                config.faults.clone(),
+                config.seed,
+            ))),
             config,
             tls,
             state: Mutex::new(State::default()),
@@ -401,6 +422,17 @@ impl Handle {
             all.push(t);
         }
         all
+    }
+
+    /// Replaces the scripted faults while the server runs (their counters start from zero):
+    /// what a long-lived fake shared by many scenarios, or a user at run time, needs.
+    pub fn set_faults(&self, faults: Vec<crate::faults::Fault>) {
+        let set = Arc::new(FaultSet::new(faults, self.shared.config.seed));
+        *self
+            .shared
+            .faults
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = set;
     }
 
     /// How many lines and DATA chunks the transcripts have recorded so far: a number that
@@ -533,7 +565,7 @@ async fn connection(
         }
     };
 
-    let action = shared.faults.check(Stage::Connect, None);
+    let action = shared.faults().check(Stage::Connect, None);
     if let Some(end) = apply_before(&action, &transcript, shutdown.clone()).await {
         transcript.push(end);
         finish(&shared, &transcript);
@@ -698,7 +730,7 @@ impl Session {
     }
 
     fn greeting(&mut self) -> Reply {
-        let action = self.shared.faults.check(Stage::Greeting, None);
+        let action = self.shared.faults().check(Stage::Greeting, None);
         action.reply.unwrap_or_else(|| self.conn.greeting())
     }
 
@@ -735,7 +767,7 @@ impl Session {
         }
         match self.drive(&mut tcp, shutdown.clone()).await {
             Ok(End::StartTls) => {
-                let action = self.shared.faults.check(Stage::Starttls, None);
+                let action = self.shared.faults().check(Stage::Starttls, None);
                 if action.tls_fail {
                     self.note("* fault: TLS handshake broken");
                     let _ = write_all(&mut tcp, b"\x15\x03\x03\x00\x02\x02\x28").await;
@@ -897,7 +929,7 @@ impl Session {
         shutdown: &mut watch::Receiver<bool>,
     ) -> std::io::Result<bool> {
         let action = match stage {
-            Some(s) => self.shared.faults.check(s, None),
+            Some(s) => self.shared.faults().check(s, None),
             None => Action::default(),
         };
         if !action.is_none() {
@@ -924,7 +956,7 @@ impl Session {
             Decision::BeginData => (Stage::Data, None),
             Decision::Deliver(_) => (Stage::EndOfData, None),
         };
-        let action = self.shared.faults.check(stage, address.as_deref());
+        let action = self.shared.faults().check(stage, address.as_deref());
         if action.delay_ms > 0 {
             self.note(&format!("* fault: delay {} ms", action.delay_ms));
             tokio::time::sleep(Duration::from_millis(action.delay_ms)).await;

@@ -70,6 +70,15 @@ pub struct ScenariosArgs {
     /// each; exit 1 when a mutant survives or the correct relay fails.
     #[arg(long, conflicts_with = "relay")]
     pub mutants: bool,
+    /// The relay's known findings (`relays/<name>.expected`: one scenario per line, `line N`
+    /// and a reason): those failures are reported `known` and do not fail the run; a listed
+    /// scenario that passes, or fails elsewhere, does.
+    #[arg(long, value_name = "FILE")]
+    pub baseline: Option<PathBuf>,
+    /// With --relay: seconds the upstream must hear nothing before a scenario's checks run
+    /// (late deliveries of a store-and-forward relay); a scenario's `settle:` overrides it.
+    #[arg(long, value_name = "SECS", default_value_t = 1.0)]
+    pub settle: f64,
     /// Where the run keeps its CA, fake mailboxes and spools (a failed scenario's stay).
     #[arg(long, value_name = "DIR")]
     pub work_dir: Option<PathBuf>,
@@ -114,6 +123,18 @@ fn default_jobs() -> usize {
 }
 
 pub async fn run(args: ScenariosArgs) -> ExitCode {
+    let baseline = match args
+        .baseline
+        .as_deref()
+        .map(super::baseline::Baseline::load)
+    {
+        None => None,
+        Some(Ok(b)) => Some(std::sync::Arc::new(b)),
+        Some(Err(e)) => {
+            eprintln!("smtp-relay scenarios: baseline {e}");
+            return ExitCode::from(2);
+        }
+    };
     let files = match super::find(&args.paths) {
         Ok(f) => f,
         Err(e) => {
@@ -123,9 +144,11 @@ pub async fn run(args: ScenariosArgs) -> ExitCode {
     };
     let mut scenarios = Vec::new();
     let mut bad = 0;
+    let mut names = std::collections::HashSet::new();
     for f in files {
         match Scenario::load(&f) {
             Ok(sc) => {
+                names.insert(sc.name.clone());
                 if args
                     .filter
                     .as_ref()
@@ -141,6 +164,17 @@ pub async fn run(args: ScenariosArgs) -> ExitCode {
         }
     }
     if bad > 0 {
+        return ExitCode::from(2);
+    }
+    // A baseline line naming no scenario at all is a typo (one left out by the selection is
+    // not).
+    if let Some(b) = &baseline
+        && let Some(e) = b.entries.iter().find(|e| !names.contains(&e.name))
+    {
+        eprintln!(
+            "smtp-relay scenarios: baseline {}:{}: no scenario is named {}",
+            b.file, e.at, e.name
+        );
         return ExitCode::from(2);
     }
     let mut scenarios = select(scenarios, &args);
@@ -214,6 +248,7 @@ pub async fn run(args: ScenariosArgs) -> ExitCode {
         timeout: args.timeout.map(Duration::from_secs_f64),
         work_dir: work_dir.clone(),
         fail_fast: args.fail_fast,
+        settle: Duration::from_secs_f64(args.settle.clamp(0.0, 600.0)),
     };
     let quiet = args.relay.is_some() && !args.verbose;
     smtp_net::say(&format!(
@@ -225,19 +260,28 @@ pub async fn run(args: ScenariosArgs) -> ExitCode {
         },
         work_dir.display()
     ));
-    let outcomes = match super::run_all(scenarios, &opts, move |o| {
-        if !quiet || matches!(o.verdict, Verdict::Fail(_)) {
-            smtp_net::say(&(report::line(o) + "\n"))
+    let live_baseline = baseline.clone();
+    let run = match super::run_all(scenarios, &opts, move |o| {
+        let mut one = [o.clone()];
+        if let Some(b) = &live_baseline {
+            b.apply(&mut one);
+        }
+        if !quiet || matches!(one[0].verdict, Verdict::Fail(_)) {
+            smtp_net::say(&(report::line(&one[0]) + "\n"))
         }
     })
     .await
     {
-        Ok(o) => o,
+        Ok(run) => run,
         Err(e) => {
             eprintln!("smtp-relay scenarios: {e}");
             return ExitCode::from(2);
         }
     };
+    let mut outcomes = run.outcomes;
+    if let Some(b) = &baseline {
+        b.apply(&mut outcomes);
+    }
     smtp_net::say(&format!(
         "\n{}",
         if quiet {
@@ -272,10 +316,19 @@ pub async fn run(args: ScenariosArgs) -> ExitCode {
             let _ = std::fs::write(dir.join(format!("{}.log", o.name)), &o.transcript);
         }
     }
+    if !run.strays.is_empty() {
+        smtp_net::say(&report::strays(&run.strays));
+    }
+    let unattributed = run.strays.iter().filter(|s| s.unattributed).count();
     let (_, failed, _) = report::counts(&outcomes);
-    if failed == 0 {
+    if failed == 0 && unattributed == 0 {
         let _ = std::fs::remove_dir_all(&work_dir);
         ExitCode::SUCCESS
+    } else if failed == 0 {
+        eprintln!(
+            "smtp-relay scenarios: {unattributed} message(s) reached the upstream that no scenario's checks saw"
+        );
+        ExitCode::from(1)
     } else {
         let kept: Vec<_> = outcomes
             .iter()

@@ -3,6 +3,7 @@
 //! parses it ([`Scenario::parse`]), writes it back ([`Scenario::to_text`], used to save a
 //! shrunk property-test case), and [`run`] replays it.
 
+pub mod baseline;
 pub mod cli;
 pub mod mutant;
 pub mod report;
@@ -30,6 +31,9 @@ pub struct Scenario {
     pub requires: Vec<String>,
     /// The whole scenario must finish within this (default 30 s).
     pub timeout: Duration,
+    /// Against another relay: how long the upstream must stay quiet before the checks run
+    /// (`settle: 5s`; default the run's `--settle`).
+    pub settle: Option<Duration>,
     /// The default route's fake upstream.
     pub upstream: Upstream,
     /// Other routes, each with its own fake upstream.
@@ -533,6 +537,7 @@ impl Scenario {
             tags: Vec::new(),
             requires: Vec::new(),
             timeout: Duration::from_secs(30),
+            settle: None,
             upstream: Upstream::new("163"),
             routes: Vec::new(),
             relay: Vec::new(),
@@ -631,6 +636,7 @@ impl Scenario {
                         .collect()
                 }
                 "timeout" => sc.timeout = parse_duration(value).map_err(err)?,
+                "settle" => sc.settle = Some(parse_duration(value).map_err(err)?),
                 "upstream" => sc.upstream.persona = value.to_string(),
                 "upstream-era" => sc.upstream.era = Some(value.to_string()),
                 "upstream-pipelining" => {
@@ -853,6 +859,9 @@ impl Scenario {
             s.push_str(&format!("requires: {}\n", self.requires.join(" ")));
         }
         s.push_str(&format!("timeout: {}\n", format_duration(self.timeout)));
+        if let Some(d) = self.settle {
+            s.push_str(&format!("settle: {}\n", format_duration(d)));
+        }
         s.push_str(&format!("upstream: {}\n", self.upstream.persona));
         if let Some(e) = &self.upstream.era {
             s.push_str(&format!("upstream-era: {e}\n"));

@@ -571,8 +571,9 @@ pub async fn score(
                     timeout,
                     work_dir: dir,
                     fail_fast: false,
+                    settle: Duration::from_millis(500),
                 };
-                let outcomes = super::run_all(portable, &opts, |_| {}).await?;
+                let outcomes = super::run_all(portable, &opts, |_| {}).await?.outcomes;
                 relay.shutdown();
                 Ok::<Score, String>(Score { defect, outcomes })
             }

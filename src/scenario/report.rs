@@ -10,10 +10,11 @@ pub fn line(o: &Outcome) -> String {
     let (word, reason) = match &o.verdict {
         Verdict::Pass => ("pass", None),
         Verdict::Fail(r) => ("FAIL", Some(r)),
+        Verdict::Known(r) => ("known", Some(r)),
         Verdict::Skip(r) => ("skip", Some(r)),
     };
     let mut s = format!(
-        "{word:<4}  {:<48} {:>7.2}s",
+        "{word:<5}  {:<48} {:>7.2}s",
         o.name,
         o.duration.as_secs_f64()
     );
@@ -38,6 +39,7 @@ pub fn table(outcomes: &[Outcome]) -> String {
         let (word, reason) = match &o.verdict {
             Verdict::Pass => ("pass", None),
             Verdict::Fail(r) => ("FAIL", Some(r)),
+            Verdict::Known(r) => ("known", Some(r)),
             Verdict::Skip(r) => ("skip", Some(r)),
         };
         let _ = writeln!(
@@ -46,20 +48,30 @@ pub fn table(outcomes: &[Outcome]) -> String {
             o.name,
             o.duration.as_secs_f64()
         );
-        if let (Some(r), Verdict::Fail(_)) = (reason, &o.verdict) {
+        if let (Some(r), Verdict::Fail(_) | Verdict::Known(_)) = (reason, &o.verdict) {
             let _ = writeln!(s, "{:<width$}    {r}", "");
         }
     }
-    let (pass, fail, skip) = counts(outcomes);
-    let _ = writeln!(
-        s,
-        "\n{} scenarios: {pass} passed, {fail} failed, {skip} skipped",
-        outcomes.len()
-    );
+    let _ = writeln!(s, "\n{}", summary(outcomes));
     s
 }
 
-/// (passed, failed, skipped)
+/// `N scenarios: P passed, F failed, S skipped` (and K known when a baseline expected some).
+pub fn summary(outcomes: &[Outcome]) -> String {
+    let (pass, fail, skip) = counts(outcomes);
+    let known = known(outcomes);
+    format!(
+        "{} scenarios: {pass} passed, {fail} failed, {}{skip} skipped",
+        outcomes.len(),
+        if known > 0 {
+            format!("{known} known (failing as the baseline says), ")
+        } else {
+            String::new()
+        }
+    )
+}
+
+/// (passed, failed, skipped): known failures are none of these.
 pub fn counts(outcomes: &[Outcome]) -> (usize, usize, usize) {
     let mut c = (0, 0, 0);
     for o in outcomes {
@@ -67,9 +79,18 @@ pub fn counts(outcomes: &[Outcome]) -> (usize, usize, usize) {
             Verdict::Pass => c.0 += 1,
             Verdict::Fail(_) => c.1 += 1,
             Verdict::Skip(_) => c.2 += 1,
+            Verdict::Known(_) => {}
         }
     }
     c
+}
+
+/// Failures the baseline expected.
+pub fn known(outcomes: &[Outcome]) -> usize {
+    outcomes
+        .iter()
+        .filter(|o| matches!(o.verdict, Verdict::Known(_)))
+        .count()
 }
 
 fn xml_escape(s: &str) -> String {
@@ -95,6 +116,8 @@ fn xml_escape(s: &str) -> String {
 /// of a failed scenario as its `system-out`.
 pub fn junit(outcomes: &[Outcome]) -> String {
     let (_, fail, skip) = counts(outcomes);
+    // JUnit has no expected failure: a known one is reported skipped, saying so.
+    let skip = skip + known(outcomes);
     let total: f64 = outcomes.iter().map(|o| o.duration.as_secs_f64()).sum();
     let mut s = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
     let _ = writeln!(
@@ -121,6 +144,13 @@ pub fn junit(outcomes: &[Outcome]) -> String {
                 let _ = writeln!(
                     s,
                     ">\n      <skipped message=\"{}\"/>\n    </testcase>",
+                    xml_escape(r)
+                );
+            }
+            Verdict::Known(r) => {
+                let _ = writeln!(
+                    s,
+                    ">\n      <skipped message=\"known failure (baseline): {}\"/>\n    </testcase>",
                     xml_escape(r)
                 );
             }
@@ -212,12 +242,14 @@ mod tests {
 /// the counts.
 pub fn json(outcomes: &[Outcome]) -> String {
     let (pass, fail, skip) = counts(outcomes);
+    let known = known(outcomes);
     let items: Vec<serde_json::Value> = outcomes
         .iter()
         .map(|o| {
             let (verdict, reason) = match &o.verdict {
                 Verdict::Pass => ("pass", None),
                 Verdict::Fail(r) => ("fail", Some(r.as_str())),
+                Verdict::Known(r) => ("known", Some(r.as_str())),
                 Verdict::Skip(r) => ("skip", Some(r.as_str())),
             };
             serde_json::json!({
@@ -232,6 +264,7 @@ pub fn json(outcomes: &[Outcome]) -> String {
     let doc = serde_json::json!({
         "passed": pass,
         "failed": fail,
+        "known": known,
         "skipped": skip,
         "scenarios": items,
     });
@@ -254,6 +287,10 @@ pub fn tap(outcomes: &[Outcome]) -> String {
                 let _ = writeln!(s, "not ok {n} - {}", o.name);
                 let _ = writeln!(s, "  ---\n  message: {:?}\n  ...", one_line(r));
             }
+            // TAP's TODO: a failure that is expected, not counted against the run.
+            Verdict::Known(r) => {
+                let _ = writeln!(s, "not ok {n} - {} # TODO {}", o.name, one_line(r));
+            }
         }
     }
     s
@@ -271,17 +308,30 @@ pub fn failures_only(outcomes: &[Outcome]) -> String {
         .filter(|o| matches!(o.verdict, Verdict::Fail(_)))
         .cloned()
         .collect();
-    let (pass, fail, skip) = counts(outcomes);
     let mut s = String::new();
     if !failed.is_empty() {
         s.push_str(&table(&failed));
         s.push('\n');
     }
-    let _ = writeln!(
-        s,
-        "{} scenarios: {pass} passed, {fail} failed, {skip} skipped",
-        outcomes.len()
+    let _ = writeln!(s, "{}", summary(outcomes));
+    s
+}
+
+/// What reached the shared upstream outside the scenario that sent it (runs against another
+/// relay).
+pub fn strays(strays: &[super::run::Stray]) -> String {
+    let mut s = format!(
+        "\n{} message(s) arrived outside the scenario that sent them:\n",
+        strays.len()
     );
+    for st in strays {
+        let _ = writeln!(
+            s,
+            "  {} {}",
+            if st.unattributed { "!" } else { "-" },
+            st.what
+        );
+    }
     s
 }
 

@@ -48,6 +48,28 @@ pub struct Options {
     pub work_dir: PathBuf,
     /// After the first failure, start no more scenarios (they are reported skipped).
     pub fail_fast: bool,
+    /// Against another relay: how long the shared upstream must hear nothing before a
+    /// scenario's checks run (a scenario's `settle:` overrides it).
+    pub settle: Duration,
+}
+
+/// What a whole run gave.
+#[derive(Clone, Debug, Default)]
+pub struct Run {
+    /// In the scenarios' order.
+    pub outcomes: Vec<Outcome>,
+    /// Against another relay: messages that arrived outside the scenario that sent them.
+    pub strays: Vec<Stray>,
+}
+
+/// A message the shared upstream received outside the window of the scenario that sent it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stray {
+    /// What arrived, when, and whose it was.
+    pub what: String,
+    /// It carries no scenario's token and came when no scenario ran: no verdict covered it
+    /// (a smuggled message delivered late looks like this), so the run fails.
+    pub unattributed: bool,
 }
 
 /// How a scenario ended.
@@ -58,6 +80,9 @@ pub enum Verdict {
     Fail(String),
     /// Not run against this target, and why.
     Skip(String),
+    /// Failed as the run's baseline says this relay does (`--baseline`): the reason, and the
+    /// baseline's.
+    Known(String),
 }
 
 /// One scenario's result.
@@ -77,11 +102,21 @@ pub async fn run_all(
     scenarios: Vec<Scenario>,
     opts: &Options,
     done: impl Fn(&Outcome) + Send + Sync + 'static,
-) -> Result<Vec<Outcome>, String> {
+) -> Result<Run, String> {
     std::fs::create_dir_all(&opts.work_dir)
         .map_err(|e| format!("{}: {e}", opts.work_dir.display()))?;
     let tls = fake_upstream::tls::load_or_generate(TlsFiles::in_dir(&opts.work_dir))
         .map_err(|e| format!("the run's CA: {e}"))?;
+    // Against another relay, one upstream for the whole run: a store-and-forward relay
+    // delivers, and keeps its upstream sessions, across scenario boundaries.
+    let shared = match opts.target {
+        Target::Ours => None,
+        Target::External {
+            upstream_listen, ..
+        } => Some(Arc::new(
+            SharedUpstream::start(&scenarios, opts, &tls, upstream_listen).await?,
+        )),
+    };
     let jobs = match opts.target {
         Target::Ours => opts.jobs.max(1),
         Target::External { .. } => 1,
@@ -90,9 +125,10 @@ pub async fn run_all(
     let done = Arc::new(done);
     let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut tasks = Vec::with_capacity(scenarios.len());
-    for sc in scenarios {
+    for (index, sc) in scenarios.into_iter().enumerate() {
         let (gate, done, opts, tls) = (gate.clone(), done.clone(), opts.clone(), tls.clone());
         let failed = failed.clone();
+        let shared = shared.clone();
         tasks.push(tokio::spawn(async move {
             let _permit = gate.acquire_owned().await.expect("never closed");
             use std::sync::atomic::Ordering;
@@ -105,7 +141,7 @@ pub async fn run_all(
                     transcript: String::new(),
                 }
             } else {
-                run_one(&sc, &opts, &tls).await
+                run_one_in(&sc, &opts, &tls, shared.map(|s| (s, index))).await
             };
             if matches!(outcome.verdict, Verdict::Fail(_)) {
                 failed.store(true, Ordering::SeqCst);
@@ -121,11 +157,248 @@ pub async fn run_all(
                 .map_err(|e| format!("a scenario task failed: {e}"))?,
         );
     }
-    Ok(outcomes)
+    let strays = match &shared {
+        Some(shared) => {
+            // What a store-and-forward relay still delivers arrives now or is never seen: at
+            // least 3 s of quiet (at most 15 s in all) before the strays are counted.
+            shared
+                .quiet(opts.settle.max(Duration::from_secs(3)), Duration::from_secs(15))
+                .await;
+            let strays = shared.strays();
+            shared.fake.shutdown().await;
+            strays
+        }
+        None => Vec::new(),
+    };
+    Ok(Run { outcomes, strays })
 }
 
 /// Runs one scenario with the run's CA.
 pub async fn run_one(sc: &Scenario, opts: &Options, tls: &TlsMaterial) -> Outcome {
+    run_one_in(sc, opts, tls, None).await
+}
+
+/// The header line the runner puts first in every message it sends to another relay:
+/// `X-Scenario-Token: <run>-<index> <name>`. It names the scenario (and the run) that sent a
+/// message, whenever and however the relay delivers it.
+const TOKEN_HEADER: &str = "X-Scenario-Token: ";
+
+/// The upstream shared by every scenario of a run against another relay, and each scenario's
+/// window on it.
+struct SharedUpstream {
+    fake: Arc<fake_upstream::Handle>,
+    /// How it is set up: a scenario needing anything else (but faults) is skipped.
+    upstream: Upstream,
+    /// Tells this run's tokens from an earlier run's.
+    run: String,
+    names: Vec<String>,
+    /// Per scenario that ran: its index, and the fake's received count when it started and
+    /// when its checks ran.
+    windows: std::sync::Mutex<Vec<(usize, u64, u64)>>,
+}
+
+impl SharedUpstream {
+    async fn start(
+        scenarios: &[Scenario],
+        opts: &Options,
+        tls: &TlsMaterial,
+        listen: SocketAddr,
+    ) -> Result<SharedUpstream, String> {
+        let upstream = Upstream::new("sink");
+        let dir = opts.work_dir.join("upstream");
+        let _ = std::fs::remove_dir_all(&dir);
+        let fake = start_fake(&upstream, &opts.work_dir, dir, tls, Some(listen)).await?;
+        let run = {
+            use std::hash::BuildHasher;
+            let random = std::collections::hash_map::RandomState::new();
+            format!("{:08x}", random.hash_one(std::process::id()) as u32)
+        };
+        Ok(SharedUpstream {
+            fake: Arc::new(fake),
+            upstream,
+            run,
+            names: scenarios.iter().map(|s| s.name.clone()).collect(),
+            windows: std::sync::Mutex::new(Vec::new()),
+        })
+    }
+
+    /// What scenario `index`'s messages begin with.
+    fn header(&self, index: usize) -> String {
+        format!(
+            "{TOKEN_HEADER}{}-{index} {}\r\n",
+            self.run, self.names[index]
+        )
+    }
+
+    /// Whose token `content` carries: `Some(index)`, or `None` for no token of this run.
+    fn owner(&self, content: &[u8]) -> Option<usize> {
+        let needle = format!("{TOKEN_HEADER}{}-", self.run);
+        let at = memchr::memmem::find(content, needle.as_bytes())? + needle.len();
+        let digits: String = content[at..]
+            .iter()
+            .take_while(|b| b.is_ascii_digit())
+            .map(|&b| b as char)
+            .collect();
+        digits.parse().ok()
+    }
+
+    /// Waits until the fake heard nothing for `quiet` (at most `limit`).
+    async fn quiet(&self, quiet: Duration, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        let mut last = (self.fake.activity(), Instant::now());
+        while Instant::now() < deadline && last.1.elapsed() < quiet {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let a = self.fake.activity();
+            if a != last.0 {
+                last = (a, Instant::now());
+            }
+        }
+    }
+
+    /// Every received message with its position in the fake's count.
+    fn received(&self) -> Vec<(u64, fake_upstream::Received)> {
+        let all = self.fake.received();
+        let first = self.fake.received_count() - all.len() as u64;
+        (first..).zip(all).collect()
+    }
+
+    /// The messages that arrived outside their scenario's window, or in none.
+    fn strays(&self) -> Vec<Stray> {
+        let windows = self
+            .windows
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let during = |n: u64| windows.iter().find(|(_, from, to)| n >= *from && n < *to);
+        let mut strays = Vec::new();
+        for (n, r) in self.received() {
+            let what = format!("a message from {} to {}", r.mail_from, r.rcpt_to.join(", "));
+            let came = match during(n) {
+                Some((i, _, _)) => format!("during {}", self.names[*i]),
+                None => "after the scenario that ran last had been checked".to_string(),
+            };
+            match (self.owner(&r.content), during(n)) {
+                (Some(owner), Some((i, _, _))) if owner == *i => {}
+                (Some(owner), _) => strays.push(Stray {
+                    what: format!(
+                        "{what} sent by {} arrived late, {came}",
+                        self.names.get(owner).map_or("?", String::as_str)
+                    ),
+                    unattributed: false,
+                }),
+                (None, Some(_)) => {}
+                (None, None) => strays.push(Stray {
+                    what: format!(
+                        "{what} that carries no scenario's token arrived {came}: no check saw it"
+                    ),
+                    unattributed: true,
+                }),
+            }
+        }
+        strays
+    }
+}
+
+/// A scenario's view of the shared upstream.
+struct Window {
+    shared: Arc<SharedUpstream>,
+    index: usize,
+    /// When the scenario started, and the fake's received count then.
+    start: Instant,
+    from: u64,
+}
+
+impl Window {
+    /// Its messages: those with its token, and those with none that came during it. The
+    /// token line is taken out (the checks compare what the scenario itself sent).
+    fn received(&self) -> Vec<fake_upstream::Received> {
+        self.shared
+            .received()
+            .into_iter()
+            .filter(|(n, r)| match self.shared.owner(&r.content) {
+                Some(owner) => owner == self.index,
+                None => *n >= self.from,
+            })
+            .map(|(_, mut r)| {
+                r.content = Arc::new(without_token(&r.content));
+                r
+            })
+            .collect()
+    }
+
+    /// The upstream sessions as this scenario saw them: the lines since it started, but for
+    /// the transactions that carried another scenario's message; its DATA phases.
+    fn transcripts(&self) -> Vec<fake_upstream::Transcript> {
+        let mut out = Vec::new();
+        for t in self.shared.fake.transcripts() {
+            let mut keep: Vec<bool> = t.times.iter().map(|at| *at >= self.start).collect();
+            let mut data = Vec::new();
+            for d in &t.data {
+                let owner = self.shared.owner(&d.raw);
+                let mine = match owner {
+                    Some(o) => o == self.index,
+                    None => d.at.is_some_and(|at| at >= self.start),
+                };
+                if mine {
+                    data.push(d.clone());
+                } else if owner.is_some() {
+                    // The MAIL that began its transaction up to the reply that ended it.
+                    let begin = t.lines[..d.line.min(t.lines.len())]
+                        .iter()
+                        .rposition(|l| l.to_ascii_uppercase().starts_with("C: MAIL"))
+                        .unwrap_or(d.line);
+                    let end = t.lines[d.line.min(t.lines.len())..]
+                        .iter()
+                        .position(|l| l.starts_with("S: "))
+                        .map_or(t.lines.len(), |e| d.line + e + 1);
+                    for k in keep.iter_mut().take(end).skip(begin) {
+                        *k = false;
+                    }
+                }
+            }
+            if !keep.contains(&true) && data.is_empty() {
+                continue;
+            }
+            let mut mine = t.clone();
+            (mine.lines, mine.times) = t
+                .lines
+                .iter()
+                .zip(&t.times)
+                .zip(&keep)
+                .filter(|(_, k)| **k)
+                .map(|((l, at), _)| (l.clone(), *at))
+                .unzip();
+            mine.data = data;
+            out.push(mine);
+        }
+        out
+    }
+}
+
+/// `content` without the runner's token line.
+fn without_token(content: &[u8]) -> Vec<u8> {
+    let at = if content.starts_with(TOKEN_HEADER.as_bytes()) {
+        Some(0)
+    } else {
+        memchr::memmem::find(content, format!("\n{TOKEN_HEADER}").as_bytes()).map(|i| i + 1)
+    };
+    match at {
+        Some(i) => {
+            let end = memchr::memchr(b'\n', &content[i..]).map_or(content.len(), |e| i + e + 1);
+            [&content[..i], &content[end..]].concat()
+        }
+        None => content.to_vec(),
+    }
+}
+
+/// Runs one scenario; against another relay, on the run's shared upstream as scenario
+/// `index` of the run.
+async fn run_one_in(
+    sc: &Scenario,
+    opts: &Options,
+    tls: &TlsMaterial,
+    shared: Option<(Arc<SharedUpstream>, usize)>,
+) -> Outcome {
     let started = Instant::now();
     let outcome = |verdict, transcript| Outcome {
         name: sc.name.clone(),
@@ -140,9 +413,27 @@ pub async fn run_one(sc: &Scenario, opts: &Options, tls: &TlsMaterial) -> Outcom
             String::new(),
         );
     }
+    if let Some((shared, _)) = &shared {
+        let mut wants = sc.upstream.clone();
+        wants.faults.clear();
+        if wants != shared.upstream || !sc.routes.is_empty() {
+            return outcome(
+                Verdict::Skip(format!(
+                    "needs an upstream of its own ({}{}); a run against another relay has one shared sink",
+                    sc.upstream.persona,
+                    if sc.routes.is_empty() {
+                        ""
+                    } else {
+                        " and routes"
+                    }
+                )),
+                String::new(),
+            );
+        }
+    }
     let dir = opts.work_dir.join(&sc.name);
     let _ = std::fs::remove_dir_all(&dir);
-    let env = match Env::start(sc, opts, tls, &dir).await {
+    let env = match Env::start(sc, opts, tls, &dir, shared).await {
         Ok(env) => env,
         Err(e) => return outcome(Verdict::Fail(format!("setup: {e}")), String::new()),
     };
@@ -156,9 +447,7 @@ pub async fn run_one(sc: &Scenario, opts: &Options, tls: &TlsMaterial) -> Outcom
                     .map(String::as_str)
                     .collect();
                 if !missing.is_empty() {
-                    for (_, fake) in &env.fakes {
-                        fake.shutdown().await;
-                    }
+                    env.stop_fakes().await;
                     if let Some(relay) = &env.relay {
                         relay.shutdown().await;
                     }
@@ -182,6 +471,10 @@ pub async fn run_one(sc: &Scenario, opts: &Options, tls: &TlsMaterial) -> Outcom
     }
     let limit = opts.timeout.unwrap_or(sc.timeout);
     let mut client = Client::new(env.client_tls.clone());
+    if let Some(w) = &env.window {
+        w.shared.fake.set_faults(sc.upstream.faults.clone());
+        client.token = Some(w.shared.header(w.index));
+    }
     let steps = tokio::time::timeout(limit, drive(sc, &env, &mut client)).await;
     let mut verdict = match steps {
         Ok(Ok(())) => Verdict::Pass,
@@ -214,16 +507,24 @@ pub async fn run_one(sc: &Scenario, opts: &Options, tls: &TlsMaterial) -> Outcom
             fake.wait_idle(Duration::from_secs(1)).await;
         }
     }
-    env.settle(sc).await;
+    env.settle(sc, opts.settle, &client.sent, &client.finals)
+        .await;
     if verdict == Verdict::Pass
         && let Err(e) = check_all(sc, &env, &client)
     {
         verdict = Verdict::Fail(e);
     }
     let transcript = normalize(&env.transcript(sc, &client));
-    for (_, fake) in &env.fakes {
-        fake.shutdown().await;
+    if let Some(w) = &env.window {
+        w.shared.fake.set_faults(Vec::new());
+        let to = w.shared.fake.received_count();
+        w.shared
+            .windows
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((w.index, w.from, to));
     }
+    env.stop_fakes().await;
     if verdict == Verdict::Pass {
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -279,7 +580,9 @@ async fn advertised(relay: SocketAddr) -> Result<Vec<String>, String> {
 /// The fake upstreams and the relay of one scenario.
 struct Env {
     /// The default route's upstream first, then one per route (label, handle).
-    fakes: Vec<(String, fake_upstream::Handle)>,
+    fakes: Vec<(String, Arc<fake_upstream::Handle>)>,
+    /// Against another relay: this scenario's part of the run's shared upstream.
+    window: Option<Window>,
     relay: Option<RelayHandle>,
     relay_addr: SocketAddr,
     relay_tls_addr: Option<SocketAddr>,
@@ -300,6 +603,7 @@ impl Env {
         opts: &Options,
         tls: &TlsMaterial,
         dir: &Path,
+        shared: Option<(Arc<SharedUpstream>, usize)>,
     ) -> Result<Env, String> {
         let scenario_dir = sc
             .path
@@ -307,32 +611,34 @@ impl Env {
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("."));
         let mut fakes = Vec::new();
-        let listen = match opts.target {
-            Target::Ours => None,
-            Target::External {
-                upstream_listen, ..
-            } => Some(upstream_listen),
+        let window = match shared {
+            Some((shared, index)) => {
+                fakes.push(("default".to_string(), shared.fake.clone()));
+                Some(Window {
+                    from: shared.fake.received_count(),
+                    start: Instant::now(),
+                    shared,
+                    index,
+                })
+            }
+            None => {
+                let fake = start_fake(&sc.upstream, &scenario_dir, dir.join("upstream"), tls, None)
+                    .await?;
+                fakes.push(("default".to_string(), Arc::new(fake)));
+                for r in &sc.routes {
+                    let fake = start_fake(
+                        &r.upstream,
+                        &scenario_dir,
+                        dir.join(format!("upstream-{}", r.name)),
+                        tls,
+                        None,
+                    )
+                    .await?;
+                    fakes.push((r.name.clone(), Arc::new(fake)));
+                }
+                None
+            }
         };
-        let fake = start_fake(
-            &sc.upstream,
-            &scenario_dir,
-            dir.join("upstream"),
-            tls,
-            listen,
-        )
-        .await?;
-        fakes.push(("default".to_string(), fake));
-        for r in &sc.routes {
-            let fake = start_fake(
-                &r.upstream,
-                &scenario_dir,
-                dir.join(format!("upstream-{}", r.name)),
-                tls,
-                None,
-            )
-            .await?;
-            fakes.push((r.name.clone(), fake));
-        }
         let client_tls =
             fake_upstream::tls::client_config(&tls.ca_pem).map_err(|e| e.to_string())?;
         let common = Env {
@@ -346,6 +652,7 @@ impl Env {
             queue_dir: None,
             scenario_dir,
             fakes,
+            window,
         };
         match opts.target {
             Target::External { relay, .. } => Ok(Env {
@@ -408,16 +715,37 @@ impl Env {
     /// its 250): for an external relay, until the expected count arrived and no upstream
     /// heard anything new (a command, a reply, DATA bytes, on any session, open or closed)
     /// for a second (at most 15 s).
-    async fn settle(&self, sc: &Scenario) {
+    /// With `expect consistent`, it also waits until every message the client was told 2xx
+    /// for arrived or a bounce did (a relay bounces after it was refused upstream).
+    async fn settle(
+        &self,
+        sc: &Scenario,
+        quiet: Duration,
+        sent: &[Vec<u8>],
+        finals: &[Option<Reply>],
+    ) {
         if !self.external {
             return;
         }
+        let quiet = sc.settle.unwrap_or(quiet);
+        let consistent = sc.checks.iter().any(|c| c.item == Check::Consistent);
+        let accounted = || {
+            let received = self.received();
+            let bounced = received.iter().any(|(_, r)| is_bounce(r));
+            bounced
+                || sent.iter().zip(finals).all(|(m, reply)| {
+                    reply.as_ref().is_none_or(|r| r.code / 100 != 2)
+                        || received
+                            .iter()
+                            .any(|(_, r)| strip_trace(&r.content) == m.as_slice())
+                })
+        };
         let want = sc.checks.iter().find_map(|c| match c.item {
             Check::Messages(n) => Some(n as u64),
             Check::Delivered(_) | Check::BodyIntact | Check::UpstreamGot(_) => Some(1),
             _ => None,
         });
-        let deadline = Instant::now() + Duration::from_secs(15);
+        let deadline = Instant::now() + Duration::from_secs(15).max(quiet * 2);
         let activity = || self.fakes.iter().map(|(_, f)| f.activity()).sum::<u64>();
         let mut last = (activity(), Instant::now());
         while Instant::now() < deadline {
@@ -427,18 +755,53 @@ impl Env {
             if a != last.0 {
                 last = (a, Instant::now());
             }
-            let enough = want.is_none_or(|w| n >= w);
-            if enough && last.1.elapsed() > Duration::from_secs(1) {
+            let enough = want.is_none_or(|w| n >= w) && (!consistent || accounted());
+            if enough && last.1.elapsed() >= quiet {
                 return;
             }
         }
     }
 
     fn received_count(&self) -> u64 {
-        self.fakes.iter().map(|(_, f)| f.received_count()).sum()
+        match &self.window {
+            Some(w) => w.received().len() as u64,
+            None => self.fakes.iter().map(|(_, f)| f.received_count()).sum(),
+        }
+    }
+
+    /// Stops the scenario's own fakes (not the run's shared one).
+    async fn stop_fakes(&self) {
+        if self.window.is_none() {
+            for (_, fake) in &self.fakes {
+                fake.shutdown().await;
+            }
+        }
+    }
+
+    /// The upstream sessions of this scenario, by route label: for a shared upstream, its
+    /// window on them.
+    fn upstream_transcripts(&self) -> Vec<(String, fake_upstream::Transcript)> {
+        if let Some(w) = &self.window {
+            return w
+                .transcripts()
+                .into_iter()
+                .map(|t| ("default".to_string(), t))
+                .collect();
+        }
+        self.fakes
+            .iter()
+            .flat_map(|(label, f)| f.transcripts().into_iter().map(move |t| (label.clone(), t)))
+            .collect()
     }
 
     fn received(&self) -> Vec<(String, fake_upstream::Received)> {
+        if let Some(w) = &self.window {
+            return w
+                .received()
+                .into_iter()
+                .map(|r| ("default".to_string(), r))
+                .collect();
+        }
         self.fakes
             .iter()
             .flat_map(|(label, f)| f.received().into_iter().map(move |r| (label.clone(), r)))
@@ -458,8 +821,8 @@ impl Env {
             }
             None => {
                 let mut events: Vec<(Instant, String)> = client.events.clone();
-                for (label, fake) in &self.fakes {
-                    for t in fake.transcripts() {
+                for (label, t) in self.upstream_transcripts() {
+                    {
                         for (line, at) in t.lines.iter().zip(&t.times) {
                             let mark = if label == "default" {
                                 "U".to_string()
@@ -482,8 +845,13 @@ impl Env {
                 }
             }
         }
+        let received = self.received();
         for (label, fake) in &self.fakes {
-            let got = fake.received();
+            let got: Vec<&fake_upstream::Received> = received
+                .iter()
+                .filter(|(l, _)| l == label)
+                .map(|(_, r)| r)
+                .collect();
             out.push_str(&format!(
                 "== upstream {label} ({}) received {} message(s)\n",
                 fake.persona_name(),
@@ -804,6 +1172,12 @@ struct Client {
     awaiting_final: bool,
     /// A `drain` saw the relay close: later sends are skipped.
     closed_seen: bool,
+    /// Against another relay: the header line put first in every message (its scenario's
+    /// token), taken out again of what `sent` keeps.
+    token: Option<String>,
+    /// The last write ended with a DATA command: a 354 now opens a message of the client's
+    /// own (not one smuggled inside another).
+    data_written: bool,
     at_line: usize,
     at_step: String,
 }
@@ -832,6 +1206,8 @@ impl Client {
             finals: Vec::new(),
             awaiting_final: false,
             closed_seen: false,
+            token: None,
+            data_written: false,
             at_line: 0,
             at_step: String::new(),
         }
@@ -870,6 +1246,7 @@ impl Client {
             self.note(format!("C: {shown}"));
         }
         self.track_data(&bytes);
+        self.data_written = bytes.to_ascii_uppercase().ends_with(b"DATA\r\n");
         let conn = self.conn()?;
         match tokio::time::timeout(STEP_WAIT, conn.io.write_all(&bytes)).await {
             Ok(Ok(())) => {
@@ -888,6 +1265,10 @@ impl Client {
                 DataProgress::NeedMore => return,
                 DataProgress::Done { consumed } => {
                     let (_, msg) = self.data.take().expect("some");
+                    let msg = match &self.token {
+                        Some(_) => without_token(&msg),
+                        None => msg,
+                    };
                     self.sent.push(msg);
                     self.finals.push(None);
                     self.awaiting_final = true;
@@ -920,6 +1301,11 @@ impl Client {
                                 DataDecoder::new(u64::MAX, BareLineEnding::Normalize),
                                 Vec::new(),
                             ));
+                            if let Some(token) = &self.token
+                                && std::mem::take(&mut self.data_written)
+                            {
+                                self.pending.splice(0..0, token.bytes());
+                            }
                         }
                         return Ok(reply);
                     }
@@ -1294,7 +1680,11 @@ async fn write(conn: &mut Conn, bytes: &[u8]) -> Result<(), String> {
 /// A message of exactly `size` octets (at least its headers): a few headers, then lines of
 /// 74 letters and CRLF, the last one shorter.
 pub fn generated_message(size: usize) -> Vec<u8> {
-    let mut m = b"From: alice@163.com\r\nTo: bob@163.com\r\nSubject: generated\r\n\r\n".to_vec();
+    let mut m = format!(
+        "From: alice@163.com\r\nTo: bob@163.com\r\nSubject: generated\r\n\
+         Date: Tue, 01 Dec 2026 10:00:00 +0000\r\nMessage-ID: <generated-{size}@client.example>\r\n\r\n"
+    )
+    .into_bytes();
     let mut i = 0u64;
     while m.len() + 2 < size {
         let room = (size - m.len() - 2).min(74);
@@ -1338,18 +1728,51 @@ pub fn strip_trace(mut content: &[u8]) -> &[u8] {
     }
 }
 
+/// Where `got` parts from the message of `sent` it shares the longest beginning with: the
+/// octet, and the bytes around it on both sides (escaped once, CR and LF visible).
+fn difference(got: &[u8], sent: &[Vec<u8>]) -> String {
+    let common = |m: &[u8]| m.iter().zip(got).take_while(|(a, b)| a == b).count();
+    let Some(m) = sent.iter().max_by_key(|m| common(m)) else {
+        return format!(
+            "it begins \"{}\"",
+            super::escape(&got[..got.len().min(120)])
+        );
+    };
+    let i = common(m);
+    let from = i.saturating_sub(24);
+    let around = |b: &[u8]| super::escape(&b[from.min(b.len())..(i + 48).min(b.len())]);
+    format!(
+        "from octet {i} on, the upstream got \"{}\" where the client sent \"{}\" ({} and {} octets in all)",
+        around(got),
+        around(m),
+        got.len(),
+        m.len()
+    )
+}
+
+/// A delivery status notification: `multipart/report; report-type=delivery-status` (quoted
+/// or not), or from the null reverse path (RFC 5321 4.5.5) with a bounce's subject, as
+/// OpenSMTPD's `multipart/mixed` "Delivery status notification" and Postfix's "Undelivered
+/// Mail Returned to Sender" are.
 fn is_bounce(r: &fake_upstream::Received) -> bool {
-    memchr::memmem::find(&r.content, b"report-type=delivery-status").is_some()
+    let head: Vec<u8> = r
+        .content
+        .iter()
+        .take(64 * 1024)
+        .map(u8::to_ascii_lowercase)
+        .collect();
+    let has = |needle: &[u8]| memchr::memmem::find(&head, needle).is_some();
+    has(b"report-type=delivery-status")
+        || has(b"report-type=\"delivery-status\"")
+        || (r.mail_from == "<>"
+            && (has(b"\nsubject: delivery status notification")
+                || has(b"\nsubject: undelivered mail")))
 }
 
 fn check_all(sc: &Scenario, env: &Env, client: &Client) -> Result<(), String> {
     let received = env.received();
     // The fakes' live record: sessions still open are read as they stand.
-    let transcripts: Vec<(String, fake_upstream::Transcript)> = env
-        .fakes
-        .iter()
-        .flat_map(|(label, f)| f.transcripts().into_iter().map(move |t| (label.clone(), t)))
-        .collect();
+    let transcripts = env.upstream_transcripts();
     let upstream_lines: Vec<String> = transcripts
         .iter()
         .flat_map(|(_, t)| t.lines.iter())
@@ -1397,10 +1820,10 @@ fn check_all(sc: &Scenario, env: &Env, client: &Client) -> Result<(), String> {
                     let body = strip_trace(&r.content);
                     if !client.sent.iter().any(|m| m.as_slice() == body) {
                         return Err(at(format!(
-                            "upstream {label} got a message ({} octets after the trace headers) that is not byte for byte one the client sent ({} sent); it begins {:?}",
+                            "upstream {label} got a message ({} octets after the trace headers) that is not byte for byte one the client sent ({} sent); {}",
                             body.len(),
                             client.sent.len(),
-                            super::escape(&body[..body.len().min(120)])
+                            difference(body, &client.sent)
                         )));
                     }
                     compared += 1;
@@ -1420,9 +1843,8 @@ fn check_all(sc: &Scenario, env: &Env, client: &Client) -> Result<(), String> {
                         let body = strip_trace(&one.content);
                         if body != want.as_slice() {
                             return Err(at(format!(
-                                "the upstream got {:?}, expected {:?}",
-                                super::escape(body),
-                                super::escape(want)
+                                "the upstream did not get the expected message; {}",
+                                difference(body, std::slice::from_ref(want))
                             )));
                         }
                     }
@@ -1509,7 +1931,7 @@ fn check_all(sc: &Scenario, env: &Env, client: &Client) -> Result<(), String> {
             Check::UpstreamDataHas(bytes) => {
                 if !data_phases().any(|(_, _, d)| d.contains(bytes)) {
                     return Err(at(format!(
-                        "no DATA phase an upstream received has {:?} ({} phase(s) seen)",
+                        "no DATA phase an upstream received has \"{}\" ({} phase(s) seen)",
                         super::escape(bytes),
                         data_phases().count()
                     )));
@@ -1535,8 +1957,8 @@ fn check_all(sc: &Scenario, env: &Env, client: &Client) -> Result<(), String> {
                     let body = strip_trace(&r.content);
                     let Some(i) = client.sent.iter().position(|m| m.as_slice() == body) else {
                         return Err(at(format!(
-                            "upstream {label} got a message that the client never sent; it begins {:?}",
-                            super::escape(&body[..body.len().min(120)])
+                            "upstream {label} got a message that the client never sent; {}",
+                            difference(body, &client.sent)
                         )));
                     };
                     if let Some(Some(reply)) = client.finals.get(i)
@@ -1564,10 +1986,8 @@ fn check_all(sc: &Scenario, env: &Env, client: &Client) -> Result<(), String> {
             }
             Check::NoSecrets => {
                 let mut haystack = env.transcript(sc, client);
-                for (_, f) in &env.fakes {
-                    for t in f.transcripts() {
-                        haystack.push_str(&t.text());
-                    }
+                for (_, t) in env.upstream_transcripts() {
+                    haystack.push_str(&t.text());
                 }
                 if let Some(spool) = &env.spool_dir
                     && let Ok(files) = crate::spool::files(spool)

@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Runs the portable scenarios against OpenSMTPD (Debian's 6.8) configured as a relay, with
+# its baseline (scenarios/relays/opensmtpd.expected: the findings known for that version), so
+# that the run fails only when OpenSMTPD's results change. OpenSMTPD 6.8 takes `LF . LF` as the
+# end of DATA: smuggle-lf-dot-lf fails against it, and the baseline says so.
+#
+# Debian's opensmtpd package conflicts with postfix (both are the mail transport agent), so the
+# package is not installed: its files are unpacked under target/peers/opensmtpd (apt-get
+# download, dpkg -x) and its libraries and two system users (opensmtpd, opensmtpq) added. As
+# root; OpenSMTPD's queue is its compiled-in /var/spool/smtpd, emptied before and after.
+#
+#   scenarios/opensmtpd.sh                     # the portable scenarios, against the baseline
+#   scenarios/opensmtpd.sh --no-baseline       # every finding counts (the full picture)
+#   scenarios/opensmtpd.sh --filter smuggle --junit opensmtpd.xml
+#
+# Extra arguments go to `smtp-relay scenarios`; SMTP_RELAY_BIN names a binary to use instead
+# of building one; KEEP=1 keeps the temporary directory (the config and OpenSMTPD's log).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PORT=${PORT:-27135}    # OpenSMTPD listens here (the relay under test)
+UPORT=${UPORT:-27136}  # the fake upstream listens here; OpenSMTPD relays to it
+
+# shellcheck source=../benches/postfix-relay.sh
+. benches/postfix-relay.sh
+
+peer=$PWD/target/peers/opensmtpd
+smtpd=$peer/usr/sbin/smtpd
+smtpctl=$peer/usr/sbin/smtpctl
+if [ ! -x "$smtpd" ]; then
+  echo "unpacking Debian's opensmtpd under $peer..." >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libevent-2.1-7 libdb5.3 libssl3 \
+    libpam0g libcrypt1 zlib1g >/dev/null
+  rm -rf "$peer" && mkdir -p "$peer"
+  (cd "$peer" && apt-get download -qq -o APT::Sandbox::User=root opensmtpd >/dev/null && dpkg -x opensmtpd_*.deb .)
+fi
+for u in opensmtpd opensmtpq; do
+  getent passwd "$u" >/dev/null ||
+    useradd --system --no-create-home --home-dir /var/empty --shell /usr/sbin/nologin "$u"
+done
+{ "$smtpd" -h 2>&1 || true; } | head -n 1 >&2
+
+tmp=$(mktemp -d /tmp/smtp-relay-opensmtpd.XXXXXX)
+smtpd_pid=
+stop() {
+  if [ -n "$smtpd_pid" ]; then
+    kill "$smtpd_pid" 2>/dev/null || true
+    wait "$smtpd_pid" 2>/dev/null || true
+  fi
+  rm -rf /var/spool/smtpd
+  if [ -n "${KEEP:-}" ]; then echo "kept $tmp" >&2; else rm -rf "$tmp"; fi
+}
+trap stop EXIT
+
+cat >"$tmp/smtpd.conf" <<CONF
+# OpenSMTPD as a plain relay to the fake upstream (no TLS towards it: the scenarios read the
+# upstream's side in clear).
+listen on 127.0.0.1 port $PORT hostname relay.opensmtpd.test
+action "upstream" relay host "smtp+notls://127.0.0.1:$UPORT"
+match from any for any action "upstream"
+CONF
+chmod 600 "$tmp/smtpd.conf"
+# Its processes chroot here (compiled in); the package's scripts would have made it.
+mkdir -p /var/lib/opensmtpd/empty
+"$smtpd" -n -f "$tmp/smtpd.conf" >&2
+rm -rf /var/spool/smtpd
+"$smtpd" -d -f "$tmp/smtpd.conf" >"$tmp/smtpd.log" 2>&1 &
+smtpd_pid=$!
+wait_port "$PORT"
+
+bin=${SMTP_RELAY_BIN:-}
+if [ -z "$bin" ]; then
+  cargo build --release -q --bin smtp-relay
+  bin=./target/release/smtp-relay
+fi
+baseline=(--baseline scenarios/relays/opensmtpd.expected)
+args=()
+for a in "$@"; do
+  if [ "$a" = --no-baseline ]; then baseline=(); else args+=("$a"); fi
+done
+status=0
+"$bin" scenarios scenarios \
+  --relay "127.0.0.1:$PORT" --upstream-listen "127.0.0.1:$UPORT" \
+  ${baseline[@]+"${baseline[@]}"} ${args[@]+"${args[@]}"} || status=$?
+if [ "$status" != 0 ]; then
+  echo "--- OpenSMTPD's log:" >&2
+  tail -n 40 "$tmp/smtpd.log" >&2 || true
+fi
+exit "$status"
