@@ -41,6 +41,13 @@ for u in opensmtpd opensmtpq; do
 done
 { "$smtpd" -h 2>&1 || true; } | head -n 1 >&2
 
+# Its queue and control socket are compiled-in paths: a system OpenSMTPD would share them.
+if pgrep -x smtpd >/dev/null 2>&1 || [ -S /var/run/smtpd.sock ]; then
+  echo "an OpenSMTPD is already running here (or /var/run/smtpd.sock exists): stop it first;" \
+    "this script uses /var/spool/smtpd and /var/run/smtpd.sock" >&2
+  exit 2
+fi
+
 tmp=$(mktemp -d /tmp/smtp-relay-opensmtpd.XXXXXX)
 smtpd_pid=
 stop() {
