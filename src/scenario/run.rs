@@ -162,7 +162,10 @@ pub async fn run_all(
             // What a store-and-forward relay still delivers arrives now or is never seen: at
             // least 3 s of quiet (at most 15 s in all) before the strays are counted.
             shared
-                .quiet(opts.settle.max(Duration::from_secs(3)), Duration::from_secs(15))
+                .quiet(
+                    opts.settle.max(Duration::from_secs(3)),
+                    Duration::from_secs(15),
+                )
                 .await;
             let strays = shared.strays();
             shared.fake.shutdown().await;
