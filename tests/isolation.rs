@@ -7,6 +7,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use smtp_relay::scenario::run::{Options, Target, Verdict};
@@ -14,20 +15,38 @@ use smtp_relay::scenario::{Scenario, run_all};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
-/// A relay that takes each message, answers 250, and delivers it `delay` later to `upstream`
-/// (then, with `extra`, a message with no token from <ceo@bank.example>).
-async fn late_relay(upstream: SocketAddr, delay: Duration, extra: bool) -> SocketAddr {
+/// When the toy relay delivers what it took.
+#[derive(Clone, Copy)]
+enum When {
+    /// This long after the client's end of data.
+    After(Duration),
+    /// The first message when the next client connects (a scenario that follows), whatever
+    /// the timing; the others at once.
+    FirstAtNextClient,
+}
+
+/// Messages held for the next client, and whether one was ever taken.
+type Held = Arc<Mutex<(Vec<(String, Vec<String>, Vec<u8>)>, bool)>>;
+
+/// A relay that takes each message, answers 250, and delivers it to `upstream` later (then,
+/// with `extra`, a message with no token from <ceo@bank.example>).
+async fn late_relay(upstream: SocketAddr, when: When, extra: bool) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let held: Held = Arc::default();
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
-            tokio::spawn(session(tcp, upstream, delay, extra));
+            let due: Vec<_> = std::mem::take(&mut held.lock().unwrap().0);
+            for (f, t, data) in due {
+                deliver(upstream, &f, &t, &data).await;
+            }
+            tokio::spawn(session(tcp, upstream, when, extra, held.clone()));
         }
     });
     addr
 }
 
-async fn session(tcp: TcpStream, upstream: SocketAddr, delay: Duration, extra: bool) {
+async fn session(tcp: TcpStream, upstream: SocketAddr, when: When, extra: bool, held: Held) {
     let (r, mut w) = tcp.into_split();
     let mut r = BufReader::new(r.take(1 << 20));
     let _ = w.write_all(b"220 late.test ESMTP\r\n").await;
@@ -61,15 +80,32 @@ async fn session(tcp: TcpStream, upstream: SocketAddr, delay: Duration, extra: b
                 data.extend_from_slice(&l);
             }
             let (f, t) = (from.clone(), std::mem::take(&mut to));
-            tokio::spawn(async move {
-                tokio::time::sleep(delay).await;
-                deliver(upstream, &f, &t, &data).await;
-                if extra {
-                    let smuggled = b"From: ceo@bank.example\r\n\r\npay now\r\n".to_vec();
-                    let victim = vec!["<victim@example.net>".to_string()];
-                    deliver(upstream, "<ceo@bank.example>", &victim, &smuggled).await;
+            let first = {
+                let mut h = held.lock().unwrap();
+                let first = !h.1;
+                h.1 = true;
+                if first && matches!(when, When::FirstAtNextClient) {
+                    h.0.push((f.clone(), t.clone(), data.clone()));
                 }
-            });
+                first
+            };
+            match when {
+                When::FirstAtNextClient if first => {}
+                When::FirstAtNextClient => {
+                    tokio::spawn(async move { deliver(upstream, &f, &t, &data).await });
+                }
+                When::After(delay) => {
+                    tokio::spawn(async move {
+                        tokio::time::sleep(delay).await;
+                        deliver(upstream, &f, &t, &data).await;
+                        if extra {
+                            let smuggled = b"From: ceo@bank.example\r\n\r\npay now\r\n".to_vec();
+                            let victim = vec!["<victim@example.net>".to_string()];
+                            deliver(upstream, "<ceo@bank.example>", &victim, &smuggled).await;
+                        }
+                    });
+                }
+            }
             b"250 queued\r\n"
         } else if upper.starts_with("QUIT") {
             let _ = w.write_all(b"221 bye\r\n").await;
@@ -153,15 +189,16 @@ fn free_port() -> SocketAddr {
 }
 
 /// The first scenario checks nothing upstream, so its checks run before its message
-/// arrives; the message comes during the second one, which expects exactly one message (its
-/// own) and gets it. The late one is reported, not counted.
+/// arrives; the relay delivers it when the second scenario connects, and the second one
+/// expects exactly one message (its own, delivered at once) and gets it. The late one is
+/// reported, not counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_delivery_counts_for_its_own_scenario_not_the_next() {
     let work =
         Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("iso-late-{}", std::process::id()));
     std::fs::create_dir_all(&work).unwrap();
     let upstream = free_port();
-    let relay = late_relay(upstream, Duration::from_millis(700), false).await;
+    let relay = late_relay(upstream, When::FirstAtNextClient, false).await;
     let first = scenario(&work, "first", "");
     let mut second = scenario(&work, "second", "");
     let second_text = std::fs::read_to_string(&second.path).unwrap()
@@ -206,7 +243,9 @@ async fn a_message_with_no_token_is_never_lost() {
     std::fs::create_dir_all(&work).unwrap();
     // After the only scenario: unattributed.
     let upstream = free_port();
-    let relay = late_relay(upstream, Duration::from_millis(700), true).await;
+    // Two seconds after the data: the scenario's checks have run (0.2 s of quiet), the run's
+    // last wait (3 s of quiet) sees it.
+    let relay = late_relay(upstream, When::After(Duration::from_secs(2)), true).await;
     let only = scenario(&work, "only", "");
     let run = run_all(vec![only], &options(relay, upstream, &work), |_| {})
         .await
@@ -224,8 +263,8 @@ async fn a_message_with_no_token_is_never_lost() {
     // Inside the window (the scenario's settle outlasts the relay's delay): its never-saw
     // check sees it.
     let upstream = free_port();
-    let relay = late_relay(upstream, Duration::from_millis(300), true).await;
-    let watched = scenario(&work, "watched", "settle: 1s\n");
+    let relay = late_relay(upstream, When::After(Duration::from_millis(300)), true).await;
+    let watched = scenario(&work, "watched", "settle: 3s\n");
     let text = std::fs::read_to_string(&watched.path).unwrap()
         + "expect upstream never saw: ceo@bank.example\n";
     std::fs::write(&watched.path, text).unwrap();

@@ -128,6 +128,7 @@ fn scenario() -> impl Strategy<Value = Scenario> {
             push(Step::Connect { tls: false });
             push(Step::Expect(ExpectReply {
                 lines: vec![(CodePattern("220".into()), None)],
+                or: Vec::new(),
             }));
             push(Step::Send(b"EHLO client.example\r\n".to_vec()));
             push(Step::Drain);

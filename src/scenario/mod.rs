@@ -145,6 +145,9 @@ pub enum Step {
 pub struct ExpectReply {
     /// One per reply line; a single pattern matches a reply of any number of lines.
     pub lines: Vec<ReplyLinePattern>,
+    /// Other replies that do as well, each a single pattern (`S: 250 * | 550 *`: where the
+    /// RFCs leave the choice to the relay).
+    pub or: Vec<ReplyLinePattern>,
 }
 
 /// A reply line's code and, optionally, a glob for its text.
@@ -569,6 +572,27 @@ impl Scenario {
             // A multi-line reply expectation continues while lines are `S: NNN-...`.
             if let Some(rest) = line.strip_prefix("S:") {
                 let rest = rest.strip_prefix(' ').unwrap_or(rest);
+                if expect_block.is_none() && rest.contains(" | ") {
+                    let mut patterns = Vec::new();
+                    for alt in rest.split(" | ") {
+                        let (code, sep, text) = split_reply_pattern(alt.trim()).map_err(err)?;
+                        if sep == '-' {
+                            return Err(err(format!(
+                                "{alt:?}: an alternative (A | B) is a whole reply, not a line of one"
+                            )));
+                        }
+                        patterns.push((code, text));
+                    }
+                    let first = patterns.remove(0);
+                    sc.steps.push(Line {
+                        line: n,
+                        item: Step::Expect(ExpectReply {
+                            lines: vec![first],
+                            or: patterns,
+                        }),
+                    });
+                    continue;
+                }
                 let (code, sep, text) = split_reply_pattern(rest).map_err(err)?;
                 let block = expect_block.get_or_insert_with(|| (n, Vec::new()));
                 block.1.push((code, text));
@@ -576,7 +600,10 @@ impl Scenario {
                     let (at, lines) = expect_block.take().expect("just set");
                     sc.steps.push(Line {
                         line: at,
-                        item: Step::Expect(ExpectReply { lines }),
+                        item: Step::Expect(ExpectReply {
+                            lines,
+                            or: Vec::new(),
+                        }),
                     });
                 }
                 continue;
@@ -930,6 +957,18 @@ impl Scenario {
                     _ => s.push_str(&format!("raw: {}\n", escape(bytes))),
                 },
                 Step::Flush => s.push_str("flush\n"),
+                Step::Expect(e) if !e.or.is_empty() => {
+                    let alts: Vec<String> = e
+                        .lines
+                        .iter()
+                        .chain(&e.or)
+                        .map(|(code, text)| match text {
+                            Some(t) => format!("{} {t}", code.0),
+                            None => code.0.clone(),
+                        })
+                        .collect();
+                    s.push_str(&format!("S: {}\n", alts.join(" | ")));
+                }
                 Step::Expect(e) => {
                     let last = e.lines.len() - 1;
                     for (i, (code, text)) in e.lines.iter().enumerate() {

@@ -377,7 +377,13 @@ async fn drive(
             l.extend_from_slice(b"\r\n");
             l
         };
+        let argument = text.split_whitespace().nth(1).is_some();
         match verb.as_str() {
+            // RFC 5321 4.1.1.1: EHLO and HELO name the client.
+            "EHLO" | "HELO" if !argument => {
+                out.write_all(b"501 5.5.4 EHLO and HELO need a domain\r\n")
+                    .await?
+            }
             "EHLO" => {
                 out.write_all(
                     b"250-mutant.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 67108864\r\n",
@@ -385,6 +391,11 @@ async fn drive(
                 .await?
             }
             "HELO" => out.write_all(b"250 mutant.test\r\n").await?,
+            // Informational commands are the relay's own to answer, never the upstream's.
+            "NOOP" => out.write_all(b"250 2.0.0 OK\r\n").await?,
+            "VRFY" => out.write_all(b"252 2.1.5 will try\r\n").await?,
+            "EXPN" => out.write_all(b"502 5.5.1 no EXPN\r\n").await?,
+            "HELP" => out.write_all(b"214 2.0.0 see RFC 5321\r\n").await?,
             "QUIT" => {
                 out.write_all(b"221 2.0.0 bye\r\n").await?;
                 return Ok(());
@@ -440,6 +451,9 @@ async fn drive(
             }
             _ => {
                 let mut l = forwarded(&line);
+                if verb == "RCPT" || verb == "MAIL" {
+                    l = without_source_route(&l);
+                }
                 if verb == "MAIL" && defect == Defect::LowercasesSender {
                     l = l.to_ascii_lowercase();
                 }
@@ -465,6 +479,25 @@ async fn drive(
 }
 
 /// Content with its dot-stuffing removed (a line starting `..` loses one dot).
+/// `RCPT TO:<@a,@b:user@d>` as `RCPT TO:<user@d>`: a relay ignores a source route (RFC 5321
+/// 3.6.1, appendix C) rather than pass it on.
+fn without_source_route(line: &[u8]) -> Vec<u8> {
+    let Some(open) = line.iter().position(|&b| b == b'<') else {
+        return line.to_vec();
+    };
+    if line.get(open + 1) != Some(&b'@') {
+        return line.to_vec();
+    }
+    let close = line[open..]
+        .iter()
+        .position(|&b| b == b'>')
+        .map_or(line.len(), |c| open + c);
+    match line[open..close].iter().position(|&b| b == b':') {
+        Some(colon) => [&line[..=open], &line[open + colon + 1..]].concat(),
+        None => line.to_vec(),
+    }
+}
+
 fn unstuff(content: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(content.len());
     let mut at_line_start = true;
@@ -492,6 +525,22 @@ mod tests {
         assert_eq!(terminator(b"a\n.\nMAIL\r\n.\r\n", true), Some((2, 4)));
         assert_eq!(terminator(b"a\r\n.\nX", true), Some((3, 5)));
         assert_eq!(terminator(b"a\r\n..\r\n", false), None);
+    }
+
+    #[test]
+    fn source_routes_are_dropped() {
+        assert_eq!(
+            without_source_route(b"RCPT TO:<@hop.example,@b.example:b@example.net> X=1\r\n"),
+            b"RCPT TO:<b@example.net> X=1\r\n"
+        );
+        assert_eq!(
+            without_source_route(b"RCPT TO:<b@example.net>\r\n"),
+            b"RCPT TO:<b@example.net>\r\n"
+        );
+        assert_eq!(
+            without_source_route(b"MAIL FROM:<>\r\n"),
+            b"MAIL FROM:<>\r\n"
+        );
     }
 
     #[test]

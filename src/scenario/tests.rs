@@ -192,3 +192,33 @@ fn codes() {
     assert!(CodePattern("250".into()).matches(250));
     assert!(!CodePattern("4xx".into()).matches(250));
 }
+
+#[test]
+fn alternatives_where_the_rfcs_leave_a_choice() {
+    let text = "connect\nS: 250 ok* | 5xx *\nS: 220 *\n";
+    let sc = Scenario::parse(text, Path::new("alt.scn")).unwrap();
+    let Step::Expect(e) = &sc.steps[1].item else {
+        panic!("{:?}", sc.steps[1]);
+    };
+    assert_eq!(
+        e.lines,
+        vec![(CodePattern("250".into()), Some("ok*".into()))]
+    );
+    assert_eq!(e.or, vec![(CodePattern("5xx".into()), Some("*".into()))]);
+    let reply = |s: &str| smtp_wire::Reply::parse(s.as_bytes()).unwrap();
+    assert!(run::reply_matches(e, &reply("250 ok, queued\r\n")));
+    assert!(run::reply_matches(e, &reply("554 5.6.0 bare LF\r\n")));
+    assert!(!run::reply_matches(e, &reply("451 4.3.0 later\r\n")));
+    assert!(!run::reply_matches(e, &reply("250 queued\r\n")));
+    // A single pattern, without alternatives, is unchanged.
+    let Step::Expect(single) = &sc.steps[2].item else {
+        panic!()
+    };
+    assert!(single.or.is_empty());
+    // Written back and read again, the same.
+    let again = Scenario::parse(&sc.to_text(), Path::new("alt.scn")).unwrap();
+    let items = |s: &Scenario| s.steps.iter().map(|l| l.item.clone()).collect::<Vec<_>>();
+    assert_eq!(items(&again), items(&sc));
+    let e = Scenario::parse("S: 250-x | 550\n", Path::new("bad.scn")).unwrap_err();
+    assert!(e.message.contains("a whole reply"), "{e}");
+}
