@@ -41,11 +41,14 @@ pub enum Defect {
     AnswersEarly,
     /// Rewrites the envelope sender's case (the local part is case-sensitive, RFC 5321 2.4).
     LowercasesSender,
+    /// Leaves `BODY=8BITMIME` out of the MAIL it sends upstream (OpenSMTPD 6.8), though the
+    /// upstream offers 8BITMIME (RFC 6152 3).
+    DropsBodyParameter,
 }
 
 impl Defect {
     /// Every defect, the correct relay excluded.
-    pub const ALL: [Defect; 8] = [
+    pub const ALL: [Defect; 9] = [
         Defect::LfDotLf,
         Defect::PassesBareLineEnds,
         Defect::Unstuffs,
@@ -54,6 +57,7 @@ impl Defect {
         Defect::UpstreamRefusalTo250,
         Defect::AnswersEarly,
         Defect::LowercasesSender,
+        Defect::DropsBodyParameter,
     ];
 
     pub fn name(self) -> &'static str {
@@ -67,6 +71,7 @@ impl Defect {
             Defect::UpstreamRefusalTo250 => "upstream-refusal-to-250",
             Defect::AnswersEarly => "answers-early",
             Defect::LowercasesSender => "lowercases-sender",
+            Defect::DropsBodyParameter => "drops-body-parameter",
         }
     }
 
@@ -84,6 +89,7 @@ impl Defect {
             Defect::UpstreamRefusalTo250 => "turns the upstream's 5xx to the data into 250",
             Defect::AnswersEarly => "answers 250 to the data before the upstream has",
             Defect::LowercasesSender => "lowercases the envelope sender",
+            Defect::DropsBodyParameter => "leaves BODY=8BITMIME out of the MAIL sent upstream",
         }
     }
 }
@@ -453,6 +459,10 @@ async fn drive(
                 let mut l = forwarded(&line);
                 if verb == "RCPT" || verb == "MAIL" {
                     l = without_source_route(&l);
+                }
+                if verb == "MAIL" && defect == Defect::DropsBodyParameter {
+                    let text = String::from_utf8_lossy(&l).replace(" BODY=8BITMIME", "");
+                    l = text.into_bytes();
                 }
                 if verb == "MAIL" && defect == Defect::LowercasesSender {
                     l = l.to_ascii_lowercase();
