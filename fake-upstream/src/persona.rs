@@ -71,6 +71,8 @@ pub struct Persona {
 pub struct Texts {
     pub auth_no_permission: String,
     pub auth_ip_banned: String,
+    /// AUTH for an account that failed too often (from any address), while it is barred.
+    pub auth_account_banned: String,
     /// For personas whose plain listener refuses AUTH: said after the password, then close.
     pub plaintext_auth_refused: String,
     pub mail_auth_required_local: String,
@@ -96,6 +98,7 @@ impl Default for Texts {
         Texts {
             auth_no_permission: s("535 5.7.8 Authentication credentials invalid"),
             auth_ip_banned: s("421 4.7.0 Too many authentication failures from {ip}"),
+            auth_account_banned: s("454 4.7.0 Too many authentication failures for this account"),
             plaintext_auth_refused: s("538 5.7.11 Encryption required"),
             mail_auth_required_local: s("530 5.7.0 Authentication required"),
             mail_auth_required_foreign: s("530 5.7.0 Authentication required"),
@@ -163,13 +166,18 @@ pub struct Rules {
     pub auth: AuthRule,
     pub sender: SenderRule,
     pub unknown_recipient: UnknownRecipient,
+    /// On the implicit-TLS listener (the submission port, 465) instead of `unknown_recipient`,
+    /// when it differs there (163: every recipient 250 at RCPT, persona-163 10.6).
+    #[serde(default)]
+    pub unknown_recipient_implicit_tls: Option<UnknownRecipient>,
     pub plaintext_auth: PlaintextAuth,
     /// Refuse a message whose header From is not the envelope sender (163's DT:SUM).
     pub header_from_must_match: bool,
     /// Text anywhere in the message that makes it spam.
     #[serde(default)]
     pub spam_words: Vec<String>,
-    /// Subjects (whole, case-insensitive) that make a message spam.
+    /// Words that make a message spam when its (decoded) Subject contains them: ASCII words
+    /// whole, others anywhere; case-insensitive.
     #[serde(default)]
     pub spam_subjects: Vec<String>,
     /// Write accepted messages to the mailbox directory.
@@ -196,6 +204,9 @@ pub struct Limits {
     pub recipients_per_day: Option<u32>,
     pub connections_per_ip: Option<u32>,
     pub auth_failures_before_ban: Option<u32>,
+    /// Failed AUTHs for one account, from any address, before the account is barred from
+    /// AUTH for `ban_minutes` (`texts.auth_account_banned`).
+    pub auth_failures_per_account: Option<u32>,
     pub ban_minutes: u64,
     pub idle_timeout_secs: u64,
 }
@@ -212,6 +223,7 @@ impl Default for Limits {
             recipients_per_day: None,
             connections_per_ip: None,
             auth_failures_before_ban: None,
+            auth_failures_per_account: None,
             ban_minutes: 15,
             idle_timeout_secs: 300,
         }
@@ -229,6 +241,7 @@ impl Limits {
         self.recipients_per_day = None;
         self.connections_per_ip = None;
         self.auth_failures_before_ban = None;
+        self.auth_failures_per_account = None;
     }
 }
 
@@ -423,7 +436,7 @@ impl Persona {
         let auth_mechanisms: Vec<Mechanism> = caps
             .auth_mechanisms()
             .into_iter()
-            .filter(|m| matches!(m, Mechanism::Plain | Mechanism::Login))
+            .filter(|m| matches!(m, Mechanism::Plain | Mechanism::Login | Mechanism::XOAuth2))
             .collect();
         let ehlo_lines = if starttls {
             lines
@@ -491,6 +504,7 @@ impl Texts {
         let slot = match key {
             "auth_no_permission" => &mut self.auth_no_permission,
             "auth_ip_banned" => &mut self.auth_ip_banned,
+            "auth_account_banned" => &mut self.auth_account_banned,
             "plaintext_auth_refused" => &mut self.plaintext_auth_refused,
             "mail_auth_required_local" => &mut self.mail_auth_required_local,
             "mail_auth_required_foreign" => &mut self.mail_auth_required_foreign,
@@ -519,10 +533,11 @@ impl Texts {
         Ok(())
     }
 
-    fn entries(&self) -> [(&'static str, &str); 18] {
+    fn entries(&self) -> [(&'static str, &str); 19] {
         [
             ("auth_no_permission", &self.auth_no_permission),
             ("auth_ip_banned", &self.auth_ip_banned),
+            ("auth_account_banned", &self.auth_account_banned),
             ("plaintext_auth_refused", &self.plaintext_auth_refused),
             ("mail_auth_required_local", &self.mail_auth_required_local),
             (

@@ -229,6 +229,9 @@ struct State {
     connections: HashMap<IpAddr, u32>,
     auth_failures: HashMap<IpAddr, u32>,
     bans: HashMap<IpAddr, Instant>,
+    /// Failed AUTHs per account (lowercase address), and accounts barred until when.
+    account_failures: HashMap<String, u32>,
+    account_bans: HashMap<String, Instant>,
     /// Accepted messages per sender, and recipients per sender, with their times.
     sent: HashMap<String, VecDeque<(Instant, u32)>>,
 }
@@ -594,6 +597,7 @@ async fn connection(
         vars,
         peer,
         tls: kind == Transport::Tls,
+        implicit_tls: kind == Transport::Tls,
         transcript,
         lines_seen: 0,
         message: Vec::new(),
@@ -711,6 +715,8 @@ struct Session {
     vars: Vars,
     peer: SocketAddr,
     tls: bool,
+    /// Came in on the implicit-TLS listener (the submission port).
+    implicit_tls: bool,
     transcript: Live,
     lines_seen: u64,
     /// The message being received (unstuffed), and its raw DATA bytes.
@@ -1005,8 +1011,24 @@ impl Session {
         }
     }
 
-    fn text(&self, template: &str) -> Verdict {
+    /// A persona text; one that carries a transaction id gets a fresh one (163 gives every
+    /// error its own, persona-163 4.3), and the time now.
+    fn text(&mut self, template: &str) -> Verdict {
+        if template.contains("{transid}") || template.contains("{suffix}") {
+            let n = self.shared.next_message.fetch_add(1, Ordering::Relaxed);
+            self.vars.transid = store::transid(&mut self.rng, n);
+            self.vars.ts = chrono::Utc::now().timestamp();
+        }
         Verdict::Reply(self.shared.config.persona.text(template, &self.vars))
+    }
+
+    /// What this listener does with an unknown local recipient.
+    fn unknown_recipient_rule(&self) -> UnknownRecipient {
+        let rules = &self.shared.config.persona.rules;
+        match rules.unknown_recipient_implicit_tls {
+            Some(rule) if self.implicit_tls => rule,
+            _ => rules.unknown_recipient,
+        }
     }
 
     fn refuse(&self, kind: ReplyKind) -> Verdict {
@@ -1023,7 +1045,8 @@ impl Session {
 
     /// The persona's policy for one decision.
     async fn policy(&mut self, d: Decision) -> Verdict {
-        let persona = &self.shared.config.persona;
+        let shared = self.shared.clone();
+        let persona = &shared.config.persona;
         let texts = &persona.texts;
         match d {
             Decision::Authenticate(c) => {
@@ -1034,15 +1057,27 @@ impl Session {
                 if persona.rules.auth == AuthRule::Any {
                     return Verdict::Accept;
                 }
+                let account = c.username.to_lowercase();
+                let barred = self
+                    .shared
+                    .state()
+                    .account_bans
+                    .get(&account)
+                    .is_some_and(|until| *until > Instant::now());
+                if barred {
+                    return self.text(&texts.auth_account_banned);
+                }
                 match self.user(&c.username) {
                     Some(u) if u.code == c.secret && !u.smtp => {
                         self.text(&texts.auth_no_permission)
                     }
                     Some(u) if u.code == c.secret => {
-                        self.shared.state().auth_failures.remove(&self.peer.ip());
+                        let mut st = self.shared.state();
+                        st.auth_failures.remove(&self.peer.ip());
+                        st.account_failures.remove(&account);
                         Verdict::Accept
                     }
-                    _ => self.auth_failure(),
+                    _ => self.auth_failure(&account),
                 }
             }
             Decision::Mail { from, .. } => self.mail_policy(&from),
@@ -1052,10 +1087,31 @@ impl Session {
         }
     }
 
-    fn auth_failure(&mut self) -> Verdict {
-        let persona = &self.shared.config.persona;
+    fn auth_failure(&mut self, account: &str) -> Verdict {
+        let shared = self.shared.clone();
+        let persona = &shared.config.persona;
         let ip = self.peer.ip();
         let mut st = self.shared.state();
+        let ban = Duration::from_secs(persona.limits.ban_minutes * 60);
+        // Bounded: names an attacker makes up do not grow these maps without end.
+        if st.account_failures.len() >= 10_000 {
+            st.account_failures.clear();
+        }
+        if st.account_bans.len() >= 10_000 {
+            let now = Instant::now();
+            st.account_bans.retain(|_, until| *until > now);
+        }
+        let per_account = st.account_failures.entry(account.to_string()).or_insert(0);
+        *per_account += 1;
+        let account_barred = persona
+            .limits
+            .auth_failures_per_account
+            .is_some_and(|max| *per_account >= max);
+        if account_barred {
+            st.account_failures.remove(account);
+            st.account_bans
+                .insert(account.to_string(), Instant::now() + ban);
+        }
         let failures = st.auth_failures.entry(ip).or_insert(0);
         *failures += 1;
         if let Some(max) = persona.limits.auth_failures_before_ban
@@ -1071,11 +1127,15 @@ impl Session {
             return self.text(&persona.texts.auth_ip_banned);
         }
         drop(st);
+        if account_barred {
+            return self.text(&persona.texts.auth_account_banned);
+        }
         self.refuse(ReplyKind::AuthFailed)
     }
 
     fn mail_policy(&mut self, from: &ReversePath) -> Verdict {
-        let persona = &self.shared.config.persona;
+        let shared = self.shared.clone();
+        let persona = &shared.config.persona;
         let texts = &persona.texts;
         let authed = self.conn.session().authenticated().map(str::to_string);
         let is_user = |m: &smtp_wire::Mailbox| {
@@ -1146,13 +1206,14 @@ impl Session {
     }
 
     fn rcpt_policy(&mut self, to: &ForwardPath) -> Verdict {
-        let persona = &self.shared.config.persona;
+        let shared = self.shared.clone();
+        let persona = &shared.config.persona;
         let texts = &persona.texts;
         let envelope = self.conn.session().envelope();
         if envelope.rcpts.len() >= persona.limits.max_recipients {
             return self.text(&texts.rcpt_too_many);
         }
-        if persona.rules.unknown_recipient == UnknownRecipient::Rcpt && self.is_unknown_local(to) {
+        if self.unknown_recipient_rule() == UnknownRecipient::Rcpt && self.is_unknown_local(to) {
             return self.text(&texts.rcpt_unknown_user);
         }
         let limits = &persona.limits;
@@ -1197,7 +1258,7 @@ impl Session {
         let texts = &persona.texts;
         let message = std::mem::take(&mut self.message);
         let raw_file = self.save_raw().await;
-        if persona.rules.unknown_recipient == UnknownRecipient::EndOfData
+        if self.unknown_recipient_rule() == UnknownRecipient::EndOfData
             && env.rcpts.iter().any(|(r, _)| self.is_unknown_local(r))
         {
             return self.text(&texts.rcpt_unknown_user);
@@ -1220,13 +1281,12 @@ impl Session {
             .iter()
             .any(|w| memchr::memmem::find(&message, w.as_bytes()).is_some())
             || (!persona.rules.spam_subjects.is_empty() && {
-                let subject = store::header_value(&message, "Subject").unwrap_or_default();
-                let subject = subject.trim().to_lowercase();
+                let subject = decoded_subject(&message);
                 persona
                     .rules
                     .spam_subjects
                     .iter()
-                    .any(|s| s.to_lowercase() == subject)
+                    .any(|w| contains_word(&subject, w))
             });
         if spam {
             return self.text(&texts.spam);
@@ -1314,6 +1374,34 @@ impl Session {
         self.shared.received_notify.notify_waiters();
         Verdict::Reply(reply)
     }
+}
+
+/// The Subject as a reader sees it: RFC 2047 encoded words decoded (`=?GB2312?B?...?=` as
+/// Foxmail sends them), by mail-parser; the raw header when it has none.
+fn decoded_subject(message: &[u8]) -> String {
+    let head_end = memchr::memmem::find(message, b"\r\n\r\n").map_or(message.len(), |i| i + 4);
+    mail_parser::MessageParser::default()
+        .parse_headers(&message[..head_end])
+        .and_then(|m| m.subject().map(str::to_string))
+        .or_else(|| store::header_value(message, "Subject"))
+        .unwrap_or_default()
+}
+
+/// Whether `text` contains `word` (case-insensitive): as a whole word when `word` is ASCII
+/// letters and digits ("test" in "Test mail", not in "attestation"), anywhere otherwise
+/// ("测试" in "功能测试").
+fn contains_word(text: &str, word: &str) -> bool {
+    let (text, word) = (text.to_lowercase(), word.to_lowercase());
+    if word.is_empty() {
+        return false;
+    }
+    if !word.chars().all(|c| c.is_ascii_alphanumeric()) {
+        return text.contains(&word);
+    }
+    let alnum = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric());
+    text.match_indices(&word).any(|(i, w)| {
+        !alnum(text[..i].chars().next_back()) && !alnum(text[i + w.len()..].chars().next())
+    })
 }
 
 fn path_text(p: &ForwardPath) -> String {

@@ -283,7 +283,7 @@ async fn ip_ban_after_failed_auths() {
     assert_eq!(c.cmd(&wrong).await, "535 Error: authentication failed");
     assert_eq!(
         c.cmd(&wrong).await,
-        "554 IP is rejected, smtp auth error limit exceed,163 gzga-smtp-mtada-g0-3"
+        "554 Ip is rejected, smtp auth error limit exceed,163 gzga-smtp-mtada-g0-3"
     );
     assert!(c.closed().await);
     // New connections from the IP are refused at connect, on both listeners (inside TLS on
@@ -291,13 +291,13 @@ async fn ip_ban_after_failed_auths() {
     let mut c = Client::connect(&h).await;
     assert_eq!(
         c.reply().await.to_string(),
-        "554 IP is rejected, smtp auth error limit exceed,163 gzga-smtp-mtada-g0-3"
+        "554 Ip is rejected, smtp auth error limit exceed,163 gzga-smtp-mtada-g0-3"
     );
     assert!(c.closed().await);
     let mut c = Client::connect_tls(&h).await;
     assert_eq!(
         c.reply().await.to_string(),
-        "554 IP is rejected, smtp auth error limit exceed,163 gzga-smtp-mtada-g0-3"
+        "554 Ip is rejected, smtp auth error limit exceed,163 gzga-smtp-mtada-g0-3"
     );
     h.shutdown().await;
 }
@@ -623,4 +623,132 @@ async fn auth_cancelled_and_bad_base64_get_rfc_4954s_501() {
         "501 Error: cannot decode base64 response"
     );
     h.shutdown().await;
+}
+
+/// XOAUTH2 is listed (eras B and C) and answered: the authorization code is the bearer token;
+/// a wrong token fails as a wrong code does.
+#[tokio::test]
+async fn xoauth2_with_the_authorization_code_as_the_token() {
+    let h = start(config("163", "xoauth2")).await;
+    let mut c = Client::connect(&h).await;
+    c.reply().await;
+    assert!(c.cmd("EHLO x").await.contains("XOAUTH2"));
+    let wrong = b64("user=alice@163.com\x01auth=Bearer WRONG\x01\x01");
+    assert_eq!(
+        c.cmd(&format!("AUTH XOAUTH2 {wrong}")).await,
+        "535 Error: authentication failed"
+    );
+    // Without an initial response: the empty challenge, then the message.
+    assert_eq!(c.cmd("AUTH XOAUTH2").await, "334 ");
+    let good = b64("user=alice@163.com\x01auth=Bearer ALICEAUTHCODE163\x01\x01");
+    assert_eq!(c.cmd(&good).await, "235 Authentication successful");
+    assert_eq!(c.cmd("MAIL FROM:<alice@163.com>").await, "250 Mail OK");
+    h.shutdown().await;
+}
+
+/// The spam-subject rule: a contained word, whole when ASCII, after RFC 2047 decoding.
+#[tokio::test]
+async fn spam_subjects_are_decoded_and_matched_as_contained_words() {
+    let h = start(config("163", "spam-subject")).await;
+    let mut c = authed(&h).await;
+    for (subject, spam) in [
+        ("Test mail", true),
+        ("a TEST.", true),
+        ("=?GB2312?B?uabE3LLiytQ=?=", true),    // 功能测试
+        ("=?GB2312?B?suLK1A==?= report", true), // 测试 report
+        ("attestation", false),
+        ("hello", false),
+    ] {
+        assert_eq!(c.cmd("MAIL FROM:<alice@163.com>").await, "250 Mail OK");
+        assert_eq!(c.cmd("RCPT TO:<bob@163.com>").await, "250 Mail OK");
+        assert!(c.cmd("DATA").await.starts_with("354"));
+        c.send_raw(
+            format!("From: alice@163.com\r\nSubject: {subject}\r\n\r\nbody\r\n.\r\n").as_bytes(),
+        )
+        .await;
+        let r = c.reply().await.to_string();
+        assert_eq!(r.starts_with("554 DT:SPM 163 "), spam, "{subject}: {r}");
+        assert_eq!(
+            r.starts_with("250 Mail OK queued as"),
+            !spam,
+            "{subject}: {r}"
+        );
+    }
+    h.shutdown().await;
+}
+
+/// Every error reply that carries a transaction id gets a fresh one (persona-163 4.3).
+#[tokio::test]
+async fn each_error_has_its_own_transid() {
+    let h = start(config("163", "transids")).await;
+    let mut c = Client::connect(&h).await;
+    c.reply().await;
+    c.cmd("EHLO x").await;
+    let a = c.cmd("MAIL FROM:<alice@163.com>").await;
+    let b = c.cmd("MAIL FROM:<alice@163.com>").await;
+    assert!(a.starts_with("553 authentication is required,163 "), "{a}");
+    assert!(b.starts_with("553 authentication is required,163 "), "{b}");
+    let transid = |r: &str| r.split([',', ' ']).nth(6).unwrap_or_default().to_string();
+    assert!(transid(&a).ends_with("S2"), "{a}");
+    assert_ne!(transid(&a), transid(&b));
+    h.shutdown().await;
+}
+
+/// EHLO and HELO without a name: the MX table's MI:NHD, persona-163 3.2.
+#[tokio::test]
+async fn ehlo_without_a_name() {
+    let h = start(config("163", "no-helo-name")).await;
+    let mut c = Client::connect(&h).await;
+    c.reply().await;
+    for cmd in ["EHLO", "HELO "] {
+        let r = c.cmd(cmd).await;
+        assert!(
+            r.starts_with("550 MI:NHD 163 gzga-smtp-mtada-g0-3,"),
+            "{cmd}: {r}"
+        );
+    }
+    assert!(c.cmd("EHLO x").await.starts_with("250"));
+    h.shutdown().await;
+}
+
+/// Failures for one account from two addresses add up: the account is barred from AUTH with
+/// 163's 451 (the right code then too), while each address stays under its own ban limit.
+#[tokio::test]
+async fn an_account_is_barred_after_failures_from_several_addresses() {
+    let mut cfg = config("163", "account-ban");
+    cfg.persona.limits.auth_failures_before_ban = Some(3);
+    cfg.persona.limits.auth_failures_per_account = Some(4);
+    let h = start(cfg).await;
+    let addr = h.addr();
+    let wrong = format!("AUTH PLAIN {}", b64("\0alice@163.com\0WRONG"));
+    let right = format!("AUTH PLAIN {}", b64("\0alice@163.com\0ALICEAUTHCODE163"));
+    let mut a = from(addr, [127, 0, 0, 1]).await;
+    let mut b = from(addr, [127, 0, 0, 2]).await;
+    assert_eq!(a.cmd(&wrong).await, "535 Error: authentication failed");
+    assert_eq!(b.cmd(&wrong).await, "535 Error: authentication failed");
+    assert_eq!(a.cmd(&wrong).await, "535 Error: authentication failed");
+    assert_eq!(
+        b.cmd(&wrong).await,
+        "451 Requested mail action not taken: too much fail authentication"
+    );
+    // Barred, even with the right code, from either address; another account is not.
+    assert_eq!(
+        a.cmd(&right).await,
+        "451 Requested mail action not taken: too much fail authentication"
+    );
+    let other = format!("AUTH PLAIN {}", b64("\0bob@163.com\0BOBAUTHCODE16300"));
+    let mut c = from(addr, [127, 0, 0, 3]).await;
+    assert_eq!(c.cmd(&other).await, "235 Authentication successful");
+    h.shutdown().await;
+}
+
+/// A client from the loopback address `ip`, greeted and past EHLO.
+async fn from(addr: std::net::SocketAddr, ip: [u8; 4]) -> fake_upstream::testing::Client {
+    let s = tokio::net::TcpSocket::new_v4().unwrap();
+    s.bind((std::net::Ipv4Addr::from(ip), 0).into()).unwrap();
+    let tcp = s.connect(addr).await.unwrap();
+    let mut c = fake_upstream::testing::Client::from_io(Box::new(tcp));
+    c.reply().await;
+    c.cmd("EHLO x").await;
+    c
 }

@@ -180,6 +180,28 @@ impl Credentials {
         })
     }
 
+    /// Decodes an XOAUTH2 initial response: `user=U ^A auth=Bearer T ^A ^A` (Google's SASL
+    /// XOAUTH2 profile). The token goes in `secret`.
+    pub fn from_xoauth2(msg: &[u8]) -> Result<Credentials, MalformedPlain> {
+        let text = std::str::from_utf8(msg).map_err(|_| MalformedPlain)?;
+        let (mut user, mut token) = (None, None);
+        for part in text.split('\x01').filter(|p| !p.is_empty()) {
+            if let Some(u) = part.strip_prefix("user=") {
+                user = Some(u);
+            } else if let Some(a) = part.strip_prefix("auth=") {
+                let (scheme, t) = a.split_once(' ').ok_or(MalformedPlain)?;
+                if !scheme.eq_ignore_ascii_case("Bearer") {
+                    return Err(MalformedPlain);
+                }
+                token = Some(t.trim());
+            }
+        }
+        match (user, token) {
+            (Some(u), Some(t)) if !u.is_empty() && !t.is_empty() => Ok(Credentials::new(u, t)),
+            _ => Err(MalformedPlain),
+        }
+    }
+
     /// The PLAIN message for these credentials.
     pub fn to_plain(&self) -> SaslData {
         SaslData(format!("{}\0{}\0{}", self.authzid, self.username, self.secret).into_bytes())
@@ -203,6 +225,35 @@ mod tests {
         assert_eq!(Credentials::from_plain(b""), Err(MalformedPlain));
         assert_eq!(Credentials::from_plain(b"a\0b"), Err(MalformedPlain));
         assert_eq!(Credentials::from_plain(b"a\0b\0c\0d"), Err(MalformedPlain));
+    }
+
+    #[test]
+    fn xoauth2_messages() {
+        let ok = b"user=alice@163.com\x01auth=Bearer ya29.token\x01\x01";
+        assert_eq!(
+            Credentials::from_xoauth2(ok),
+            Ok(Credentials::new("alice@163.com", "ya29.token"))
+        );
+        // The scheme's case does not matter; the order of the parts does not either.
+        assert_eq!(
+            Credentials::from_xoauth2(b"auth=bearer t\x01user=u\x01\x01"),
+            Ok(Credentials::new("u", "t"))
+        );
+        for bad in [
+            &b""[..],
+            b"user=u\x01\x01",
+            b"auth=Bearer t\x01\x01",
+            b"user=\x01auth=Bearer t\x01\x01",
+            b"user=u\x01auth=Basic dTpw\x01\x01",
+            b"user=u\x01auth=Bearer \x01\x01",
+            b"user=u\xff\x01auth=Bearer t\x01\x01",
+        ] {
+            assert_eq!(
+                Credentials::from_xoauth2(bad),
+                Err(MalformedPlain),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

@@ -53,6 +53,8 @@ kinds! {
     HelpTopic = "help_topic" => 504, Some((5, 5, 4)), "HELP for a command is not available";
     /// A verb the server does not know.
     UnknownCommand = "unknown_command" => 500, Some((5, 5, 2)), "Error: command not recognized";
+    /// EHLO or HELO without the client's name (RFC 5321 4.1.1.1).
+    HeloMissing = "helo_missing" => 501, Some((5, 5, 4)), "Syntax: EHLO and HELO need a domain or address literal";
     /// Any other refused command line (bad arguments, control bytes, bare CR/LF).
     SyntaxError = "syntax_error" => 501, Some((5, 5, 4)), "Error: syntax error";
     BadSenderSyntax = "bad_sender_syntax" => 501, Some((5, 1, 7)), "Bad sender address syntax";

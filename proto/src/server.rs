@@ -198,6 +198,7 @@ pub struct Envelope {
 enum Phase {
     Command,
     AuthPlain,
+    AuthXoauth2,
     AuthLoginUser,
     AuthLoginPass { username: String },
     Data,
@@ -360,9 +361,10 @@ impl ServerSession {
             Phase::Command => Input::Line {
                 max: MAX_COMMAND_LINE,
             },
-            Phase::AuthPlain | Phase::AuthLoginUser | Phase::AuthLoginPass { .. } => {
-                Input::Line { max: MAX_AUTH_LINE }
-            }
+            Phase::AuthPlain
+            | Phase::AuthXoauth2
+            | Phase::AuthLoginUser
+            | Phase::AuthLoginPass { .. } => Input::Line { max: MAX_AUTH_LINE },
             Phase::Data => Input::Data {
                 limit: self.config.max_message_size,
             },
@@ -495,6 +497,7 @@ impl ServerSession {
                 }
             },
             Phase::AuthPlain => self.auth_response(line, AuthStage::Plain),
+            Phase::AuthXoauth2 => self.auth_response(line, AuthStage::XOAuth2),
             Phase::AuthLoginUser => self.auth_response(line, AuthStage::LoginUser),
             Phase::AuthLoginPass { username } => {
                 self.auth_response(line, AuthStage::LoginPass { username })
@@ -510,7 +513,10 @@ impl ServerSession {
     /// Handles a line the framer refused (too long, bare CR/LF).
     pub fn handle_line_error(&mut self, error: LineError) -> Step {
         match std::mem::replace(&mut self.phase, Phase::Command) {
-            Phase::AuthPlain | Phase::AuthLoginUser | Phase::AuthLoginPass { .. } => {
+            Phase::AuthPlain
+            | Phase::AuthXoauth2
+            | Phase::AuthLoginUser
+            | Phase::AuthLoginPass { .. } => {
                 // RFC 4954 4: a response longer than the buffer fails AUTH with 500 5.5.6.
                 let reply = match error {
                     LineError::TooLong { .. } => self.reply(ReplyKind::AuthLineTooLong),
@@ -544,6 +550,7 @@ impl ServerSession {
             CommandError::Sender(_) => ReplyKind::BadSenderSyntax,
             CommandError::Recipient(_) => ReplyKind::BadRecipientSyntax,
             CommandError::Param(_) => ReplyKind::BadParameter,
+            CommandError::MissingArgument(Verb::Helo | Verb::Ehlo) => ReplyKind::HeloMissing,
             _ => ReplyKind::SyntaxError,
         };
         self.reply_with(kind, || error.reply())
@@ -637,6 +644,11 @@ impl ServerSession {
                 self.phase = Phase::AuthPlain;
                 Step::Reply(self.reply(ReplyKind::AuthPlainPrompt))
             }
+            (Mechanism::XOAuth2, Some(ir)) => self.xoauth2(&ir.0),
+            (Mechanism::XOAuth2, None) => {
+                self.phase = Phase::AuthXoauth2;
+                Step::Reply(self.reply(ReplyKind::AuthPlainPrompt))
+            }
             (Mechanism::Login, Some(user)) => self.login_user(user),
             (Mechanism::Login, None) => {
                 self.phase = Phase::AuthLoginUser;
@@ -654,6 +666,20 @@ impl ServerSession {
                 let reply = self.reply(ReplyKind::AuthProxyRefused);
                 self.auth_failed(reply)
             }
+            Ok(c) => {
+                self.phase = Phase::Pending(Pending::Auth {
+                    username: c.username.clone(),
+                });
+                Step::Decide(Decision::Authenticate(c))
+            }
+        }
+    }
+
+    /// XOAUTH2 (Google's SASL profile, also offered by 163): the user and a bearer token, which
+    /// the decision judges as it would a password.
+    fn xoauth2(&mut self, msg: &[u8]) -> Step {
+        match Credentials::from_xoauth2(msg) {
+            Err(_) => self.error_kind(ReplyKind::AuthMalformed),
             Ok(c) => {
                 self.phase = Phase::Pending(Pending::Auth {
                     username: c.username.clone(),
@@ -681,6 +707,7 @@ impl ServerSession {
         };
         match stage {
             AuthStage::Plain => self.plain(&data.0),
+            AuthStage::XOAuth2 => self.xoauth2(&data.0),
             AuthStage::LoginUser => self.login_user(data),
             AuthStage::LoginPass { username } => match String::from_utf8(data.0) {
                 Ok(secret) => {
@@ -928,6 +955,7 @@ impl ServerSession {
 
 enum AuthStage {
     Plain,
+    XOAuth2,
     LoginUser,
     LoginPass { username: String },
 }

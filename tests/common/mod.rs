@@ -50,6 +50,18 @@ pub async fn setup_with(
     setup_full(name, |f| f.faults = faults, tweak).await
 }
 
+/// A fake 163 that refuses unknown @163.com mailboxes at RCPT with `550 Invalid User` on its
+/// implicit-TLS listener too (as its port-25 listener does; 465 itself takes every recipient,
+/// persona-163 10.6): to show an upstream refusal passed back verbatim.
+pub async fn setup_refusing_unknown(name: &str) -> Setup {
+    setup_full(
+        name,
+        |f| f.persona.rules.unknown_recipient_implicit_tls = None,
+        |_| {},
+    )
+    .await
+}
+
 /// A fake 163 as `fake_tweak` makes it, and the relay as `tweak` makes it.
 pub async fn setup_full(
     name: &str,
