@@ -619,3 +619,111 @@ fn a_scenario_requiring_what_the_relay_lacks_is_skipped_with_the_reason() {
     assert_eq!(j["scenarios"][1]["verdict"], "pass");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The checks and directives a scenario grew (`expect not delivered`, `expect messages: at
+/// most`, `expect upstream data 7bit` and `matches`, `within`, `repeat`, a fault `for` a while,
+/// `upstream-limit`): a scenario that uses them and passes, and for each check one that must
+/// fail, with the reason it gives.
+#[test]
+fn scenario_checks_that_pass_and_fail() {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("cli-new-checks-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let head = "upstream: sink\nrelay: auth=none\n\nconnect\nS: 220 *\nC: EHLO c.example\nS: 250 *\nC: MAIL FROM:<a@example.com>\nS: 250 *\n";
+    let data = |body: &str| {
+        format!("C: DATA\nS: 354 *\nraw: Subject: hi\\r\\n\\r\\n{body}\\r\\n.\\r\\n\n")
+    };
+    let files = [
+        (
+            "a-passes",
+            format!(
+                "description: passes\nupstream-limit: max_recipients=3\nfault: rcpt c9@example.net: 451 4.3.0 busy, for 400ms\n{head}repeat 3: C: RCPT TO:<u{{i}}@example.net>\nrepeat 3: S: 250 *\nC: RCPT TO:<u4@example.net>\nS: 452 *\nC: RCPT TO:<c9@example.net>\nS: 451 4.3.0 busy\nsleep 500ms\nC: RCPT TO:<c9@example.net>\nS: 452 *\n{}within 5s\nS: 250 *\nquit\n\nexpect delivered: u1@example.net u2@example.net u3@example.net\nexpect not delivered: u4@example.net c9@example.net\nexpect messages: at most 1\nexpect upstream data 7bit\nexpect upstream data matches: (?m)^Subject: hi\\r$\n",
+                data("plain")
+            ),
+        ),
+        (
+            "b-delivered-after-all",
+            format!(
+                "description: fails\n{head}C: RCPT TO:<b@example.net>\nS: 250 *\n{}S: 250 *\nquit\n\nexpect not delivered: B@example.net\n",
+                data("x")
+            ),
+        ),
+        (
+            "c-too-many",
+            format!(
+                "description: fails\n{head}C: RCPT TO:<b@example.net>\nS: 250 *\n{}S: 250 *\nC: MAIL FROM:<a@example.com>\nS: 250 *\nC: RCPT TO:<b@example.net>\nS: 250 *\n{}S: 250 *\nquit\n\nexpect messages: at most 1\n",
+                data("one"),
+                data("two")
+            ),
+        ),
+        (
+            "d-eight-bit",
+            format!(
+                "description: fails\n{head}C: RCPT TO:<b@example.net>\nS: 250 *\n{}S: 250 *\nquit\n\nexpect upstream data 7bit\n",
+                data("caf\\xc3\\xa9")
+            ),
+        ),
+        (
+            "e-no-match",
+            format!(
+                "description: fails\n{head}C: RCPT TO:<b@example.net>\nS: 250 *\n{}S: 250 *\nquit\n\nexpect upstream data matches: (?i)subject: nope\n",
+                data("x")
+            ),
+        ),
+        (
+            "f-too-slow",
+            format!(
+                "description: fails\nfault: end of data: delay 1500ms\n{head}C: RCPT TO:<b@example.net>\nS: 250 *\n{}within 300ms\nS: 250 *\nquit\n",
+                data("x")
+            ),
+        ),
+    ];
+    for (name, text) in &files {
+        std::fs::write(dir.join(format!("{name}.scn")), text).unwrap();
+    }
+    let json = dir.join("out.json");
+    let out = bin()
+        .args(["scenarios", "--json"])
+        .arg(&json)
+        .arg("--work-dir")
+        .arg(dir.join("work"))
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let reason = |name: &str| {
+        let s = j["scenarios"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap();
+        (
+            s["verdict"].as_str().unwrap().to_string(),
+            s["reason"].as_str().unwrap_or("").to_string(),
+        )
+    };
+    assert_eq!(reason("a-passes").0, "pass", "{:?}", reason("a-passes"));
+    for (name, says) in [
+        ("b-delivered-after-all", "got a copy for B@example.net"),
+        (
+            "c-too-many",
+            "expected at most 1 message(s) upstream, the upstreams got 2",
+        ),
+        ("d-eight-bit", "2 octet(s) above 127"),
+        ("e-no-match", "matches \"(?i)subject: nope\""),
+        ("f-too-slow", "not done within 300ms (`within` at line"),
+    ] {
+        let (verdict, why) = reason(name);
+        assert_eq!(verdict, "fail", "{name}: {why}");
+        assert!(why.contains(says), "{name}: {why}");
+    }
+}

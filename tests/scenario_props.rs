@@ -197,6 +197,7 @@ fn scenario() -> impl Strategy<Value = Scenario> {
                     tls: "implicit".into(),
                     cert: None,
                     tls_policy: None,
+                    limits: Vec::new(),
                 },
                 routes: Vec::new(),
                 relay: if with_163 {

@@ -81,6 +81,10 @@ pub struct Fault {
     /// For `connect` on the TLS listener and for `starttls`: break the handshake.
     #[serde(default)]
     pub tls_fail: bool,
+    /// Only in the first this many milliseconds after the faults were set (the server's start,
+    /// or [`crate::Handle::set_faults`]): an outage that ends by itself.
+    #[serde(default)]
+    pub for_ms: Option<u64>,
 }
 
 impl Fault {
@@ -98,7 +102,14 @@ impl Fault {
             drop: None,
             stall: false,
             tls_fail: false,
+            for_ms: None,
         }
+    }
+
+    /// Only for the first `ms` milliseconds after the faults are set.
+    pub fn for_ms(mut self, ms: u64) -> Fault {
+        self.for_ms = Some(ms);
+        self
     }
 
     pub fn address(mut self, a: &str) -> Fault {
@@ -199,6 +210,8 @@ impl Action {
 pub struct FaultSet {
     faults: Vec<(Fault, AtomicU64)>,
     rng: Mutex<fastrand::Rng>,
+    /// When the faults were set (`for_ms` counts from here).
+    since: std::time::Instant,
 }
 
 impl FaultSet {
@@ -206,14 +219,21 @@ impl FaultSet {
         FaultSet {
             faults: faults.into_iter().map(|f| (f, AtomicU64::new(0))).collect(),
             rng: Mutex::new(fastrand::Rng::with_seed(seed)),
+            since: std::time::Instant::now(),
         }
     }
 
     /// The combined action of every fault that fires at this stage (and address).
     pub fn check(&self, stage: Stage, address: Option<&str>) -> Action {
+        self.check_at(stage, address, std::time::Instant::now())
+    }
+
+    /// [`FaultSet::check`] as if it were `now` (the clock is the caller's).
+    pub fn check_at(&self, stage: Stage, address: Option<&str>, now: std::time::Instant) -> Action {
         let mut action = Action::default();
+        let elapsed = now.saturating_duration_since(self.since);
         for (f, count) in &self.faults {
-            if f.stage != stage {
+            if f.stage != stage || f.for_ms.is_some_and(|ms| elapsed.as_millis() >= ms as u128) {
                 continue;
             }
             if let Some(want) = &f.address
@@ -247,6 +267,18 @@ impl FaultSet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_outage_that_ends_by_itself() {
+        let set = FaultSet::new(
+            vec![Fault::on(Stage::Connect).reply("421 busy").for_ms(200)],
+            1,
+        );
+        let at = |ms| set.since + std::time::Duration::from_millis(ms);
+        assert!(set.check_at(Stage::Connect, None, at(0)).reply.is_some());
+        assert!(set.check_at(Stage::Connect, None, at(199)).reply.is_some());
+        assert!(set.check_at(Stage::Connect, None, at(200)).is_none());
+    }
 
     #[test]
     fn first_two_then_normal() {

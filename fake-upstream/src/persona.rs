@@ -231,6 +231,43 @@ impl Default for Limits {
 }
 
 impl Limits {
+    /// Sets one limit by its key (`max_recipients = 3`, `sender_per_15min = none`): for a
+    /// scenario's `upstream-limit:` and run-time changes, without a whole persona file.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), String> {
+        let count = |v: &str| -> Result<Option<u32>, String> {
+            if v.eq_ignore_ascii_case("none") {
+                return Ok(None);
+            }
+            v.parse::<u32>()
+                .map(Some)
+                .map_err(|_| format!("{key}: {v:?} is not a count (or none)"))
+        };
+        let number = |v: &str| -> Result<u64, String> {
+            v.parse::<u64>()
+                .map_err(|_| format!("{key}: {v:?} is not a number"))
+        };
+        match key {
+            "max_message_size" => self.max_message_size = number(value)?,
+            "max_recipients" => self.max_recipients = number(value)? as usize,
+            "messages_per_connection" => self.messages_per_connection = count(value)?,
+            "sender_per_15min" => self.sender_per_15min = count(value)?,
+            "sender_per_day" => self.sender_per_day = count(value)?,
+            "recipients_per_15min" => self.recipients_per_15min = count(value)?,
+            "recipients_per_day" => self.recipients_per_day = count(value)?,
+            "connections_per_ip" => self.connections_per_ip = count(value)?,
+            "auth_failures_before_ban" => self.auth_failures_before_ban = count(value)?,
+            "auth_failures_per_account" => self.auth_failures_per_account = count(value)?,
+            "ban_minutes" => self.ban_minutes = number(value)?,
+            "idle_timeout_secs" => self.idle_timeout_secs = number(value)?,
+            _ => {
+                return Err(format!(
+                    "{key:?} is not a limit (max_message_size, max_recipients, messages_per_connection, sender_per_15min, sender_per_day, recipients_per_15min, recipients_per_day, connections_per_ip, auth_failures_before_ban, auth_failures_per_account, ban_minutes, idle_timeout_secs)"
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// `--no-limits`: every quota and rate limit off (message size and recipients per
     /// message stay: they are properties of a message, not of a rate).
     pub fn without_quotas(&mut self) {

@@ -70,6 +70,8 @@ pub struct Upstream {
     pub cert: Option<fake_upstream::tls::CertKind>,
     /// How the relay checks it (`upstream-tls-policy:`), e.g. `fingerprint key`.
     pub tls_policy: Option<String>,
+    /// The persona's limits changed for this scenario (`upstream-limit: max_recipients=3`).
+    pub limits: Vec<(String, String)>,
 }
 
 impl Upstream {
@@ -85,6 +87,7 @@ impl Upstream {
             tls: "implicit".into(),
             cert: None,
             tls_policy: None,
+            limits: Vec::new(),
         }
     }
 }
@@ -138,6 +141,8 @@ pub enum Step {
     /// each is well-formed; after a close seen here, later sends are skipped. For generated
     /// sessions, whose replies are not known in advance.
     Drain,
+    /// The next step must be done within this (`within 2s`): a reply, a close, a QUIT.
+    Within(Duration),
 }
 
 /// What a reply must look like.
@@ -207,6 +212,15 @@ pub enum Check {
     /// No AUTH secret of the scenario (its `user:` codes and `auth` steps) appears in the
     /// transcripts, the upstream's records or the relay's spool records.
     NoSecrets,
+    /// None of these recipients got a copy (case ignored).
+    NotDelivered(Vec<String>),
+    /// At most this many messages reached the upstreams (bounces included).
+    MessagesAtMost(usize),
+    /// No DATA phase any upstream received had an octet above 127.
+    UpstreamData7Bit,
+    /// Some DATA phase an upstream received matches this regular expression (over its raw
+    /// bytes; `(?i)` and the rest of the `regex` crate's syntax).
+    UpstreamDataMatches(String),
 }
 
 /// A parse error: the file, the line, what is wrong.
@@ -462,6 +476,10 @@ fn parse_selector(s: &str, f: &mut Fault) -> Result<(), String> {
         [n, "time"] if num(n).is_some() => f.nth = num(n),
         ["time", n] if num(n).is_some() => f.nth = num(n),
         ["every", n] if num(n).is_some() => f.every = num(n),
+        ["for", d] => {
+            let d = parse_duration(d)?;
+            f.for_ms = Some(d.as_millis().max(1) as u64);
+        }
         ["probability", p] => {
             let p: f64 = p
                 .parse()
@@ -472,7 +490,7 @@ fn parse_selector(s: &str, f: &mut Fault) -> Result<(), String> {
         }
         _ => {
             return Err(format!(
-                "{s:?} is not a selector (once, twice, N times, Nth time, every N, probability P, always)"
+                "{s:?} is not a selector (once, twice, N times, Nth time, every N, probability P, for DURATION, always)"
             ));
         }
     }
@@ -513,6 +531,8 @@ pub fn fault_text(f: &Fault) -> String {
         s.push_str(&format!(", every {n}"));
     } else if let Some(p) = f.probability {
         s.push_str(&format!(", probability {p}"));
+    } else if let Some(ms) = f.for_ms {
+        s.push_str(&format!(", for {ms}ms"));
     }
     s
 }
@@ -549,8 +569,8 @@ impl Scenario {
         };
         // A multi-line reply expectation being read: its first line and its patterns.
         let mut expect_block: Option<(usize, Vec<ReplyLinePattern>)> = None;
-        for (i, raw) in text.lines().enumerate() {
-            let n = i + 1;
+        for (n, raw) in expand_repeats(text, path)? {
+            let raw = raw.as_str();
             let err = |message: String| ParseError {
                 path: path.to_path_buf(),
                 line: n,
@@ -673,6 +693,17 @@ impl Scenario {
                     sc.upstream.without = value.split_whitespace().map(str::to_string).collect()
                 }
                 "upstream-no-limits" => sc.upstream.no_limits = parse_bool(value).map_err(err)?,
+                "upstream-limit" => {
+                    for kv in value.split_whitespace() {
+                        let (k, v) = kv
+                            .split_once('=')
+                            .ok_or_else(|| err(format!("{kv:?}: expected key=value")))?;
+                        fake_upstream::persona::Limits::default()
+                            .set(k, v)
+                            .map_err(err)?;
+                        sc.upstream.limits.push((k.to_string(), v.to_string()));
+                    }
+                }
                 "upstream-tls" => sc.upstream.tls = parse_tls(value).map_err(err)?,
                 "upstream-cert" => sc.upstream.cert = Some(value.parse().map_err(err)?),
                 "upstream-tls-policy" => {
@@ -741,11 +772,34 @@ impl Scenario {
                         .map(str::to_string)
                         .collect(),
                 ))),
-                "expect messages" => sc.checks.push(check(Check::Messages(
-                    value
+                "expect messages" => {
+                    let (at_most, n) = match value.strip_prefix("at most ") {
+                        Some(n) => (true, n.trim()),
+                        None => (false, value),
+                    };
+                    let n = n
                         .parse()
-                        .map_err(|_| err(format!("{value:?} is not a count")))?,
+                        .map_err(|_| err(format!("{value:?} is not a count (or at most N)")))?;
+                    sc.checks.push(check(if at_most {
+                        Check::MessagesAtMost(n)
+                    } else {
+                        Check::Messages(n)
+                    }))
+                }
+                "expect not delivered" => sc.checks.push(check(Check::NotDelivered(
+                    value
+                        .split([',', ' '])
+                        .filter(|a| !a.is_empty())
+                        .map(str::to_string)
+                        .collect(),
                 ))),
+                "expect upstream data 7bit" => sc.checks.push(check(Check::UpstreamData7Bit)),
+                "expect upstream data matches" => {
+                    regex::bytes::Regex::new(value)
+                        .map_err(|e| err(format!("{value:?} is not a regular expression: {e}")))?;
+                    sc.checks
+                        .push(check(Check::UpstreamDataMatches(value.to_string())))
+                }
                 "expect body intact" => sc.checks.push(check(Check::BodyIntact)),
                 "expect nothing upstream" => sc.checks.push(check(Check::NothingUpstream)),
                 "expect upstream sender" => sc
@@ -768,6 +822,9 @@ impl Scenario {
                 k if k.starts_with("sleep ") => sc
                     .steps
                     .push(step(Step::Sleep(parse_duration(&k[6..]).map_err(err)?))),
+                k if k.starts_with("within ") => sc
+                    .steps
+                    .push(step(Step::Within(parse_duration(&k[7..]).map_err(err)?))),
                 k if k.starts_with("auth ") => {
                     let w: Vec<&str> = k.split_whitespace().collect();
                     match w.as_slice() {
@@ -908,6 +965,15 @@ impl Scenario {
         if self.upstream.no_limits {
             s.push_str("upstream-no-limits: yes\n");
         }
+        if !self.upstream.limits.is_empty() {
+            let kv: Vec<String> = self
+                .upstream
+                .limits
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            s.push_str(&format!("upstream-limit: {}\n", kv.join(" ")));
+        }
         if let Some(kind) = self.upstream.cert {
             s.push_str(&format!("upstream-cert: {}\n", kind.as_str()));
         }
@@ -982,6 +1048,7 @@ impl Scenario {
                 }
                 Step::Close => s.push_str("close\n"),
                 Step::Sleep(d) => s.push_str(&format!("sleep {}\n", format_duration(*d))),
+                Step::Within(d) => s.push_str(&format!("within {}\n", format_duration(*d))),
                 Step::StartTls => s.push_str("starttls\n"),
                 Step::Tls => s.push_str("tls\n"),
                 Step::Auth {
@@ -1003,6 +1070,14 @@ impl Scenario {
             match &c.item {
                 Check::Delivered(r) => s.push_str(&format!("expect delivered: {}\n", r.join(" "))),
                 Check::Messages(n) => s.push_str(&format!("expect messages: {n}\n")),
+                Check::MessagesAtMost(n) => s.push_str(&format!("expect messages: at most {n}\n")),
+                Check::NotDelivered(r) => {
+                    s.push_str(&format!("expect not delivered: {}\n", r.join(" ")))
+                }
+                Check::UpstreamData7Bit => s.push_str("expect upstream data 7bit\n"),
+                Check::UpstreamDataMatches(re) => {
+                    s.push_str(&format!("expect upstream data matches: {re}\n"))
+                }
                 Check::BodyIntact => s.push_str("expect body intact\n"),
                 Check::UpstreamGot(b) => {
                     s.push_str(&format!("expect upstream got: {}\n", escape(b)))
@@ -1051,6 +1126,41 @@ fn expand(text: &str) -> Result<Vec<u8>, String> {
         rest = &inner[end + 1..];
     }
     out.extend_from_slice(rest.as_bytes());
+    Ok(out)
+}
+
+/// The scenario's lines with their numbers, `repeat N: LINE` written out N times with `{i}`
+/// counting from 1 (`repeat 100: C: RCPT TO:<u{i}@163.com>`); at most 10,000 times.
+fn expand_repeats(text: &str, path: &Path) -> Result<Vec<(usize, String)>, ParseError> {
+    let mut out = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let n = i + 1;
+        let Some(rest) = raw.trim_start().strip_prefix("repeat ") else {
+            out.push((n, raw.to_string()));
+            continue;
+        };
+        let err = |message: String| ParseError {
+            path: path.to_path_buf(),
+            line: n,
+            message,
+        };
+        let (count, line) = rest
+            .split_once(':')
+            .ok_or_else(|| err("expected repeat N: LINE".into()))?;
+        let count: usize = count
+            .trim()
+            .parse()
+            .ok()
+            .filter(|c| (1..=10_000).contains(c))
+            .ok_or_else(|| err(format!("{count:?}: expected a count from 1 to 10000")))?;
+        let line = line.strip_prefix(' ').unwrap_or(line);
+        if line.trim_start().starts_with("repeat ") {
+            return Err(err("repeat cannot be nested".into()));
+        }
+        for k in 1..=count {
+            out.push((n, line.replace("{i}", &k.to_string())));
+        }
+    }
     Ok(out)
 }
 

@@ -513,7 +513,10 @@ async fn run_one_in(
             fake.wait_idle(Duration::from_secs(1)).await;
         }
     }
-    env.settle(sc, opts.settle, &client.sent, &client.finals)
+    // After a failed step the verdict is made: the upstream gets its quiet window for the
+    // transcript, not the wait for messages that may never come.
+    let failed = verdict != Verdict::Pass;
+    env.settle(sc, opts.settle, &client.sent, &client.finals, failed)
         .await;
     if verdict == Verdict::Pass
         && let Err(e) = check_all(sc, &env, &client)
@@ -729,12 +732,13 @@ impl Env {
         quiet: Duration,
         sent: &[Vec<u8>],
         finals: &[Option<Reply>],
+        failed: bool,
     ) {
         if !self.external {
             return;
         }
         let quiet = sc.settle.unwrap_or(quiet);
-        let consistent = sc.checks.iter().any(|c| c.item == Check::Consistent);
+        let consistent = !failed && sc.checks.iter().any(|c| c.item == Check::Consistent);
         // As many messages arrived as were accepted (a repaired copy counts), or a bounce.
         let accounted = || {
             let received = self.received();
@@ -746,11 +750,15 @@ impl Env {
             received.iter().any(|(_, r)| is_bounce(r))
                 || received.iter().filter(|(_, r)| !is_bounce(r)).count() >= accepted
         };
-        let want = sc.checks.iter().find_map(|c| match c.item {
-            Check::Messages(n) => Some(n as u64),
-            Check::Delivered(_) | Check::BodyIntact | Check::UpstreamGot(_) => Some(1),
-            _ => None,
-        });
+        let want = sc
+            .checks
+            .iter()
+            .filter(|_| !failed)
+            .find_map(|c| match c.item {
+                Check::Messages(n) => Some(n as u64),
+                Check::Delivered(_) | Check::BodyIntact | Check::UpstreamGot(_) => Some(1),
+                _ => None,
+            });
         let deadline = Instant::now() + Duration::from_secs(15).max(quiet * 2);
         let activity = || self.fakes.iter().map(|(_, f)| f.activity()).sum::<u64>();
         let mut last = (activity(), Instant::now());
@@ -943,6 +951,9 @@ async fn start_fake(
     config.faults = up.faults.clone();
     if up.no_limits {
         config = config.no_limits();
+    }
+    for (k, v) in &up.limits {
+        config.persona.limits.set(k, v)?;
     }
     FakeUpstream::start(config)
         .await
@@ -1536,10 +1547,20 @@ pub fn reply_matches(e: &ExpectReply, reply: &Reply) -> bool {
 }
 
 async fn drive(sc: &Scenario, env: &Env, c: &mut Client) -> Result<(), String> {
+    // A `within` waiting for the next step that talks to the relay.
+    let mut within: Option<(Duration, usize)> = None;
     for step in &sc.steps {
         c.at_line = step.line;
         c.at_step = format!("{:?}", step.item).chars().take(80).collect();
         let at = |e: String| format!("line {}: {e}", step.line);
+        if let Step::Within(d) = step.item {
+            within = Some((d, step.line));
+            continue;
+        }
+        let deadline = match step.item {
+            Step::Send(_) | Step::Flush => None,
+            _ => within.take(),
+        };
         if !matches!(step.item, Step::Send(_)) {
             c.flush().await.map_err(at)?;
         }
@@ -1562,148 +1583,164 @@ async fn drive(sc: &Scenario, env: &Env, c: &mut Client) -> Result<(), String> {
             ));
             continue;
         }
-        match &step.item {
-            Step::Connect { tls } => {
-                let addr = if *tls {
-                    env.relay_tls_addr
-                        .ok_or_else(|| at("this relay has no implicit-TLS listener".into()))?
-                } else {
-                    env.relay_addr
-                };
-                let tcp = tokio::time::timeout(STEP_WAIT, TcpStream::connect(addr))
-                    .await
-                    .map_err(|_| at(format!("connect to {addr} timed out")))?
-                    .map_err(|e| at(format!("cannot connect to {addr}: {e}")))?;
-                let _ = tcp.set_nodelay(true);
-                if let Some(old) = c.conn.take() {
-                    c.held.push(old);
-                    c.note("* the earlier connection stays open".into());
-                }
-                c.conn = Some(Conn {
-                    io: Box::new(tcp),
-                    buf: Vec::new(),
-                    eof: false,
-                });
-                c.note(format!(
-                    "* connected to the relay{}",
-                    if *tls { " (implicit TLS)" } else { "" }
-                ));
-                if *tls {
-                    c.handshake().await.map_err(at)?;
-                }
-            }
-            Step::Send(bytes) => c.pending.extend_from_slice(bytes),
-            Step::Flush => {}
-            Step::Expect(e) => {
-                let reply = c
-                    .read_reply()
-                    .await
-                    .map_err(|err| at(format!("expected {}, but {err}", show_expect(e))))?;
-                if !reply_matches(e, &reply) {
-                    return Err(at(format!(
-                        "expected {}, got {}",
-                        show_expect(e),
-                        reply.to_string().replace("\r\n", " / ")
-                    )));
-                }
-            }
-            Step::Close => c.expect_close().await.map_err(at)?,
-            Step::Sleep(d) => tokio::time::sleep(*d).await,
-            Step::StartTls => {
-                c.pending.extend_from_slice(b"STARTTLS\r\n");
-                c.flush().await.map_err(at)?;
-                let r = c.read_reply().await.map_err(at)?;
-                if r.code != 220 {
-                    return Err(at(format!("expected 220 to STARTTLS, got {r}")));
-                }
-                c.handshake().await.map_err(at)?;
-            }
-            Step::Tls => c.handshake().await.map_err(at)?,
-            Step::Auth {
-                mechanism,
-                user,
-                secret,
-            } => {
-                let b64 = |s: &[u8]| base64::engine::general_purpose::STANDARD.encode(s);
-                let conn = c.conn().map_err(at)?;
-                if mechanism == "plain" {
-                    let mut raw = vec![0u8];
-                    raw.extend_from_slice(user.as_bytes());
-                    raw.push(0);
-                    raw.extend_from_slice(secret.as_bytes());
-                    let line = format!("AUTH PLAIN {}\r\n", b64(&raw));
-                    write(conn, line.as_bytes()).await.map_err(at)?;
-                    c.note("C: AUTH PLAIN <redacted>".into());
-                } else {
-                    write(conn, b"AUTH LOGIN\r\n").await.map_err(at)?;
-                    c.note("C: AUTH LOGIN".into());
-                    for (i, part) in [user, secret].iter().enumerate() {
-                        let r = c.read_reply().await.map_err(at)?;
-                        if r.code != 334 {
-                            return Err(at(format!(
-                                "AUTH LOGIN: expected 334 before the {}, got {r}",
-                                if i == 0 { "user name" } else { "password" }
-                            )));
-                        }
-                        let conn = c.conn().map_err(at)?;
-                        write(conn, format!("{}\r\n", b64(part.as_bytes())).as_bytes())
-                            .await
-                            .map_err(at)?;
-                        c.note("C: <redacted>".into());
+        let run = async {
+            match &step.item {
+                Step::Within(_) => {}
+                Step::Connect { tls } => {
+                    let addr = if *tls {
+                        env.relay_tls_addr
+                            .ok_or_else(|| at("this relay has no implicit-TLS listener".into()))?
+                    } else {
+                        env.relay_addr
+                    };
+                    let tcp = tokio::time::timeout(STEP_WAIT, TcpStream::connect(addr))
+                        .await
+                        .map_err(|_| at(format!("connect to {addr} timed out")))?
+                        .map_err(|e| at(format!("cannot connect to {addr}: {e}")))?;
+                    let _ = tcp.set_nodelay(true);
+                    if let Some(old) = c.conn.take() {
+                        c.held.push(old);
+                        c.note("* the earlier connection stays open".into());
+                    }
+                    c.conn = Some(Conn {
+                        io: Box::new(tcp),
+                        buf: Vec::new(),
+                        eof: false,
+                    });
+                    c.note(format!(
+                        "* connected to the relay{}",
+                        if *tls { " (implicit TLS)" } else { "" }
+                    ));
+                    if *tls {
+                        c.handshake().await.map_err(at)?;
                     }
                 }
-            }
-            Step::Message(file) => {
-                let path = if file.is_absolute() {
-                    file.clone()
-                } else if env.messages_dir.join(file).exists() {
-                    env.messages_dir.join(file)
-                } else {
-                    env.scenario_dir.join(file)
-                };
-                let content =
-                    std::fs::read(&path).map_err(|e| at(format!("{}: {e}", path.display())))?;
-                let wire = stuff(&content);
-                c.pending.extend_from_slice(&wire);
-                let n = c.events.len();
-                c.flush().await.map_err(at)?;
-                // One transcript line for the whole message, not one per line.
-                c.events.truncate(n);
-                c.note(format!(
-                    "C: <message {}: {} octets>",
-                    file.display(),
-                    content.len()
-                ));
-            }
-            Step::GeneratedMessage(size) => {
-                let content = generated_message(*size);
-                c.pending.extend_from_slice(&stuff(&content));
-                let n = c.events.len();
-                c.flush().await.map_err(at)?;
-                c.events.truncate(n);
-                c.note(format!("C: <generated message: {size} octets>"));
-            }
-            Step::Drain => c.drain().await.map_err(at)?,
-            Step::Shutdown => match &env.relay {
-                Some(relay) => {
-                    relay.begin_shutdown();
-                    c.note("* the relay is told to shut down".into());
+                Step::Send(bytes) => c.pending.extend_from_slice(bytes),
+                Step::Flush => {}
+                Step::Expect(e) => {
+                    let reply = c
+                        .read_reply()
+                        .await
+                        .map_err(|err| at(format!("expected {}, but {err}", show_expect(e))))?;
+                    if !reply_matches(e, &reply) {
+                        return Err(at(format!(
+                            "expected {}, got {}",
+                            show_expect(e),
+                            reply.to_string().replace("\r\n", " / ")
+                        )));
+                    }
                 }
-                None => {
-                    return Err(at(
-                        "shutdown needs smtp-relay (not an external relay)".into()
+                Step::Close => c.expect_close().await.map_err(at)?,
+                Step::Sleep(d) => tokio::time::sleep(*d).await,
+                Step::StartTls => {
+                    c.pending.extend_from_slice(b"STARTTLS\r\n");
+                    c.flush().await.map_err(at)?;
+                    let r = c.read_reply().await.map_err(at)?;
+                    if r.code != 220 {
+                        return Err(at(format!("expected 220 to STARTTLS, got {r}")));
+                    }
+                    c.handshake().await.map_err(at)?;
+                }
+                Step::Tls => c.handshake().await.map_err(at)?,
+                Step::Auth {
+                    mechanism,
+                    user,
+                    secret,
+                } => {
+                    let b64 = |s: &[u8]| base64::engine::general_purpose::STANDARD.encode(s);
+                    let conn = c.conn().map_err(at)?;
+                    if mechanism == "plain" {
+                        let mut raw = vec![0u8];
+                        raw.extend_from_slice(user.as_bytes());
+                        raw.push(0);
+                        raw.extend_from_slice(secret.as_bytes());
+                        let line = format!("AUTH PLAIN {}\r\n", b64(&raw));
+                        write(conn, line.as_bytes()).await.map_err(at)?;
+                        c.note("C: AUTH PLAIN <redacted>".into());
+                    } else {
+                        write(conn, b"AUTH LOGIN\r\n").await.map_err(at)?;
+                        c.note("C: AUTH LOGIN".into());
+                        for (i, part) in [user, secret].iter().enumerate() {
+                            let r = c.read_reply().await.map_err(at)?;
+                            if r.code != 334 {
+                                return Err(at(format!(
+                                    "AUTH LOGIN: expected 334 before the {}, got {r}",
+                                    if i == 0 { "user name" } else { "password" }
+                                )));
+                            }
+                            let conn = c.conn().map_err(at)?;
+                            write(conn, format!("{}\r\n", b64(part.as_bytes())).as_bytes())
+                                .await
+                                .map_err(at)?;
+                            c.note("C: <redacted>".into());
+                        }
+                    }
+                }
+                Step::Message(file) => {
+                    let path = if file.is_absolute() {
+                        file.clone()
+                    } else if env.messages_dir.join(file).exists() {
+                        env.messages_dir.join(file)
+                    } else {
+                        env.scenario_dir.join(file)
+                    };
+                    let content =
+                        std::fs::read(&path).map_err(|e| at(format!("{}: {e}", path.display())))?;
+                    let wire = stuff(&content);
+                    c.pending.extend_from_slice(&wire);
+                    let n = c.events.len();
+                    c.flush().await.map_err(at)?;
+                    // One transcript line for the whole message, not one per line.
+                    c.events.truncate(n);
+                    c.note(format!(
+                        "C: <message {}: {} octets>",
+                        file.display(),
+                        content.len()
                     ));
                 }
-            },
-            Step::Quit => {
-                c.pending.extend_from_slice(b"QUIT\r\n");
-                c.flush().await.map_err(at)?;
-                let r = c.read_reply().await.map_err(at)?;
-                if r.code != 221 {
-                    return Err(at(format!("expected 221 to QUIT, got {r}")));
+                Step::GeneratedMessage(size) => {
+                    let content = generated_message(*size);
+                    c.pending.extend_from_slice(&stuff(&content));
+                    let n = c.events.len();
+                    c.flush().await.map_err(at)?;
+                    c.events.truncate(n);
+                    c.note(format!("C: <generated message: {size} octets>"));
                 }
-                c.expect_close().await.map_err(at)?;
+                Step::Drain => c.drain().await.map_err(at)?,
+                Step::Shutdown => match &env.relay {
+                    Some(relay) => {
+                        relay.begin_shutdown();
+                        c.note("* the relay is told to shut down".into());
+                    }
+                    None => {
+                        return Err(at(
+                            "shutdown needs smtp-relay (not an external relay)".into()
+                        ));
+                    }
+                },
+                Step::Quit => {
+                    c.pending.extend_from_slice(b"QUIT\r\n");
+                    c.flush().await.map_err(at)?;
+                    let r = c.read_reply().await.map_err(at)?;
+                    if r.code != 221 {
+                        return Err(at(format!("expected 221 to QUIT, got {r}")));
+                    }
+                    c.expect_close().await.map_err(at)?;
+                }
             }
+            Ok::<(), String>(())
+        };
+        match deadline {
+            None => run.await?,
+            Some((limit, from)) => match tokio::time::timeout(limit, run).await {
+                Ok(r) => r?,
+                Err(_) => {
+                    return Err(at(format!(
+                        "not done within {} (`within` at line {from})",
+                        super::format_duration(limit)
+                    )));
+                }
+            },
         }
     }
     c.flush()
@@ -1829,6 +1866,21 @@ fn check_all(sc: &Scenario, env: &Env, client: &Client) -> Result<(), String> {
         hay.to_ascii_lowercase()
             .contains(&needle.to_ascii_lowercase())
     };
+    // Against another relay, a missing message may only be late: say what the client was told.
+    let accepted = client
+        .finals
+        .iter()
+        .filter(|r| r.as_ref().is_some_and(Reply::is_positive))
+        .count();
+    let late = |got: usize| {
+        if env.external && accepted > got {
+            format!(
+                "; the relay answered 2xx to {accepted} message(s) and may still deliver: a store-and-forward relay needs its deliveries within the settle window (--settle, settle:)"
+            )
+        } else {
+            String::new()
+        }
+    };
     for check in &sc.checks {
         let at = |e: String| format!("line {}: {e}", check.line);
         match &check.item {
@@ -1842,17 +1894,63 @@ fn check_all(sc: &Scenario, env: &Env, client: &Client) -> Result<(), String> {
                 want.sort();
                 if got != want {
                     return Err(at(format!(
-                        "expected deliveries to [{}], the upstreams got [{}]",
+                        "expected deliveries to [{}], the upstreams got [{}]{}",
                         want.join(" "),
-                        got.join(" ")
+                        got.join(" "),
+                        late(received.len())
+                    )));
+                }
+            }
+            Check::NotDelivered(addresses) => {
+                for a in addresses {
+                    if let Some((label, r)) = received
+                        .iter()
+                        .find(|(_, r)| r.rcpt_to.iter().any(|t| t.eq_ignore_ascii_case(a)))
+                    {
+                        return Err(at(format!(
+                            "upstream {label} got a copy for {a} (MAIL FROM:{} RCPT TO:{})",
+                            r.mail_from,
+                            r.rcpt_to.join(", ")
+                        )));
+                    }
+                }
+            }
+            Check::MessagesAtMost(n) => {
+                if received.len() > *n {
+                    return Err(at(format!(
+                        "expected at most {n} message(s) upstream, the upstreams got {}",
+                        received.len()
+                    )));
+                }
+            }
+            Check::UpstreamData7Bit => {
+                if let Some((label, t, d)) = data_phases().find(|(_, _, d)| d.eight_bit > 0) {
+                    let i = d.raw.iter().position(|b| *b > 127).unwrap_or(0);
+                    let from = i.saturating_sub(20);
+                    return Err(at(format!(
+                        "upstream {label} received DATA with {} octet(s) above 127 (session {}): ...{}...",
+                        d.eight_bit,
+                        t.id,
+                        super::escape(&d.raw[from..(i + 20).min(d.raw.len())])
+                    )));
+                }
+            }
+            Check::UpstreamDataMatches(pattern) => {
+                let re = regex::bytes::Regex::new(pattern)
+                    .map_err(|e| at(format!("{pattern:?}: {e}")))?;
+                if !data_phases().any(|(_, _, d)| re.is_match(&d.raw)) {
+                    return Err(at(format!(
+                        "no DATA phase an upstream received matches {pattern:?} ({} phase(s) seen)",
+                        data_phases().count()
                     )));
                 }
             }
             Check::Messages(n) => {
                 if received.len() != *n {
                     return Err(at(format!(
-                        "expected {n} message(s) upstream, got {}",
-                        received.len()
+                        "expected {n} message(s) upstream, the upstreams got {}{}",
+                        received.len(),
+                        late(received.len())
                     )));
                 }
             }

@@ -222,3 +222,66 @@ fn alternatives_where_the_rfcs_leave_a_choice() {
     let e = Scenario::parse("S: 250-x | 550\n", Path::new("bad.scn")).unwrap_err();
     assert!(e.message.contains("a whole reply"), "{e}");
 }
+
+#[test]
+fn repeat_within_limits_and_the_new_checks() {
+    let text = "upstream-limit: max_recipients=3 sender_per_15min=none\nconnect\nrepeat 3: C: RCPT TO:<u{i}@163.com>\nwithin 2s\nS: 250 *\n\nexpect not delivered: x@163.com y@163.com\nexpect messages: at most 2\nexpect upstream data 7bit\nexpect upstream data matches: (?i)^subject\n";
+    let sc = Scenario::parse(text, Path::new("new.scn")).unwrap();
+    assert_eq!(
+        sc.upstream.limits,
+        [
+            ("max_recipients".to_string(), "3".to_string()),
+            ("sender_per_15min".to_string(), "none".to_string())
+        ]
+    );
+    let sends: Vec<(usize, &Step)> = sc.steps.iter().map(|l| (l.line, &l.item)).collect();
+    assert_eq!(
+        sends[1],
+        (3, &Step::Send(b"RCPT TO:<u1@163.com>\r\n".to_vec()))
+    );
+    assert_eq!(
+        sends[3],
+        (3, &Step::Send(b"RCPT TO:<u3@163.com>\r\n".to_vec()))
+    );
+    assert_eq!(sends[4], (4, &Step::Within(Duration::from_secs(2))));
+    let checks: Vec<&Check> = sc.checks.iter().map(|c| &c.item).collect();
+    assert_eq!(
+        checks,
+        [
+            &Check::NotDelivered(vec!["x@163.com".into(), "y@163.com".into()]),
+            &Check::MessagesAtMost(2),
+            &Check::UpstreamData7Bit,
+            &Check::UpstreamDataMatches("(?i)^subject".into()),
+        ]
+    );
+    // Written back (the repeat written out) and read again: the same.
+    let again = Scenario::parse(&sc.to_text(), Path::new("new.scn")).unwrap();
+    assert_eq!(again.checks.len(), 4);
+    assert_eq!(again.upstream.limits, sc.upstream.limits);
+    let items = |s: &Scenario| s.steps.iter().map(|l| l.item.clone()).collect::<Vec<_>>();
+    assert_eq!(items(&again), items(&sc));
+    for (bad, says) in [
+        ("repeat 0: C: NOOP\n", "a count from 1 to 10000"),
+        ("repeat 20000: C: NOOP\n", "a count from 1 to 10000"),
+        ("repeat 2: repeat 2: C: NOOP\n", "cannot be nested"),
+        ("repeat two\n", "expected repeat N: LINE"),
+        ("upstream-limit: max_rcpts=3\n", "is not a limit"),
+        ("upstream-limit: max_recipients=many\n", "is not a number"),
+        (
+            "expect upstream data matches: (unclosed\n",
+            "is not a regular expression",
+        ),
+        ("expect messages: at most many\n", "is not a count"),
+        ("within soon\n", ""),
+    ] {
+        let e = Scenario::parse(bad, Path::new("bad.scn")).unwrap_err();
+        assert!(e.message.contains(says), "{bad:?}: {e}");
+    }
+    let sc = Scenario::parse("fault: rcpt: 451 busy, for 2s\n", Path::new("f.scn")).unwrap();
+    assert_eq!(sc.upstream.faults[0].for_ms, Some(2000));
+    assert!(
+        sc.to_text().contains(": 451 busy, for 2000ms"),
+        "{}",
+        sc.to_text()
+    );
+}
