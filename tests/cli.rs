@@ -727,3 +727,50 @@ fn scenario_checks_that_pass_and_fail() {
         assert!(why.contains(says), "{name}: {why}");
     }
 }
+
+/// `--coverage`: the catalogue's cases against the scenarios that cite them, and the gaps.
+#[test]
+fn scenarios_coverage_report() {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("cli-coverage-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("s")).unwrap();
+    std::fs::write(
+        dir.join("cases.md"),
+        "## A. Greeting\n\n1. **Early talker.**\n   - RFC: RFC 5321 §3.1.\n2. **EHLO without an argument.**\n   - RFC: RFC 5321 §4.1.4.\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("s/helo.scn"),
+        "description: d\ncovers: 2\nupstream: sink\nconnect\nS: 220 *\n",
+    )
+    .unwrap();
+    let out = bin()
+        .args(["scenarios", "--coverage"])
+        .arg(dir.join("cases.md"))
+        .arg(dir.join("s"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("A. Greeting (1 of 2 cases tested)"), "{text}");
+    assert!(text.contains("    1. Early talker: none"), "{text}");
+    assert!(
+        text.contains("    2. EHLO without an argument: helo"),
+        "{text}"
+    );
+    assert!(
+        text.contains("RFC sections cited only by untested cases (1): RFC 5321 §3.1"),
+        "{text}"
+    );
+    // A catalogue with no numbered case is an error, not an empty report.
+    std::fs::write(dir.join("empty.md"), "# nothing\n").unwrap();
+    let out = bin()
+        .args(["scenarios", "--coverage"])
+        .arg(dir.join("empty.md"))
+        .arg(dir.join("s"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no numbered cases"));
+}

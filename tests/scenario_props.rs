@@ -184,6 +184,7 @@ fn scenario() -> impl Strategy<Value = Scenario> {
                 description: "a generated session (tests/scenario_props.rs)".into(),
                 tags: Vec::new(),
                 requires: Vec::new(),
+                covers: Vec::new(),
                 timeout: Duration::from_secs(30),
                 settle: None,
                 upstream: Upstream {

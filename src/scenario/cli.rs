@@ -79,6 +79,11 @@ pub struct ScenariosArgs {
     /// (late deliveries of a store-and-forward relay); a scenario's `settle:` overrides it.
     #[arg(long, value_name = "SECS", default_value_t = 1.0)]
     pub settle: f64,
+    /// Print which numbered cases of this edge-case catalogue (`smtp-edge-cases.md`) the
+    /// selected scenarios test (their `covers:` lines and "Edge case N" comments), the RFC
+    /// sections those cases cite, and what no scenario tests; run nothing.
+    #[arg(long, value_name = "CASES.md", conflicts_with_all = ["relay", "mutants", "list"])]
+    pub coverage: Option<PathBuf>,
     /// Where the run keeps its CA, fake mailboxes and spools (a failed scenario's stay).
     #[arg(long, value_name = "DIR")]
     pub work_dir: Option<PathBuf>,
@@ -193,6 +198,19 @@ pub async fn run(args: ScenariosArgs) -> ExitCode {
     if scenarios.is_empty() {
         eprintln!("smtp-relay scenarios: no scenario matched");
         return ExitCode::from(2);
+    }
+    if let Some(catalogue) = &args.coverage {
+        let files: Vec<PathBuf> = scenarios.iter().map(|s| s.path.clone()).collect();
+        return match super::coverage::run(catalogue, &files) {
+            Ok(report) => {
+                smtp_net::say(&report);
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("smtp-relay scenarios: {e}");
+                ExitCode::from(2)
+            }
+        };
     }
     if args.list {
         for sc in &scenarios {

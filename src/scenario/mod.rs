@@ -5,6 +5,7 @@
 
 pub mod baseline;
 pub mod cli;
+pub mod coverage;
 pub mod mutant;
 pub mod report;
 pub mod run;
@@ -29,6 +30,9 @@ pub struct Scenario {
     /// EHLO keywords the relay must advertise (`requires: PIPELINING`); without them the
     /// scenario is skipped, saying which is missing.
     pub requires: Vec<String>,
+    /// The numbered cases of `smtp-edge-cases.md` it tests (`covers: 70 71`), for
+    /// `--coverage`.
+    pub covers: Vec<u32>,
     /// The whole scenario must finish within this (default 30 s).
     pub timeout: Duration,
     /// Against another relay: how long the upstream must stay quiet before the checks run
@@ -559,6 +563,7 @@ impl Scenario {
             description: String::new(),
             tags: Vec::new(),
             requires: Vec::new(),
+            covers: Vec::new(),
             timeout: Duration::from_secs(30),
             settle: None,
             upstream: Upstream::new("163"),
@@ -683,6 +688,15 @@ impl Scenario {
                         .collect()
                 }
                 "timeout" => sc.timeout = parse_duration(value).map_err(err)?,
+                "covers" => {
+                    for n in value.split([',', ' ']).filter(|n| !n.is_empty()) {
+                        sc.covers.push(n.parse().map_err(|_| {
+                            err(format!(
+                                "{n:?}: expected the numbers of smtp-edge-cases.md cases"
+                            ))
+                        })?);
+                    }
+                }
                 "settle" => sc.settle = Some(parse_duration(value).map_err(err)?),
                 "upstream" => sc.upstream.persona = value.to_string(),
                 "upstream-era" => sc.upstream.era = Some(value.to_string()),
@@ -941,6 +955,10 @@ impl Scenario {
         }
         if !self.requires.is_empty() {
             s.push_str(&format!("requires: {}\n", self.requires.join(" ")));
+        }
+        if !self.covers.is_empty() {
+            let n: Vec<String> = self.covers.iter().map(u32::to_string).collect();
+            s.push_str(&format!("covers: {}\n", n.join(" ")));
         }
         s.push_str(&format!("timeout: {}\n", format_duration(self.timeout)));
         if let Some(d) = self.settle {
