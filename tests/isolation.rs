@@ -178,6 +178,7 @@ fn options(relay: SocketAddr, upstream: SocketAddr, work: &Path) -> Options {
         work_dir: work.to_path_buf(),
         fail_fast: false,
         settle: Duration::from_millis(200),
+        seed: 1,
     }
 }
 

@@ -18,6 +18,7 @@ fn options() -> Options {
             .join(format!("smtp-relay-scenario-tests-{}", std::process::id())),
         fail_fast: false,
         settle: std::time::Duration::from_secs(1),
+        seed: 1,
     }
 }
 

@@ -79,6 +79,10 @@ pub struct ScenariosArgs {
     /// (late deliveries of a store-and-forward relay); a scenario's `settle:` overrides it.
     #[arg(long, value_name = "SECS", default_value_t = 1.0)]
     pub settle: f64,
+    /// Seeds the fake upstreams (faults with a probability, transaction ids); every failure
+    /// names it, so that a run can be repeated exactly.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
     /// Print which numbered cases of this edge-case catalogue (`smtp-edge-cases.md`) the
     /// selected scenarios test (their `covers:` lines and "Edge case N" comments), the RFC
     /// sections those cases cite, and what no scenario tests; run nothing.
@@ -267,6 +271,7 @@ pub async fn run(args: ScenariosArgs) -> ExitCode {
         work_dir: work_dir.clone(),
         fail_fast: args.fail_fast,
         settle: Duration::from_secs_f64(args.settle.clamp(0.0, 600.0)),
+        seed: args.seed,
     };
     let quiet = args.relay.is_some() && !args.verbose;
     smtp_net::say(&format!(

@@ -631,6 +631,7 @@ pub async fn score(
                     work_dir: dir,
                     fail_fast: false,
                     settle: Duration::from_millis(500),
+                    seed: 1,
                 };
                 let outcomes = super::run_all(portable, &opts, |_| {}).await?.outcomes;
                 relay.shutdown();

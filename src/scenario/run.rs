@@ -51,6 +51,9 @@ pub struct Options {
     /// Against another relay: how long the shared upstream must hear nothing before a
     /// scenario's checks run (a scenario's `settle:` overrides it).
     pub settle: Duration,
+    /// Seeds the fake upstreams' randomness (faults with a probability, transaction ids,
+    /// tokens); printed with every failure so that a run can be repeated (`--seed`).
+    pub seed: u64,
 }
 
 /// What a whole run gave.
@@ -213,7 +216,7 @@ impl SharedUpstream {
         let upstream = Upstream::new("sink");
         let dir = opts.work_dir.join("upstream");
         let _ = std::fs::remove_dir_all(&dir);
-        let fake = start_fake(&upstream, &opts.work_dir, dir, tls, Some(listen)).await?;
+        let fake = start_fake(&upstream, &opts.work_dir, dir, tls, Some(listen), opts.seed).await?;
         let run = {
             use std::hash::BuildHasher;
             let random = std::collections::hash_map::RandomState::new();
@@ -537,6 +540,10 @@ async fn run_one_in(
     if verdict == Verdict::Pass {
         let _ = std::fs::remove_dir_all(&dir);
     }
+    // Every failure says how to repeat it.
+    if let Verdict::Fail(why) = verdict {
+        verdict = Verdict::Fail(format!("{why} [seed {}]", opts.seed));
+    }
     outcome(verdict, transcript)
 }
 
@@ -631,8 +638,15 @@ impl Env {
                 })
             }
             None => {
-                let fake = start_fake(&sc.upstream, &scenario_dir, dir.join("upstream"), tls, None)
-                    .await?;
+                let fake = start_fake(
+                    &sc.upstream,
+                    &scenario_dir,
+                    dir.join("upstream"),
+                    tls,
+                    None,
+                    opts.seed,
+                )
+                .await?;
                 fakes.push(("default".to_string(), Arc::new(fake)));
                 for r in &sc.routes {
                     let fake = start_fake(
@@ -641,6 +655,7 @@ impl Env {
                         dir.join(format!("upstream-{}", r.name)),
                         tls,
                         None,
+                        opts.seed,
                     )
                     .await?;
                     fakes.push((r.name.clone(), Arc::new(fake)));
@@ -910,6 +925,7 @@ async fn start_fake(
     data_dir: PathBuf,
     tls: &TlsMaterial,
     listen: Option<SocketAddr>,
+    seed: u64,
 ) -> Result<fake_upstream::Handle, String> {
     let persona = if up.persona.ends_with(".toml") {
         scenario_dir
@@ -943,7 +959,7 @@ async fn start_fake(
         }
         None => tls.files.clone(),
     });
-    config.seed = 1;
+    config.seed = seed;
     config.transcripts = true;
     if let Some(users) = &up.users {
         config.users = users.clone();
