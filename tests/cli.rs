@@ -725,7 +725,10 @@ fn scenario_checks_that_pass_and_fail() {
         let (verdict, why) = reason(name);
         assert_eq!(verdict, "fail", "{name}: {why}");
         assert!(why.contains(says), "{name}: {why}");
-        assert!(why.ends_with("[seed 1]"), "every failure names the seed: {why}");
+        assert!(
+            why.ends_with("[seed 1]"),
+            "every failure names the seed: {why}"
+        );
     }
 }
 

@@ -218,6 +218,9 @@ pub enum Check {
     NoSecrets,
     /// None of these recipients got a copy (case ignored).
     NotDelivered(Vec<String>),
+    /// Every message an upstream got (bounces aside) is byte for byte one the client sent,
+    /// after the trace headers: no header field added (the other content checks allow one).
+    NoHeaderAdded,
     /// At most this many messages reached the upstreams (bounces included).
     MessagesAtMost(usize),
     /// No DATA phase any upstream received had an octet above 127.
@@ -808,6 +811,7 @@ impl Scenario {
                         .collect(),
                 ))),
                 "expect upstream data 7bit" => sc.checks.push(check(Check::UpstreamData7Bit)),
+                "expect no header added" => sc.checks.push(check(Check::NoHeaderAdded)),
                 "expect upstream data matches" => {
                     regex::bytes::Regex::new(value)
                         .map_err(|e| err(format!("{value:?} is not a regular expression: {e}")))?;
@@ -1093,6 +1097,7 @@ impl Scenario {
                     s.push_str(&format!("expect not delivered: {}\n", r.join(" ")))
                 }
                 Check::UpstreamData7Bit => s.push_str("expect upstream data 7bit\n"),
+                Check::NoHeaderAdded => s.push_str("expect no header added\n"),
                 Check::UpstreamDataMatches(re) => {
                     s.push_str(&format!("expect upstream data matches: {re}\n"))
                 }

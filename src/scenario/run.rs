@@ -1823,6 +1823,38 @@ pub fn strip_trace(mut content: &[u8]) -> &[u8] {
     }
 }
 
+/// Whether `got` (the trace headers taken off) is the message `sent`: byte for byte, or with
+/// header fields added and nothing else changed (every field of `sent` there, in order, and
+/// the same body). A relay that adds a field (`X-Peer:`, a `Date:` to a message without one)
+/// fails the one check that looks for that (`expect no header added`), not every check that
+/// compares content.
+pub fn same_message(got: &[u8], sent: &[u8]) -> bool {
+    if got == sent {
+        return true;
+    }
+    let split = |m: &[u8]| -> Option<(Vec<Vec<u8>>, Vec<u8>)> {
+        let end = memchr::memmem::find(m, b"\r\n\r\n")?;
+        let (head, body) = (&m[..end + 2], &m[end + 4..]);
+        let mut fields: Vec<Vec<u8>> = Vec::new();
+        for line in head.split_inclusive(|&b| b == b'\n') {
+            match (line.first(), fields.last_mut()) {
+                (Some(b' ' | b'\t'), Some(last)) => last.extend_from_slice(line),
+                _ => fields.push(line.to_vec()),
+            }
+        }
+        Some((fields, body.to_vec()))
+    };
+    let (Some((got_fields, got_body)), Some((sent_fields, sent_body))) = (split(got), split(sent))
+    else {
+        return false;
+    };
+    if got_body != sent_body || got_fields.len() <= sent_fields.len() {
+        return false;
+    }
+    let mut rest = got_fields.iter();
+    sent_fields.iter().all(|f| rest.any(|g| g == f))
+}
+
 /// Where `got` parts from the message of `sent` it shares the longest beginning with: the
 /// octet, and the bytes around it on both sides (escaped once, CR and LF visible).
 fn difference(got: &[u8], sent: &[Vec<u8>]) -> String {
@@ -1931,6 +1963,17 @@ fn check_all(sc: &Scenario, env: &Env, client: &Client) -> Result<(), String> {
                     }
                 }
             }
+            Check::NoHeaderAdded => {
+                for (label, r) in received.iter().filter(|(_, r)| !is_bounce(r)) {
+                    let body = strip_trace(&r.content);
+                    if !client.sent.iter().any(|m| m.as_slice() == body) {
+                        return Err(at(format!(
+                            "upstream {label} got a message that is not byte for byte one the client sent; {}",
+                            difference(body, &client.sent)
+                        )));
+                    }
+                }
+            }
             Check::MessagesAtMost(n) => {
                 if received.len() > *n {
                     return Err(at(format!(
@@ -1974,7 +2017,7 @@ fn check_all(sc: &Scenario, env: &Env, client: &Client) -> Result<(), String> {
                 let mut compared = 0;
                 for (label, r) in received.iter().filter(|(_, r)| !is_bounce(r)) {
                     let body = strip_trace(&r.content);
-                    if !client.sent.iter().any(|m| m.as_slice() == body) {
+                    if !client.sent.iter().any(|m| same_message(body, m)) {
                         return Err(at(format!(
                             "upstream {label} got a message ({} octets after the trace headers) that is not byte for byte one the client sent ({} sent); {}",
                             body.len(),
@@ -1997,7 +2040,7 @@ fn check_all(sc: &Scenario, env: &Env, client: &Client) -> Result<(), String> {
                 match got.as_slice() {
                     [one] => {
                         let body = strip_trace(&one.content);
-                        if body != want.as_slice() {
+                        if !same_message(body, want) {
                             return Err(at(format!(
                                 "the upstream did not get the expected message; {}",
                                 difference(body, std::slice::from_ref(want))
@@ -2118,13 +2161,13 @@ fn check_all(sc: &Scenario, env: &Env, client: &Client) -> Result<(), String> {
                 let exact = |i: usize| {
                     received
                         .iter()
-                        .any(|(_, r)| strip_trace(&r.content) == client.sent[i].as_slice())
+                        .any(|(_, r)| same_message(strip_trace(&r.content), &client.sent[i]))
                 };
                 // Messages sent with bare CR or LF, accepted, and arrived in a repaired form.
                 let mut repaired: Vec<usize> = Vec::new();
                 for (label, r) in received.iter().filter(|(_, r)| !is_bounce(r)) {
                     let body = strip_trace(&r.content);
-                    let Some(i) = client.sent.iter().position(|m| m.as_slice() == body) else {
+                    let Some(i) = client.sent.iter().position(|m| same_message(body, m)) else {
                         let stand_in = (0..client.sent.len()).find(|&i| {
                             client.bare.get(i) == Some(&true)
                                 && positive(i)
@@ -2155,7 +2198,7 @@ fn check_all(sc: &Scenario, env: &Env, client: &Client) -> Result<(), String> {
                     let arrived = repaired.contains(&i)
                         || received
                             .iter()
-                            .any(|(_, r)| strip_trace(&r.content) == m.as_slice());
+                            .any(|(_, r)| same_message(strip_trace(&r.content), m));
                     if reply.code / 100 == 2 && !arrived && !bounced {
                         return Err(at(format!(
                             "the client was told {reply} for message {}, but no upstream got it and no bounce went out",
@@ -2271,6 +2314,30 @@ mod tests {
             "5.1.3 Bad recipient address syntax: no @ in address"
         ));
         assert!(!glob("a*b", "acbd"));
+    }
+
+    #[test]
+    fn the_same_message_with_a_header_field_added() {
+        let sent = b"From: a@x\r\nSubject: s\r\n  folded\r\n\r\nbody\r\n".as_slice();
+        assert!(same_message(sent, sent));
+        let added = b"From: a@x\r\nSubject: s\r\n  folded\r\nX-Peer: 127.0.0.1\r\n\r\nbody\r\n";
+        assert!(same_message(added, sent));
+        let first = b"Date: now\r\nFrom: a@x\r\nSubject: s\r\n  folded\r\n\r\nbody\r\n";
+        assert!(same_message(first, sent));
+        for other in [
+            &b"From: a@x\r\nSubject: S\r\n  folded\r\nX: 1\r\n\r\nbody\r\n"[..],
+            b"From: a@x\r\nX: 1\r\n\r\nbody\r\n",
+            b"From: a@x\r\nSubject: s\r\n  folded\r\nX: 1\r\n\r\nbody!\r\n",
+            b"Subject: s\r\n  folded\r\nFrom: a@x\r\nX: 1\r\n\r\nbody\r\n",
+            b"From: a@x\r\nSubject: s\r\n\r\nbody\r\n",
+            b"no header block",
+        ] {
+            assert!(
+                !same_message(other, sent),
+                "{}",
+                String::from_utf8_lossy(other)
+            );
+        }
     }
 
     #[test]
