@@ -304,7 +304,7 @@ pub fn banner(up: &Up) -> String {
         s.push_str(&format!(
             "Send a message through the relay:\n\
              \x20 swaks --server {relay} --tls --tls-verify --tls-ca-path {ca} --auth LOGIN \\\n\
-             \x20       --auth-user {user} --auth-password {code} --from {user} --to {to}\n\
+             \x20       --auth-user {user} --auth-password {code} --from {user} --to {to} --header 'Subject: hello'\n\
              \x20 printf 'From: {user}\\r\\nTo: {to}\\r\\nSubject: hello\\r\\n\\r\\nHi.\\r\\n' | curl --url smtp://localhost:{port} --ssl-reqd \\\n\
              \x20       --cacert {ca} --user {user}:{code} --mail-from {user} --mail-rcpt {to} --upload-file -\n",
             user = u.address,

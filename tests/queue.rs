@@ -377,6 +377,19 @@ async fn queue_mode_answers_250_when_durable_and_delivers_later() {
     let content = std::fs::read(queue.message_path(&records[0].id)).unwrap();
     assert!(content.starts_with(b"Received: from client.example"));
     assert!(content.ends_with(MESSAGE));
+    // A first attempt fails while nothing listens (waited for: under load the scheduler's
+    // first tick may come late, and the deferral counted below must have happened).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while queue
+        .list()
+        .unwrap()
+        .0
+        .first()
+        .is_some_and(|r| r.attempts == 0)
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // The upstream comes: the message goes, once, and leaves the queue.
     let mut config = sink_config("relay-queue-sink");
     config.listen = addr;

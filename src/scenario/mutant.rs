@@ -406,6 +406,11 @@ async fn drive(
                 out.write_all(b"221 2.0.0 bye\r\n").await?;
                 return Ok(());
             }
+            // RFC 5321 4.1.1.4: DATA takes no argument.
+            "DATA" if argument => {
+                out.write_all(b"501 5.5.4 DATA takes no argument\r\n")
+                    .await?
+            }
             "DATA" if mail_ok && rcpts > 0 => {
                 out.write_all(b"354 End data with <CR><LF>.<CR><LF>\r\n")
                     .await?;
