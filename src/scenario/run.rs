@@ -284,7 +284,7 @@ impl SharedUpstream {
             let what = format!("a message from {} to {}", r.mail_from, r.rcpt_to.join(", "));
             let came = match during(n) {
                 Some((i, _, _)) => format!("during {}", self.names[*i]),
-                None => "after the scenario that ran last had been checked".to_string(),
+                None => "when no scenario was running (between two, or after the last)".to_string(),
             };
             match (self.owner(&r.content), during(n)) {
                 (Some(owner), Some((i, _, _))) if owner == *i => {}
