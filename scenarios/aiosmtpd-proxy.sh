@@ -45,22 +45,6 @@ PY
 pid=$!
 wait_port "$PORT"
 
-bin=${SMTP_RELAY_BIN:-}
-if [ -z "$bin" ]; then
-  cargo build --release -q --bin smtp-relay
-  bin=./target/release/smtp-relay
-fi
-baseline=(--baseline scenarios/relays/aiosmtpd-proxy.expected)
-args=()
-for a in "$@"; do
-  if [ "$a" = --no-baseline ]; then baseline=(); else args+=("$a"); fi
-done
-status=0
-"$bin" scenarios scenarios \
-  --relay "127.0.0.1:$PORT" --upstream-listen "127.0.0.1:$UPORT" \
-  ${baseline[@]+"${baseline[@]}"} ${args[@]+"${args[@]}"} || status=$?
-if [ "$status" != 0 ]; then
-  echo "--- aiosmtpd's log:" >&2
-  tail -n 40 "$tmp/aiosmtpd.log" >&2 || true
-fi
-exit "$status"
+# shellcheck source=profile.sh
+. scenarios/profile.sh
+run_profile aiosmtpd "$tmp/aiosmtpd.log" aiosmtpd-proxy "$@"

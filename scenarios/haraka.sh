@@ -52,22 +52,6 @@ printf '[main]\nlevel=info\n' >"$cfg/log.ini"
 pid=$!
 wait_port "$PORT"
 
-bin=${SMTP_RELAY_BIN:-}
-if [ -z "$bin" ]; then
-  cargo build --release -q --bin smtp-relay
-  bin=./target/release/smtp-relay
-fi
-baseline=(--baseline scenarios/relays/haraka.expected)
-args=()
-for a in "$@"; do
-  if [ "$a" = --no-baseline ]; then baseline=(); else args+=("$a"); fi
-done
-status=0
-"$bin" scenarios scenarios \
-  --relay "127.0.0.1:$PORT" --upstream-listen "127.0.0.1:$UPORT" \
-  ${baseline[@]+"${baseline[@]}"} ${args[@]+"${args[@]}"} || status=$?
-if [ "$status" != 0 ]; then
-  echo "--- Haraka's log:" >&2
-  tail -n 40 "$tmp/haraka.log" >&2 || true
-fi
-exit "$status"
+# shellcheck source=profile.sh
+. scenarios/profile.sh
+run_profile Haraka "$tmp/haraka.log" haraka "$@"

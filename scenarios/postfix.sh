@@ -39,23 +39,6 @@ smtp_connect_timeout = 5s
 EXTRA
 )"
 
-# SMTP_RELAY_BIN: a smtp-relay binary already built (CI passes its debug build).
-bin=${SMTP_RELAY_BIN:-}
-if [ -z "$bin" ]; then
-  cargo build --release -q --bin smtp-relay
-  bin=./target/release/smtp-relay
-fi
-baseline=(--baseline scenarios/relays/postfix.expected)
-args=()
-for a in "$@"; do
-  if [ "$a" = --no-baseline ]; then baseline=(); else args+=("$a"); fi
-done
-status=0
-"$bin" scenarios scenarios \
-  --relay "127.0.0.1:$PORT" --upstream-listen "127.0.0.1:$UPORT" \
-  ${baseline[@]+"${baseline[@]}"} ${args[@]+"${args[@]}"} || status=$?
-if [ "$status" != 0 ]; then
-  echo "--- Postfix's log:" >&2
-  tail -n 40 "$tmp/maillog" >&2 || true
-fi
-exit "$status"
+# shellcheck source=profile.sh
+. scenarios/profile.sh
+run_profile Postfix "$tmp/maillog" postfix "$@"
