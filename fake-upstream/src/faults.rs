@@ -85,6 +85,19 @@ pub struct Fault {
     /// or [`crate::Handle::set_faults`]): an outage that ends by itself.
     #[serde(default)]
     pub for_ms: Option<u64>,
+    /// A quota that refills: the first `count` matching occurrences in any `per_ms` window
+    /// pass, the ones beyond fire (`quota = { count = 3, per_ms = 900000 }`). Occurrences
+    /// that fired do not use the quota up, so it refills as the window slides.
+    #[serde(default)]
+    pub quota: Option<Quota>,
+}
+
+/// `count` per `per_ms` milliseconds, sliding.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Quota {
+    pub count: u64,
+    pub per_ms: u64,
 }
 
 impl Fault {
@@ -103,7 +116,14 @@ impl Fault {
             stall: false,
             tls_fail: false,
             for_ms: None,
+            quota: None,
         }
+    }
+
+    /// Fires beyond `count` occurrences in any window of `per_ms` milliseconds.
+    pub fn quota(mut self, count: u64, per_ms: u64) -> Fault {
+        self.quota = Some(Quota { count, per_ms });
+        self
     }
 
     /// Only for the first `ms` milliseconds after the faults are set.
@@ -179,6 +199,9 @@ impl Fault {
         {
             return Err(bad("probability", "expected a number from 0 to 1"));
         }
+        if self.quota.is_some_and(|q| q.count == 0 || q.per_ms == 0) {
+            return Err(bad("quota", "expected a count and a window from 1"));
+        }
         if self.nth == Some(0) || self.every == Some(0) {
             return Err(bad("nth/every", "expected a count from 1"));
         }
@@ -209,6 +232,8 @@ impl Action {
 #[derive(Debug)]
 pub struct FaultSet {
     faults: Vec<(Fault, AtomicU64)>,
+    /// Per fault with a quota: when the occurrences that passed happened (at most `count`).
+    passed: Vec<Mutex<std::collections::VecDeque<std::time::Instant>>>,
     rng: Mutex<fastrand::Rng>,
     /// When the faults were set (`for_ms` counts from here).
     since: std::time::Instant,
@@ -216,10 +241,16 @@ pub struct FaultSet {
 
 impl FaultSet {
     pub fn new(faults: Vec<Fault>, seed: u64) -> FaultSet {
+        FaultSet::new_at(faults, seed, std::time::Instant::now())
+    }
+
+    /// [`FaultSet::new`] set at `since` on the caller's clock (`for` counts from there).
+    pub fn new_at(faults: Vec<Fault>, seed: u64, since: std::time::Instant) -> FaultSet {
         FaultSet {
+            passed: faults.iter().map(|_| Mutex::default()).collect(),
             faults: faults.into_iter().map(|f| (f, AtomicU64::new(0))).collect(),
             rng: Mutex::new(fastrand::Rng::with_seed(seed)),
-            since: std::time::Instant::now(),
+            since,
         }
     }
 
@@ -232,7 +263,7 @@ impl FaultSet {
     pub fn check_at(&self, stage: Stage, address: Option<&str>, now: std::time::Instant) -> Action {
         let mut action = Action::default();
         let elapsed = now.saturating_duration_since(self.since);
-        for (f, count) in &self.faults {
+        for ((f, count), passed) in self.faults.iter().zip(&self.passed) {
             if f.stage != stage || f.for_ms.is_some_and(|ms| elapsed.as_millis() >= ms as u128) {
                 continue;
             }
@@ -248,6 +279,22 @@ impl FaultSet {
                 && f.probability.is_none_or(|p| {
                     let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
                     rng.f64() < p
+                })
+                && f.quota.is_none_or(|q| {
+                    let mut passed = passed.lock().unwrap_or_else(|e| e.into_inner());
+                    let window = std::time::Duration::from_millis(q.per_ms);
+                    while passed
+                        .front()
+                        .is_some_and(|t| now.saturating_duration_since(*t) >= window)
+                    {
+                        passed.pop_front();
+                    }
+                    if (passed.len() as u64) < q.count {
+                        passed.push_back(now);
+                        false
+                    } else {
+                        true
+                    }
                 });
             if !fires {
                 continue;
@@ -278,6 +325,31 @@ mod tests {
         assert!(set.check_at(Stage::Connect, None, at(0)).reply.is_some());
         assert!(set.check_at(Stage::Connect, None, at(199)).reply.is_some());
         assert!(set.check_at(Stage::Connect, None, at(200)).is_none());
+    }
+
+    #[test]
+    fn a_quota_refills_as_its_window_slides() {
+        let set = FaultSet::new(
+            vec![Fault::on(Stage::Mail).reply("451 MI:SFQ").quota(2, 1000)],
+            1,
+        );
+        let at = |ms| set.since + std::time::Duration::from_millis(ms);
+        let fired = |ms| set.check_at(Stage::Mail, None, at(ms)).reply.is_some();
+        // Two pass at 0 and 400; the third and fourth, inside the window, are refused.
+        assert_eq!(
+            [fired(0), fired(400), fired(500), fired(999)],
+            [false, false, true, true]
+        );
+        // At 1000 the first has left the window: one more passes, then it is full again.
+        assert_eq!([fired(1000), fired(1100)], [false, true]);
+        // Refusals did not use the quota up: at 1400 the second has left too.
+        assert_eq!([fired(1400), fired(1401)], [false, true]);
+        assert!(
+            Fault::on(Stage::Mail)
+                .quota(0, 10)
+                .check("c.toml", 0)
+                .is_err()
+        );
     }
 
     #[test]

@@ -250,11 +250,24 @@ pub(crate) struct Shared {
     /// Lines and DATA chunks recorded so far, over every session.
     activity: Arc<AtomicU64>,
     next_message: AtomicU64,
+    /// How far [`Handle::advance_clock`] has moved the policy clock (quotas, bans, faults
+    /// over time) ahead of the real one, in milliseconds.
+    clock_ahead_ms: AtomicU64,
 }
 
 impl Shared {
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The policy clock: now, plus whatever the clock was advanced by.
+    pub(crate) fn now(&self) -> Instant {
+        Instant::now() + Duration::from_millis(self.clock_ahead_ms.load(Ordering::Relaxed))
+    }
+
+    /// The faults' action at this stage, on the policy clock.
+    fn fault(&self, stage: Stage, address: Option<&str>) -> Action {
+        self.faults().check_at(stage, address, self.now())
     }
 
     fn faults(&self) -> Arc<FaultSet> {
@@ -326,6 +339,7 @@ impl FakeUpstream {
             next_conn: AtomicU64::new(first_conn),
             activity: Arc::default(),
             next_message: AtomicU64::new(1),
+            clock_ahead_ms: AtomicU64::new(0),
         });
         let (shutdown, rx) = watch::channel(false);
         let s = shared.clone();
@@ -430,12 +444,24 @@ impl Handle {
     /// Replaces the scripted faults while the server runs (their counters start from zero):
     /// what a long-lived fake shared by many scenarios, or a user at run time, needs.
     pub fn set_faults(&self, faults: Vec<crate::faults::Fault>) {
-        let set = Arc::new(FaultSet::new(faults, self.shared.config.seed));
+        let set = Arc::new(FaultSet::new_at(
+            faults,
+            self.shared.config.seed,
+            self.shared.now(),
+        ));
         *self
             .shared
             .faults
             .write()
             .unwrap_or_else(|e| e.into_inner()) = set;
+    }
+
+    /// Moves the fake's policy clock ahead: quotas refill, bans and `for` faults end as if
+    /// `by` had passed (so that a test of 163's 15-minute quota takes no 15 minutes).
+    pub fn advance_clock(&self, by: Duration) {
+        self.shared
+            .clock_ahead_ms
+            .fetch_add(by.as_millis() as u64, Ordering::Relaxed);
     }
 
     /// How many lines and DATA chunks the transcripts have recorded so far: a number that
@@ -528,7 +554,7 @@ async fn connection(
         let banned = st
             .bans
             .get(&peer.ip())
-            .is_some_and(|until| *until > Instant::now());
+            .is_some_and(|until| *until > shared.now());
         let count = st.connections.entry(peer.ip()).or_insert(0);
         *count += 1;
         let over = persona
@@ -568,7 +594,7 @@ async fn connection(
         }
     };
 
-    let action = shared.faults().check(Stage::Connect, None);
+    let action = shared.fault(Stage::Connect, None);
     if let Some(end) = apply_before(&action, &transcript, shutdown.clone()).await {
         transcript.push(end);
         finish(&shared, &transcript);
@@ -736,7 +762,7 @@ impl Session {
     }
 
     fn greeting(&mut self) -> Reply {
-        let action = self.shared.faults().check(Stage::Greeting, None);
+        let action = self.shared.fault(Stage::Greeting, None);
         action.reply.unwrap_or_else(|| self.conn.greeting())
     }
 
@@ -773,7 +799,7 @@ impl Session {
         }
         match self.drive(&mut tcp, shutdown.clone()).await {
             Ok(End::StartTls) => {
-                let action = self.shared.faults().check(Stage::Starttls, None);
+                let action = self.shared.fault(Stage::Starttls, None);
                 if action.tls_fail {
                     self.note("* fault: TLS handshake broken");
                     let _ = write_all(&mut tcp, b"\x15\x03\x03\x00\x02\x02\x28").await;
@@ -935,7 +961,7 @@ impl Session {
         shutdown: &mut watch::Receiver<bool>,
     ) -> std::io::Result<bool> {
         let action = match stage {
-            Some(s) => self.shared.faults().check(s, None),
+            Some(s) => self.shared.fault(s, None),
             None => Action::default(),
         };
         if !action.is_none() {
@@ -962,7 +988,7 @@ impl Session {
             Decision::BeginData => (Stage::Data, None),
             Decision::Deliver(_) => (Stage::EndOfData, None),
         };
-        let action = self.shared.faults().check(stage, address.as_deref());
+        let action = self.shared.fault(stage, address.as_deref());
         if action.delay_ms > 0 {
             self.note(&format!("* fault: delay {} ms", action.delay_ms));
             tokio::time::sleep(Duration::from_millis(action.delay_ms)).await;
@@ -1063,7 +1089,7 @@ impl Session {
                     .state()
                     .account_bans
                     .get(&account)
-                    .is_some_and(|until| *until > Instant::now());
+                    .is_some_and(|until| *until > self.shared.now());
                 if barred {
                     return self.text(&texts.auth_account_banned);
                 }
@@ -1091,6 +1117,7 @@ impl Session {
         let shared = self.shared.clone();
         let persona = &shared.config.persona;
         let ip = self.peer.ip();
+        let now = self.shared.now();
         let mut st = self.shared.state();
         let ban = Duration::from_secs(persona.limits.ban_minutes * 60);
         // Bounded: names an attacker makes up do not grow these maps without end.
@@ -1098,7 +1125,6 @@ impl Session {
             st.account_failures.clear();
         }
         if st.account_bans.len() >= 10_000 {
-            let now = Instant::now();
             st.account_bans.retain(|_, until| *until > now);
         }
         let per_account = st.account_failures.entry(account.to_string()).or_insert(0);
@@ -1109,8 +1135,7 @@ impl Session {
             .is_some_and(|max| *per_account >= max);
         if account_barred {
             st.account_failures.remove(account);
-            st.account_bans
-                .insert(account.to_string(), Instant::now() + ban);
+            st.account_bans.insert(account.to_string(), now + ban);
         }
         let failures = st.auth_failures.entry(ip).or_insert(0);
         *failures += 1;
@@ -1120,7 +1145,7 @@ impl Session {
             st.auth_failures.remove(&ip);
             st.bans.insert(
                 ip,
-                Instant::now() + Duration::from_secs(persona.limits.ban_minutes * 60),
+                now + Duration::from_secs(persona.limits.ban_minutes * 60),
             );
             drop(st);
             self.close_after_write = true;
@@ -1185,7 +1210,7 @@ impl Session {
 
     /// (last 15 minutes, last day) sums of `f` over this sender's accepted messages.
     fn sent_counts(&self, sender: &str, f: impl Fn(u32) -> u32) -> (u32, u32) {
-        let now = Instant::now();
+        let now = self.shared.now();
         let mut st = self.shared.state();
         let Some(log) = st.sent.get_mut(sender) else {
             return (0, 0);
@@ -1358,12 +1383,13 @@ impl Session {
                 || limits.sender_per_day.is_some()
                 || limits.recipients_per_15min.is_some()
                 || limits.recipients_per_day.is_some();
+            let now = self.shared.now();
             let mut st = self.shared.state();
             if quotas {
                 st.sent
                     .entry(received.mail_from.to_lowercase())
                     .or_default()
-                    .push_back((Instant::now(), received.rcpt_to.len() as u32));
+                    .push_back((now, received.rcpt_to.len() as u32));
             }
             if st.received.len() >= self.shared.config.history.max(1) {
                 st.received.pop_front();

@@ -147,6 +147,9 @@ pub enum Step {
     Drain,
     /// The next step must be done within this (`within 2s`): a reply, a close, a QUIT.
     Within(Duration),
+    /// `upstream clock +15m`: the fake upstreams' policy clock moves ahead (quotas refill,
+    /// bans and `for` faults end) without the scenario waiting for it.
+    AdvanceClock(Duration),
 }
 
 /// What a reply must look like.
@@ -306,7 +309,18 @@ pub fn escape(bytes: &[u8]) -> String {
 /// `500ms`, `2s`, `1.5s`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let bad = || format!("{s:?} is not a duration (e.g. 500ms, 2s)");
+    let bad = || format!("{s:?} is not a duration (e.g. 500ms, 2s, 15m, 24h)");
+    for (suffix, unit) in [("m", 60), ("h", 3600)] {
+        if let Some(n) = s.strip_suffix(suffix).filter(|n| !n.ends_with('m')) {
+            return n
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|n| *n < 1_000_000)
+                .map(|n| Duration::from_secs(n * unit))
+                .ok_or_else(bad);
+        }
+    }
     if let Some(ms) = s.strip_suffix("ms") {
         return ms
             .trim()
@@ -326,8 +340,13 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Err(bad())
 }
 
-fn format_duration(d: Duration) -> String {
-    if d.subsec_millis() == 0 {
+pub(crate) fn format_duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    if d.subsec_millis() == 0 && secs > 0 && secs.is_multiple_of(3600) {
+        format!("{}h", secs / 3600)
+    } else if d.subsec_millis() == 0 && secs > 0 && secs.is_multiple_of(60) {
+        format!("{}m", secs / 60)
+    } else if d.subsec_millis() == 0 {
         format!("{}s", d.as_secs())
     } else {
         format!("{}ms", d.as_millis())
@@ -487,6 +506,13 @@ fn parse_selector(s: &str, f: &mut Fault) -> Result<(), String> {
             let d = parse_duration(d)?;
             f.for_ms = Some(d.as_millis().max(1) as u64);
         }
+        ["beyond", n, "per", d] if num(n).is_some() => {
+            let d = parse_duration(d)?;
+            f.quota = Some(fake_upstream::faults::Quota {
+                count: num(n).unwrap_or(1),
+                per_ms: d.as_millis().max(1) as u64,
+            });
+        }
         ["probability", p] => {
             let p: f64 = p
                 .parse()
@@ -497,7 +523,7 @@ fn parse_selector(s: &str, f: &mut Fault) -> Result<(), String> {
         }
         _ => {
             return Err(format!(
-                "{s:?} is not a selector (once, twice, N times, Nth time, every N, probability P, for DURATION, always)"
+                "{s:?} is not a selector (once, twice, N times, Nth time, every N, probability P, for DURATION, beyond N per DURATION, always)"
             ));
         }
     }
@@ -540,6 +566,8 @@ pub fn fault_text(f: &Fault) -> String {
         s.push_str(&format!(", probability {p}"));
     } else if let Some(ms) = f.for_ms {
         s.push_str(&format!(", for {ms}ms"));
+    } else if let Some(q) = f.quota {
+        s.push_str(&format!(", beyond {} per {}ms", q.count, q.per_ms));
     }
     s
 }
@@ -840,6 +868,14 @@ impl Scenario {
                 k if k.starts_with("sleep ") => sc
                     .steps
                     .push(step(Step::Sleep(parse_duration(&k[6..]).map_err(err)?))),
+                k if k.starts_with("upstream clock ") => {
+                    let d = k[15..].trim();
+                    let d = d.strip_prefix('+').ok_or_else(|| {
+                        err(format!("{d:?}: expected upstream clock +DURATION (+15m)"))
+                    })?;
+                    sc.steps
+                        .push(step(Step::AdvanceClock(parse_duration(d).map_err(err)?)))
+                }
                 k if k.starts_with("within ") => sc
                     .steps
                     .push(step(Step::Within(parse_duration(&k[7..]).map_err(err)?))),
@@ -1070,6 +1106,9 @@ impl Scenario {
                 }
                 Step::Close => s.push_str("close\n"),
                 Step::Sleep(d) => s.push_str(&format!("sleep {}\n", format_duration(*d))),
+                Step::AdvanceClock(d) => {
+                    s.push_str(&format!("upstream clock +{}\n", format_duration(*d)))
+                }
                 Step::Within(d) => s.push_str(&format!("within {}\n", format_duration(*d))),
                 Step::StartTls => s.push_str("starttls\n"),
                 Step::Tls => s.push_str("tls\n"),

@@ -1648,6 +1648,15 @@ async fn drive(sc: &Scenario, env: &Env, c: &mut Client) -> Result<(), String> {
                 }
                 Step::Close => c.expect_close().await.map_err(at)?,
                 Step::Sleep(d) => tokio::time::sleep(*d).await,
+                Step::AdvanceClock(d) => {
+                    for (_, fake) in &env.fakes {
+                        fake.advance_clock(*d);
+                    }
+                    c.note(format!(
+                        "* the upstream's clock moves {} ahead",
+                        crate::scenario::format_duration(*d)
+                    ));
+                }
                 Step::StartTls => {
                     c.pending.extend_from_slice(b"STARTTLS\r\n");
                     c.flush().await.map_err(at)?;

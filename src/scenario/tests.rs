@@ -285,3 +285,59 @@ fn repeat_within_limits_and_the_new_checks() {
         sc.to_text()
     );
 }
+
+#[test]
+fn a_quota_that_refills_and_the_upstream_clock() {
+    let f = parse_fault("MAIL: 451 MI:SFQ 163 smtp9, beyond 3 per 15m").unwrap();
+    assert_eq!(
+        f.quota,
+        Some(fake_upstream::faults::Quota {
+            count: 3,
+            per_ms: 900_000
+        })
+    );
+    assert_eq!(
+        fault_text(&f),
+        "MAIL: 451 MI:SFQ 163 smtp9, beyond 3 per 900000ms"
+    );
+    // Not a selector: the words stay part of the reply text.
+    let f = parse_fault("MAIL: 451 busy, beyond reach").unwrap();
+    assert_eq!(
+        (f.reply.as_deref(), f.quota),
+        (Some("451 busy, beyond reach"), None)
+    );
+    let sc = Scenario::parse(
+        "connect\nupstream clock +15m\nupstream clock +1h\nupstream clock +500ms\n",
+        Path::new("c.scn"),
+    )
+    .unwrap();
+    let ahead: Vec<Duration> = sc
+        .steps
+        .iter()
+        .filter_map(|l| match l.item {
+            Step::AdvanceClock(d) => Some(d),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        ahead,
+        [
+            Duration::from_secs(900),
+            Duration::from_secs(3600),
+            Duration::from_millis(500)
+        ]
+    );
+    assert!(
+        sc.to_text().contains("upstream clock +15m\n"),
+        "{}",
+        sc.to_text()
+    );
+    for (bad, says) in [
+        ("upstream clock 15m\n", "expected upstream clock +DURATION"),
+        ("upstream clock +soon\n", "is not a duration"),
+        ("upstream clock +5mm\n", "is not a duration"),
+    ] {
+        let e = Scenario::parse(bad, Path::new("bad.scn")).unwrap_err();
+        assert!(e.message.contains(says), "{bad:?}: {e}");
+    }
+}
