@@ -29,7 +29,7 @@ async fn every_mutant_is_caught_and_the_correct_relay_passes() {
         .iter()
         .filter(|s| s.tags.iter().any(|t| t == "portable"))
         .count();
-    assert!(portable >= 57, "{portable} portable scenarios");
+    assert!(portable >= 80, "{portable} portable scenarios");
     for s in &scores {
         assert_eq!(s.outcomes.len(), portable);
         if s.defect == Defect::None {

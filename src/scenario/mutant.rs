@@ -44,11 +44,16 @@ pub enum Defect {
     /// Leaves `BODY=8BITMIME` out of the MAIL it sends upstream (OpenSMTPD 6.8), though the
     /// upstream offers 8BITMIME (RFC 6152 3).
     DropsBodyParameter,
+    /// Leaves the syntax of EHLO names and of paths to the upstream: passes on
+    /// `bob@exa_mple.com`, `< >`, `<a@x> <b@y>` and `RCPT TO:<>` as they came.
+    NoSyntaxCheck,
+    /// Adds no `Received:` line (RFC 5321 4.4 says a relay MUST).
+    NoTrace,
 }
 
 impl Defect {
     /// Every defect, the correct relay excluded.
-    pub const ALL: [Defect; 9] = [
+    pub const ALL: [Defect; 11] = [
         Defect::LfDotLf,
         Defect::PassesBareLineEnds,
         Defect::Unstuffs,
@@ -58,6 +63,8 @@ impl Defect {
         Defect::AnswersEarly,
         Defect::LowercasesSender,
         Defect::DropsBodyParameter,
+        Defect::NoSyntaxCheck,
+        Defect::NoTrace,
     ];
 
     pub fn name(self) -> &'static str {
@@ -72,6 +79,8 @@ impl Defect {
             Defect::AnswersEarly => "answers-early",
             Defect::LowercasesSender => "lowercases-sender",
             Defect::DropsBodyParameter => "drops-body-parameter",
+            Defect::NoSyntaxCheck => "no-syntax-check",
+            Defect::NoTrace => "no-trace",
         }
     }
 
@@ -90,6 +99,8 @@ impl Defect {
             Defect::AnswersEarly => "answers 250 to the data before the upstream has",
             Defect::LowercasesSender => "lowercases the envelope sender",
             Defect::DropsBodyParameter => "leaves BODY=8BITMIME out of the MAIL sent upstream",
+            Defect::NoSyntaxCheck => "passes bad EHLO names and paths on instead of refusing them",
+            Defect::NoTrace => "adds no Received: line",
         }
     }
 }
@@ -384,6 +395,16 @@ async fn drive(
             l
         };
         let argument = text.split_whitespace().nth(1).is_some();
+        // The syntax of names, paths and arguments is the relay's to check (RFC 5321 4.1.2,
+        // 4.1.3), not something to leave to the upstream.
+        let command = forwarded(&line);
+        if defect != Defect::NoSyntaxCheck
+            && matches!(verb.as_str(), "EHLO" | "HELO" | "MAIL" | "RCPT" | "VRFY")
+            && let Err(e) = smtp_wire::Command::parse(&command[..command.len() - 2])
+        {
+            out.write_all(&e.reply().to_bytes()).await?;
+            continue;
+        }
         match verb.as_str() {
             // RFC 5321 4.1.1.1: EHLO and HELO name the client.
             "EHLO" | "HELO" if !argument => {
@@ -391,6 +412,11 @@ async fn drive(
                     .await?
             }
             "EHLO" => {
+                // RFC 5321 4.1.4: EHLO resets a transaction under way, as RSET does.
+                if mail_ok {
+                    up.command(b"RSET\r\n").await?;
+                    (mail_ok, rcpts) = (false, 0);
+                }
                 out.write_all(
                     b"250-mutant.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 67108864\r\n",
                 )
@@ -429,6 +455,12 @@ async fn drive(
                 }
                 if defect == Defect::Unstuffs {
                     content = unstuff(&content);
+                }
+                // RFC 5321 4.4: a relay adds its trace line at the top.
+                if defect != Defect::NoTrace {
+                    let mut traced = b"Received: from client by mutant.test with ESMTP;\r\n\tTue, 1 Dec 2026 10:00:00 +0000\r\n".to_vec();
+                    traced.extend_from_slice(&content);
+                    content = traced;
                 }
                 if defect == Defect::AddsHeader {
                     let mut c = b"X-Mutant: added\r\n".to_vec();

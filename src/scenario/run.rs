@@ -1837,7 +1837,12 @@ pub fn strip_trace(mut content: &[u8]) -> &[u8] {
 /// the same body). A relay that adds a field (`X-Peer:`, a `Date:` to a message without one)
 /// fails the one check that looks for that (`expect no header added`), not every check that
 /// compares content.
+///
+/// `got` has had its trace fields taken off ([`strip_trace`]); so have the client's own, if its
+/// message came with `Received:` lines (whether the relay kept those is for `expect upstream
+/// data has` to say).
 pub fn same_message(got: &[u8], sent: &[u8]) -> bool {
+    let sent = strip_trace(sent);
     if got == sent {
         return true;
     }
@@ -1975,7 +1980,7 @@ fn check_all(sc: &Scenario, env: &Env, client: &Client) -> Result<(), String> {
             Check::NoHeaderAdded => {
                 for (label, r) in received.iter().filter(|(_, r)| !is_bounce(r)) {
                     let body = strip_trace(&r.content);
-                    if !client.sent.iter().any(|m| m.as_slice() == body) {
+                    if !client.sent.iter().any(|m| strip_trace(m) == body) {
                         return Err(at(format!(
                             "upstream {label} got a message that is not byte for byte one the client sent; {}",
                             difference(body, &client.sent)
