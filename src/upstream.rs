@@ -11,9 +11,9 @@ use std::time::Duration;
 use rustls_pki_types::ServerName;
 use smtp_net::Io;
 use smtp_wire::{
-    Capabilities, ClientConfig, ClientError, ClientEvent, ClientSession, ClientTls, Command,
-    Credentials, DataEncoder, Decoded, ForwardPath, LineDecoder, LineEndings, MailParams, Outgoing,
-    RcptParams, Reply, ReplyParser, ReversePath,
+    Capabilities, ClientConfig, ClientConnection, ClientError, ClientEvent, ClientSession,
+    ClientTls, Command, Credentials, DataEncoder, ForwardPath, MailParams, Outgoing, RcptParams,
+    Reply, ReversePath,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -374,8 +374,8 @@ pub struct Upstream {
     config_at: String,
     io: Box<dyn Io>,
     session: ClientSession,
-    input: Vec<u8>,
-    lines: LineDecoder,
+    /// The reply side: bytes read, replies out.
+    replies: ClientConnection,
     timeouts: Timeouts,
     encoder: DataEncoder,
     out: Vec<u8>,
@@ -488,8 +488,7 @@ impl Upstream {
                 },
                 credentials: config.credentials.clone(),
             }),
-            input: Vec::new(),
-            lines: LineDecoder::new(MAX_REPLY_LINE, LineEndings::CrlfOnly),
+            replies: ClientConnection::new(MAX_REPLY_LINE),
             timeouts: t,
             encoder: DataEncoder::new(),
             out: Vec::new(),
@@ -544,7 +543,7 @@ impl Upstream {
                     up.send(&out, phase).await?;
                 }
                 Ok(ClientEvent::UpgradeTls) => {
-                    if !up.input.is_empty() {
+                    if !up.replies.buffered().is_empty() {
                         return Err(UpstreamError::Protocol {
                             upstream: up.name,
                             reason: "data after the 220 to STARTTLS (possible injection)".into(),
@@ -721,37 +720,21 @@ impl Upstream {
     /// Reads one whole reply within `wait`.
     async fn read_reply(&mut self, phase: Phase, wait: Duration) -> Result<Reply, UpstreamError> {
         let deadline = tokio::time::Instant::now() + wait;
-        let mut parser = ReplyParser::default();
         loop {
-            match self.lines.decode(&self.input) {
-                Decoded::Line { line, consumed } => {
-                    let parsed = parser.push_line(line);
-                    self.input.drain(..consumed);
-                    match parsed {
-                        Ok(Some(reply)) => {
-                            if self.recording {
-                                for l in reply.to_string().split("\r\n") {
-                                    self.transcript.push(format!("S: {l}"));
-                                }
-                            }
-                            return Ok(reply);
-                        }
-                        Ok(None) => continue,
-                        Err(e) => {
-                            return Err(UpstreamError::Protocol {
-                                upstream: self.name.clone(),
-                                reason: format!("bad reply to {phase}: {e}"),
-                            });
+            match self.replies.next_reply() {
+                Ok(Some(reply)) => {
+                    if self.recording {
+                        for l in reply.to_string().split("\r\n") {
+                            self.transcript.push(format!("S: {l}"));
                         }
                     }
+                    return Ok(reply);
                 }
-                Decoded::NeedMore { consumed } => {
-                    self.input.drain(..consumed);
-                }
-                Decoded::Error { error, .. } => {
+                Ok(None) => {}
+                Err(e) => {
                     return Err(UpstreamError::Protocol {
                         upstream: self.name.clone(),
-                        reason: format!("bad reply line to {phase}: {error:?}"),
+                        reason: format!("bad reply to {phase}: {e}"),
                     });
                 }
             }
@@ -786,7 +769,7 @@ impl Upstream {
                     });
                 }
             };
-            self.input.extend_from_slice(&chunk[..n]);
+            self.replies.receive(&chunk[..n]);
         }
     }
 

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use smtp_net::Io;
-use smtp_wire::{Decoded, LineDecoder, LineEndings, Reply, ReplyParser};
+use smtp_wire::{ClientConnection, Reply};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -49,8 +49,7 @@ pub fn tls_connector(ca_pem: &str) -> tokio_rustls::TlsConnector {
 /// A raw SMTP client: exact bytes out, whole replies in. Every read waits at most 10 s.
 pub struct Client {
     io: Option<Box<dyn Io>>,
-    buf: Vec<u8>,
-    lines: LineDecoder,
+    replies: ClientConnection,
 }
 
 impl Client {
@@ -78,8 +77,7 @@ impl Client {
     fn with(io: Box<dyn Io>) -> Client {
         Client {
             io: Some(io),
-            buf: Vec::new(),
-            lines: LineDecoder::new(4096, LineEndings::CrlfOnly),
+            replies: ClientConnection::new(4096),
         }
     }
 
@@ -95,21 +93,9 @@ impl Client {
 
     /// The next reply, or `None` when the server closed the connection.
     pub async fn try_reply(&mut self) -> Option<Reply> {
-        let mut parser = ReplyParser::default();
         loop {
-            match self.lines.decode(&self.buf) {
-                Decoded::Line { line, consumed } => {
-                    let r = parser.push_line(line).expect("a well-formed reply");
-                    self.buf.drain(..consumed);
-                    if let Some(r) = r {
-                        return Some(r);
-                    }
-                    continue;
-                }
-                Decoded::NeedMore { consumed } => {
-                    self.buf.drain(..consumed);
-                }
-                Decoded::Error { error, .. } => panic!("bad reply line: {error:?}"),
+            if let Some(r) = self.replies.next_reply().expect("a well-formed reply") {
+                return Some(r);
             }
             let mut chunk = [0u8; 4096];
             let io = self.io.as_mut().expect("connected");
@@ -120,7 +106,7 @@ impl Client {
             if n == 0 {
                 return None;
             }
-            self.buf.extend_from_slice(&chunk[..n]);
+            self.replies.receive(&chunk[..n]);
         }
     }
 
@@ -157,8 +143,11 @@ impl Client {
 
     /// The client side of a TLS handshake on this connection (after a 220 to STARTTLS).
     pub async fn handshake(&mut self, ca_pem: &str) -> Result<(), String> {
-        if !self.buf.is_empty() {
-            return Err(format!("{} octets arrived after the 220", self.buf.len()));
+        if !self.replies.buffered().is_empty() {
+            return Err(format!(
+                "{} octets arrived after the 220",
+                self.replies.buffered().len()
+            ));
         }
         let io = self.io.take().expect("connected");
         let name = rustls_pki_types::ServerName::try_from("localhost").expect("a name");

@@ -24,6 +24,8 @@
 //! - [`connection`]: a server connection without I/O (bytes in, events out) around the
 //!   session: framing, DATA decoding, BDAT chunks, STARTTLS input discard.
 //! - [`client`]: the client session machine for the upstream side.
+//! - [`client_connection`]: the client's byte side without I/O (bytes in, replies out):
+//!   bounded reply-line framing and multi-line assembly, for every reader of replies.
 //!
 //! # Example
 //! ```
@@ -45,6 +47,7 @@ pub mod address;
 pub mod auth;
 pub mod catalogue;
 pub mod client;
+pub mod client_connection;
 pub mod command;
 pub mod connection;
 pub mod data;
@@ -57,6 +60,7 @@ pub use address::{AddressError, Domain, ForwardPath, Mailbox, ReversePath};
 pub use auth::{AuthResponse, Credentials, Mechanism, SaslData};
 pub use catalogue::{ReplyBook, ReplyKind};
 pub use client::{ClientConfig, ClientError, ClientEvent, ClientSession, ClientTls, Outgoing};
+pub use client_connection::{ClientConnection, ReplyReadError};
 pub use command::{Command, CommandError, Verb};
 pub use connection::{Event, ServerConnection};
 pub use data::{BareLineEnding, DataDecoder, DataEncoder, DataOutcome, DataProgress};

@@ -12,7 +12,7 @@ use base64::Engine;
 use fake_upstream::tls::{TlsFiles, TlsMaterial};
 use fake_upstream::{Config as FakeConfig, FakeUpstream, Persona};
 use smtp_net::Io;
-use smtp_wire::{BareLineEnding, DataDecoder, DataProgress, Reply, ReplyParser};
+use smtp_wire::{BareLineEnding, ClientConnection, DataDecoder, DataProgress, Reply};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -1222,7 +1222,8 @@ struct Client {
 
 struct Conn {
     io: Box<dyn Io>,
-    buf: Vec<u8>,
+    /// The relay's replies: bytes read, whole replies out.
+    replies: ClientConnection,
     eof: bool,
 }
 
@@ -1331,54 +1332,42 @@ impl Client {
 
     async fn read_reply(&mut self) -> Result<Reply, String> {
         let conn = self.conn()?;
-        let mut parser = ReplyParser::default();
         let deadline = Instant::now() + STEP_WAIT;
         loop {
-            if let Some(end) = memchr::memmem::find(&conn.buf, b"\r\n") {
-                let line: Vec<u8> = conn.buf.drain(..end + 2).collect();
-                match parser.push_line(&line[..end]) {
-                    Ok(Some(reply)) => {
-                        for l in reply.to_string().split("\r\n") {
-                            self.note(format!("S: {l}"));
-                        }
-                        if self.awaiting_final {
-                            self.awaiting_final = false;
-                            if let Some(last) = self.finals.last_mut() {
-                                *last = Some(reply.clone());
-                            }
-                        }
-                        if reply.code == 354 && self.data.is_none() {
-                            self.data = Some((
-                                DataDecoder::new(u64::MAX, BareLineEnding::Normalize),
-                                Vec::new(),
-                            ));
-                            if let Some(token) = &self.token
-                                && std::mem::take(&mut self.data_written)
-                            {
-                                self.pending.splice(0..0, token.bytes());
-                            }
-                        }
-                        return Ok(reply);
+            match conn.replies.next_reply() {
+                Ok(Some(reply)) => {
+                    for l in reply.to_string().split("\r\n") {
+                        self.note(format!("S: {l}"));
                     }
-                    Ok(None) => continue,
-                    Err(e) => {
-                        return Err(format!(
-                            "a malformed reply line {:?}: {e:?}",
-                            String::from_utf8_lossy(&line)
+                    if self.awaiting_final {
+                        self.awaiting_final = false;
+                        if let Some(last) = self.finals.last_mut() {
+                            *last = Some(reply.clone());
+                        }
+                    }
+                    if reply.code == 354 && self.data.is_none() {
+                        self.data = Some((
+                            DataDecoder::new(u64::MAX, BareLineEnding::Normalize),
+                            Vec::new(),
                         ));
+                        if let Some(token) = &self.token
+                            && std::mem::take(&mut self.data_written)
+                        {
+                            self.pending.splice(0..0, token.bytes());
+                        }
                     }
+                    return Ok(reply);
                 }
-            }
-            if conn.buf.len() > MAX_REPLY_LINE {
-                return Err(format!("a reply line longer than {MAX_REPLY_LINE} octets"));
+                Ok(None) => {}
+                Err(e) => return Err(e.to_string()),
             }
             if conn.eof {
-                return Err(if conn.buf.is_empty() {
+                return Err(if conn.replies.buffered().is_empty() {
                     "the relay closed the connection".to_string()
                 } else {
                     format!(
                         "the relay closed the connection after {:?}",
-                        String::from_utf8_lossy(&conn.buf)
+                        String::from_utf8_lossy(conn.replies.buffered())
                     )
                 });
             }
@@ -1387,7 +1376,7 @@ impl Client {
             match tokio::time::timeout(left, conn.io.read(&mut chunk)).await {
                 Err(_) => return Err(format!("no reply within {}s", STEP_WAIT.as_secs())),
                 Ok(Ok(0)) => conn.eof = true,
-                Ok(Ok(n)) => conn.buf.extend_from_slice(&chunk[..n]),
+                Ok(Ok(n)) => conn.replies.receive(&chunk[..n]),
                 Ok(Err(e)) => {
                     if e.kind() == std::io::ErrorKind::ConnectionReset {
                         conn.eof = true;
@@ -1406,25 +1395,25 @@ impl Client {
         }
         loop {
             let conn = self.conn()?;
-            if conn.buf.is_empty() && !conn.eof {
+            if conn.replies.buffered().is_empty() && !conn.eof {
                 let mut chunk = [0u8; 8192];
                 match tokio::time::timeout(Duration::from_millis(150), conn.io.read(&mut chunk))
                     .await
                 {
                     Err(_) => return Ok(()),
                     Ok(Ok(0)) | Ok(Err(_)) => conn.eof = true,
-                    Ok(Ok(n)) => conn.buf.extend_from_slice(&chunk[..n]),
+                    Ok(Ok(n)) => conn.replies.receive(&chunk[..n]),
                 }
             }
             let conn = self.conn()?;
-            if conn.eof && conn.buf.is_empty() {
+            if conn.eof && conn.replies.buffered().is_empty() {
                 self.note("* closed by the relay".into());
                 self.conn = None;
                 self.closed_seen = true;
                 return Ok(());
             }
-            if conn.eof && memchr::memmem::find(&conn.buf, b"\r\n").is_none() {
-                let rest = String::from_utf8_lossy(&conn.buf).into_owned();
+            if conn.eof && memchr::memmem::find(conn.replies.buffered(), b"\r\n").is_none() {
+                let rest = String::from_utf8_lossy(conn.replies.buffered()).into_owned();
                 return Err(format!(
                     "the relay closed after an incomplete reply line {rest:?}"
                 ));
@@ -1437,7 +1426,7 @@ impl Client {
         let conn = self.conn()?;
         let deadline = Instant::now() + STEP_WAIT;
         while !conn.eof {
-            if !conn.buf.is_empty() {
+            if !conn.replies.buffered().is_empty() {
                 break;
             }
             let left = deadline.saturating_duration_since(Instant::now());
@@ -1447,11 +1436,11 @@ impl Client {
                     return Err("expected the relay to close the connection; it stayed open".into());
                 }
                 Ok(Ok(0)) | Ok(Err(_)) => conn.eof = true,
-                Ok(Ok(n)) => conn.buf.extend_from_slice(&chunk[..n]),
+                Ok(Ok(n)) => conn.replies.receive(&chunk[..n]),
             }
         }
-        if !conn.buf.is_empty() {
-            let got = String::from_utf8_lossy(&conn.buf).into_owned();
+        if !conn.replies.buffered().is_empty() {
+            let got = String::from_utf8_lossy(conn.replies.buffered()).into_owned();
             return Err(format!("expected the close, got {got:?}"));
         }
         self.note("* closed by the relay".into());
@@ -1461,10 +1450,10 @@ impl Client {
 
     async fn handshake(&mut self) -> Result<(), String> {
         let mut conn = self.conn.take().ok_or("not connected")?;
-        if !conn.buf.is_empty() {
+        if !conn.replies.buffered().is_empty() {
             return Err(format!(
                 "{} octets arrived after the 220 to STARTTLS (possible injection)",
-                conn.buf.len()
+                conn.replies.buffered().len()
             ));
         }
         let name = rustls_pki_types::ServerName::try_from("localhost").expect("a name");
@@ -1620,7 +1609,7 @@ async fn drive(sc: &Scenario, env: &Env, c: &mut Client) -> Result<(), String> {
                     }
                     c.conn = Some(Conn {
                         io: Box::new(tcp),
-                        buf: Vec::new(),
+                        replies: ClientConnection::new(MAX_REPLY_LINE),
                         eof: false,
                     });
                     c.note(format!(
