@@ -277,7 +277,8 @@ fn unclean(content: &[u8]) -> bool {
 }
 
 struct Upstream {
-    input: Input,
+    read: OwnedReadHalf,
+    replies: smtp_wire::ClientConnection,
     write: OwnedWriteHalf,
 }
 
@@ -288,10 +289,8 @@ impl Upstream {
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect"))??;
         let (read, write) = tcp.into_split();
         let mut up = Upstream {
-            input: Input {
-                read,
-                buf: Vec::new(),
-            },
+            read,
+            replies: smtp_wire::ClientConnection::new(MAX_LINE),
             write,
         };
         up.reply().await?;
@@ -308,18 +307,22 @@ impl Upstream {
 
     /// One whole reply, every line with its CRLF, as the upstream said it.
     async fn reply(&mut self) -> std::io::Result<Vec<u8>> {
-        let mut reply = Vec::new();
         loop {
-            let line = self
-                .input
-                .line()
-                .await?
-                .ok_or_else(|| std::io::Error::other("upstream closed"))?;
-            let last = line.get(3) != Some(&b'-');
-            reply.extend_from_slice(&line);
-            if last {
-                return Ok(reply);
+            if let Some(reply) = self
+                .replies
+                .next_reply()
+                .map_err(|e| std::io::Error::other(e.to_string()))?
+            {
+                return Ok(reply.to_bytes());
             }
+            let mut chunk = [0u8; 16 * 1024];
+            let n = tokio::time::timeout(WAIT, self.read.read(&mut chunk))
+                .await
+                .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no reply"))??;
+            if n == 0 {
+                return Err(std::io::Error::other("upstream closed"));
+            }
+            self.replies.receive(&chunk[..n]);
         }
     }
 
@@ -329,7 +332,7 @@ impl Upstream {
     }
 
     fn into_stream(self) -> Option<TcpStream> {
-        self.input.read.reunite(self.write).ok()
+        self.read.reunite(self.write).ok()
     }
 }
 
