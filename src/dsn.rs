@@ -59,7 +59,14 @@ pub fn header_section(message: &[u8]) -> &[u8] {
 pub fn status(reply: &Reply) -> String {
     match reply.enhanced {
         Some((a, b, c)) => format!("{a}.{b}.{c}"),
-        None => format!("{}.0.0", if reply.code / 100 == 4 { 4 } else { 5 }),
+        None => format!(
+            "{}.0.0",
+            if reply.severity() == smtp_wire::Severity::Transient {
+                4
+            } else {
+                5
+            }
+        ),
     }
 }
 
@@ -190,7 +197,7 @@ pub async fn send(
         )
         .await?;
     let mut body = as_daemon;
-    if env.mail.code / 100 == 5 {
+    if env.mail.severity() == smtp_wire::Severity::Permanent {
         up.rset().await?;
         env = up
             .envelope(

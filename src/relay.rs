@@ -1352,7 +1352,9 @@ impl Session {
                 let pause = guard.limits().relay_refused_pause;
                 Verdict::Reply(Refusal::RelayRefused(reply).reply(&upstream, pause))
             }
-            Err(UpstreamError::AuthRejected { reply, .. }) if reply.code / 100 == 5 => {
+            Err(UpstreamError::AuthRejected { reply, .. })
+                if reply.severity() == smtp_wire::Severity::Permanent =>
+            {
                 self.note(format!("    * upstream refused the credentials: {reply}"));
                 guard.failed(Instant::now(), ip, &upstream, &c.username, &c.secret, true);
                 Verdict::Reply(reply)
@@ -1716,7 +1718,7 @@ impl Session {
         for (r, result) in asked {
             match result {
                 Ok(reply) if reply.code == 354 => self.legs[r].sending = true,
-                Ok(reply) if reply.code / 100 == 4 => {
+                Ok(reply) if reply.severity() == smtp_wire::Severity::Transient => {
                     transient.get_or_insert(reply);
                 }
                 Ok(reply) => self.legs[r].outcome = Some(reply),
@@ -1811,7 +1813,7 @@ impl Session {
             many => {
                 let lead = many
                     .iter()
-                    .find(|(_, r)| r.code / 100 == 4)
+                    .find(|(_, r)| r.severity() == smtp_wire::Severity::Transient)
                     .unwrap_or(&many[0])
                     .1;
                 let mut lines = vec![format!(

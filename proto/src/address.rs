@@ -419,6 +419,29 @@ pub fn parse_forward_path(arg: &str) -> Result<(ForwardPath, &str), AddressError
     Ok((ForwardPath::Mailbox(parse_path_mailbox(content)?), rest))
 }
 
+/// A whole reverse path, as [`ReversePath`]'s `Display` writes it (`<>`, `<a@b>`): what a
+/// record that stored one reads back. Text after the path is an error.
+impl std::str::FromStr for ReversePath {
+    type Err = AddressError;
+    fn from_str(s: &str) -> Result<ReversePath, AddressError> {
+        match parse_reverse_path(s)? {
+            (path, "") => Ok(path),
+            _ => Err(AddressError::TrailingText),
+        }
+    }
+}
+
+/// A whole forward path, as [`ForwardPath`]'s `Display` writes it (`<a@b>`, `<Postmaster>`).
+impl std::str::FromStr for ForwardPath {
+    type Err = AddressError;
+    fn from_str(s: &str) -> Result<ForwardPath, AddressError> {
+        match parse_forward_path(s)? {
+            (path, "") => Ok(path),
+            _ => Err(AddressError::TrailingText),
+        }
+    }
+}
+
 fn parse_path_mailbox(content: &str) -> Result<Mailbox, AddressError> {
     if content.is_empty() {
         return Err(AddressError::Empty);
@@ -613,6 +636,32 @@ mod tests {
         assert_eq!(
             Domain::parse("my_host.local"),
             Err(AddressError::DomainChar('_'))
+        );
+    }
+
+    #[test]
+    fn paths_read_back_what_display_wrote() {
+        for text in [
+            "<>",
+            "<a@b.example>",
+            "<\"a b\"@example.com>",
+            "<Bob.Smith@[192.0.2.1]>",
+        ] {
+            let p: ReversePath = text.parse().unwrap();
+            assert_eq!(p.to_string(), text);
+        }
+        for text in ["<Postmaster>", "<\"a\\\"b\"@example.com>", "<x@y.example>"] {
+            let p: ForwardPath = text.parse().unwrap();
+            assert_eq!(p.to_string(), text);
+        }
+        assert_eq!("<>".parse::<ForwardPath>(), Err(AddressError::Empty));
+        assert_eq!(
+            "<a@x> SIZE=1".parse::<ReversePath>(),
+            Err(AddressError::TrailingText)
+        );
+        assert_eq!(
+            "<a@x> <b@y>".parse::<ForwardPath>(),
+            Err(AddressError::TrailingText)
         );
     }
 }

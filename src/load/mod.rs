@@ -410,10 +410,7 @@ struct Worker {
 
 impl Worker {
     fn new(w: &Arc<Workload>, run: &Arc<Run>) -> Worker {
-        let from = match smtp_wire::Command::parse(format!("MAIL FROM:<{}>", w.from).as_bytes()) {
-            Ok(smtp_wire::Command::Mail { from, .. }) => from,
-            _ => ReversePath::Null,
-        };
+        let from = w.from.parse().unwrap_or(ReversePath::Null);
         Worker {
             w: w.clone(),
             run: run.clone(),
@@ -503,9 +500,7 @@ impl Worker {
             let addr =
                 w.to.replace("{n}", &n.to_string())
                     .replace("{r}", &r.to_string());
-            if let Ok(smtp_wire::Command::Rcpt { to, .. }) =
-                smtp_wire::Command::parse(format!("RCPT TO:<{addr}>").as_bytes())
-            {
+            if let Ok(to) = addr.parse() {
                 self.scratch.push((to, RcptParams::default()));
             }
         }

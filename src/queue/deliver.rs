@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use smtp_wire::{Command, Credentials, ForwardPath, MailParams, RcptParams, Reply, ReversePath};
+use smtp_wire::{Credentials, ForwardPath, MailParams, RcptParams, Reply, ReversePath};
 use tokio::io::AsyncReadExt;
 
 use super::store::{Queue, Queued, RcptState};
@@ -53,7 +53,7 @@ pub fn backoff(r: &Retry, attempts: u32, unit: f64) -> Duration {
 /// whole route waits, not just this message.
 pub fn is_quota(reply: &Reply) -> bool {
     let text = reply.text();
-    reply.code / 100 == 4
+    reply.severity() == smtp_wire::Severity::Transient
         && [
             "MI:SFQ",
             "RP:QRC",
@@ -81,22 +81,13 @@ pub enum Attempt {
 }
 
 fn parse_mail(rec: &Queued) -> Option<(ReversePath, MailParams)> {
-    let line = if rec.mail_params.is_empty() {
-        format!("MAIL FROM:{}", rec.mail_from)
-    } else {
-        format!("MAIL FROM:{} {}", rec.mail_from, rec.mail_params)
-    };
-    match Command::parse(line.as_bytes()) {
-        Ok(Command::Mail { from, params }) => Some((from, params)),
-        _ => None,
-    }
+    let from = rec.mail_from.parse().ok()?;
+    let params = MailParams::parse(&rec.mail_params).ok()?;
+    Some((from, params))
 }
 
 fn parse_rcpt(to: &str) -> Option<ForwardPath> {
-    match Command::parse(format!("RCPT TO:{to}").as_bytes()) {
-        Ok(Command::Rcpt { to, .. }) => Some(to),
-        _ => None,
-    }
+    to.parse().ok()
 }
 
 /// Sets the state of the recipients at `indexes` from a reply: 2xx delivered, 5xx failed,
@@ -104,11 +95,11 @@ fn parse_rcpt(to: &str) -> Option<ForwardPath> {
 fn settle(rec: &mut Queued, indexes: &[usize], reply: &Reply) {
     let said = crate::upstream::said(reply);
     for &i in indexes {
-        rec.rcpts[i].state = match reply.code / 100 {
-            2 => RcptState::Delivered {
+        rec.rcpts[i].state = match reply.severity() {
+            smtp_wire::Severity::Completion => RcptState::Delivered {
                 reply: said.clone(),
             },
-            5 => RcptState::Failed {
+            smtp_wire::Severity::Permanent => RcptState::Failed {
                 reply: said.clone(),
             },
             _ => RcptState::Pending {
@@ -606,11 +597,7 @@ impl Scheduler {
         if failures.is_empty() || sender.is_empty() {
             return;
         }
-        let Some(Command::Mail {
-            from: ReversePath::Mailbox(mailbox),
-            ..
-        }) = Command::parse(format!("MAIL FROM:{}", rec.mail_from).as_bytes()).ok()
-        else {
+        let Ok(ReversePath::Mailbox(mailbox)) = rec.mail_from.parse() else {
             return;
         };
         let Some(upstream) = self.routes.bounces(sender) else {

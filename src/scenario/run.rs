@@ -760,7 +760,10 @@ impl Env {
             let accepted = finals
                 .iter()
                 .take(sent.len())
-                .filter(|r| r.as_ref().is_some_and(|r| r.code / 100 == 2))
+                .filter(|r| {
+                    r.as_ref()
+                        .is_some_and(|r| r.severity() == smtp_wire::Severity::Completion)
+                })
                 .count();
             received.iter().any(|(_, r)| is_bounce(r))
                 || received.iter().filter(|(_, r)| !is_bounce(r)).count() >= accepted
@@ -2202,7 +2205,7 @@ fn check_all(sc: &Scenario, env: &Env, client: &Client) -> Result<(), String> {
                         || received
                             .iter()
                             .any(|(_, r)| same_message(strip_trace(&r.content), m));
-                    if reply.code / 100 == 2 && !arrived && !bounced {
+                    if reply.severity() == smtp_wire::Severity::Completion && !arrived && !bounced {
                         return Err(at(format!(
                             "the client was told {reply} for message {}, but no upstream got it and no bounce went out",
                             i + 1
