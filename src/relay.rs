@@ -25,7 +25,7 @@ use tokio::task::JoinSet;
 
 use smtp_net::Io;
 
-use crate::route::Route;
+use crate::route::{Route, RouteId};
 use crate::upstream::{Upstream, UpstreamConfig, UpstreamError};
 
 /// How clients prove who they are.
@@ -106,6 +106,39 @@ pub struct RelayConfig {
 }
 
 impl RelayConfig {
+    /// The table's route `r`, or `None` for the default route.
+    fn table_route(&self, r: RouteId) -> Option<&Route> {
+        r.table_index().map(|i| &self.routes[i])
+    }
+
+    /// The upstream settings of route `r`.
+    fn route_upstream(&self, r: RouteId) -> &UpstreamConfig {
+        self.table_route(r)
+            .map_or(&self.upstream, |route| &route.upstream)
+    }
+
+    /// Route `r`'s name in transcripts, records and the queue: `default` or its label.
+    fn route_label(&self, r: RouteId) -> &str {
+        self.table_route(r).map_or("default", |route| &route.label)
+    }
+
+    /// Whether route `r` stores and forwards.
+    fn route_queued(&self, r: RouteId) -> bool {
+        self.table_route(r)
+            .map_or(self.default_queue, |route| route.queue)
+    }
+
+    /// Whether route `r` gets the client's own credentials (pass-through mode).
+    fn uses_client_credentials(&self, r: RouteId) -> bool {
+        matches!(self.auth, AuthMode::Passthrough)
+            && self.table_route(r).is_none_or(|route| route.passthrough)
+    }
+
+    /// Every route, the default first.
+    fn route_ids(&self) -> impl Iterator<Item = RouteId> + use<> {
+        RouteId::all(self.routes.len())
+    }
+
     /// A relay with the default limits (`relay.example.toml` documents them): pass-through
     /// AUTH, no TLS of its own, no implicit-TLS listener, no transcripts.
     pub fn new(
@@ -292,9 +325,9 @@ struct Shared {
 
 impl Shared {
     /// Records what route `r`'s upstream offered in its latest EHLO.
-    fn learn(&self, r: usize, caps: &Capabilities) {
+    fn learn(&self, r: RouteId, caps: &Capabilities) {
         let mut known = self.smtputf8.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(slot) = known.get_mut(r) {
+        if let Some(slot) = known.get_mut(r.slot()) {
             *slot = Some(caps.smtputf8());
         }
         drop(known);
@@ -302,7 +335,7 @@ impl Shared {
             .eight_bit_mime
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        if let Some(slot) = known.get_mut(r) {
+        if let Some(slot) = known.get_mut(r.slot()) {
             *slot = Some(caps.eightbitmime());
         }
     }
@@ -330,8 +363,8 @@ impl Shared {
 /// message. Bounded to 10 seconds in all.
 async fn probe_routes(shared: &Shared) {
     let cfg = &shared.config;
-    let probes = (0..=cfg.routes.len()).map(|r| async move {
-        let mut config = route_upstream(cfg, r).clone();
+    let probes = cfg.route_ids().map(|r| async move {
+        let mut config = cfg.route_upstream(r).clone();
         config.credentials = None;
         let result =
             tokio::time::timeout(Duration::from_secs(10), Upstream::connect(&config)).await;
@@ -342,7 +375,7 @@ async fn probe_routes(shared: &Shared) {
             Ok(Ok(up)) => {
                 shared.learn(r, up.capabilities());
                 tracing::info!(
-                    route = r,
+                    route = %cfg.route_label(r),
                     upstream = %name,
                     smtputf8 = up.capabilities().smtputf8(),
                     pipelining = up.capabilities().pipelining(),
@@ -351,10 +384,10 @@ async fn probe_routes(shared: &Shared) {
                 up.quit().await;
             }
             Ok(Err(e)) => {
-                tracing::warn!(route = r, upstream = %name, error = %e, "route unreachable at start")
+                tracing::warn!(route = %cfg.route_label(r), upstream = %name, error = %e, "route unreachable at start")
             }
             Err(_) => {
-                tracing::warn!(route = r, upstream = %name, "route probe timed out after 10s")
+                tracing::warn!(route = %cfg.route_label(r), upstream = %name, "route probe timed out after 10s")
             }
         }
     }
@@ -449,8 +482,8 @@ pub async fn start(mut config: RelayConfig) -> std::io::Result<RelayHandle> {
         ),
         config,
     });
-    for r in 0..=shared.config.routes.len() {
-        let up = route_upstream(&shared.config, r);
+    for r in shared.config.route_ids() {
+        let up = shared.config.route_upstream(r);
         if up.tls_policy == crate::upstream_tls::TlsPolicy::Encrypt {
             tracing::warn!(upstream = %up.name, at = %up.config_at, "tls_policy = \"encrypt\": this upstream's certificate is never verified; anyone in the path can impersonate it and read the mail (use \"verify\" or \"fingerprint\")");
         }
@@ -653,7 +686,7 @@ async fn client(
         peer,
         tls: kind == Transport::Tls,
         credentials: None,
-        legs: (0..=cfg.routes.len()).map(Leg::new).collect(),
+        legs: Legs(cfg.route_ids().map(Leg::new).collect()),
         transaction: None,
         prefetched: Default::default(),
         poisoned: None,
@@ -683,7 +716,7 @@ async fn client(
     }
     Box::pin(session.abort_transaction()).await;
     session.spooled().await;
-    for leg in &mut session.legs {
+    for leg in session.legs.iter_mut() {
         if let Some(up) = leg.up.take() {
             Box::pin(up.quit()).await;
         }
@@ -730,7 +763,7 @@ async fn client(
 async fn stream_content(
     spool: &mut Option<Spool>,
     queue_file: &mut Option<QueueFile>,
-    legs: &mut [Leg],
+    legs: &mut Legs,
     poisoned: &mut Option<Reply>,
     session: u64,
     data: &[u8],
@@ -937,7 +970,7 @@ struct QueueFile {
 }
 
 struct Leg {
-    route: usize,
+    route: RouteId,
     up: Option<Upstream>,
     /// The upstream is inside a transaction (MAIL accepted, no final reply yet): RSET it
     /// before the next MAIL.
@@ -960,7 +993,7 @@ struct Leg {
 }
 
 impl Leg {
-    fn new(route: usize) -> Leg {
+    fn new(route: RouteId) -> Leg {
         Leg {
             route,
             up: None,
@@ -985,6 +1018,32 @@ impl Leg {
     }
 }
 
+/// A session's legs, one per route (the default first), indexed by [`RouteId`] only.
+struct Legs(Vec<Leg>);
+
+impl Legs {
+    fn iter(&self) -> std::slice::Iter<'_, Leg> {
+        self.0.iter()
+    }
+
+    fn iter_mut(&mut self) -> std::slice::IterMut<'_, Leg> {
+        self.0.iter_mut()
+    }
+}
+
+impl std::ops::Index<RouteId> for Legs {
+    type Output = Leg;
+    fn index(&self, r: RouteId) -> &Leg {
+        &self.0[r.slot()]
+    }
+}
+
+impl std::ops::IndexMut<RouteId> for Legs {
+    fn index_mut(&mut self, r: RouteId) -> &mut Leg {
+        &mut self.0[r.slot()]
+    }
+}
+
 struct Session {
     /// Counts this session against its client's address while the client's connection is
     /// open: given back when the relay says goodbye or the connection ends, not after the
@@ -999,12 +1058,12 @@ struct Session {
     /// The client's credentials (pass-through mode), to open upstream sessions.
     credentials: Option<Credentials>,
     /// One per route, index 0 the default route (`RelayConfig::upstream`).
-    legs: Vec<Leg>,
+    legs: Legs,
     /// MAIL FROM of the transaction in progress, to open further routes at their first RCPT.
     transaction: Option<(ReversePath, MailParams)>,
     /// RCPT replies received ahead of the client's turn (its pipelined group forwarded as a
     /// group), in the client's order: the recipient, and its route and reply when it was sent.
-    prefetched: std::collections::VecDeque<(ForwardPath, Option<(usize, Reply)>)>,
+    prefetched: std::collections::VecDeque<(ForwardPath, Option<(RouteId, Reply)>)>,
     /// An upstream with accepted recipients failed in this transaction: it can only end with
     /// this 4xx (nothing is delivered anywhere, the client tries again).
     poisoned: Option<Reply>,
@@ -1027,19 +1086,6 @@ enum Next {
     Continue,
     Close,
     StartTls,
-}
-
-/// The upstream settings of route `r` (0: the default route).
-fn route_upstream(cfg: &RelayConfig, r: usize) -> &UpstreamConfig {
-    match r {
-        0 => &cfg.upstream,
-        i => &cfg.routes[i - 1].upstream,
-    }
-}
-
-/// Whether route `r` gets the client's own credentials (pass-through mode).
-fn uses_client_credentials(cfg: &RelayConfig, r: usize) -> bool {
-    matches!(cfg.auth, AuthMode::Passthrough) && (r == 0 || cfg.routes[r - 1].passthrough)
 }
 
 impl Session {
@@ -1072,20 +1118,20 @@ impl Session {
         if self.transcript.is_none() {
             return;
         }
-        for i in 0..self.legs.len() {
-            let Some(up) = self.legs[i].up.as_mut() else {
+        for r in self.shared.config.route_ids() {
+            let Some(up) = self.legs[r].up.as_mut() else {
                 continue;
             };
             let lines = up.take_transcript();
-            let mark = match i {
-                0 => "U".to_string(),
-                r => format!("U[{}]", self.shared.config.routes[r - 1].label),
+            let mark = match r {
+                RouteId::DEFAULT => "U".to_string(),
+                r => format!("U[{}]", self.shared.config.route_label(r)),
             };
             for line in lines {
                 let marked = match line.split_once(": ") {
                     Some(("C", rest)) => format!("    {mark}> {rest}"),
                     Some(("S", rest)) => format!("    {mark}< {rest}"),
-                    _ if i == 0 => format!("    {line}"),
+                    _ if r.is_default() => format!("    {line}"),
                     _ => format!("    {mark} {line}"),
                 };
                 self.note(marked);
@@ -1361,13 +1407,17 @@ impl Session {
             }
             Ok(up) => {
                 guard.succeeded(ip);
-                self.shared.learn(0, up.capabilities());
-                if let Some(old) = self.legs[0].up.replace(up) {
+                self.shared.learn(RouteId::DEFAULT, up.capabilities());
+                if let Some(old) = self.legs[RouteId::DEFAULT].up.replace(up) {
                     old.quit().await;
                 }
                 self.credentials = Some(c);
                 // The upstream's own success words (163: `235 Authentication successful`).
-                match self.legs[0].up.as_ref().and_then(Upstream::auth_reply) {
+                match self.legs[RouteId::DEFAULT]
+                    .up
+                    .as_ref()
+                    .and_then(Upstream::auth_reply)
+                {
                     Some(r) if r.code == 235 => Verdict::Reply(r.clone()),
                     _ => Verdict::Accept,
                 }
@@ -1412,13 +1462,13 @@ impl Session {
 
     /// The upstream session of route `r`: the one already open, or a new one (with the
     /// client's credentials or the route's own, see [`uses_client_credentials`]).
-    async fn open_leg(&mut self, r: usize) -> Result<(), UpstreamError> {
+    async fn open_leg(&mut self, r: RouteId) -> Result<(), UpstreamError> {
         if self.legs[r].up.is_some() {
             return Ok(());
         }
         let cfg = &self.shared.config;
-        let mut config = route_upstream(cfg, r).clone();
-        if uses_client_credentials(cfg, r) {
+        let mut config = cfg.route_upstream(r).clone();
+        if cfg.uses_client_credentials(r) {
             config.credentials = self.credentials.clone();
         }
         match Upstream::connect(&config).await {
@@ -1431,7 +1481,7 @@ impl Session {
                 if self.refuses_the_relay(&e) {
                     // Logged and counted there.
                 } else if let UpstreamError::AuthRejected { reply, .. } = &e
-                    && !uses_client_credentials(cfg, r)
+                    && !cfg.uses_client_credentials(r)
                 {
                     tracing::error!(
                         session = self.id,
@@ -1450,12 +1500,8 @@ impl Session {
     }
 
     /// Whether route `r` stores and forwards.
-    fn queued(&self, r: usize) -> bool {
-        let cfg = &self.shared.config;
-        match r {
-            0 => cfg.default_queue,
-            i => cfg.routes[i - 1].queue,
-        }
+    fn queued(&self, r: RouteId) -> bool {
+        self.shared.config.route_queued(r)
     }
 
     /// MAIL: a new transaction. Upstreams still inside an earlier one (the client said RSET,
@@ -1464,16 +1510,19 @@ impl Session {
     /// answer. Other routes get MAIL at their first recipient.
     async fn mail(&mut self, from: ReversePath, params: MailParams) -> Verdict {
         self.reset_legs().await;
-        if self.queued(0) {
+        if self.queued(RouteId::DEFAULT) {
             // Store and forward: nobody upstream to ask now; the sender is checked when the
             // message is delivered (a refusal then is a bounce).
             self.transaction = Some((from, params));
             return Verdict::Reply(Reply::new(250, (2, 1, 0), "Sender OK"));
         }
-        if let Err(e) = self.open_leg(0).await {
+        if let Err(e) = self.open_leg(RouteId::DEFAULT).await {
             return Verdict::Reply(e.client_reply());
         }
-        let pipelining = self.legs[0].up.as_ref().is_some_and(Upstream::can_pipeline);
+        let pipelining = self.legs[RouteId::DEFAULT]
+            .up
+            .as_ref()
+            .is_some_and(Upstream::can_pipeline);
         if pipelining {
             let group = self.pipelined_rcpts();
             if !group.is_empty() {
@@ -1490,16 +1539,16 @@ impl Session {
                 return Verdict::Reply(reply);
             }
         }
-        let up = self.legs[0].up.as_mut().expect("opened");
+        let up = self.legs[RouteId::DEFAULT].up.as_mut().expect("opened");
         match up.mail(&from, &params).await {
             Ok(reply) => {
                 if reply.is_positive() {
-                    self.legs[0].mail_sent = true;
+                    self.legs[RouteId::DEFAULT].mail_sent = true;
                     self.transaction = Some((from, params));
                 }
                 Verdict::Reply(reply)
             }
-            Err(e) => self.leg_failed(0, e).await,
+            Err(e) => self.leg_failed(RouteId::DEFAULT, e).await,
         }
     }
 
@@ -1533,28 +1582,28 @@ impl Session {
         group: Vec<(ForwardPath, RcptParams)>,
         mail_first: bool,
     ) -> Option<Result<Reply, Reply>> {
-        let routes: Vec<usize> = group
+        let routes: Vec<RouteId> = group
             .iter()
-            .map(|(to, _)| crate::route::route_index(&self.shared.config.routes, to))
+            .map(|(to, _)| crate::route::route_for(&self.shared.config.routes, to))
             .collect();
-        let mut order: Vec<usize> = Vec::new();
+        let mut order: Vec<RouteId> = Vec::new();
         if mail_first {
-            order.push(0);
+            order.push(RouteId::DEFAULT);
         }
         for &r in &routes {
             if !order.contains(&r) {
                 order.push(r);
             }
         }
-        let mut replies: Vec<Option<(usize, Reply)>> = vec![None; group.len()];
+        let mut replies: Vec<Option<(RouteId, Reply)>> = vec![None; group.len()];
         let mut leg0_mail = None;
         for r in order {
             if self.legs[r].failure.is_some() || self.queued(r) {
                 continue;
             }
             if self.open_leg(r).await.is_err() {
-                if r == 0 && mail_first {
-                    return self.legs[0].failure.clone().map(Err);
+                if r.is_default() && mail_first {
+                    return self.legs[RouteId::DEFAULT].failure.clone().map(Err);
                 }
                 continue;
             }
@@ -1578,7 +1627,7 @@ impl Session {
                 Err(e) => {
                     let reply = e.client_reply();
                     let _ = self.leg_failed(r, e).await;
-                    if r == 0 && mail_first {
+                    if r.is_default() && mail_first {
                         return Some(Err(reply));
                     }
                     continue;
@@ -1588,7 +1637,7 @@ impl Session {
             if needs_mail && refused.is_none() {
                 self.legs[r].mail_sent = true;
             }
-            if r == 0 && mail_first {
+            if r.is_default() && mail_first {
                 leg0_mail = mail_reply.clone().map(Ok);
             }
             let mut next = rcpt_replies.into_iter();
@@ -1601,7 +1650,7 @@ impl Session {
                 }
                 replies[i] = Some((r, reply));
             }
-            if refused.is_some() && r == 0 && mail_first {
+            if refused.is_some() && r.is_default() && mail_first {
                 return leg0_mail;
             }
         }
@@ -1612,7 +1661,7 @@ impl Session {
 
     /// The reply sent ahead for `to`, if any: entries before it that the client's session
     /// answered itself (a duplicate, a local refusal) are dropped.
-    fn take_prefetched(&mut self, to: &ForwardPath) -> Option<Option<(usize, Reply)>> {
+    fn take_prefetched(&mut self, to: &ForwardPath) -> Option<Option<(RouteId, Reply)>> {
         while let Some((ahead, _)) = self.prefetched.front() {
             if ahead == to {
                 return self.prefetched.pop_front().map(|(_, reply)| reply);
@@ -1642,7 +1691,7 @@ impl Session {
             }
             return Verdict::Reply(reply);
         }
-        let r = crate::route::route_index(&self.shared.config.routes, &to);
+        let r = crate::route::route_for(&self.shared.config.routes, &to);
         if self.queued(r) {
             let leg = &mut self.legs[r];
             let reply = Reply::new(250, (2, 1, 5), "Recipient OK, queued for delivery");
@@ -1696,7 +1745,7 @@ impl Session {
     /// again); a permanent refusal fails that upstream's recipients only.
     async fn begin_data(&mut self) -> Verdict {
         self.prefetched.clear();
-        for r in 0..self.legs.len() {
+        for r in self.shared.config.route_ids() {
             let leg = &self.legs[r];
             if !leg.accepted.is_empty() && leg.upstream_ok != leg.accepted.len() {
                 self.replay_envelope(r).await;
@@ -1761,7 +1810,7 @@ impl Session {
     /// answered itself (a duplicate, the recipient limit): the upstream's envelope is not the
     /// client's. RSET, and MAIL with exactly the client's recipients again; any other answer
     /// than before makes the message a 4xx.
-    async fn replay_envelope(&mut self, r: usize) {
+    async fn replay_envelope(&mut self, r: RouteId) {
         let Some((from, params)) = self.transaction.clone() else {
             return;
         };
@@ -1784,7 +1833,7 @@ impl Session {
                 self.legs[r].upstream_ok = rcpts.len();
             }
             Ok(env) => {
-                let name = &route_upstream(&self.shared.config, r).name;
+                let name = &self.shared.config.route_upstream(r).name;
                 tracing::warn!(session = self.id, upstream = %name, mail = %env.mail, "upstream answered a replayed envelope differently");
                 self.poisoned.get_or_insert(Reply::new(
                     451,
@@ -1801,7 +1850,7 @@ impl Session {
     /// The refusal when no upstream takes the message: one upstream's reply verbatim, or for
     /// several a reply that keeps each one's words (transient if any of them is).
     fn combined_refusal(&self) -> Reply {
-        let refused: Vec<(usize, &Reply)> = self
+        let refused: Vec<(RouteId, &Reply)> = self
             .legs
             .iter()
             .filter(|l| !l.accepted.is_empty())
@@ -1831,10 +1880,10 @@ impl Session {
     }
 
     /// `<upstream>: <code> <text>`, one line of a combined reply.
-    fn said(&self, r: usize, reply: &Reply) -> String {
+    fn said(&self, r: RouteId, reply: &Reply) -> String {
         format!(
             "{}: {}",
-            route_upstream(&self.shared.config, r).name,
+            self.shared.config.route_upstream(r).name,
             crate::upstream::said(reply)
         )
     }
@@ -1842,7 +1891,7 @@ impl Session {
     /// A connection to route `r`'s upstream failed: it is dropped (never reused in an
     /// unknown state) and the client gets a 4xx naming it. If it had accepted recipients,
     /// the transaction can only end in that 4xx.
-    async fn leg_failed(&mut self, r: usize, e: UpstreamError) -> Verdict {
+    async fn leg_failed(&mut self, r: RouteId, e: UpstreamError) -> Verdict {
         if matches!(e, UpstreamError::Bug { .. }) {
             tracing::error!(session = self.id, upstream = %e.upstream(), error = %e, "the upstream refused a command the relay made: a relay bug, please report it");
         } else {
@@ -1866,7 +1915,7 @@ impl Session {
 
     /// Upstreams still in a transaction get RSET; every leg forgets the transaction.
     async fn reset_legs(&mut self) {
-        for i in 0..self.legs.len() {
+        for i in self.shared.config.route_ids() {
             if self.legs[i].mail_sent
                 && let Some(up) = self.legs[i].up.as_mut()
                 && up.rset().await.is_err()
@@ -1885,7 +1934,7 @@ impl Session {
     /// Closes every upstream that is inside DATA without ending the message (so it
     /// delivers nothing); the others stay, to be reset at the next MAIL.
     async fn abort_legs(&mut self) {
-        for leg in &mut self.legs {
+        for leg in self.legs.iter_mut() {
             if leg.sending {
                 leg.sending = false;
                 leg.mail_sent = false;
@@ -2010,13 +2059,13 @@ impl Session {
                 }
             }
         }
-        let involved: Vec<usize> = self
+        let involved: Vec<RouteId> = self
             .legs
             .iter()
             .filter(|l| !l.accepted.is_empty())
             .map(|l| l.route)
             .collect();
-        let delivered: Vec<usize> = involved
+        let delivered: Vec<RouteId> = involved
             .iter()
             .copied()
             .filter(|&r| {
@@ -2099,7 +2148,7 @@ impl Session {
                 tracing::info!(
                     session = self.id,
                     id = %spool.id,
-                    upstream = %route_upstream(&self.shared.config, r).name,
+                    upstream = %self.shared.config.route_upstream(r).name,
                     rcpts = ?leg.accepted.iter().map(|(r, _)| r.to_string()).collect::<Vec<_>>(),
                     reply = %outcome,
                     upstream_outcome = if outcome.is_positive() { "delivered" } else { "refused" },
@@ -2167,7 +2216,7 @@ impl Session {
             tracing::error!(session = self.id, error = %e, "cannot write to the queue");
             return Err(refuse(e));
         }
-        let routes: Vec<usize> = self
+        let routes: Vec<RouteId> = self
             .legs
             .iter()
             .filter(|l| self.queued(l.route) && !l.accepted.is_empty())
@@ -2180,10 +2229,7 @@ impl Session {
             .unwrap_or_default();
         let now = chrono::Utc::now().to_rfc3339();
         for (n, &r) in routes.iter().enumerate() {
-            let label = match r {
-                0 => "default".to_string(),
-                i => self.shared.config.routes[i - 1].label.clone(),
-            };
+            let label = self.shared.config.route_label(r).to_string();
             let id = if routes.len() == 1 {
                 base.clone()
             } else {
@@ -2230,7 +2276,7 @@ impl Session {
                 tracing::error!(session = self.id, id = %id, error = %e, "cannot queue a message");
                 return Err(refuse(e.to_string()));
             }
-            tracing::info!(session = self.id, id = %id, route = r, outcome = "queued", "message");
+            tracing::info!(session = self.id, id = %id, route = %self.shared.config.route_label(r), outcome = "queued", "message");
             crate::metrics::Metrics::inc(&self.shared.metrics.queued);
             self.legs[r].outcome = Some(Reply::new(250, (2, 0, 0), format!("queued as {id}")));
         }
@@ -2244,7 +2290,10 @@ impl Session {
             .iter()
             .filter_map(|l| Some((l, l.outcome.as_ref().filter(|o| !o.is_positive())?)))
             .flat_map(|(l, reply)| {
-                let remote = route_upstream(&self.shared.config, l.route)
+                let remote = self
+                    .shared
+                    .config
+                    .route_upstream(l.route)
                     .server_name
                     .clone();
                 l.accepted.iter().map(move |(rcpt, _)| crate::dsn::Failure {
@@ -2285,7 +2334,7 @@ impl Session {
         let (p, bytes) = (path.clone(), as_daemon.clone());
         let _ = tokio::task::spawn_blocking(move || crate::spool::write_private(&p, &bytes)).await;
         let mut config = cfg.upstream.clone();
-        if uses_client_credentials(cfg, 0) {
+        if cfg.uses_client_credentials(RouteId::DEFAULT) {
             config.credentials = self.credentials.clone();
         }
         let (session, id) = (self.id, spool.id.clone());
@@ -2492,11 +2541,8 @@ fn spool_json(
             .iter()
             .filter(|l| !l.rcpt_replies.is_empty())
             .map(|l| UpstreamRecord {
-                route: match l.route {
-                    0 => "default",
-                    r => &cfg.routes[r - 1].label,
-                },
-                upstream: &route_upstream(cfg, l.route).name,
+                route: cfg.route_label(l.route),
+                upstream: &cfg.route_upstream(l.route).name,
                 rcpts: l
                     .rcpt_replies
                     .iter()

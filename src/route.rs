@@ -28,15 +28,51 @@ pub struct Route {
     pub queue: bool,
 }
 
-/// Index of the route that serves `to`: 0 is the default route, `i` is `routes[i - 1]`.
-pub fn route_index(routes: &[Route], to: &ForwardPath) -> usize {
+/// One route of a relay: the default route (`RelayConfig::upstream`) or one of the table's.
+/// Kept typed from the recipient's lookup to the leg, the transcript and the spool record, so
+/// that no index is ever off by one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RouteId(usize);
+
+impl RouteId {
+    /// The default route: recipients no table route matches.
+    pub const DEFAULT: RouteId = RouteId(0);
+
+    /// The route at `i` in the table.
+    pub fn table(i: usize) -> RouteId {
+        RouteId(i + 1)
+    }
+
+    /// Its place in the table, or `None` for the default route.
+    pub fn table_index(self) -> Option<usize> {
+        self.0.checked_sub(1)
+    }
+
+    /// Every route of a table of `routes` routes, the default first.
+    pub fn all(routes: usize) -> impl Iterator<Item = RouteId> {
+        (0..=routes).map(RouteId)
+    }
+
+    /// A dense index from 0 (the default) for per-route arrays of `routes + 1` slots.
+    pub fn slot(self) -> usize {
+        self.0
+    }
+
+    pub fn is_default(self) -> bool {
+        self == RouteId::DEFAULT
+    }
+}
+
+/// The route that serves `to`: the table's best match for its domain, or the default route
+/// (address literals, `<postmaster>`, no match).
+pub fn route_for(routes: &[Route], to: &ForwardPath) -> RouteId {
     let Some(mailbox) = to.mailbox() else {
-        return 0;
+        return RouteId::DEFAULT;
     };
     let Domain::Name(name) = mailbox.domain() else {
-        return 0;
+        return RouteId::DEFAULT;
     };
-    match_domain(routes, name).map_or(0, |i| i + 1)
+    match_domain(routes, name).map_or(RouteId::DEFAULT, RouteId::table)
 }
 
 /// The index in `routes` of the route for the domain `name`, if any.
@@ -139,7 +175,7 @@ mod tests {
             ("x@[127.0.0.1]", 0),
             ("postmaster", 0),
         ] {
-            assert_eq!(route_index(&routes, &to(addr)), want, "{addr}");
+            assert_eq!(route_for(&routes, &to(addr)).slot(), want, "{addr}");
         }
     }
 
