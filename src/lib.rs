@@ -12,8 +12,10 @@
 //! - [`metrics`]: `--metrics ADDR`, the Prometheus text endpoint.
 //! - [`pace`]: how long to wait for a client: idle, line, data-rate and session limits.
 //! - [`queue`]: store-and-forward's durable queue (group-committed, crash-safe).
-//! - [`relay`]: the relay in live mode: client sessions, pass-through AUTH, verbatim upstream
-//!   replies, the spool.
+//! - [`relay`]: the relay in live mode, by type: `config` (settings, the routes by
+//!   [`route::RouteId`]), `admission` (per-IP slots, trusted networks), `session` (a client
+//!   session: pass-through AUTH, verbatim upstream replies), `leg` (one upstream per route of a
+//!   session), `spool` (the message on its way to disk, its record and summary).
 //! - [`route`]: the routes table (recipient domain -> upstream).
 //! - [`dsn`]: RFC 3464 delivery status notifications for mixed outcomes.
 //! - [`scenario`]: the scenario format, the runner (`smtp-relay scenarios`), its reports.

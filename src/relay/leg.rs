@@ -1,0 +1,80 @@
+//! One upstream session of a client session, for one route, and the legs of a session.
+
+use super::*;
+
+/// One upstream session of a client session, for one route, and what it did in the
+/// transaction in progress.
+pub(super) struct Leg {
+    pub(super) route: RouteId,
+    pub(super) up: Option<Upstream>,
+    /// The upstream is inside a transaction (MAIL accepted, no final reply yet): RSET it
+    /// before the next MAIL.
+    pub(super) mail_sent: bool,
+    /// Every RCPT sent in this transaction and the upstream's reply, for the spool record.
+    pub(super) rcpt_replies: Vec<(String, String)>,
+    /// The recipients this upstream accepted in this transaction, as the client was told.
+    pub(super) accepted: Vec<(ForwardPath, RcptParams)>,
+    /// How many RCPTs the upstream accepted in this transaction, including any sent ahead
+    /// (pipelining) that the client's session then answered itself: when this differs from
+    /// `accepted`, the envelope is replayed before DATA.
+    pub(super) upstream_ok: usize,
+    /// It said 354: the message goes to it.
+    pub(super) sending: bool,
+    /// Its verdict on the message: the reply to DATA when it refused, the final reply, or
+    /// the relay's 4xx when the connection failed after recipients were accepted.
+    pub(super) outcome: Option<Reply>,
+    /// The connection failed in this transaction: later RCPTs for this route get this.
+    pub(super) failure: Option<Reply>,
+}
+
+impl Leg {
+    pub(super) fn new(route: RouteId) -> Leg {
+        Leg {
+            route,
+            up: None,
+            mail_sent: false,
+            rcpt_replies: Vec::new(),
+            accepted: Vec::new(),
+            upstream_ok: 0,
+            sending: false,
+            outcome: None,
+            failure: None,
+        }
+    }
+
+    /// Forgets the transaction (the connection stays).
+    pub(super) fn clear(&mut self) {
+        self.rcpt_replies.clear();
+        self.accepted.clear();
+        self.upstream_ok = 0;
+        self.sending = false;
+        self.outcome = None;
+        self.failure = None;
+    }
+}
+
+/// A session's legs, one per route (the default first), indexed by [`RouteId`] only.
+pub(super) struct Legs(pub(super) Vec<Leg>);
+
+impl Legs {
+    pub(super) fn iter(&self) -> std::slice::Iter<'_, Leg> {
+        self.0.iter()
+    }
+
+    pub(super) fn iter_mut(&mut self) -> std::slice::IterMut<'_, Leg> {
+        self.0.iter_mut()
+    }
+}
+
+impl std::ops::Index<RouteId> for Legs {
+    type Output = Leg;
+    fn index(&self, r: RouteId) -> &Leg {
+        &self.0[r.slot()]
+    }
+}
+
+impl std::ops::IndexMut<RouteId> for Legs {
+    fn index_mut(&mut self, r: RouteId) -> &mut Leg {
+        &mut self.0[r.slot()]
+    }
+}

@@ -1,0 +1,677 @@
+//! The relay, live mode: each client session is driven by `smtp_wire::ServerConnection`; each
+//! decision that the upstream must take (AUTH in pass-through mode, MAIL, RCPT, DATA, the end
+//! of data) is forwarded as it happens, and the upstream's reply goes back to the client as it
+//! was said. The message is streamed to the upstream and to the spool file, never held whole.
+//!
+//! Reply rules (smtp-edge-cases, last tables): syntax, sequence, limits and TLS are answered
+//! by the relay; the upstream's verdicts on a mailbox or a message are forwarded verbatim;
+//! transport trouble with the upstream becomes a 4xx that names the upstream, never a 250.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use smtp_wire::{
+    BareLineEnding, Capabilities, Credentials, Decision, Envelope, Event, ForwardPath, LineEndings,
+    MailParams, Mechanism, RcptParams, Reply, ReplyKind, ReversePath, ServerConfig,
+    ServerConnection, Transport, Verdict,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+
+use smtp_net::Io;
+
+use crate::route::{Route, RouteId};
+use crate::upstream::{Upstream, UpstreamConfig, UpstreamError};
+
+mod admission;
+mod config;
+mod leg;
+mod session;
+mod spool;
+
+use admission::*;
+use config::QueueRoutes;
+pub use config::{AuthMode, QueueSettings, RelayConfig};
+use leg::*;
+use session::*;
+use spool::*;
+pub use spool::{Summary, summarize};
+
+/// A running relay.
+pub struct RelayHandle {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
+    tls_addr: Option<SocketAddr>,
+    shutdown: watch::Sender<bool>,
+    tasks: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl RelayHandle {
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
+    }
+
+    /// Where `--metrics` is served.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// Two-hop transcripts of the sessions that ended (when `transcripts` is configured), in
+    /// the order the sessions began.
+    pub fn transcripts(&self) -> Vec<String> {
+        let mut kept: Vec<(u64, String)> = self
+            .shared
+            .transcripts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(id, lines)| (*id, lines.join("\n") + "\n"))
+            .collect();
+        kept.sort_by_key(|(id, _)| *id);
+        kept.into_iter().map(|(_, t)| t).collect()
+    }
+
+    /// Asks for a shutdown without waiting for it (see [`RelayHandle::shutdown`]).
+    pub fn begin_shutdown(&self) {
+        let _ = self.shutdown.send(true);
+    }
+
+    /// Stops accepting, sends `421 4.3.2` to sessions waiting for a command, waits for the
+    /// sessions (at most 10 seconds).
+    pub async fn shutdown(&self) {
+        let _ = self.shutdown.send(true);
+        let task = self.tasks.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(task) = task {
+            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        }
+    }
+}
+
+struct Shared {
+    config: RelayConfig,
+    transcripts: std::sync::Mutex<std::collections::VecDeque<(u64, Vec<String>)>>,
+    sessions: Semaphore,
+    per_ip: std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>,
+    next_id: AtomicU64,
+    /// Per route: whether its upstream offered SMTPUTF8 when last seen (`None`: not yet).
+    smtputf8: std::sync::Mutex<Vec<Option<bool>>>,
+    /// Per route: whether its upstream offered 8BITMIME when last seen.
+    eight_bit_mime: std::sync::Mutex<Vec<Option<bool>>>,
+    /// Store and forward: the queue, and the scheduler's bell.
+    queue: Option<crate::queue::store::Queue>,
+    wake: Arc<tokio::sync::Notify>,
+    metrics: Arc<crate::metrics::Metrics>,
+    auth_guard: crate::auth_guard::AuthGuard,
+}
+
+impl Shared {
+    /// Records what route `r`'s upstream offered in its latest EHLO.
+    fn learn(&self, r: RouteId, caps: &Capabilities) {
+        let mut known = self.smtputf8.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(slot) = known.get_mut(r.slot()) {
+            *slot = Some(caps.smtputf8());
+        }
+        drop(known);
+        let mut known = self
+            .eight_bit_mime
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(slot) = known.get_mut(r.slot()) {
+            *slot = Some(caps.eightbitmime());
+        }
+    }
+
+    /// SMTPUTF8 is offered to clients only when every route's upstream offers it.
+    fn smtputf8(&self) -> bool {
+        let known = self.smtputf8.lock().unwrap_or_else(|e| e.into_inner());
+        known.iter().all(|k| *k == Some(true))
+    }
+
+    /// 8BITMIME likewise (RFC 6152 3: 8-bit content may not be relayed to a 7-bit server);
+    /// a route not yet seen counts as offering it (nearly every server does), and 8-bit
+    /// content for one that turns out not to is refused on its way.
+    fn eight_bit_mime(&self) -> bool {
+        let known = self
+            .eight_bit_mime
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        known.iter().all(|k| *k != Some(false))
+    }
+}
+
+/// Connects to every route (greeting, EHLO, TLS; no AUTH) to learn what it offers, and logs
+/// what it found: a route that cannot be reached is named at start, not at the first
+/// message. Bounded to 10 seconds in all.
+async fn probe_routes(shared: &Shared) {
+    let cfg = &shared.config;
+    let probes = cfg.route_ids().map(|r| async move {
+        let mut config = cfg.route_upstream(r).clone();
+        config.credentials = None;
+        let result =
+            tokio::time::timeout(Duration::from_secs(10), Upstream::connect(&config)).await;
+        (r, config.name, result)
+    });
+    for (r, name, result) in futures_util::future::join_all(probes).await {
+        match result {
+            Ok(Ok(up)) => {
+                shared.learn(r, up.capabilities());
+                tracing::info!(
+                    route = %cfg.route_label(r),
+                    upstream = %name,
+                    smtputf8 = up.capabilities().smtputf8(),
+                    pipelining = up.capabilities().pipelining(),
+                    "route probed"
+                );
+                up.quit().await;
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(route = %cfg.route_label(r), upstream = %name, error = %e, "route unreachable at start")
+            }
+            Err(_) => {
+                tracing::warn!(route = %cfg.route_label(r), upstream = %name, "route probe timed out after 10s")
+            }
+        }
+    }
+}
+
+/// Binds the listeners and serves until [`RelayHandle::shutdown`].
+pub async fn start(mut config: RelayConfig) -> std::io::Result<RelayHandle> {
+    // Upstream sessions record their lines only when the relay keeps transcripts.
+    let recording = config.transcripts.is_some();
+    config.upstream.transcript = recording;
+    for r in &mut config.routes {
+        r.upstream.transcript = recording;
+    }
+    crate::spool::create(&config.spool_dir)?;
+    let plain = TcpListener::bind(config.listen).await?;
+    let implicit = match (config.listen_tls, &config.tls) {
+        (Some(a), Some(_)) => Some(TcpListener::bind(a).await?),
+        _ => None,
+    };
+    let queues = config.default_queue || config.routes.iter().any(|r| r.queue);
+    let queue = match (&config.queue, queues) {
+        (Some(q), true) => Some(crate::queue::store::Queue::open(&q.dir)?),
+        (None, true) => {
+            return Err(std::io::Error::other(
+                "a route queues its mail, but no queue is configured",
+            ));
+        }
+        _ => None,
+    };
+    let metrics_listener = match config.metrics {
+        Some(a) => Some(TcpListener::bind(a).await?),
+        None => None,
+    };
+    let metrics_addr = match &metrics_listener {
+        Some(l) => Some(l.local_addr()?),
+        None => None,
+    };
+    let addr = plain.local_addr()?;
+    let tls_addr = match &implicit {
+        Some(l) => Some(l.local_addr()?),
+        None => None,
+    };
+    let shared = Arc::new(Shared {
+        sessions: Semaphore::new(config.max_sessions),
+        transcripts: Default::default(),
+        per_ip: Default::default(),
+        smtputf8: std::sync::Mutex::new(vec![None; config.routes.len() + 1]),
+        eight_bit_mime: std::sync::Mutex::new(vec![None; config.routes.len() + 1]),
+        queue,
+        wake: Arc::default(),
+        metrics: Arc::default(),
+        auth_guard: crate::auth_guard::AuthGuard::new(config.auth_limits),
+        // Session numbers go on from the last run's transcripts, so that none is replaced.
+        next_id: AtomicU64::new(
+            config
+                .transcripts
+                .as_deref()
+                .map_or(1, smtp_net::files::next_number),
+        ),
+        config,
+    });
+    for r in shared.config.route_ids() {
+        let up = shared.config.route_upstream(r);
+        if up.tls_policy == crate::upstream_tls::TlsPolicy::Encrypt {
+            tracing::warn!(upstream = %up.name, at = %up.config_at, "tls_policy = \"encrypt\": this upstream's certificate is never verified; anyone in the path can impersonate it and read the mail (use \"verify\" or \"fingerprint\")");
+        }
+    }
+    if shared.config.probe_routes {
+        probe_routes(&shared).await;
+    }
+    let (shutdown, rx) = watch::channel(false);
+    let handle_shared = shared.clone();
+    let tasks = tokio::spawn(async move {
+        let mut set = JoinSet::new();
+        set.spawn(sweep_spool(
+            shared.config.spool_dir.clone(),
+            shared.config.retention,
+            rx.clone(),
+        ));
+        set.spawn(accept_loop(
+            shared.clone(),
+            plain,
+            Transport::Plain,
+            rx.clone(),
+        ));
+        if let (Some(queue), Some(settings)) = (&shared.queue, &shared.config.queue) {
+            let scheduler = crate::queue::deliver::Scheduler {
+                queue: queue.clone(),
+                routes: Arc::new(QueueRoutes {
+                    config: shared.config.clone(),
+                    secrets: settings.secrets.clone(),
+                    limits: settings.route_limits.clone(),
+                }),
+                retry: settings.retry,
+                concurrency: settings.concurrency,
+                tick: settings.tick,
+                hostname: shared.config.hostname.clone(),
+                wake: shared.wake.clone(),
+                metrics: Some(shared.metrics.clone()),
+            };
+            set.spawn(scheduler.run(rx.clone()));
+        }
+        if let Some(listener) = metrics_listener {
+            let s = shared.clone();
+            let render: Arc<dyn Fn() -> String + Send + Sync> = Arc::new(move || {
+                let queue = s.queue.as_ref().map(|q| {
+                    let records = q.list().map(|(r, _)| r).unwrap_or_default();
+                    let oldest = records
+                        .iter()
+                        .filter_map(|r| chrono::DateTime::parse_from_rfc3339(&r.received_at).ok())
+                        .min()
+                        .map(|t| {
+                            (chrono::Utc::now() - t.with_timezone(&chrono::Utc))
+                                .num_milliseconds()
+                                .max(0) as f64
+                                / 1000.0
+                        })
+                        .unwrap_or(0.0);
+                    (records.len() as u64, oldest)
+                });
+                s.metrics.render(queue)
+            });
+            set.spawn(crate::metrics::serve(listener, render, rx.clone()));
+        }
+        if let Some(l) = implicit {
+            set.spawn(accept_loop(shared, l, Transport::Tls, rx));
+        }
+        while set.join_next().await.is_some() {}
+    });
+    Ok(RelayHandle {
+        shared: handle_shared,
+        addr,
+        metrics_addr,
+        tls_addr,
+        shutdown,
+        tasks: std::sync::Mutex::new(Some(tasks)),
+    })
+}
+
+/// Sweeps the spool at start and then every `retention.interval`, until shutdown.
+async fn sweep_spool(
+    dir: PathBuf,
+    rules: crate::spool::Retention,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let (d, r) = (dir.clone(), rules);
+        let now = std::time::SystemTime::now();
+        match tokio::task::spawn_blocking(move || crate::spool::sweep(&d, &r, now)).await {
+            Ok(Ok(swept)) if swept.removed > 0 => {
+                tracing::info!(
+                    removed = swept.removed,
+                    freed = swept.freed,
+                    kept = swept.kept,
+                    "spool swept"
+                );
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, dir = %dir.display(), "spool sweep failed"),
+            _ => {}
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(rules.interval) => {}
+            _ = smtp_net::stopped(&mut shutdown) => return,
+        }
+    }
+}
+
+async fn accept_loop(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    kind: Transport,
+    shutdown: watch::Receiver<bool>,
+) {
+    let rx = shutdown.clone();
+    smtp_net::accept_loop(listener, shutdown, move |tcp, peer| {
+        client(shared.clone(), tcp, peer, kind, rx.clone())
+    })
+    .await;
+}
+
+async fn client(
+    shared: Arc<Shared>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    kind: Transport,
+    shutdown: watch::Receiver<bool>,
+) {
+    let cfg = &shared.config;
+    // Backpressure: a permit per session, moved into the task (mini-redis).
+    let slot = IpSlot::take(&shared, peer.ip());
+    let per_ip_refused = slot.is_none();
+    let permit = slot
+        .as_ref()
+        .and_then(|_| shared.sessions.try_acquire().ok());
+    let (Some(slot), Some(_permit)) = (slot, permit) else {
+        let (limit, text, max) = if per_ip_refused {
+            (
+                "max_sessions_per_ip",
+                "Too many connections from your address, try again later",
+                cfg.max_sessions_per_ip,
+            )
+        } else {
+            (
+                "max_sessions",
+                "Too many connections, try again later",
+                cfg.max_sessions,
+            )
+        };
+        tracing::info!(peer = %peer, limit, max, tls = kind == Transport::Tls, "session refused: too many connections");
+        shared.metrics.session_refused(limit);
+        let reply = Reply::new(421, (4, 7, 0), format!("{} {text}", cfg.hostname));
+        // On the implicit-TLS listener the reason is said inside TLS: a bare close would
+        // read as a broken handshake to every client.
+        let io: Option<Box<dyn Io>> = match kind {
+            Transport::Plain => Some(Box::new(tcp)),
+            Transport::Tls => match &cfg.tls {
+                Some(tls) => crate::client_tls::accept(tls.clone(), tcp, None).await.ok(),
+                None => None,
+            },
+        };
+        if let Some(mut io) = io {
+            let _ = write(&mut io, &reply.to_bytes()).await;
+            let _ = tokio::time::timeout(Duration::from_secs(5), io.shutdown()).await;
+        }
+        return;
+    };
+    let loopback = peer.ip().is_loopback();
+    let trusted = match &cfg.auth {
+        AuthMode::Passthrough | AuthMode::Users(_) => false,
+        AuthMode::TrustedNetworks(nets) => nets
+            .iter()
+            .any(|(net, len)| in_network(peer.ip(), *net, *len)),
+    };
+    let server_config = ServerConfig {
+        hostname: cfg.hostname.clone(),
+        greeting: "ESMTP smtp-relay".into(),
+        max_message_size: cfg.max_message_size,
+        max_recipients: cfg.max_recipients,
+        max_rcpt_commands: cfg.max_rcpt_commands,
+        starttls: cfg.tls.is_some(),
+        auth_mechanisms: match cfg.auth {
+            AuthMode::Passthrough | AuthMode::Users(_) => vec![Mechanism::Plain, Mechanism::Login],
+            AuthMode::TrustedNetworks(_) => Vec::new(),
+        },
+        // AUTH in clear only from loopback (a local mail client on the developer's machine).
+        auth_requires_tls: !loopback,
+        auth_required: !trusted,
+        // RFC 6531 3.1: SMTPUTF8 comes with 8BITMIME.
+        smtputf8: shared.smtputf8() && shared.eight_bit_mime(),
+        eight_bit_mime: shared.eight_bit_mime(),
+        ..ServerConfig::default()
+    };
+    let mut session = Session {
+        ip_slot: Some(slot),
+        id: shared.next_id.fetch_add(1, Ordering::Relaxed),
+        shared: shared.clone(),
+        conn: ServerConnection::new(
+            server_config,
+            kind,
+            LineEndings::CrlfOnly,
+            cfg.bare_line_endings,
+        ),
+        peer,
+        tls: kind == Transport::Tls,
+        credentials: None,
+        legs: Legs(cfg.route_ids().map(Leg::new).collect()),
+        transaction: None,
+        prefetched: Default::default(),
+        poisoned: None,
+        spool: None,
+        started: Instant::now(),
+        transcript: cfg.transcripts.as_ref().map(|_| Vec::new()),
+        lines_seen: 0,
+        dsn_tasks: Vec::new(),
+        spool_write: None,
+        queue_file: None,
+    };
+    crate::metrics::Metrics::inc(&shared.metrics.sessions_opened);
+    crate::metrics::Metrics::inc(&shared.metrics.sessions_open);
+    session.note(format!("* client {peer} ({kind:?} listener)"));
+    tracing::info!(session = session.id, peer = %peer, tls = session.tls, "session opened");
+    let result = match kind {
+        Transport::Plain => session.run(Box::new(tcp), shutdown).await,
+        Transport::Tls => match Box::pin(session.accept_tls(tcp, "implicit TLS")).await {
+            Some(stream) => session.run(stream, shutdown).await,
+            None => Ok(()),
+        },
+    };
+    // The client's connection is closed (`run` owned it): its address may connect again.
+    session.ip_slot = None;
+    if let Err(e) = &result {
+        tracing::info!(session = session.id, error = %e, "client connection error");
+    }
+    Box::pin(session.abort_transaction()).await;
+    session.spooled().await;
+    for leg in session.legs.iter_mut() {
+        if let Some(up) = leg.up.take() {
+            Box::pin(up.quit()).await;
+        }
+    }
+    // Bounces in flight are bounded by the upstream timeouts; the session waits for them so
+    // that a shutdown does not cut them off.
+    for task in session.dsn_tasks.drain(..) {
+        let _ = task.await;
+    }
+    shared
+        .metrics
+        .sessions_open
+        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    tracing::info!(
+        session = session.id,
+        seconds = session.started.elapsed().as_secs_f64(),
+        "session closed"
+    );
+    session.note("* closed".into());
+    if let (Some(lines), Some(dir)) = (session.transcript.take(), &shared.config.transcripts) {
+        let text = lines.join("\n") + "\n";
+        let written = smtp_net::files::write_new_async(
+            dir.clone(),
+            format!("{:06}", session.id),
+            "log",
+            text.into_bytes(),
+        )
+        .await;
+        if let Err(e) = written {
+            tracing::warn!(session = session.id, dir = %dir.display(), error = %e, "transcript not written");
+        }
+        let mut kept = shared.transcripts.lock().unwrap_or_else(|e| e.into_inner());
+        if kept.len() >= 1000 {
+            kept.pop_front();
+        }
+        kept.push_back((session.id, lines));
+    }
+}
+
+/// Message content to the spool and to every upstream taking the message, at once. A
+/// failing upstream is dropped here and poisons the transaction (the end of data answers
+/// 4xx and no upstream gets an end of data); a failing spool write drops the spool copy (the
+/// message still goes on; the log says it was not kept).
+async fn stream_content(
+    spool: &mut Option<Spool>,
+    queue_file: &mut Option<QueueFile>,
+    legs: &mut Legs,
+    poisoned: &mut Option<Reply>,
+    session: u64,
+    data: &[u8],
+) {
+    if let Some(q) = queue_file.as_mut()
+        && q.error.is_none()
+        && let Err(e) = {
+            q.content.size += data.len() as u64;
+            q.content.take(data).await
+        }
+    {
+        q.error = Some(e.to_string());
+    }
+    let to_spool = async {
+        if let Some(s) = spool.as_mut() {
+            s.size += data.len() as u64;
+            if s.head.len() < SUMMARY_READ {
+                let take = (SUMMARY_READ - s.head.len()).min(data.len());
+                s.head.extend_from_slice(&data[..take]);
+            }
+            if let Err(e) = s.take(data).await
+                && let Some(s) = spool.take()
+            {
+                tracing::error!(session, id = %s.id, path = %s.path.display(), error = %e, "cannot write the spool: the message goes on, but is not kept");
+                if s.file.is_some() {
+                    let _ = tokio::fs::remove_file(&s.path).await;
+                }
+            }
+        }
+    };
+    // RFC 6152 3: no 8-bit octet to an upstream that did not offer 8BITMIME. Such content is
+    // refused as a whole (554 5.6.3) and that upstream gets none of it.
+    // The scan of the chunk only when some upstream taking it lacks 8BITMIME (rare).
+    let seven_bit_leg = legs.iter().any(|l| {
+        l.sending
+            && l.up
+                .as_ref()
+                .is_some_and(|up| !up.capabilities().eightbitmime())
+    });
+    if seven_bit_leg && data.iter().any(|b| *b >= 0x80) {
+        for leg in legs.iter_mut().filter(|l| l.sending) {
+            let Some(up) = leg.up.take_if(|up| !up.capabilities().eightbitmime()) else {
+                continue;
+            };
+            let reply = Reply::new(
+                554,
+                (5, 6, 3),
+                format!(
+                    "message has 8-bit content and upstream {} does not accept it (no 8BITMIME); send it 7-bit (base64 or quoted-printable)",
+                    up.name()
+                ),
+            );
+            tracing::info!(session, upstream = %up.name(), "8-bit content refused: the upstream offers no 8BITMIME");
+            poisoned.get_or_insert(reply);
+            leg.sending = false;
+            leg.mail_sent = false;
+            up.abort().await;
+        }
+    }
+    let to_upstreams = futures_util::future::join_all(
+        legs.iter_mut()
+            .filter(|l| l.sending)
+            .filter_map(|l| Some((l.route, l.up.as_mut()?)))
+            .map(|(r, up)| async move { (r, up.body(data).await) }),
+    );
+    let ((), sent) = tokio::join!(to_spool, to_upstreams);
+    for (r, result) in sent {
+        if let Err(e) = result {
+            tracing::warn!(session, upstream = %e.upstream(), error = %e, "upstream failure");
+            poisoned.get_or_insert(e.client_reply());
+            let leg = &mut legs[r];
+            leg.sending = false;
+            leg.mail_sent = false;
+            leg.failure = Some(e.client_reply());
+            if let Some(up) = leg.up.take() {
+                up.abort().await;
+            }
+        }
+    }
+}
+
+/// Read buffer sizes: in command mode, inside DATA.
+const READ_SMALL: usize = 512;
+const READ_LARGE: usize = 64 * 1024;
+
+async fn write(io: &mut Box<dyn Io>, bytes: &[u8]) -> std::io::Result<()> {
+    if bytes.is_empty() {
+        return Ok(());
+    }
+    smtp_net::write_all(io, bytes, Duration::from_secs(60)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_decodes_foxmail_gb2312() {
+        let m = b"From: =?GB2312?B?s8zBog==?= <alice@163.com>\r\nSubject: =?GB2312?B?xOO6ww==?=\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=\"GB2312\"\r\nContent-Transfer-Encoding: base64\r\n\r\nysC956OswLTX1CBGb3htYWlsoaM=\r\n";
+        let s = summarize(m);
+        assert_eq!(s.subject.as_deref(), Some("你好"));
+        assert_eq!(s.from.as_deref(), Some("程立 <alice@163.com>"));
+        assert_eq!(s.text.as_deref(), Some("世界，来自 Foxmail。"));
+    }
+
+    /// A raw 8-bit GBK Subject (no RFC 2047 word), as older Chinese clients send it: decoded
+    /// as the body's charset says, or as GB18030 when nothing says; UTF-8 stays as it is.
+    #[test]
+    fn summary_decodes_a_raw_gbk_subject() {
+        let (subject, _, _) = encoding_rs::GBK.encode("测试邮件 你好");
+        let (body, _, _) = encoding_rs::GBK.encode("正文");
+        for content_type in [
+            &b"Content-Type: text/plain; charset=GBK\r\n"[..],
+            b"Content-Type: text/plain; charset=\"gb2312\"\r\n",
+            b"",
+        ] {
+            let mut m = b"From: a@163.com\r\nSubject: ".to_vec();
+            m.extend_from_slice(&subject);
+            m.extend_from_slice(b"\r\n");
+            m.extend_from_slice(content_type);
+            m.extend_from_slice(b"\r\n");
+            m.extend_from_slice(&body);
+            m.extend_from_slice(b"\r\n");
+            let s = summarize(&m);
+            assert_eq!(
+                s.subject.as_deref(),
+                Some("测试邮件 你好"),
+                "{content_type:?}"
+            );
+            if !content_type.is_empty() {
+                assert_eq!(s.text.as_deref().map(str::trim), Some("正文"));
+            }
+        }
+        let utf8 = "Subject: 测试 UTF-8\r\n\r\nbody\r\n".as_bytes();
+        assert_eq!(summarize(utf8).subject.as_deref(), Some("测试 UTF-8"));
+    }
+
+    #[test]
+    fn summary_of_garbage_is_empty_not_a_panic() {
+        assert_eq!(summarize(b"").subject, None);
+        let _ = summarize(&[0xff; 100]);
+    }
+
+    #[test]
+    fn networks() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(in_network(ip("127.0.0.5"), ip("127.0.0.0"), 8));
+        assert!(!in_network(ip("128.0.0.1"), ip("127.0.0.0"), 8));
+        assert!(in_network(ip("::1"), ip("::1"), 128));
+        assert!(!in_network(ip("::1"), ip("127.0.0.1"), 8));
+        assert!(in_network(ip("10.1.2.3"), ip("0.0.0.0"), 0));
+    }
+}

@@ -1,0 +1,264 @@
+//! The message of a transaction on its way to the spool (and the queue), its JSON record,
+//! and the readable summary the record carries.
+
+use super::*;
+
+/// The message of the transaction in progress, on its way to the spool: kept in memory up
+/// to `SPOOL_BUFFER` octets and written with its record in one go at the end (one trip to
+/// the blocking pool instead of one per write), streamed to its file beyond that.
+pub(super) struct Spool {
+    pub(super) id: String,
+    pub(super) path: PathBuf,
+    /// Opened once the message outgrew `pending`.
+    pub(super) file: Option<tokio::fs::File>,
+    pub(super) pending: Vec<u8>,
+    pub(super) size: u64,
+    /// The message's first `SUMMARY_READ` octets, for its summary and a bounce's headers
+    /// (not read back from the file).
+    pub(super) head: Vec<u8>,
+}
+
+/// How much of a message the spool holds in memory before it writes: a message this small
+/// is written whole at the end, a larger one in pieces this large (each write is a trip to
+/// the blocking pool: 64 KiB pieces made a 1 MB message sixteen of them).
+pub(super) const SPOOL_BUFFER: usize = 128 * 1024;
+
+impl Spool {
+    pub(super) fn new(id: String, path: PathBuf) -> Spool {
+        Spool {
+            id,
+            path,
+            file: None,
+            pending: Vec::new(),
+            size: 0,
+            head: Vec::new(),
+        }
+    }
+
+    /// More of the message.
+    pub(super) async fn take(&mut self, data: &[u8]) -> std::io::Result<()> {
+        self.pending.extend_from_slice(data);
+        if self.pending.len() < SPOOL_BUFFER {
+            return Ok(());
+        }
+        if self.file.is_none() {
+            self.file = Some(crate::spool::create_private(&self.path).await?);
+        }
+        let file = self.file.as_mut().expect("opened");
+        file.write_all(&self.pending).await?;
+        self.pending.clear();
+        Ok(())
+    }
+
+    /// A writer whose file is created now.
+    pub(super) async fn create(id: String, path: PathBuf) -> std::io::Result<Spool> {
+        let file = crate::spool::create_private(&path).await?;
+        Ok(Spool {
+            file: Some(file),
+            ..Spool::new(id, path)
+        })
+    }
+
+    /// Writes what is left and flushes (the file exists afterwards).
+    pub(super) async fn finish(mut self) -> std::io::Result<()> {
+        let mut file = match self.file.take() {
+            Some(f) => f,
+            None => crate::spool::create_private(&self.path).await?,
+        };
+        file.write_all(&self.pending).await?;
+        file.flush().await
+    }
+
+    /// Writes what is left of the message and its record.
+    pub(super) async fn keep(self, record: Vec<u8>) -> std::io::Result<()> {
+        let json = self.path.with_extension("json");
+        match self.file {
+            None => {
+                let (path, pending) = (self.path, self.pending);
+                tokio::task::spawn_blocking(move || {
+                    crate::spool::write_private(&path, &pending)?;
+                    crate::spool::write_private(&json, &record)
+                })
+                .await
+                .map_err(std::io::Error::other)?
+            }
+            Some(mut file) => {
+                file.write_all(&self.pending).await?;
+                file.flush().await?;
+                drop(file);
+                tokio::task::spawn_blocking(move || crate::spool::write_private(&json, &record))
+                    .await
+                    .map_err(std::io::Error::other)?
+            }
+        }
+    }
+}
+
+/// A message's content being written for the queue.
+pub(super) struct QueueFile {
+    /// The same buffered writer as the spool copy's (its file opened at once, so that a
+    /// queue that cannot be written is known at DATA).
+    pub(super) content: Spool,
+    /// The first write error (the message is then refused with 452 4.3.1).
+    pub(super) error: Option<String>,
+}
+
+/// A readable summary of a message for the spool JSON: the Subject with its RFC 2047 words
+/// decoded, the From header, and the first text part decoded from base64 or quoted-printable
+/// in its charset (GB2312, GBK, Big5, UTF-8... as mail-parser knows them).
+#[derive(Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Summary {
+    pub subject: Option<String>,
+    pub from: Option<String>,
+    /// At most `SUMMARY_TEXT` characters.
+    pub text: Option<String>,
+}
+
+/// How much of a message is kept for its summary (and a bounce's headers), and how much
+/// text the summary keeps.
+pub(super) const SUMMARY_READ: usize = 64 * 1024;
+pub(super) const SUMMARY_TEXT: usize = 2000;
+
+/// Summarises the start of a message (headers and the first text part).
+pub fn summarize(message: &[u8]) -> Summary {
+    let recoded = utf8_header(message);
+    let message = recoded.as_deref().unwrap_or(message);
+    let Some(parsed) = mail_parser::MessageParser::default().parse(message) else {
+        return Summary::default();
+    };
+    let from = parsed
+        .from()
+        .and_then(|a| a.first())
+        .map(|a| match (a.name(), a.address()) {
+            (Some(n), Some(addr)) => format!("{n} <{addr}>"),
+            (None, Some(addr)) => addr.to_string(),
+            (Some(n), None) => n.to_string(),
+            (None, None) => String::new(),
+        });
+    Summary {
+        subject: parsed.subject().map(str::to_string),
+        from,
+        text: parsed
+            .body_text(0)
+            .map(|t| t.chars().take(SUMMARY_TEXT).collect::<String>()),
+    }
+}
+
+/// A message whose header holds raw 8-bit octets that are not UTF-8 (older Chinese clients
+/// send a GBK Subject so, with `BODY=8BITMIME`), with that header decoded as the message's
+/// charset says (the first `charset=` in it, or in its first 64 KiB), or as GB18030 when none
+/// does or that fails, and written back as UTF-8; `None` when the header is ASCII or UTF-8.
+pub(super) fn utf8_header(message: &[u8]) -> Option<Vec<u8>> {
+    let end = memchr::memmem::find(message, b"\r\n\r\n")
+        .or_else(|| memchr::memmem::find(message, b"\n\n"))
+        .unwrap_or(message.len());
+    let head = &message[..end];
+    if std::str::from_utf8(head).is_ok() {
+        return None;
+    }
+    let gb18030 = encoding_rs::GB18030;
+    let scan = &message[..message.len().min(64 * 1024)];
+    let declared = memchr::memmem::find_iter(&scan.to_ascii_lowercase(), b"charset=")
+        .next()
+        .and_then(|i| {
+            let label: Vec<u8> = scan[i + 8..]
+                .iter()
+                .copied()
+                .skip_while(|c| *c == b'"')
+                .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b':' | b'.'))
+                .collect();
+            encoding_rs::Encoding::for_label(&label)
+        })
+        .filter(|e| *e != encoding_rs::UTF_8);
+    let (mut text, _, mut bad) = declared.unwrap_or(gb18030).decode(head);
+    if bad && declared.is_some() {
+        (text, _, bad) = gb18030.decode(head);
+    }
+    if bad {
+        return None;
+    }
+    let mut out = text.into_owned().into_bytes();
+    out.extend_from_slice(&message[end..]);
+    Some(out)
+}
+
+/// What `spool/<id>.json` records (never a secret).
+#[derive(serde::Serialize)]
+pub(super) struct SpoolRecord<'a> {
+    pub(super) id: &'a str,
+    pub(super) mail_from: String,
+    pub(super) rcpt_to: Vec<String>,
+    pub(super) client: String,
+    pub(super) helo: Option<&'a str>,
+    pub(super) tls: bool,
+    pub(super) auth: Option<&'a str>,
+    pub(super) size: u64,
+    /// The reply the client got.
+    pub(super) reply: String,
+    /// Each upstream of the transaction: its replies per recipient and to the message.
+    pub(super) upstreams: Vec<UpstreamRecord<'a>>,
+    /// The bounce sent for recipients that failed after being accepted (`<id>.dsn.eml`).
+    pub(super) dsn: Option<String>,
+    pub(super) summary: Summary,
+}
+
+#[derive(serde::Serialize)]
+pub(super) struct UpstreamRecord<'a> {
+    /// `default`, or the route's label.
+    pub(super) route: &'a str,
+    pub(super) upstream: &'a str,
+    /// Every RCPT sent there and the reply, as it was said.
+    pub(super) rcpts: Vec<RcptRecord<'a>>,
+    /// Its reply to the message (DATA refusal, or final reply), as it was said.
+    pub(super) reply: Option<String>,
+}
+
+#[derive(serde::Serialize)]
+pub(super) struct RcptRecord<'a> {
+    pub(super) to: &'a str,
+    pub(super) reply: &'a str,
+}
+
+pub(super) fn spool_json(
+    spool: &Spool,
+    env: &Envelope,
+    s: &Session,
+    reply: &Reply,
+    summary: Summary,
+    dsn: Option<String>,
+) -> Vec<u8> {
+    let cfg = &s.shared.config;
+    let record = SpoolRecord {
+        id: &spool.id,
+        mail_from: env
+            .from
+            .as_ref()
+            .map(ReversePath::to_string)
+            .unwrap_or_default(),
+        rcpt_to: env.rcpts.iter().map(|(r, _)| r.to_string()).collect(),
+        client: s.peer.to_string(),
+        helo: s.conn.session().helo(),
+        tls: s.tls,
+        auth: s.conn.session().authenticated(),
+        size: spool.size,
+        reply: reply.to_string(),
+        upstreams: s
+            .legs
+            .iter()
+            .filter(|l| !l.rcpt_replies.is_empty())
+            .map(|l| UpstreamRecord {
+                route: cfg.route_label(l.route),
+                upstream: &cfg.route_upstream(l.route).name,
+                rcpts: l
+                    .rcpt_replies
+                    .iter()
+                    .map(|(to, reply)| RcptRecord { to, reply })
+                    .collect(),
+                reply: l.outcome.as_ref().map(Reply::to_string),
+            })
+            .collect(),
+        dsn,
+        summary,
+    };
+    serde_json::to_vec_pretty(&record).expect("serializable")
+}
