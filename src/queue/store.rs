@@ -105,7 +105,8 @@ enum Job {
 #[derive(Clone)]
 pub struct Queue {
     dir: PathBuf,
-    jobs: std::sync::mpsc::Sender<Job>,
+    /// Bounded: an enqueue waits for room rather than letting jobs pile up in memory.
+    jobs: tokio::sync::mpsc::Sender<Job>,
     pub commits: Arc<Commits>,
     next_tmp: Arc<AtomicU64>,
 }
@@ -159,7 +160,7 @@ impl Queue {
     /// Opens a queue without the recovery (for the admin commands, beside a running relay
     /// whose `tmp/` files are messages being received).
     pub fn open_existing(dir: &Path) -> std::io::Result<Queue> {
-        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let (tx, rx) = tokio::sync::mpsc::channel::<Job>(MAX_PENDING_JOBS);
         let commits = Arc::new(Commits::default());
         let (d, c) = (dir.to_path_buf(), commits.clone());
         std::thread::Builder::new()
@@ -203,6 +204,7 @@ impl Queue {
                 record,
                 done,
             })
+            .await
             .map_err(|_| std::io::Error::other("the queue's committer has stopped"))?;
         rx.await
             .map_err(|_| std::io::Error::other("the queue's committer has stopped"))?
@@ -264,8 +266,8 @@ impl Queue {
 
 /// The committer thread: takes every job waiting, syncs their files, renames them into
 /// place, syncs each directory touched once, then answers them all.
-fn committer(dir: &Path, rx: std::sync::mpsc::Receiver<Job>, stats: &Commits) {
-    while let Ok(first) = rx.recv() {
+fn committer(dir: &Path, mut rx: tokio::sync::mpsc::Receiver<Job>, stats: &Commits) {
+    while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
         while let Ok(more) = rx.try_recv() {
             batch.push(more);
@@ -358,6 +360,10 @@ fn committer(dir: &Path, rx: std::sync::mpsc::Receiver<Job>, stats: &Commits) {
 
 /// Threads that sync a batch's files at once.
 const SYNC_THREADS: usize = 16;
+
+/// Enqueues waiting for the committer at most; beyond, an enqueue waits for room (sessions
+/// are bounded by `max_sessions` long before this, so it is a backstop, not a limit met).
+const MAX_PENDING_JOBS: usize = 4096;
 
 #[cfg(test)]
 mod tests {

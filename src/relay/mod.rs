@@ -666,6 +666,23 @@ mod tests {
     }
 
     #[test]
+    fn transcripts_are_bounded() {
+        let mut t = Vec::new();
+        for i in 0..10 {
+            push_bounded(&mut t, format!("C: NOOP {i}"), 3);
+        }
+        assert_eq!(
+            t,
+            [
+                "C: NOOP 0",
+                "C: NOOP 1",
+                "C: NOOP 2",
+                "* transcript stops here: more than 3 lines (the session went on)"
+            ]
+        );
+    }
+
+    #[test]
     fn networks() {
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         assert!(in_network(ip("127.0.0.5"), ip("127.0.0.0"), 8));

@@ -47,10 +47,26 @@ pub(super) enum Next {
     StartTls,
 }
 
+/// The most lines a session's transcript keeps (both hops together); a session that goes on
+/// beyond it (a client holding a connection open with NOOPs, thousands of messages) keeps its
+/// beginning and a line that says the rest was not kept.
+pub(super) const MAX_TRANSCRIPT_LINES: usize = 20_000;
+
+/// Appends `line` while `t` has fewer than `max` lines; at `max`, one last line saying so.
+pub(super) fn push_bounded(t: &mut Vec<String>, line: String, max: usize) {
+    match t.len().cmp(&max) {
+        std::cmp::Ordering::Less => t.push(line),
+        std::cmp::Ordering::Equal => t.push(format!(
+            "* transcript stops here: more than {max} lines (the session went on)"
+        )),
+        std::cmp::Ordering::Greater => {}
+    }
+}
+
 impl Session {
     pub(super) fn note(&mut self, line: String) {
         if let Some(t) = self.transcript.as_mut() {
-            t.push(line);
+            push_bounded(t, line, MAX_TRANSCRIPT_LINES);
         }
     }
 
