@@ -64,6 +64,30 @@ impl Legs {
     pub(super) fn iter_mut(&mut self) -> std::slice::IterMut<'_, Leg> {
         self.0.iter_mut()
     }
+
+    /// Runs `op` on the upstream of every leg `which` picks (and that has one), all at once,
+    /// and gives each result with its route, in route order: the one fan-out of DATA, the
+    /// content, its flush and the end of data.
+    pub(super) async fn fan_out<'a, T, Fut>(
+        &'a mut self,
+        which: impl Fn(&Leg) -> bool,
+        op: impl Fn(&'a mut Upstream) -> Fut,
+    ) -> Vec<(RouteId, T)>
+    where
+        Fut: std::future::Future<Output = T> + 'a,
+    {
+        futures_util::future::join_all(
+            self.0
+                .iter_mut()
+                .filter(|l| which(l))
+                .filter_map(|l| Some((l.route, l.up.as_mut()?)))
+                .map(|(r, up)| {
+                    let asked = op(up);
+                    async move { (r, asked.await) }
+                }),
+        )
+        .await
+    }
 }
 
 impl std::ops::Index<RouteId> for Legs {

@@ -581,12 +581,7 @@ async fn stream_content(
             up.abort().await;
         }
     }
-    let to_upstreams = futures_util::future::join_all(
-        legs.iter_mut()
-            .filter(|l| l.sending)
-            .filter_map(|l| Some((l.route, l.up.as_mut()?)))
-            .map(|(r, up)| async move { (r, up.body(data).await) }),
-    );
+    let to_upstreams = legs.fan_out(|l| l.sending, |up| up.body(data));
     let ((), sent) = tokio::join!(to_spool, to_upstreams);
     for (r, result) in sent {
         if let Err(e) = result {

@@ -734,14 +734,10 @@ impl Session {
             self.abort_legs().await;
             return Verdict::Reply(reply);
         }
-        let asked = futures_util::future::join_all(
-            self.legs
-                .iter_mut()
-                .filter(|l| !l.accepted.is_empty())
-                .filter_map(|l| Some((l.route, l.up.as_mut()?)))
-                .map(|(r, up)| async move { (r, up.data().await) }),
-        )
-        .await;
+        let asked = self
+            .legs
+            .fan_out(|l| !l.accepted.is_empty(), |up| up.data())
+            .await;
         let mut transient: Option<Reply> = None;
         for (r, result) in asked {
             match result {
@@ -998,14 +994,7 @@ impl Session {
         // With several upstreams, what each holds of the message goes out first: one lost
         // now has not had its end of data, so no upstream gets one (a 451 for all).
         if self.legs.iter().filter(|l| l.sending).count() > 1 {
-            let flushed = futures_util::future::join_all(
-                self.legs
-                    .iter_mut()
-                    .filter(|l| l.sending)
-                    .filter_map(|l| Some((l.route, l.up.as_mut()?)))
-                    .map(|(r, up)| async move { (r, up.flush_body().await) }),
-            )
-            .await;
+            let flushed = self.legs.fan_out(|l| l.sending, |up| up.flush_body()).await;
             for (r, result) in flushed {
                 if let Err(e) = result {
                     let _ = self.leg_failed(r, e).await;
@@ -1017,14 +1006,10 @@ impl Session {
                 return Verdict::Reply(reply);
             }
         }
-        let ended = futures_util::future::join_all(
-            self.legs
-                .iter_mut()
-                .filter(|l| l.sending)
-                .filter_map(|l| Some((l.route, l.up.as_mut()?)))
-                .map(|(r, up)| async move { (r, up.end_of_data().await) }),
-        )
-        .await;
+        let ended = self
+            .legs
+            .fan_out(|l| l.sending, |up| up.end_of_data())
+            .await;
         for (r, result) in ended {
             self.legs[r].sending = false;
             self.legs[r].mail_sent = false;
