@@ -18,11 +18,8 @@ pub(super) struct Leg {
     /// (pipelining) that the client's session then answered itself: when this differs from
     /// `accepted`, the envelope is replayed before DATA.
     pub(super) upstream_ok: usize,
-    /// It said 354: the message goes to it.
-    pub(super) sending: bool,
-    /// Its verdict on the message: the reply to DATA when it refused, the final reply, or
-    /// the relay's 4xx when the connection failed after recipients were accepted.
-    pub(super) outcome: Option<Reply>,
+    /// Where the message of this transaction stands with it.
+    pub(super) message: LegMessage,
     /// The connection failed in this transaction: later RCPTs for this route get this.
     pub(super) failure: Option<Reply>,
 }
@@ -36,8 +33,7 @@ impl Leg {
             rcpt_replies: Vec::new(),
             accepted: Vec::new(),
             upstream_ok: 0,
-            sending: false,
-            outcome: None,
+            message: LegMessage::NotSent,
             failure: None,
         }
     }
@@ -47,9 +43,43 @@ impl Leg {
         self.rcpt_replies.clear();
         self.accepted.clear();
         self.upstream_ok = 0;
-        self.sending = false;
-        self.outcome = None;
+        self.message = LegMessage::NotSent;
         self.failure = None;
+    }
+}
+
+/// The message of a transaction, as one leg sees it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(super) enum LegMessage {
+    /// Not (yet) sent: no DATA, or the leg was dropped before it said 354.
+    #[default]
+    NotSent,
+    /// It said 354: the content goes to it.
+    Sending,
+    /// Its verdict on the message: the reply to DATA when it refused, the final reply, `250
+    /// queued as` for the queue, or the relay's 4xx when the connection failed after
+    /// recipients were accepted.
+    Answered(Reply),
+}
+
+impl LegMessage {
+    pub(super) fn is_sending(&self) -> bool {
+        *self == LegMessage::Sending
+    }
+
+    /// The verdict, once there is one.
+    pub(super) fn answer(&self) -> Option<&Reply> {
+        match self {
+            LegMessage::Answered(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// The content stops going to it (it failed, or the end of data is under way).
+    pub(super) fn stop_sending(&mut self) {
+        if self.is_sending() {
+            *self = LegMessage::NotSent;
+        }
     }
 }
 

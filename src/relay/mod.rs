@@ -556,13 +556,13 @@ async fn stream_content(
     // refused as a whole (554 5.6.3) and that upstream gets none of it.
     // The scan of the chunk only when some upstream taking it lacks 8BITMIME (rare).
     let seven_bit_leg = legs.iter().any(|l| {
-        l.sending
+        l.message.is_sending()
             && l.up
                 .as_ref()
                 .is_some_and(|up| !up.capabilities().eightbitmime())
     });
     if seven_bit_leg && data.iter().any(|b| *b >= 0x80) {
-        for leg in legs.iter_mut().filter(|l| l.sending) {
+        for leg in legs.iter_mut().filter(|l| l.message.is_sending()) {
             let Some(up) = leg.up.take_if(|up| !up.capabilities().eightbitmime()) else {
                 continue;
             };
@@ -576,19 +576,19 @@ async fn stream_content(
             );
             tracing::info!(session, upstream = %up.name(), "8-bit content refused: the upstream offers no 8BITMIME");
             poisoned.get_or_insert(reply);
-            leg.sending = false;
+            leg.message.stop_sending();
             leg.mail_sent = false;
             up.abort().await;
         }
     }
-    let to_upstreams = legs.fan_out(|l| l.sending, |up| up.body(data));
+    let to_upstreams = legs.fan_out(|l| l.message.is_sending(), |up| up.body(data));
     let ((), sent) = tokio::join!(to_spool, to_upstreams);
     for (r, result) in sent {
         if let Err(e) = result {
             tracing::warn!(session, upstream = %e.upstream(), error = %e, "upstream failure");
             poisoned.get_or_insert(e.client_reply());
             let leg = &mut legs[r];
-            leg.sending = false;
+            leg.message.stop_sending();
             leg.mail_sent = false;
             leg.failure = Some(e.client_reply());
             if let Some(up) = leg.up.take() {

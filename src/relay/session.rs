@@ -741,11 +741,11 @@ impl Session {
         let mut transient: Option<Reply> = None;
         for (r, result) in asked {
             match result {
-                Ok(reply) if reply.code == 354 => self.legs[r].sending = true,
+                Ok(reply) if reply.code == 354 => self.legs[r].message = LegMessage::Sending,
                 Ok(reply) if reply.severity() == smtp_wire::Severity::Transient => {
                     transient.get_or_insert(reply);
                 }
-                Ok(reply) => self.legs[r].outcome = Some(reply),
+                Ok(reply) => self.legs[r].message = LegMessage::Answered(reply),
                 Err(e) => {
                     let reply = e.client_reply();
                     let _ = self.leg_failed(r, e).await;
@@ -762,7 +762,7 @@ impl Session {
             .legs
             .iter()
             .any(|l| self.queued(l.route) && !l.accepted.is_empty());
-        if !queueing && !self.legs.iter().any(|l| l.sending) {
+        if !queueing && !self.legs.iter().any(|l| l.message.is_sending()) {
             // Every upstream refused the message: their words.
             return Verdict::Reply(self.combined_refusal());
         }
@@ -829,7 +829,7 @@ impl Session {
             .legs
             .iter()
             .filter(|l| !l.accepted.is_empty())
-            .filter_map(|l| Some((l.route, l.outcome.as_ref()?)))
+            .filter_map(|l| Some((l.route, l.message.answer()?)))
             .collect();
         match refused.as_slice() {
             [] => Reply::new(451, (4, 3, 0), "no upstream took the message"),
@@ -880,7 +880,7 @@ impl Session {
             up.abort().await;
         }
         leg.mail_sent = false;
-        leg.sending = false;
+        leg.message.stop_sending();
         if !leg.accepted.is_empty() {
             self.poisoned.get_or_insert(reply.clone());
         }
@@ -910,8 +910,8 @@ impl Session {
     /// delivers nothing); the others stay, to be reset at the next MAIL.
     pub(super) async fn abort_legs(&mut self) {
         for leg in self.legs.iter_mut() {
-            if leg.sending {
-                leg.sending = false;
+            if leg.message.is_sending() {
+                leg.message.stop_sending();
                 leg.mail_sent = false;
                 if let Some(up) = leg.up.take() {
                     up.abort().await;
@@ -993,8 +993,11 @@ impl Session {
         }
         // With several upstreams, what each holds of the message goes out first: one lost
         // now has not had its end of data, so no upstream gets one (a 451 for all).
-        if self.legs.iter().filter(|l| l.sending).count() > 1 {
-            let flushed = self.legs.fan_out(|l| l.sending, |up| up.flush_body()).await;
+        if self.legs.iter().filter(|l| l.message.is_sending()).count() > 1 {
+            let flushed = self
+                .legs
+                .fan_out(|l| l.message.is_sending(), |up| up.flush_body())
+                .await;
             for (r, result) in flushed {
                 if let Err(e) = result {
                     let _ = self.leg_failed(r, e).await;
@@ -1008,18 +1011,18 @@ impl Session {
         }
         let ended = self
             .legs
-            .fan_out(|l| l.sending, |up| up.end_of_data())
+            .fan_out(|l| l.message.is_sending(), |up| up.end_of_data())
             .await;
         for (r, result) in ended {
-            self.legs[r].sending = false;
+            self.legs[r].message.stop_sending();
             self.legs[r].mail_sent = false;
             match result {
-                Ok(reply) => self.legs[r].outcome = Some(reply),
+                Ok(reply) => self.legs[r].message = LegMessage::Answered(reply),
                 Err(e) => {
                     let reply = e.client_reply();
                     let _ = self.leg_failed(r, e).await;
                     self.poisoned = None;
-                    self.legs[r].outcome = Some(reply);
+                    self.legs[r].message = LegMessage::Answered(reply);
                 }
             }
         }
@@ -1034,15 +1037,15 @@ impl Session {
             .copied()
             .filter(|&r| {
                 self.legs[r]
-                    .outcome
-                    .as_ref()
+                    .message
+                    .answer()
                     .is_some_and(Reply::is_positive)
             })
             .collect();
         let metrics = &self.shared.metrics;
         for &r in &involved {
             if !self.queued(r)
-                && let Some(o) = &self.legs[r].outcome
+                && let Some(o) = self.legs[r].message.answer()
             {
                 metrics.reply(o.code);
             }
@@ -1058,11 +1061,15 @@ impl Session {
                 self.combined_refusal()
             } else if delivered.len() == involved.len() {
                 match delivered.as_slice() {
-                    [one] => self.legs[*one].outcome.clone().expect("delivered"),
+                    [one] => self.legs[*one]
+                        .message
+                        .answer()
+                        .cloned()
+                        .expect("delivered"),
                     many => {
                         let mut lines = vec![format!("OK: delivered by {} upstreams:", many.len())];
                         lines.extend(many.iter().map(|&r| {
-                            self.said(r, self.legs[r].outcome.as_ref().expect("delivered"))
+                            self.said(r, self.legs[r].message.answer().expect("delivered"))
                         }));
                         Reply {
                             code: 250,
@@ -1094,7 +1101,7 @@ impl Session {
                 lines.extend(
                     involved
                         .iter()
-                        .map(|&r| self.said(r, self.legs[r].outcome.as_ref().expect("outcome"))),
+                        .map(|&r| self.said(r, self.legs[r].message.answer().expect("outcome"))),
                 );
                 lines.push(last);
                 Reply {
@@ -1108,7 +1115,7 @@ impl Session {
             // With several upstreams, a line for each, then the message's line.
             for &r in involved.iter().filter(|_| involved.len() > 1) {
                 let leg = &self.legs[r];
-                let outcome = leg.outcome.as_ref().expect("outcome");
+                let outcome = leg.message.answer().expect("outcome");
                 tracing::info!(
                     session = self.id,
                     id = %spool.id,
@@ -1242,7 +1249,8 @@ impl Session {
             }
             tracing::info!(session = self.id, id = %id, route = %self.shared.config.route_label(r), outcome = "queued", "message");
             crate::metrics::Metrics::inc(&self.shared.metrics.queued);
-            self.legs[r].outcome = Some(Reply::new(250, (2, 0, 0), format!("queued as {id}")));
+            self.legs[r].message =
+                LegMessage::Answered(Reply::new(250, (2, 0, 0), format!("queued as {id}")));
         }
         self.shared.wake.notify_one();
         Ok(())
@@ -1252,7 +1260,7 @@ impl Session {
     pub(super) fn failures(&self) -> Vec<crate::dsn::Failure> {
         self.legs
             .iter()
-            .filter_map(|l| Some((l, l.outcome.as_ref().filter(|o| !o.is_positive())?)))
+            .filter_map(|l| Some((l, l.message.answer().filter(|o| !o.is_positive())?)))
             .flat_map(|(l, reply)| {
                 let remote = self
                     .shared

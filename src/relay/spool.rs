@@ -254,7 +254,7 @@ pub(super) fn spool_json(
                     .iter()
                     .map(|(to, reply)| RcptRecord { to, reply })
                     .collect(),
-                reply: l.outcome.as_ref().map(Reply::to_string),
+                reply: l.message.answer().map(Reply::to_string),
             })
             .collect(),
         dsn,
