@@ -509,8 +509,8 @@ impl Session {
                 self.transaction = Some((from, params));
                 let mail = self.prefetch(group, true).await;
                 let reply = match mail {
-                    Some(Ok(reply)) if reply.is_positive() => return Verdict::Reply(reply),
-                    Some(Ok(reply) | Err(reply)) => reply,
+                    Some(reply) if reply.is_positive() => return Verdict::Reply(reply),
+                    Some(reply) => reply,
                     None => Reply::new(451, (4, 3, 0), "no reply to MAIL upstream"),
                 };
                 self.transaction = None;
@@ -555,12 +555,13 @@ impl Session {
     /// that route has not had it; with `mail_first`, the default route always gets MAIL and
     /// nothing goes elsewhere if it refuses). The replies wait in `prefetched` for the
     /// client's session to reach each RCPT. A route that cannot pipeline is left to the
-    /// one-by-one path. Returns the default route's reply to MAIL when it was sent.
+    /// one-by-one path. With `mail_first`, returns the client's reply to MAIL: the default
+    /// route's, or the relay's 4xx when that route's connection failed.
     pub(super) async fn prefetch(
         &mut self,
         group: Vec<(ForwardPath, RcptParams)>,
         mail_first: bool,
-    ) -> Option<Result<Reply, Reply>> {
+    ) -> Option<Reply> {
         let routes: Vec<RouteId> = group
             .iter()
             .map(|(to, _)| crate::route::route_for(&self.shared.config.routes, to))
@@ -582,7 +583,7 @@ impl Session {
             }
             if self.open_leg(r).await.is_err() {
                 if r.is_default() && mail_first {
-                    return self.legs[RouteId::DEFAULT].failure.clone().map(Err);
+                    return self.legs[RouteId::DEFAULT].failure.clone();
                 }
                 continue;
             }
@@ -607,7 +608,7 @@ impl Session {
                     let reply = e.client_reply();
                     let _ = self.leg_failed(r, e).await;
                     if r.is_default() && mail_first {
-                        return Some(Err(reply));
+                        return Some(reply);
                     }
                     continue;
                 }
@@ -617,7 +618,7 @@ impl Session {
                 self.legs[r].mail_sent = true;
             }
             if r.is_default() && mail_first {
-                leg0_mail = mail_reply.clone().map(Ok);
+                leg0_mail = mail_reply.clone();
             }
             let mut next = rcpt_replies.into_iter();
             for (i, _) in routes.iter().enumerate().filter(|(_, route)| **route == r) {
