@@ -53,6 +53,9 @@ impl std::error::Error for ReplyReadError {}
 #[derive(Clone, Debug)]
 pub struct ClientConnection {
     lines: LineDecoder,
+    /// Lines end at CRLF only and a bare CR or LF inside one is kept as part of it
+    /// ([`ClientConnection::keeping_bare_line_ends`]).
+    keep_bare: Option<usize>,
     parser: ReplyParser,
     input: Vec<u8>,
 }
@@ -68,8 +71,20 @@ impl ClientConnection {
     pub fn new(max_line: usize) -> ClientConnection {
         ClientConnection {
             lines: LineDecoder::new(max_line, LineEndings::CrlfOnly),
+            keep_bare: None,
             parser: ReplyParser::default(),
             input: Vec::new(),
+        }
+    }
+
+    /// A connection that ends lines at CRLF only and keeps a bare CR or LF inside a line as
+    /// part of it: for a harness reading servers it did not write (aiosmtpd echoes a refused
+    /// command, bare CR included, in its `500` reply), which must report what was said rather
+    /// than fail to read it. A relay talking to its upstream uses [`ClientConnection::new`].
+    pub fn keeping_bare_line_ends(max_line: usize) -> ClientConnection {
+        ClientConnection {
+            keep_bare: Some(max_line.max(3)),
+            ..ClientConnection::new(max_line)
         }
     }
 
@@ -80,6 +95,9 @@ impl ClientConnection {
 
     /// The next whole reply, if the bytes received hold one; `Ok(None)` asks for more bytes.
     pub fn next_reply(&mut self) -> Result<Option<Reply>, ReplyReadError> {
+        if let Some(max) = self.keep_bare {
+            return self.next_reply_keeping_bare(max);
+        }
         loop {
             match self.lines.decode(&self.input) {
                 Decoded::Line { line, consumed } => {
@@ -100,6 +118,31 @@ impl ClientConnection {
                     self.parser = ReplyParser::default();
                     return Err(ReplyReadError::Line(error));
                 }
+            }
+        }
+    }
+
+    fn next_reply_keeping_bare(&mut self, max: usize) -> Result<Option<Reply>, ReplyReadError> {
+        loop {
+            let Some(end) = self.input.windows(2).position(|w| w == b"\r\n") else {
+                if self.input.len() >= max {
+                    self.input.clear();
+                    self.parser = ReplyParser::default();
+                    return Err(ReplyReadError::Line(LineError::TooLong { limit: max }));
+                }
+                return Ok(None);
+            };
+            if end + 2 > max {
+                self.input.drain(..end + 2);
+                self.parser = ReplyParser::default();
+                return Err(ReplyReadError::Line(LineError::TooLong { limit: max }));
+            }
+            let parsed = self.parser.push_line(&self.input[..end]);
+            self.input.drain(..end + 2);
+            match parsed {
+                Ok(Some(reply)) => return Ok(Some(reply)),
+                Ok(None) => continue,
+                Err(e) => return Err(ReplyReadError::Reply(e)),
             }
         }
     }
@@ -167,6 +210,34 @@ mod tests {
         let err = err.expect("too long");
         assert_eq!(err, ReplyReadError::Line(LineError::TooLong { limit: 64 }));
         assert_eq!(err.to_string(), "a reply line longer than 64 octets");
+    }
+
+    #[test]
+    fn a_harness_keeps_bare_line_ends_inside_a_reply_line() {
+        let mut conn = ClientConnection::keeping_bare_line_ends(64);
+        conn.receive(b"500 Error: command \"NO\rOP\" not recognized\r\n250-a\nb\r\n25");
+        let r = conn.next_reply().unwrap().unwrap();
+        // Read whole; written back, a bare line end inside the text shows as a space.
+        assert_eq!(r.code, 500);
+        assert_eq!(r.to_string(), "500 Error: command \"NO OP\" not recognized");
+        assert_eq!(conn.next_reply().unwrap(), None);
+        conn.receive(b"0 c\r\n");
+        assert_eq!(
+            conn.next_reply().unwrap().unwrap().to_string(),
+            "250-a b\r\n250 c"
+        );
+        conn.receive(&[b'2'; 70]);
+        assert_eq!(
+            conn.next_reply(),
+            Err(ReplyReadError::Line(LineError::TooLong { limit: 64 }))
+        );
+        // The strict reader refuses the same reply.
+        let mut strict = ClientConnection::new(64);
+        strict.receive(b"500 NO\rOP\r\n");
+        assert_eq!(
+            strict.next_reply(),
+            Err(ReplyReadError::Line(LineError::BareCr))
+        );
     }
 
     #[test]

@@ -1612,7 +1612,7 @@ async fn drive(sc: &Scenario, env: &Env, c: &mut Client) -> Result<(), String> {
                     }
                     c.conn = Some(Conn {
                         io: Box::new(tcp),
-                        replies: ClientConnection::new(MAX_REPLY_LINE),
+                        replies: ClientConnection::keeping_bare_line_ends(MAX_REPLY_LINE),
                         eof: false,
                     });
                     c.note(format!(
