@@ -26,9 +26,6 @@ pub struct Failure {
 pub struct Report<'a> {
     /// Our host name (`Reporting-MTA`).
     pub reporting_mta: &'a str,
-    /// The address in the report's `From:` header (`MAILER-DAEMON@<host>` normally; the sender
-    /// itself when the upstream only accepts mail from the authenticated user, as 163 does).
-    pub from: &'a str,
     /// The original message's envelope sender: the report goes there.
     pub to: &'a str,
     /// The spool id of the original message.
@@ -84,7 +81,10 @@ fn ascii(s: &str) -> String {
 }
 
 /// The report, ready to send (CRLF line ends, no terminator).
-pub fn build(r: &Report) -> Vec<u8> {
+///
+/// `from` is the address in the report's `From:` header: `MAILER-DAEMON@<host>` normally, the
+/// sender itself when the upstream only accepts mail from the authenticated user, as 163 does.
+pub fn build(r: &Report, from: &str) -> Vec<u8> {
     let boundary = format!("=_smtp-relay-dsn-{}", ascii(r.original_id));
     let date = r.arrival.to_rfc2822();
     let mut m = String::new();
@@ -92,7 +92,7 @@ pub fn build(r: &Report) -> Vec<u8> {
         m.push_str(s);
         m.push_str("\r\n");
     };
-    line(&format!("From: Mail Delivery System <{}>", ascii(r.from)));
+    line(&format!("From: Mail Delivery System <{}>", ascii(from)));
     line(&format!("To: <{}>", ascii(r.to)));
     line("Subject: Undelivered Mail Returned to Sender");
     line(&format!("Date: {}", chrono::Utc::now().to_rfc2822()));
@@ -174,6 +174,23 @@ pub fn build(r: &Report) -> Vec<u8> {
     out
 }
 
+/// One bounce, in the two forms [`send`] may need: from `MAILER-DAEMON@<reporting MTA>`, and
+/// from the original sender itself (for an upstream that refuses the null sender). The one
+/// bounce builder of live mode and of the queue.
+pub struct Bounce {
+    pub as_daemon: Vec<u8>,
+    pub as_sender: Vec<u8>,
+}
+
+impl Bounce {
+    pub fn new(report: &Report) -> Bounce {
+        Bounce {
+            as_daemon: build(report, &format!("MAILER-DAEMON@{}", report.reporting_mta)),
+            as_sender: build(report, report.to),
+        }
+    }
+}
+
 /// Sends a bounce through `config`: with the null sender (RFC 5321 4.5.5), or, when the
 /// upstream refuses the null sender permanently (163: `553 ... NULL sender is not allowed`),
 /// as the original sender to itself (`as_sender` carries that address in `From:`, since 163
@@ -181,9 +198,9 @@ pub fn build(r: &Report) -> Vec<u8> {
 pub async fn send(
     config: &crate::upstream::UpstreamConfig,
     sender: &smtp_wire::Mailbox,
-    as_daemon: &[u8],
-    as_sender: &[u8],
+    bounce: &Bounce,
 ) -> Result<Reply, crate::upstream::UpstreamError> {
+    let (as_daemon, as_sender) = (&bounce.as_daemon[..], &bounce.as_sender[..]);
     let mut up = crate::upstream::Upstream::connect(config).await?;
     let to = [(
         smtp_wire::ForwardPath::Mailbox(sender.clone()),
@@ -233,9 +250,8 @@ mod tests {
     use mail_parser::MimeHeaders;
 
     fn report(failures: &[Failure]) -> Vec<u8> {
-        build(&Report {
+        Bounce::new(&Report {
             reporting_mta: "relay.test",
-            from: "MAILER-DAEMON@relay.test",
             to: "alice@163.com",
             original_id: "20261126T060000.000000-7",
             envelope_id: Some("ENV42"),
@@ -243,6 +259,7 @@ mod tests {
             failures,
             original_headers: "From: alice@163.com\r\nSubject: =?GB2312?B?xOO6ww==?=\r\nX-Raw: caf\u{e9}\r\n\r\nbody must not appear\r\n".as_bytes(),
         })
+        .as_daemon
     }
 
     #[test]

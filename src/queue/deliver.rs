@@ -604,27 +604,37 @@ impl Scheduler {
             tracing::error!(id = %rec.id, "no route for bounces");
             return;
         };
-        let head = std::fs::read(self.queue.message_path(&rec.id))
-            .map(|m| m[..m.len().min(crate::dsn::MAX_RETURNED_HEADERS)].to_vec())
-            .unwrap_or_default();
-        let daemon = format!("MAILER-DAEMON@{}", self.hostname);
-        let report = |from: &str| {
-            crate::dsn::build(&crate::dsn::Report {
-                reporting_mta: &self.hostname,
-                from,
-                to: sender,
-                original_id: &rec.id,
-                envelope_id: None,
-                arrival: parse_time(&rec.received_at),
-                failures: &failures,
-                original_headers: &head,
-            })
-        };
-        match crate::dsn::send(&upstream, &mailbox, &report(&daemon), &report(sender)).await {
+        // Only the start: a bounce returns the header section, and the message may be large.
+        let head = read_start(
+            &self.queue.message_path(&rec.id),
+            crate::dsn::MAX_RETURNED_HEADERS,
+        )
+        .await;
+        let bounce = crate::dsn::Bounce::new(&crate::dsn::Report {
+            reporting_mta: &self.hostname,
+            to: sender,
+            original_id: &rec.id,
+            envelope_id: None,
+            arrival: parse_time(&rec.received_at),
+            failures: &failures,
+            original_headers: &head,
+        });
+        match crate::dsn::send(&upstream, &mailbox, &bounce).await {
             Ok(r) => tracing::info!(id = %rec.id, to = %sender, reply = %r, "bounce"),
             Err(e) => tracing::warn!(id = %rec.id, to = %sender, error = %e, "bounce failed"),
         }
     }
+}
+
+/// The first `max` octets of a file (fewer if it is shorter; none if it cannot be read),
+/// without blocking the runtime's threads.
+async fn read_start(path: &std::path::Path, max: usize) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    if let Ok(file) = tokio::fs::File::open(path).await {
+        let _ = file.take(max as u64).read_to_end(&mut out).await;
+    }
+    out
 }
 
 /// A number in 0..1 from the message and the attempt: jitter without a random generator,

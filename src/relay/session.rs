@@ -1287,24 +1287,18 @@ impl Session {
         let head = &spool.head;
         let failures = self.failures();
         let cfg = &self.shared.config;
-        let daemon = format!("MAILER-DAEMON@{}", cfg.hostname);
         let sender_text = sender.to_string();
-        let report = |from: &str| {
-            crate::dsn::build(&crate::dsn::Report {
-                reporting_mta: &cfg.hostname,
-                from,
-                to: &sender_text,
-                original_id: &spool.id,
-                envelope_id: None,
-                arrival: chrono::Utc::now(),
-                failures: &failures,
-                original_headers: head,
-            })
-        };
-        let as_daemon = report(&daemon);
-        let as_sender = report(&sender_text);
+        let bounce = crate::dsn::Bounce::new(&crate::dsn::Report {
+            reporting_mta: &cfg.hostname,
+            to: &sender_text,
+            original_id: &spool.id,
+            envelope_id: None,
+            arrival: chrono::Utc::now(),
+            failures: &failures,
+            original_headers: head,
+        });
         let path = spool.path.with_extension("dsn.eml");
-        let (p, bytes) = (path.clone(), as_daemon.clone());
+        let (p, bytes) = (path.clone(), bounce.as_daemon.clone());
         let _ = tokio::task::spawn_blocking(move || crate::spool::write_private(&p, &bytes)).await;
         let mut config = cfg.upstream.clone();
         if cfg.uses_client_credentials(RouteId::DEFAULT) {
@@ -1312,7 +1306,7 @@ impl Session {
         }
         let (session, id) = (self.id, spool.id.clone());
         self.dsn_tasks.push(tokio::spawn(async move {
-            let result = crate::dsn::send(&config, &sender, &as_daemon, &as_sender).await;
+            let result = crate::dsn::send(&config, &sender, &bounce).await;
             match result {
                 Ok(reply) => tracing::info!(
                     session,
