@@ -672,6 +672,18 @@ fn scenario_checks_that_pass_and_fail() {
             ),
         ),
         (
+            "g-quota-refills",
+            format!(
+                "description: passes\nfault: rcpt: 451 4.7.1 quota, beyond 1 per 1m\n{head}C: RCPT TO:<b1@example.net>\nS: 250 *\nC: RCPT TO:<b2@example.net>\nS: 451 4.7.1 quota\nupstream clock +59s\nC: RCPT TO:<b3@example.net>\nS: 451 4.7.1 quota\nupstream clock +1s\nC: RCPT TO:<b4@example.net>\nS: 250 *\nquit\n"
+            ),
+        ),
+        (
+            "h-quota-still-full",
+            format!(
+                "description: fails\nfault: rcpt: 451 4.7.1 quota, beyond 1 per 1m\n{head}C: RCPT TO:<b1@example.net>\nS: 250 *\nupstream clock +30s\nC: RCPT TO:<b2@example.net>\nS: 250 *\nquit\n"
+            ),
+        ),
+        (
             "f-too-slow",
             format!(
                 "description: fails\nfault: end of data: delay 1500ms\n{head}C: RCPT TO:<b@example.net>\nS: 250 *\n{}within 300ms\nS: 250 *\nquit\n",
@@ -712,6 +724,12 @@ fn scenario_checks_that_pass_and_fail() {
         )
     };
     assert_eq!(reason("a-passes").0, "pass", "{:?}", reason("a-passes"));
+    assert_eq!(
+        reason("g-quota-refills").0,
+        "pass",
+        "{:?}",
+        reason("g-quota-refills")
+    );
     for (name, says) in [
         ("b-delivered-after-all", "got a copy for B@example.net"),
         (
@@ -721,6 +739,7 @@ fn scenario_checks_that_pass_and_fail() {
         ("d-eight-bit", "2 octet(s) above 127"),
         ("e-no-match", "matches \"(?i)subject: nope\""),
         ("f-too-slow", "not done within 300ms (`within` at line"),
+        ("h-quota-still-full", "expected 250 *, got 451 4.7.1 quota"),
     ] {
         let (verdict, why) = reason(name);
         assert_eq!(verdict, "fail", "{name}: {why}");

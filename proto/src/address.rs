@@ -424,10 +424,7 @@ pub fn parse_forward_path(arg: &str) -> Result<(ForwardPath, &str), AddressError
 impl std::str::FromStr for ReversePath {
     type Err = AddressError;
     fn from_str(s: &str) -> Result<ReversePath, AddressError> {
-        match parse_reverse_path(s)? {
-            (path, "") => Ok(path),
-            _ => Err(AddressError::TrailingText),
-        }
+        whole(parse_reverse_path(s))
     }
 }
 
@@ -435,10 +432,15 @@ impl std::str::FromStr for ReversePath {
 impl std::str::FromStr for ForwardPath {
     type Err = AddressError;
     fn from_str(s: &str) -> Result<ForwardPath, AddressError> {
-        match parse_forward_path(s)? {
-            (path, "") => Ok(path),
-            _ => Err(AddressError::TrailingText),
-        }
+        whole(parse_forward_path(s))
+    }
+}
+
+/// A path with nothing after it.
+fn whole<T>(parsed: Result<(T, &str), AddressError>) -> Result<T, AddressError> {
+    match parsed? {
+        (path, "") => Ok(path),
+        _ => Err(AddressError::TrailingText),
     }
 }
 

@@ -2347,6 +2347,15 @@ mod tests {
     }
 
     #[test]
+    fn a_message_that_came_with_its_own_trace_line() {
+        let sent = b"Received: from old.example\r\n\tby mx; now\r\nFrom: a@x\r\n\r\nbody\r\n";
+        // The upstream's copy, trace lines taken off (the relay's and the client's alike).
+        assert!(same_message(b"From: a@x\r\n\r\nbody\r\n", sent));
+        assert!(!same_message(b"From: a@x\r\n\r\nbody!\r\n", sent));
+        assert!(!same_message(b"From: b@x\r\n\r\nbody\r\n", sent));
+    }
+
+    #[test]
     fn trace_headers_are_stripped() {
         let m =
             b"Received: from x\r\n\tby y; date\r\nReturn-Path: <a@b>\r\nFrom: a\r\n\r\nbody\r\n";
