@@ -12,10 +12,13 @@
 //! - [`metrics`]: `--metrics ADDR`, the Prometheus text endpoint.
 //! - [`pace`]: how long to wait for a client: idle, line, data-rate and session limits.
 //! - [`queue`]: store-and-forward's durable queue (group-committed, crash-safe).
-//! - [`relay`]: the relay in live mode, by type: `config` (settings, the routes by
-//!   [`route::RouteId`]), `admission` (per-IP slots, trusted networks), `session` (a client
-//!   session: pass-through AUTH, verbatim upstream replies), `leg` (one upstream per route of a
-//!   session), `spool` (the message on its way to disk, its record and summary).
+//! - [`relay`]: the relay, by type: `config` (settings, the routes by [`route::RouteId`]),
+//!   `admission` (per-IP slots, trusted networks), `session` (a client session's loop and
+//!   transcript), `auth` (local users or the upstream's verdict), `envelope` (MAIL and RCPT to
+//!   each route's destination, pipelined groups), `message` (DATA, the content, the queue's
+//!   commit, the end of data), `leg` (a transaction's destinations: a live upstream or the
+//!   queue, one type), `outcome` (the reply rule: one, all, none or some took it), `spool`
+//!   (the message on its way to disk, its record and summary).
 //! - [`route`]: the routes table (recipient domain -> upstream).
 //! - [`dsn`]: RFC 3464 delivery status notifications for mixed outcomes.
 //! - [`scenario`]: the scenario format, the runner (`smtp-relay scenarios`), its reports.

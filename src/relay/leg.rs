@@ -1,20 +1,33 @@
-//! One upstream session of a client session, for one route, and the legs of a session.
+//! The destinations of a client's transaction, one per route: a live upstream session, or
+//! the queue (store and forward). Both take the same steps (MAIL, RCPT, DATA, the content,
+//! the end of data, abort); the session drives them alike and never asks which it has.
 
 use super::*;
 
-/// One upstream session of a client session, for one route, and what it did in the
-/// transaction in progress.
+/// Where a route's share of a transaction goes.
+pub(super) enum Dest {
+    /// A live upstream session: opened at its first need, kept across transactions, dropped
+    /// (never reused in an unknown state) when it fails. Boxed: a leg not yet connected (every
+    /// route of an idle session) costs a pointer, not a whole session.
+    Upstream(Option<Box<Upstream>>),
+    /// Store and forward: the relay's queue answers for the route and keeps the message
+    /// durably before the client hears 250; the upstream is asked later, by the scheduler.
+    Queue,
+}
+
+/// One destination of a client session, for one route, and what it did in the transaction
+/// in progress.
 pub(super) struct Leg {
     pub(super) route: RouteId,
-    pub(super) up: Option<Upstream>,
-    /// The upstream is inside a transaction (MAIL accepted, no final reply yet): RSET it
+    dest: Dest,
+    /// The destination is inside a transaction (MAIL accepted, no final reply yet): RSET it
     /// before the next MAIL.
     pub(super) mail_sent: bool,
-    /// Every RCPT sent in this transaction and the upstream's reply, for the spool record.
+    /// Every RCPT sent in this transaction and the reply, for the spool record.
     pub(super) rcpt_replies: Vec<(String, String)>,
-    /// The recipients this upstream accepted in this transaction, as the client was told.
+    /// The recipients this destination accepted in this transaction, as the client was told.
     pub(super) accepted: Vec<(ForwardPath, RcptParams)>,
-    /// How many RCPTs the upstream accepted in this transaction, including any sent ahead
+    /// How many RCPTs the destination accepted in this transaction, including any sent ahead
     /// (pipelining) that the client's session then answered itself: when this differs from
     /// `accepted`, the envelope is replayed before DATA.
     pub(super) upstream_ok: usize,
@@ -25,10 +38,10 @@ pub(super) struct Leg {
 }
 
 impl Leg {
-    pub(super) fn new(route: RouteId) -> Leg {
+    pub(super) fn new(route: RouteId, dest: Dest) -> Leg {
         Leg {
             route,
-            up: None,
+            dest,
             mail_sent: false,
             rcpt_replies: Vec::new(),
             accepted: Vec::new(),
@@ -45,6 +58,168 @@ impl Leg {
         self.upstream_ok = 0;
         self.message = LegMessage::NotSent;
         self.failure = None;
+    }
+
+    /// The live upstream session, when there is one.
+    pub(super) fn upstream(&self) -> Option<&Upstream> {
+        match &self.dest {
+            Dest::Upstream(up) => up.as_deref(),
+            Dest::Queue => None,
+        }
+    }
+
+    pub(super) fn upstream_mut(&mut self) -> Option<&mut Upstream> {
+        match &mut self.dest {
+            Dest::Upstream(up) => up.as_deref_mut(),
+            Dest::Queue => None,
+        }
+    }
+
+    /// Takes the live upstream session out (to close it).
+    pub(super) fn take_upstream(&mut self) -> Option<Upstream> {
+        match &mut self.dest {
+            Dest::Upstream(up) => up.take().map(|up| *up),
+            Dest::Queue => None,
+        }
+    }
+
+    /// Puts a live upstream session in; gives back the one it replaces.
+    pub(super) fn set_upstream(&mut self, new: Upstream) -> Option<Upstream> {
+        match &mut self.dest {
+            Dest::Upstream(up) => up.replace(Box::new(new)).map(|up| *up),
+            Dest::Queue => Some(new),
+        }
+    }
+
+    /// Whether it can take a command now: the queue always can; an upstream once connected.
+    pub(super) fn is_open(&self) -> bool {
+        match &self.dest {
+            Dest::Upstream(up) => up.is_some(),
+            Dest::Queue => true,
+        }
+    }
+
+    /// Whether commands can go to it as a group (the queue answers one by one, at once).
+    pub(super) fn can_pipeline(&self) -> bool {
+        self.upstream().is_some_and(Upstream::can_pipeline)
+    }
+
+    /// The reply an upstream gave to the message (none for the queue: its `250 queued as`
+    /// is the relay's own), for the metrics of upstream replies.
+    pub(super) fn upstream_answer(&self) -> Option<&Reply> {
+        self.upstream().and(self.message.answer())
+    }
+
+    /// Whether the queue takes this transaction's message.
+    pub(super) fn queues_message(&self) -> bool {
+        matches!(self.dest, Dest::Queue) && !self.accepted.is_empty()
+    }
+
+    fn live(&mut self) -> &mut Upstream {
+        self.upstream_mut()
+            .expect("a live leg is opened before it is asked")
+    }
+
+    /// MAIL. The queue takes any sender now: it is checked when the message is delivered (a
+    /// refusal then is a bounce).
+    pub(super) async fn mail(
+        &mut self,
+        from: &ReversePath,
+        params: &MailParams,
+    ) -> Result<Reply, UpstreamError> {
+        let reply = match &mut self.dest {
+            Dest::Queue => Reply::new(250, (2, 1, 0), "Sender OK"),
+            Dest::Upstream(_) => self.live().mail(from, params).await?,
+        };
+        if reply.is_positive() {
+            self.mail_sent = true;
+        }
+        Ok(reply)
+    }
+
+    /// RCPT, and what the reply makes of the recipient.
+    pub(super) async fn rcpt(
+        &mut self,
+        to: ForwardPath,
+        params: RcptParams,
+    ) -> Result<Reply, UpstreamError> {
+        let reply = match &mut self.dest {
+            Dest::Queue => Reply::new(250, (2, 1, 5), "Recipient OK, queued for delivery"),
+            Dest::Upstream(_) => self.live().rcpt(&to, &params).await?,
+        };
+        if reply.is_positive() {
+            self.upstream_ok += 1;
+        }
+        self.took_rcpt(to, params, &reply);
+        Ok(reply)
+    }
+
+    /// Records the reply to a RCPT (sent now or ahead, in a group) as the client hears it.
+    pub(super) fn took_rcpt(&mut self, to: ForwardPath, params: RcptParams, reply: &Reply) {
+        self.rcpt_replies.push((to.to_string(), reply.to_string()));
+        if reply.is_positive() {
+            self.accepted.push((to, params));
+        }
+    }
+
+    /// DATA: an upstream's reply; the queue's 354 (the content goes to its file).
+    pub(super) async fn data(&mut self) -> Result<Reply, UpstreamError> {
+        match &mut self.dest {
+            Dest::Queue => Ok(Reply::plain(354, "to the queue")),
+            Dest::Upstream(_) => self.live().data().await,
+        }
+    }
+
+    /// A piece of the content. The queue's copy is written once for all its legs
+    /// ([`Legs::stream_to_queue`]), so nothing here.
+    pub(super) async fn body(&mut self, chunk: &[u8]) -> Result<(), UpstreamError> {
+        match &mut self.dest {
+            Dest::Queue => Ok(()),
+            Dest::Upstream(_) => self.live().body(chunk).await,
+        }
+    }
+
+    /// What an upstream holds of the content goes out now.
+    pub(super) async fn flush_body(&mut self) -> Result<(), UpstreamError> {
+        match &mut self.dest {
+            Dest::Queue => Ok(()),
+            Dest::Upstream(_) => self.live().flush_body().await,
+        }
+    }
+
+    /// The end of data: an upstream's final reply; the queue's answer was given when it
+    /// committed the message ([`Legs::enqueue`], before any end of data goes upstream).
+    pub(super) async fn end_of_data(&mut self) -> Result<Reply, UpstreamError> {
+        match &mut self.dest {
+            Dest::Queue => Ok(self.message.answer().cloned().unwrap_or_else(|| {
+                Reply::new(451, (4, 3, 0), "the queue did not take the message")
+            })),
+            Dest::Upstream(_) => self.live().end_of_data().await,
+        }
+    }
+
+    /// The destination failed or the message is abandoned mid-way: an upstream session is
+    /// closed without a word (so it delivers nothing); the queue forgets the message.
+    pub(super) async fn abort(&mut self) {
+        self.message.stop_sending();
+        self.mail_sent = false;
+        if let Some(up) = self.take_upstream() {
+            up.abort().await;
+        }
+    }
+
+    /// Before a new transaction: an upstream still inside one gets RSET (closed if that
+    /// fails); the transaction is forgotten.
+    pub(super) async fn reset(&mut self) {
+        if self.mail_sent
+            && let Some(up) = self.upstream_mut()
+            && up.rset().await.is_err()
+            && let Some(up) = self.take_upstream()
+        {
+            up.abort().await;
+        }
+        self.mail_sent = false;
+        self.clear();
     }
 }
 
@@ -83,52 +258,215 @@ impl LegMessage {
     }
 }
 
-/// A session's legs, one per route (the default first), indexed by [`RouteId`] only.
-pub(super) struct Legs(pub(super) Vec<Leg>);
+/// A session's legs, one per route (the default first), indexed by [`RouteId`] only, and the
+/// queue's copy of the message being received when a route of the transaction queues.
+pub(super) struct Legs {
+    legs: Vec<Leg>,
+    /// Store and forward: the message's content on its way to the queue (with its trace
+    /// header), one file for every route that queues (hard-linked per route when committed).
+    queue_content: Option<QueueFile>,
+}
+
+/// What the queue keeps of a transaction besides its recipients and content.
+pub(super) struct ToQueue<'a> {
+    /// The message's id; a route's record is `<id>` or, with several routes queueing,
+    /// `<id>-<route label>`.
+    pub(super) id: &'a str,
+    pub(super) from: Option<&'a ReversePath>,
+    pub(super) params: Option<&'a MailParams>,
+    pub(super) auth_user: Option<&'a str>,
+    pub(super) config: &'a RelayConfig,
+}
 
 impl Legs {
+    /// One leg per route of `config`: the queue for a route that stores and forwards, an
+    /// upstream (connected at its first need) for the others.
+    pub(super) fn new(config: &RelayConfig) -> Legs {
+        let legs = config
+            .route_ids()
+            .map(|r| {
+                let dest = if config.route_queued(r) {
+                    Dest::Queue
+                } else {
+                    Dest::Upstream(None)
+                };
+                Leg::new(r, dest)
+            })
+            .collect();
+        Legs {
+            legs,
+            queue_content: None,
+        }
+    }
+
     pub(super) fn iter(&self) -> std::slice::Iter<'_, Leg> {
-        self.0.iter()
+        self.legs.iter()
     }
 
     pub(super) fn iter_mut(&mut self) -> std::slice::IterMut<'_, Leg> {
-        self.0.iter_mut()
+        self.legs.iter_mut()
     }
 
-    /// Runs `op` on the upstream of every leg `which` picks (and that has one), all at once,
-    /// and gives each result with its route, in route order: the one fan-out of DATA, the
-    /// content, its flush and the end of data.
+    /// Runs `op` on every open leg `which` picks, all at once, and gives each result with its
+    /// route, in route order: the one fan-out of DATA, the content, its flush and the end of
+    /// data.
     pub(super) async fn fan_out<'a, T, Fut>(
         &'a mut self,
         which: impl Fn(&Leg) -> bool,
-        op: impl Fn(&'a mut Upstream) -> Fut,
+        op: impl Fn(&'a mut Leg) -> Fut,
     ) -> Vec<(RouteId, T)>
     where
         Fut: std::future::Future<Output = T> + 'a,
     {
         futures_util::future::join_all(
-            self.0
+            self.legs
                 .iter_mut()
-                .filter(|l| which(l))
-                .filter_map(|l| Some((l.route, l.up.as_mut()?)))
-                .map(|(r, up)| {
-                    let asked = op(up);
+                .filter(|l| l.is_open() && which(l))
+                .map(|l| {
+                    let r = l.route;
+                    let asked = op(l);
                     async move { (r, asked.await) }
                 }),
         )
         .await
+    }
+
+    /// Whether the queue takes this transaction's message (a route that queues has
+    /// recipients).
+    pub(super) fn queue_takes_message(&self) -> bool {
+        self.legs.iter().any(Leg::queues_message)
+    }
+
+    /// Opens the queue's copy of message `id` (at DATA: a queue that cannot be written is
+    /// known before the client sends the content).
+    pub(super) async fn begin_queue_content(
+        &mut self,
+        queue: &crate::queue::store::Queue,
+        id: &str,
+    ) -> std::io::Result<()> {
+        let content = Spool::create(id.to_string(), queue.tmp_path(id)).await?;
+        self.queue_content = Some(QueueFile {
+            content,
+            error: None,
+        });
+        Ok(())
+    }
+
+    /// A piece of the content to the queue's copy; the first write error is kept (the
+    /// message is then refused with 452 4.3.1 at the end of data).
+    pub(super) async fn stream_to_queue(&mut self, data: &[u8]) {
+        if let Some(q) = self.queue_content.as_mut()
+            && q.error.is_none()
+        {
+            q.content.size += data.len() as u64;
+            if let Err(e) = q.content.take(data).await {
+                q.error = Some(e.to_string());
+            }
+        }
+    }
+
+    /// The message ends without a delivery: the queue's copy is removed.
+    pub(super) async fn discard_queue_content(&mut self) {
+        if let Some(q) = self.queue_content.take() {
+            let path = q.content.path.clone();
+            drop(q);
+            let _ = tokio::fs::remove_file(&path).await;
+        }
+    }
+
+    /// The queue's end of data: the message is committed for each route that queues (one
+    /// record per route, the content hard-linked), durably; those legs' answer is then `250
+    /// queued as <id>`. Gives the records' ids by route. When it cannot, nothing is queued and
+    /// the error is the client's 452 4.3.1.
+    pub(super) async fn enqueue(
+        &mut self,
+        queue: Option<&crate::queue::store::Queue>,
+        msg: ToQueue<'_>,
+    ) -> Result<Vec<(RouteId, String)>, Reply> {
+        let Some(mut qf) = self.queue_content.take() else {
+            return Ok(Vec::new());
+        };
+        let refuse =
+            |why: String| Reply::new(452, (4, 3, 1), format!("cannot queue the message: {why}"));
+        let Some(queue) = queue else {
+            return Err(refuse("no queue".into()));
+        };
+        let (path, size) = (qf.content.path.clone(), qf.content.size);
+        let written = match qf.error.take() {
+            Some(e) => Err(e),
+            None => qf.content.finish().await.map_err(|e| e.to_string()),
+        };
+        if let Err(e) = written {
+            let _ = tokio::fs::remove_file(&path).await;
+            return Err(refuse(e));
+        }
+        let routes: Vec<RouteId> = self
+            .legs
+            .iter()
+            .filter(|l| l.queues_message())
+            .map(|l| l.route)
+            .collect();
+        let now = chrono::Utc::now().to_rfc3339();
+        let mut queued = Vec::new();
+        for (n, &r) in routes.iter().enumerate() {
+            let label = msg.config.route_label(r).to_string();
+            let id = if routes.len() == 1 {
+                msg.id.to_string()
+            } else {
+                format!("{}-{label}", msg.id)
+            };
+            let content = if n + 1 == routes.len() {
+                path.clone()
+            } else {
+                let link = queue.tmp_path(&id);
+                if let Err(e) = std::fs::hard_link(&path, &link) {
+                    return Err(refuse(e.to_string()));
+                }
+                link
+            };
+            let record = crate::queue::store::Queued {
+                id: id.clone(),
+                route: label,
+                mail_from: msg
+                    .from
+                    .map(ReversePath::to_string)
+                    .unwrap_or_else(|| "<>".into()),
+                mail_params: msg.params.map(|p| p.to_string()).unwrap_or_default(),
+                rcpts: self[r]
+                    .accepted
+                    .iter()
+                    .map(|(to, _)| crate::queue::store::Rcpt {
+                        to: to.to_string(),
+                        state: crate::queue::store::RcptState::Pending { last: None },
+                    })
+                    .collect(),
+                auth_user: msg.auth_user.map(str::to_string),
+                size,
+                received_at: now.clone(),
+                attempts: 0,
+                next_attempt: now.clone(),
+                last_error: None,
+            };
+            if let Err(e) = queue.enqueue(content, record).await {
+                return Err(refuse(e.to_string()));
+            }
+            self[r].message =
+                LegMessage::Answered(Reply::new(250, (2, 0, 0), format!("queued as {id}")));
+            queued.push((r, id));
+        }
+        Ok(queued)
     }
 }
 
 impl std::ops::Index<RouteId> for Legs {
     type Output = Leg;
     fn index(&self, r: RouteId) -> &Leg {
-        &self.0[r.slot()]
+        &self.legs[r.slot()]
     }
 }
 
 impl std::ops::IndexMut<RouteId> for Legs {
     fn index_mut(&mut self, r: RouteId) -> &mut Leg {
-        &mut self.0[r.slot()]
+        &mut self.legs[r.slot()]
     }
 }

@@ -29,8 +29,12 @@ use crate::route::{Route, RouteId};
 use crate::upstream::{Upstream, UpstreamConfig, UpstreamError};
 
 mod admission;
+mod auth;
 mod config;
+mod envelope;
 mod leg;
+mod message;
+mod outcome;
 mod session;
 mod spool;
 
@@ -444,7 +448,7 @@ async fn client(
         peer,
         tls: kind == Transport::Tls,
         credentials: None,
-        legs: Legs(cfg.route_ids().map(Leg::new).collect()),
+        legs: Legs::new(cfg),
         transaction: None,
         prefetched: Default::default(),
         poisoned: None,
@@ -454,7 +458,6 @@ async fn client(
         lines_seen: 0,
         dsn_tasks: Vec::new(),
         spool_write: None,
-        queue_file: None,
     };
     crate::metrics::Metrics::inc(&shared.metrics.sessions_opened);
     crate::metrics::Metrics::inc(&shared.metrics.sessions_open);
@@ -475,7 +478,7 @@ async fn client(
     Box::pin(session.abort_transaction()).await;
     session.spooled().await;
     for leg in session.legs.iter_mut() {
-        if let Some(up) = leg.up.take() {
+        if let Some(up) = leg.take_upstream() {
             Box::pin(up.quit()).await;
         }
     }
@@ -520,21 +523,12 @@ async fn client(
 /// message still goes on; the log says it was not kept).
 async fn stream_content(
     spool: &mut Option<Spool>,
-    queue_file: &mut Option<QueueFile>,
     legs: &mut Legs,
     poisoned: &mut Option<Reply>,
     session: u64,
     data: &[u8],
 ) {
-    if let Some(q) = queue_file.as_mut()
-        && q.error.is_none()
-        && let Err(e) = {
-            q.content.size += data.len() as u64;
-            q.content.take(data).await
-        }
-    {
-        q.error = Some(e.to_string());
-    }
+    legs.stream_to_queue(data).await;
     let to_spool = async {
         if let Some(s) = spool.as_mut() {
             s.size += data.len() as u64;
@@ -557,43 +551,42 @@ async fn stream_content(
     // The scan of the chunk only when some upstream taking it lacks 8BITMIME (rare).
     let seven_bit_leg = legs.iter().any(|l| {
         l.message.is_sending()
-            && l.up
-                .as_ref()
+            && l.upstream()
                 .is_some_and(|up| !up.capabilities().eightbitmime())
     });
     if seven_bit_leg && data.iter().any(|b| *b >= 0x80) {
         for leg in legs.iter_mut().filter(|l| l.message.is_sending()) {
-            let Some(up) = leg.up.take_if(|up| !up.capabilities().eightbitmime()) else {
+            if leg
+                .upstream()
+                .is_none_or(|up| up.capabilities().eightbitmime())
+            {
                 continue;
-            };
+            }
+            let name = leg
+                .upstream()
+                .map(|up| up.name().to_string())
+                .unwrap_or_default();
             let reply = Reply::new(
                 554,
                 (5, 6, 3),
                 format!(
-                    "message has 8-bit content and upstream {} does not accept it (no 8BITMIME); send it 7-bit (base64 or quoted-printable)",
-                    up.name()
+                    "message has 8-bit content and upstream {name} does not accept it (no 8BITMIME); send it 7-bit (base64 or quoted-printable)",
                 ),
             );
-            tracing::info!(session, upstream = %up.name(), "8-bit content refused: the upstream offers no 8BITMIME");
+            tracing::info!(session, upstream = %name, "8-bit content refused: the upstream offers no 8BITMIME");
             poisoned.get_or_insert(reply);
-            leg.message.stop_sending();
-            leg.mail_sent = false;
-            up.abort().await;
+            leg.abort().await;
         }
     }
-    let to_upstreams = legs.fan_out(|l| l.message.is_sending(), |up| up.body(data));
+    let to_upstreams = legs.fan_out(|l| l.message.is_sending(), |leg| leg.body(data));
     let ((), sent) = tokio::join!(to_spool, to_upstreams);
     for (r, result) in sent {
         if let Err(e) = result {
             tracing::warn!(session, upstream = %e.upstream(), error = %e, "upstream failure");
             poisoned.get_or_insert(e.client_reply());
             let leg = &mut legs[r];
-            leg.message.stop_sending();
-            leg.mail_sent = false;
             leg.failure = Some(e.client_reply());
-            if let Some(up) = leg.up.take() {
-                up.abort().await;
-            }
+            leg.abort().await;
         }
     }
 }
