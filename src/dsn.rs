@@ -200,48 +200,35 @@ pub async fn send(
     sender: &smtp_wire::Mailbox,
     bounce: &Bounce,
 ) -> Result<Reply, crate::upstream::UpstreamError> {
-    let (as_daemon, as_sender) = (&bounce.as_daemon[..], &bounce.as_sender[..]);
+    use crate::upstream::{Content, Outbound};
     let mut up = crate::upstream::Upstream::connect(config).await?;
     let to = [(
         smtp_wire::ForwardPath::Mailbox(sender.clone()),
         smtp_wire::RcptParams::default(),
     )];
-    let mut env = up
-        .envelope(
-            &smtp_wire::ReversePath::Null,
-            &smtp_wire::MailParams::default(),
-            &to,
-        )
-        .await?;
-    let mut body = as_daemon;
-    if env.mail.severity() == smtp_wire::Severity::Permanent {
+    let params = smtp_wire::MailParams::default();
+    let (daemon, from_sender) = (
+        smtp_wire::ReversePath::Null,
+        smtp_wire::ReversePath::Mailbox(sender.clone()),
+    );
+    let pieces = [&bounce.as_daemon[..], &bounce.as_sender[..]];
+    let msg = |from, n: usize| Outbound {
+        from,
+        params: &params,
+        rcpts: &to,
+        content: Content::Pieces(&pieces[n..=n]),
+        pipelining: true,
+    };
+    let mut sent = up.send_message(&msg(&daemon, 0), &mut |_, _| {}).await?;
+    // An upstream that refuses the null sender for good gets the bounce from the sender.
+    if sent.mail.severity() == smtp_wire::Severity::Permanent {
         up.rset().await?;
-        env = up
-            .envelope(
-                &smtp_wire::ReversePath::Mailbox(sender.clone()),
-                &smtp_wire::MailParams::default(),
-                &to,
-            )
+        sent = up
+            .send_message(&msg(&from_sender, 1), &mut |_, _| {})
             .await?;
-        body = as_sender;
     }
-    if !env.mail.is_positive() {
-        up.quit().await;
-        return Ok(env.mail);
-    }
-    if let Some(r) = env.rcpts.iter().find(|r| !r.is_positive()) {
-        up.quit().await;
-        return Ok(r.clone());
-    }
-    let reply = up.data().await?;
-    if reply.code != 354 {
-        up.quit().await;
-        return Ok(reply);
-    }
-    up.body(body).await?;
-    let reply = up.end_of_data().await?;
     up.quit().await;
-    Ok(reply)
+    Ok(sent.verdict().clone())
 }
 
 #[cfg(test)]

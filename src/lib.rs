@@ -26,8 +26,11 @@
 //! - [`spool`]: spool retention by age and total size.
 //! - [`up`]: `smtp-relay up`, the relay and a fake 163 in one process, for offline work.
 //! - [`users`]: the relay's own users (auth mode `users`), bcrypt hashes.
-//! - [`upstream`]: the relay's connection to an upstream server (TLS, AUTH, pipelined
-//!   envelope, streamed body, a timeout per phase), driving `smtp_wire::ClientSession`.
+//! - [`upstream`]: the relay's connection to an upstream server, driving
+//!   `smtp_wire::ClientSession`: `config`, `connect` (addresses, TLS, EHLO, AUTH, each phase
+//!   timed), `error` (by phase; replies sorted into verdicts and errors), the session's
+//!   commands (pipelined envelope, streamed body), and `send` (the one sender of a whole
+//!   message, used by the queue, the bounces and the load generator).
 //! - [`upstream_tls`]: how an upstream is trusted: the TLS policy per route (verify,
 //!   fingerprint, encrypt, may, none), its certificate verifier, failures as sentences.
 //! - [`upstream_addr`]: every address an upstream's name resolves to, tried in turn.

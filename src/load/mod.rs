@@ -504,68 +504,6 @@ impl Worker {
                 self.scratch.push((to, RcptParams::default()));
             }
         }
-        let up = self.up.as_mut().expect("connected");
-        let params = MailParams::default();
-        let t = Instant::now();
-        let accepted = if w.pipelining && up.can_pipeline() {
-            let env = up.envelope(&self.from, &params, &self.scratch).await?;
-            let d = t.elapsed();
-            self.rec
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .record(Phase::Envelope, d);
-            if !env.mail.is_positive() {
-                up.rset().await?;
-                return Ok(env.mail.code);
-            }
-            let ok = env.rcpts.iter().filter(|r| r.is_positive()).count();
-            if ok == 0 {
-                up.rset().await?;
-                return Ok(env.rcpts.first().map_or(503, |r| r.code));
-            }
-            ok
-        } else {
-            let mail = up.mail(&self.from, &params).await?;
-            self.rec
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .record(Phase::Mail, t.elapsed());
-            if !mail.is_positive() {
-                up.rset().await?;
-                return Ok(mail.code);
-            }
-            let mut ok = 0;
-            let mut first_refusal = None;
-            for (to, p) in &self.scratch {
-                let t = Instant::now();
-                let r = up.rcpt(to, p).await?;
-                self.rec
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .record(Phase::Rcpt, t.elapsed());
-                if r.is_positive() {
-                    ok += 1;
-                } else {
-                    first_refusal.get_or_insert(r.code);
-                }
-            }
-            if ok == 0 {
-                up.rset().await?;
-                return Ok(first_refusal.unwrap_or(503));
-            }
-            ok
-        };
-        let _ = accepted;
-        let t = Instant::now();
-        let r = up.data().await?;
-        self.rec
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .record(Phase::Data, t.elapsed());
-        if r.code != 354 {
-            up.rset().await?;
-            return Ok(r.code);
-        }
         let header = format!(
             "From: <{}>\r\nTo: <{}>\r\nSubject: smtp-relay load {n}\r\nMessage-ID: <{n}.{:016x}@smtp-relay-load>\r\n{}\r\n",
             w.from,
@@ -577,15 +515,34 @@ impl Worker {
             self.run.id,
             self.run.header(n, start)
         );
-        up.body(header.as_bytes()).await?;
-        up.body(&w.body).await?;
-        let t = Instant::now();
-        let r = up.end_of_data().await?;
-        self.rec
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .record(Phase::EndOfData, t.elapsed());
-        Ok(r.code)
+        let msg = crate::upstream::Outbound {
+            from: &self.from,
+            params: &MailParams::default(),
+            rcpts: &self.scratch,
+            content: crate::upstream::Content::Pieces(&[header.as_bytes(), &w.body]),
+            pipelining: w.pipelining,
+        };
+        let up = self.up.as_mut().expect("connected");
+        let rec = &self.rec;
+        let mut timing = |step: crate::upstream::Step, took: Duration| {
+            let phase = match step {
+                crate::upstream::Step::Envelope => Phase::Envelope,
+                crate::upstream::Step::Mail => Phase::Mail,
+                crate::upstream::Step::Rcpt => Phase::Rcpt,
+                crate::upstream::Step::Data => Phase::Data,
+                crate::upstream::Step::EndOfData => Phase::EndOfData,
+            };
+            rec.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .record(phase, took);
+        };
+        let sent = up.send_message(&msg, &mut timing).await?;
+        if !sent.reusable
+            && let Some(up) = self.up.take()
+        {
+            up.abort().await;
+        }
+        Ok(sent.verdict().code)
     }
 
     async fn close(mut self) {

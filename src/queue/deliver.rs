@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use smtp_wire::{Credentials, ForwardPath, MailParams, RcptParams, Reply, ReversePath};
-use tokio::io::AsyncReadExt;
 
 use super::store::{Queue, Queued, RcptState};
 use crate::upstream::{Upstream, UpstreamConfig};
@@ -144,12 +143,12 @@ pub async fn attempt_on(
         .filter(|&i| matches!(rec.rcpts[i].state, RcptState::Pending { .. }))
         .collect();
     let mut rcpts = Vec::with_capacity(pending.len());
-    let mut sent = Vec::with_capacity(pending.len());
+    let mut sent_ids = Vec::with_capacity(pending.len());
     for &i in &pending {
         match parse_rcpt(&rec.rcpts[i].to) {
             Some(to) => {
                 rcpts.push((to, RcptParams::default()));
-                sent.push(i);
+                sent_ids.push(i);
             }
             None => settle(
                 rec,
@@ -170,98 +169,67 @@ pub async fn attempt_on(
             Err(e) => return again(e.to_string(), true),
         },
     };
-    let env = match up.envelope(&from, &params, &rcpts).await {
-        Ok(env) => env,
+    let path = queue.message_path(&rec.id);
+    let msg = crate::upstream::Outbound {
+        from: &from,
+        params: &params,
+        rcpts: &rcpts,
+        content: crate::upstream::Content::File(&path),
+        pipelining: true,
+    };
+    let sent = match up.send_message(&msg, &mut |_, _| {}).await {
+        Ok(sent) => sent,
         Err(e) => {
             up.abort().await;
-            return again(e.to_string(), false);
+            // Lost after the envelope: the upstream may or may not have the message. At
+            // least once: it is sent again to those that accepted it.
+            if let Some(env) = &e.envelope {
+                settle_envelope(rec, &sent_ids, env, &e.error.to_string());
+            }
+            return again(e.error.to_string(), false);
         }
     };
-    if !env.mail.is_positive() {
-        let quota = is_quota(&env.mail);
-        settle(rec, &sent, &env.mail);
+    if sent.reusable {
         *conn = Some(up);
-        return if rec.done() {
-            Attempt::Finished
-        } else {
-            again(crate::upstream::said(&env.mail), quota)
-        };
     }
-    let mut accepted = Vec::new();
-    let mut quota = false;
+    let verdict = sent.verdict();
+    let quota = is_quota(verdict)
+        || (sent.mail.is_positive() && sent.rcpts.iter().any(|r| !r.is_positive() && is_quota(r)));
+    if !sent.mail.is_positive() {
+        settle(rec, &sent_ids, verdict);
+    } else {
+        for (&i, reply) in sent_ids.iter().zip(&sent.rcpts) {
+            if reply.is_positive() {
+                settle(rec, &[i], verdict);
+            } else {
+                settle(rec, &[i], reply);
+            }
+        }
+    }
+    if rec.done() {
+        Attempt::Finished
+    } else if sent.rcpts.iter().any(Reply::is_positive) || !sent.mail.is_positive() {
+        again(crate::upstream::said(verdict), quota)
+    } else {
+        again("every recipient deferred".into(), quota)
+    }
+}
+
+/// After a failure past the envelope: the refused recipients are settled by their replies;
+/// the accepted ones stay pending, with the failure as their last word.
+fn settle_envelope(
+    rec: &mut Queued,
+    sent: &[usize],
+    env: &crate::upstream::EnvelopeReplies,
+    error: &str,
+) {
     for (&i, reply) in sent.iter().zip(&env.rcpts) {
         if reply.is_positive() {
-            accepted.push(i);
+            rec.rcpts[i].state = RcptState::Pending {
+                last: Some(error.to_string()),
+            };
         } else {
-            quota |= is_quota(reply);
             settle(rec, &[i], reply);
-        }
-    }
-    if accepted.is_empty() {
-        if up.rset().await.is_ok() {
-            *conn = Some(up);
-        }
-        return if rec.done() {
-            Attempt::Finished
-        } else {
-            again("every recipient deferred".into(), quota)
-        };
-    }
-    let result = async {
-        let r = up.data().await?;
-        if r.code != 354 {
-            return Ok((r, false));
-        }
-        let mut file = tokio::fs::File::open(queue.message_path(&rec.id))
-            .await
-            .map_err(|source| crate::upstream::UpstreamError::Io {
-                upstream: upstream.name.clone(),
-                phase: crate::upstream::Phase::Body,
-                source,
-            })?;
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let n =
-                file.read(&mut buf)
-                    .await
-                    .map_err(|source| crate::upstream::UpstreamError::Io {
-                        upstream: upstream.name.clone(),
-                        phase: crate::upstream::Phase::Body,
-                        source,
-                    })?;
-            if n == 0 {
-                break;
-            }
-            up.body(&buf[..n]).await?;
-        }
-        up.end_of_data().await.map(|r| (r, true))
-    }
-    .await;
-    match result {
-        Ok((reply, ended)) => {
-            quota |= is_quota(&reply);
-            settle(rec, &accepted, &reply);
-            // After a final reply the session is clean; after a refused DATA it is still in
-            // the transaction.
-            if ended || up.rset().await.is_ok() {
-                *conn = Some(up);
-            }
-            if rec.done() {
-                Attempt::Finished
-            } else {
-                again(crate::upstream::said(&reply), quota)
-            }
-        }
-        // Lost after the data: the upstream may or may not have the message. At least once:
-        // it is sent again.
-        Err(e) => {
-            up.abort().await;
-            for &i in &accepted {
-                rec.rcpts[i].state = RcptState::Pending {
-                    last: Some(e.to_string()),
-                };
-            }
-            again(e.to_string(), false)
         }
     }
 }
