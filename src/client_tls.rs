@@ -9,9 +9,6 @@ use std::time::Duration;
 use rustls::AlertDescription;
 use smtp_net::Io;
 
-/// How long a client has to complete the handshake.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Why a handshake with a client failed, and what the person running the relay can do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HandshakeFailure {
@@ -27,24 +24,23 @@ impl std::fmt::Display for HandshakeFailure {
     }
 }
 
-/// Completes the server side of a handshake on `io` within [`HANDSHAKE_TIMEOUT`].
-/// `trust`: the file clients should trust, named in the hint when they do not.
+/// Completes the server side of a handshake on `io` within `limit` (the relay's
+/// `tls_handshake_timeout`). `trust`: the file clients should trust, named in the hint when
+/// they do not.
 pub async fn accept(
     config: Arc<rustls::ServerConfig>,
     io: impl Io + 'static,
     trust: Option<&std::path::Path>,
+    limit: Duration,
 ) -> Result<Box<dyn Io>, HandshakeFailure> {
-    let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(io)).await {
-        Ok(Ok(stream)) => Ok(Box::new(stream)),
-        Ok(Err(e)) => Err(explain(&e, trust)),
-        Err(_) => Err(HandshakeFailure {
-            cause: format!(
-                "TLS handshake timed out after {}s",
-                HANDSHAKE_TIMEOUT.as_secs()
-            ),
+    match smtp_net::tls::accept(config, io, limit).await {
+        Ok(stream) => Ok(Box::new(stream)),
+        Err(smtp_net::tls::AcceptError::Failed(e)) => Err(explain(&e, trust)),
+        Err(e @ smtp_net::tls::AcceptError::TimedOut(_)) => Err(HandshakeFailure {
+            cause: e.to_string(),
             hint: "the client connected but did not complete the handshake: a plain-text \
-                   client waiting for a greeting on the implicit-TLS port, or a stalled one"
+                   client waiting for a greeting on the implicit-TLS port, or a stalled one \
+                   (tls_handshake_timeout_secs)"
                 .into(),
         }),
     }

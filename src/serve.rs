@@ -123,6 +123,7 @@ struct FileLimits {
     line_timeout_secs: u64,
     min_data_rate: u64,
     session_deadline_secs: u64,
+    tls_handshake_timeout_secs: u64,
     upstream_command_timeout_secs: u64,
     upstream_data_end_timeout_secs: u64,
     spool_max_age_days: u64,
@@ -150,6 +151,7 @@ impl Default for FileLimits {
             line_timeout_secs: 60,
             min_data_rate: 500,
             session_deadline_secs: 3600,
+            tls_handshake_timeout_secs: 10,
             upstream_command_timeout_secs: t.command.as_secs(),
             upstream_data_end_timeout_secs: t.data_end.as_secs(),
             spool_max_age_days: 30,
@@ -505,6 +507,7 @@ pub fn parse(text: &str, origin: &str, base: &Path) -> Result<Loaded, String> {
         line_timeout: Duration::from_secs(l.line_timeout_secs),
         min_data_rate: l.min_data_rate,
         session_deadline: Duration::from_secs(l.session_deadline_secs),
+        tls_handshake_timeout: Duration::from_secs(l.tls_handshake_timeout_secs.max(1)),
         bare_line_endings,
         transcripts: f.transcripts_dir.as_deref().map(at),
         retention: crate::spool::Retention {

@@ -9,11 +9,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use smtp_net::Io;
+use smtp_net::server::{Next, Wire};
 use smtp_wire::{
     Decision, Event, ForwardPath, LineEndings, Reply, ReplyKind, ReversePath, ServerConnection,
     Transport, Verb, Verdict,
 };
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
@@ -226,7 +228,6 @@ struct State {
     transcripts: VecDeque<Transcript>,
     /// The transcripts of the sessions open now, by connection id.
     open: std::collections::BTreeMap<u64, Arc<Mutex<Transcript>>>,
-    connections: HashMap<IpAddr, u32>,
     auth_failures: HashMap<IpAddr, u32>,
     bans: HashMap<IpAddr, Instant>,
     /// Failed AUTHs per account (lowercase address), and accounts barred until when.
@@ -245,6 +246,8 @@ pub(crate) struct Shared {
     /// Swapped whole by [`Handle::set_faults`] (counters start again).
     faults: std::sync::RwLock<Arc<FaultSet>>,
     state: Mutex<State>,
+    /// Connections open per client address.
+    per_ip: Arc<smtp_net::admission::PerIp>,
     received_notify: Notify,
     next_conn: AtomicU64,
     /// Lines and DATA chunks recorded so far, over every session.
@@ -335,6 +338,7 @@ impl FakeUpstream {
             config,
             tls,
             state: Mutex::new(State::default()),
+            per_ip: Arc::default(),
             received_notify: Notify::new(),
             next_conn: AtomicU64::new(first_conn),
             activity: Arc::default(),
@@ -473,7 +477,7 @@ impl Handle {
     /// Connections open now, on every listener. A connection's transcript is among
     /// [`Handle::transcripts`] before it stops counting here.
     pub fn open_connections(&self) -> u32 {
-        self.shared.state().connections.values().sum()
+        self.shared.per_ip.total()
     }
 
     /// Waits until no connection is open, at most `limit`; whether none is.
@@ -512,21 +516,6 @@ async fn accept_loop(
     .await;
 }
 
-/// Counts a connection against its IP's limit for as long as it lives.
-struct ConnSlot {
-    shared: Arc<Shared>,
-    ip: IpAddr,
-}
-
-impl Drop for ConnSlot {
-    fn drop(&mut self) {
-        let mut st = self.shared.state();
-        if let Some(n) = st.connections.get_mut(&self.ip) {
-            *n = n.saturating_sub(1);
-        }
-    }
-}
-
 async fn connection(
     shared: Arc<Shared>,
     mut tcp: TcpStream,
@@ -550,21 +539,16 @@ async fn connection(
 
     // Connection-level refusals: a banned IP, too many connections from it.
     let slot = {
-        let mut st = shared.state();
-        let banned = st
+        let banned = shared
+            .state()
             .bans
             .get(&peer.ip())
             .is_some_and(|until| *until > shared.now());
-        let count = st.connections.entry(peer.ip()).or_insert(0);
-        *count += 1;
+        let slot = shared.per_ip.enter(peer.ip());
         let over = persona
             .limits
             .connections_per_ip
-            .is_some_and(|max| *count > max);
-        let slot = ConnSlot {
-            shared: shared.clone(),
-            ip: peer.ip(),
-        };
+            .is_some_and(|max| slot.count() > max);
         match (banned, over) {
             (true, _) => Err((slot, persona.texts.auth_ip_banned.clone())),
             (_, true) => Err((slot, persona.texts.too_many_connections.clone())),
@@ -595,7 +579,8 @@ async fn connection(
     };
 
     let action = shared.fault(Stage::Connect, None);
-    if let Some(end) = apply_before(&action, &transcript, shutdown.clone()).await {
+    let mut rx = shutdown.clone();
+    if let Some(end) = apply_before(&action, &transcript, smtp_net::stopped(&mut rx)).await {
         transcript.push(end);
         finish(&shared, &transcript);
         return;
@@ -630,22 +615,31 @@ async fn connection(
         raw: Vec::new(),
         messages_here: 0,
         data_phases: 0,
-        out: Vec::new(),
         close_after_write: false,
+        waiting: Duration::ZERO,
         rng,
     };
-    match kind {
-        Transport::Plain => session.run_plain(tcp, shutdown).await,
+    let io: Option<Box<dyn Io>> = match kind {
+        Transport::Plain => Some(Box::new(tcp)),
         Transport::Tls => match accept_tls(&shared, tcp).await {
-            Ok(mut stream) => {
+            Ok(stream) => {
                 session.note("* TLS handshake done (implicit TLS)");
-                let greeting = session.greeting();
-                if session.send_now(&mut stream, greeting).await.is_ok() {
-                    let _ = session.drive(&mut stream, shutdown).await;
-                }
+                Some(Box::new(stream))
             }
-            Err(e) => session.note(&format!("* TLS handshake failed: {e}")),
+            Err(e) => {
+                session.note(&format!("* TLS handshake failed: {e}"));
+                None
+            }
         },
+    };
+    if let Some(io) = io {
+        let result = smtp_net::server::serve(&mut session, io, shutdown, DRIVE).await;
+        // An error before TLS is noted; one inside TLS ends the session silently.
+        if let Err(e) = result
+            && !session.tls
+        {
+            session.note(&format!("* error: {e}"));
+        }
     }
     finish(&shared, &session.transcript);
 }
@@ -655,7 +649,7 @@ async fn connection(
 async fn apply_before(
     action: &Action,
     transcript: &Live,
-    mut shutdown: watch::Receiver<bool>,
+    stopped: impl std::future::Future<Output = ()>,
 ) -> Option<String> {
     if action.delay_ms > 0 {
         transcript.push(format!("* fault: delay {} ms", action.delay_ms));
@@ -666,7 +660,7 @@ async fn apply_before(
     }
     if action.stall {
         transcript.push("* fault: stall".into());
-        smtp_net::stopped(&mut shutdown).await;
+        stopped.await;
         return Some("* stalled until shutdown".into());
     }
     None
@@ -704,28 +698,15 @@ fn finish(shared: &Shared, live: &Live) {
     }
 }
 
-async fn accept_tls(
+async fn accept_tls<IO: AsyncRead + AsyncWrite + Unpin>(
     shared: &Shared,
-    tcp: TcpStream,
-) -> Result<tokio_rustls::server::TlsStream<TcpStream>, String> {
-    let acceptor = tokio_rustls::TlsAcceptor::from(shared.tls.server_config.clone());
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-        Ok(Ok(s)) => Ok(s),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!(
-            "TLS handshake timed out after {}s",
-            HANDSHAKE_TIMEOUT.as_secs()
-        )),
-    }
+    io: IO,
+) -> Result<tokio_rustls::server::TlsStream<IO>, smtp_net::tls::AcceptError> {
+    smtp_net::tls::accept(shared.tls.server_config.clone(), io, HANDSHAKE_TIMEOUT).await
 }
 
 async fn write_all<S: AsyncWrite + Unpin>(io: &mut S, bytes: &[u8]) -> std::io::Result<()> {
     smtp_net::write_all(io, bytes, WRITE_TIMEOUT).await
-}
-
-enum End {
-    Closed,
-    StartTls,
 }
 
 /// What a decision turned into once faults were applied.
@@ -751,8 +732,9 @@ struct Session {
     messages_here: u32,
     /// DATA phases seen on this connection (names the raw files).
     data_phases: u32,
-    out: Vec<u8>,
     close_after_write: bool,
+    /// The last wait for the client (for the note when it runs out).
+    waiting: Duration,
     rng: fastrand::Rng,
 }
 
@@ -766,57 +748,17 @@ impl Session {
         action.reply.unwrap_or_else(|| self.conn.greeting())
     }
 
-    fn queue(&mut self, reply: &Reply) {
+    /// Queues a reply on the wire, noting its lines.
+    fn queue(&mut self, wire: &mut Wire<'_>, reply: &Reply) {
+        self.note_reply(reply);
+        wire.queue(reply);
+    }
+
+    fn note_reply(&mut self, reply: &Reply) {
         if self.transcript.recording {
             for line in reply.to_string().split("\r\n") {
                 self.transcript.push(format!("S: {line}"));
             }
-        }
-        reply.encode(&mut self.out);
-    }
-
-    async fn send_now<S: AsyncWrite + Unpin>(
-        &mut self,
-        io: &mut S,
-        reply: Reply,
-    ) -> std::io::Result<()> {
-        self.queue(&reply);
-        self.flush(io).await
-    }
-
-    async fn flush<S: AsyncWrite + Unpin>(&mut self, io: &mut S) -> std::io::Result<()> {
-        if self.out.is_empty() {
-            return Ok(());
-        }
-        let out = std::mem::take(&mut self.out);
-        write_all(io, &out).await
-    }
-
-    async fn run_plain(&mut self, mut tcp: TcpStream, shutdown: watch::Receiver<bool>) {
-        let greeting = self.greeting();
-        if self.send_now(&mut tcp, greeting).await.is_err() {
-            return;
-        }
-        match self.drive(&mut tcp, shutdown.clone()).await {
-            Ok(End::StartTls) => {
-                let action = self.shared.fault(Stage::Starttls, None);
-                if action.tls_fail {
-                    self.note("* fault: TLS handshake broken");
-                    let _ = write_all(&mut tcp, b"\x15\x03\x03\x00\x02\x02\x28").await;
-                    return;
-                }
-                match accept_tls(&self.shared, tcp).await {
-                    Ok(mut stream) => {
-                        self.note("* TLS handshake done (STARTTLS)");
-                        self.tls = true;
-                        self.conn.tls_established();
-                        let _ = self.drive(&mut stream, shutdown).await;
-                    }
-                    Err(e) => self.note(&format!("* TLS handshake failed: {e}")),
-                }
-            }
-            Ok(End::Closed) => {}
-            Err(e) => self.note(&format!("* error: {e}")),
         }
     }
 
@@ -829,151 +771,114 @@ impl Session {
         }
     }
 
-    async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
-        &mut self,
-        io: &mut S,
-        mut shutdown: watch::Receiver<bool>,
-    ) -> std::io::Result<End> {
-        let idle = Duration::from_secs(self.shared.config.persona.limits.idle_timeout_secs.max(1));
-        // Filled by read_buf: no zeroing per connection.
-        let mut buf: Vec<u8> = Vec::with_capacity(READ_SIZE);
+    /// Every event of the buffered input: replies through the faults, decisions by the
+    /// persona's policy.
+    async fn events(&mut self, wire: &mut Wire<'_>) -> std::io::Result<Next> {
         loop {
-            loop {
-                let event = self.conn.next_event();
-                let decision = match event {
-                    None => break,
-                    Some(Event::Content { data, raw }) => {
-                        self.transcript.data(raw);
-                        let rules = &self.shared.config.persona.rules;
-                        if rules.keep_messages
-                            || rules.inspects_content()
-                            || self.shared.config.observer.is_some()
-                        {
-                            self.message.extend_from_slice(data);
-                        }
-                        // Raw bytes are at most twice the decoded size (dot-stuffing), so
-                        // past that bound the message is refused anyway: stop keeping them.
-                        let raw_cap =
-                            2 * self.shared.config.persona.limits.max_message_size + 65_536;
-                        if rules.keep_messages && (self.raw.len() as u64) < raw_cap {
-                            self.raw.extend_from_slice(raw);
-                        }
-                        continue;
+            let decision = match self.conn.next_event() {
+                None => break,
+                Some(Event::Content { data, raw }) => {
+                    // Disjoint fields: `data` and `raw` borrow the connection's buffer.
+                    self.transcript.data(raw);
+                    let rules = &self.shared.config.persona.rules;
+                    if rules.keep_messages
+                        || rules.inspects_content()
+                        || self.shared.config.observer.is_some()
+                    {
+                        self.message.extend_from_slice(data);
                     }
-                    Some(Event::Discard) => {
-                        self.message.clear();
-                        self.save_raw().await;
-                        continue;
+                    // Raw bytes are at most twice the decoded size (dot-stuffing), so past
+                    // that bound the message is refused anyway: stop keeping them.
+                    let raw_cap = 2 * self.shared.config.persona.limits.max_message_size + 65_536;
+                    if rules.keep_messages && (self.raw.len() as u64) < raw_cap {
+                        self.raw.extend_from_slice(raw);
                     }
-                    Some(Event::Reply(r)) => {
-                        self.note_client_line();
-                        let stage = match self.conn.session().last_verb() {
-                            Some(Verb::Ehlo) => Some(Stage::Ehlo),
-                            Some(Verb::Helo) => Some(Stage::Helo),
-                            _ => None,
-                        };
-                        if !self.reply_with_faults(io, r, stage, &mut shutdown).await? {
-                            return Ok(End::Closed);
-                        }
-                        continue;
-                    }
-                    Some(Event::Close(r)) => {
-                        self.note_client_line();
-                        let stage = (self.conn.session().last_verb() == Some(Verb::Quit))
-                            .then_some(Stage::Quit);
-                        self.reply_with_faults(io, r, stage, &mut shutdown).await?;
-                        self.flush(io).await?;
-                        let _ = io.shutdown().await;
-                        return Ok(End::Closed);
-                    }
-                    Some(Event::StartTls { reply, discarded }) => {
-                        self.note_client_line();
-                        self.queue(&reply);
-                        if discarded > 0 {
-                            self.note(&format!(
-                                "* STARTTLS: {discarded} octets pipelined in plaintext discarded"
-                            ));
-                        }
-                        self.flush(io).await?;
-                        return Ok(End::StartTls);
-                    }
-                    Some(Event::Decide(d)) => d,
-                };
-                self.note_client_line();
-                if matches!(decision, Decision::Deliver(_)) && self.transcript.recording {
-                    self.note(&format!("C: <message data: {} octets>", self.message.len()));
+                    continue;
                 }
-                match self.decide_with_faults(decision).await {
-                    Flow::Verdict(v) => self.conn.decide(v),
-                    Flow::Drop => {
-                        self.flush(io).await?;
-                        self.note("* fault: connection dropped");
-                        return Ok(End::Closed);
-                    }
-                    Flow::Stall => {
-                        self.flush(io).await?;
-                        self.note("* fault: stall");
-                        smtp_net::stopped(&mut shutdown).await;
-                        return Ok(End::Closed);
-                    }
+                Some(Event::Discard) => {
+                    self.message.clear();
+                    self.save_raw().await;
+                    continue;
                 }
+                Some(Event::Reply(r)) => {
+                    self.note_client_line();
+                    let stage = match self.conn.session().last_verb() {
+                        Some(Verb::Ehlo) => Some(Stage::Ehlo),
+                        Some(Verb::Helo) => Some(Stage::Helo),
+                        _ => None,
+                    };
+                    if !self.reply_with_faults(wire, r, stage).await? {
+                        return Ok(Next::End);
+                    }
+                    continue;
+                }
+                Some(Event::Close(r)) => {
+                    self.note_client_line();
+                    let stage = (self.conn.session().last_verb() == Some(Verb::Quit))
+                        .then_some(Stage::Quit);
+                    self.reply_with_faults(wire, r, stage).await?;
+                    return Ok(Next::Close);
+                }
+                Some(Event::StartTls { reply, discarded }) => {
+                    self.note_client_line();
+                    self.queue(wire, &reply);
+                    if discarded > 0 {
+                        self.note(&format!(
+                            "* STARTTLS: {discarded} octets pipelined in plaintext discarded"
+                        ));
+                    }
+                    return Ok(Next::StartTls);
+                }
+                Some(Event::Decide(d)) => d,
+            };
+            self.note_client_line();
+            if matches!(decision, Decision::Deliver(_)) && self.transcript.recording {
+                self.note(&format!("C: <message data: {} octets>", self.message.len()));
             }
-            self.flush(io).await?;
-            if self.close_after_write {
-                let _ = io.shutdown().await;
-                return Ok(End::Closed);
-            }
-            let timeout = if self.conn.in_data() { idle * 2 } else { idle };
-            tokio::select! {
-                read = tokio::time::timeout(timeout, io.read_buf(&mut buf)) => match read {
-                    Err(_) => {
-                        let reply = self.conn.timeout_reply();
-                        self.note(&format!("* idle for {}s", timeout.as_secs()));
-                        let _ = self.send_now(io, reply).await;
-                        return Ok(End::Closed);
-                    }
-                    Ok(Ok(0)) => {
-                        self.note("* client closed the connection");
-                        return Ok(End::Closed);
-                    }
-                    Ok(Ok(_)) => {
-                        self.conn.receive(&buf);
-                        buf.clear();
-                    }
-                    Ok(Err(e)) => return Err(e),
-                },
-                _ = smtp_net::stopped(&mut shutdown) => {
-                    let reply = self.conn.shutdown_reply();
-                    let _ = self.send_now(io, reply).await;
-                    return Ok(End::Closed);
+            match self.decide_with_faults(decision).await {
+                Flow::Verdict(v) => self.conn.decide(v),
+                Flow::Drop => {
+                    wire.flush().await?;
+                    self.note("* fault: connection dropped");
+                    return Ok(Next::End);
+                }
+                Flow::Stall => {
+                    wire.flush().await?;
+                    self.note("* fault: stall");
+                    wire.stopped().await;
+                    return Ok(Next::End);
                 }
             }
         }
+        Ok(if self.close_after_write {
+            Next::Close
+        } else {
+            Next::Continue
+        })
     }
 
-    /// Sends a reply through the faults of `stage`. Returns false when the connection must
+    /// Queues a reply through the faults of `stage`. Returns false when the connection must
     /// end.
-    async fn reply_with_faults<S: AsyncWrite + Unpin>(
+    async fn reply_with_faults(
         &mut self,
-        io: &mut S,
+        wire: &mut Wire<'_>,
         reply: Reply,
         stage: Option<Stage>,
-        shutdown: &mut watch::Receiver<bool>,
     ) -> std::io::Result<bool> {
         let action = match stage {
             Some(s) => self.shared.fault(s, None),
             None => Action::default(),
         };
         if !action.is_none() {
-            self.flush(io).await?;
+            wire.flush().await?;
         }
-        if let Some(line) = apply_before(&action, &self.transcript, shutdown.clone()).await {
+        if let Some(line) = apply_before(&action, &self.transcript, wire.stopped()).await {
             self.note(&line);
             return Ok(false);
         }
-        self.queue(&action.reply.unwrap_or(reply));
+        self.queue(wire, &action.reply.unwrap_or(reply));
         if action.drop == Some(DropWhen::After) {
-            self.flush(io).await?;
+            wire.flush().await?;
             self.note("* fault: connection dropped after the reply");
             return Ok(false);
         }
@@ -1434,6 +1339,79 @@ fn path_text(p: &ForwardPath) -> String {
     match p {
         ForwardPath::Postmaster(s) => s.clone(),
         ForwardPath::Mailbox(m) => m.to_string(),
+    }
+}
+
+/// How a connection is driven: 64 KiB reads, a write may take 30 s.
+const DRIVE: smtp_net::server::DriveConfig = smtp_net::server::DriveConfig {
+    write_timeout: WRITE_TIMEOUT,
+    read_small: READ_SIZE,
+    read_large: READ_SIZE,
+};
+
+/// The fake's session under the shared driver ([`smtp_net::server::serve`]): the persona's
+/// idle timeout (twice as long inside DATA), its faults on the greeting and on STARTTLS.
+impl smtp_net::server::Session for Session {
+    fn conn(&mut self) -> &mut ServerConnection {
+        &mut self.conn
+    }
+
+    async fn greet(&mut self, wire: &mut Wire<'_>) -> std::io::Result<Next> {
+        let greeting = self.greeting();
+        self.queue(wire, &greeting);
+        // Written at once; a client gone before it ends the session without a word.
+        Ok(match wire.flush().await {
+            Ok(()) => Next::Continue,
+            Err(_) => Next::End,
+        })
+    }
+
+    async fn process(&mut self, wire: &mut Wire<'_>) -> std::io::Result<Next> {
+        self.events(wire).await
+    }
+
+    async fn start_tls(&mut self, mut io: Box<dyn Io>) -> Option<Box<dyn Io>> {
+        let action = self.shared.fault(Stage::Starttls, None);
+        if action.tls_fail {
+            self.note("* fault: TLS handshake broken");
+            let _ = write_all(&mut io, b"\x15\x03\x03\x00\x02\x02\x28").await;
+            return None;
+        }
+        match accept_tls(&self.shared, io).await {
+            Ok(stream) => {
+                self.note("* TLS handshake done (STARTTLS)");
+                self.tls = true;
+                self.conn.tls_established();
+                Some(Box::new(stream))
+            }
+            Err(e) => {
+                self.note(&format!("* TLS handshake failed: {e}"));
+                None
+            }
+        }
+    }
+
+    fn wait(&mut self) -> Duration {
+        let idle = Duration::from_secs(self.shared.config.persona.limits.idle_timeout_secs.max(1));
+        self.waiting = if self.conn.in_data() { idle * 2 } else { idle };
+        self.waiting
+    }
+
+    fn timed_out(&mut self) -> Reply {
+        let reply = self.conn.timeout_reply();
+        self.note(&format!("* idle for {}s", self.waiting.as_secs()));
+        self.note_reply(&reply);
+        reply
+    }
+
+    fn client_closed(&mut self) {
+        self.note("* client closed the connection");
+    }
+
+    fn shutting_down(&mut self) -> Reply {
+        let reply = self.conn.shutdown_reply();
+        self.note_reply(&reply);
+        reply
     }
 }
 

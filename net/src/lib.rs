@@ -1,8 +1,13 @@
 //! Tokio glue shared by the relay and the fake upstream: the accept loop with its shutdown
-//! signal, and writes with a timeout that says so in its error. The SMTP itself is in
-//! `smtp-wire`; this crate only moves bytes and tasks. [`files`] writes the session files.
+//! signal, the one driver of a server session ([`server::serve`]), the TLS accept with its
+//! named timeout ([`tls`]), sessions counted per client address ([`admission`]), and writes
+//! with a timeout that says so in its error. The SMTP itself is in `smtp-wire`; this crate
+//! moves bytes and tasks. [`files`] writes the session files.
 
+pub mod admission;
 pub mod files;
+pub mod server;
+pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;

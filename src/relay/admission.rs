@@ -1,38 +1,14 @@
 //! Who may open a session: the per-IP session slot and trusted networks.
 
 use super::*;
+pub(super) use smtp_net::admission::IpSlot;
 
-/// A session counted against its IP address while it lives.
-pub(super) struct IpSlot {
-    pub(super) shared: Arc<Shared>,
-    pub(super) ip: IpAddr,
-}
-
-impl IpSlot {
-    pub(super) fn take(shared: &Arc<Shared>, ip: IpAddr) -> Option<IpSlot> {
-        let mut map = shared.per_ip.lock().unwrap_or_else(|e| e.into_inner());
-        let n = map.entry(ip).or_insert(0);
-        if *n >= shared.config.max_sessions_per_ip {
-            return None;
-        }
-        *n += 1;
-        Some(IpSlot {
-            shared: shared.clone(),
-            ip,
-        })
-    }
-}
-
-impl Drop for IpSlot {
-    fn drop(&mut self) {
-        let mut map = self.shared.per_ip.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = map.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&self.ip);
-            }
-        }
-    }
+/// A session counted against its client's address while it lives (the count shared with
+/// the fake upstream's: [`smtp_net::admission`]); `None` when the address already has
+/// `max_sessions_per_ip` open.
+pub(super) fn ip_slot(shared: &Shared, ip: IpAddr) -> Option<IpSlot> {
+    let slot = shared.per_ip.enter(ip);
+    (slot.count() as usize <= shared.config.max_sessions_per_ip).then_some(slot)
 }
 
 pub(super) fn in_network(ip: IpAddr, net: IpAddr, len: u8) -> bool {

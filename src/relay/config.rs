@@ -71,6 +71,8 @@ pub struct RelayConfig {
     pub min_data_rate: u64,
     /// A whole session may not last longer than this (slow-loris protection).
     pub session_deadline: Duration,
+    /// A client's TLS handshake (implicit TLS or STARTTLS) must complete within this.
+    pub tls_handshake_timeout: Duration,
     pub bare_line_endings: BareLineEnding,
     /// How long and how much the spool keeps.
     pub retention: crate::spool::Retention,
@@ -148,6 +150,7 @@ impl RelayConfig {
             line_timeout: Duration::from_secs(60),
             min_data_rate: 500,
             session_deadline: Duration::from_secs(3600),
+            tls_handshake_timeout: Duration::from_secs(10),
             bare_line_endings: BareLineEnding::Reject,
             retention: crate::spool::Retention::default(),
             transcripts: None,

@@ -29,6 +29,10 @@ pub(super) struct Session {
     pub(super) poisoned: Option<Reply>,
     pub(super) spool: Option<Spool>,
     pub(super) started: Instant,
+    /// The client's pace: how long each wait for it may be.
+    pub(super) pace: crate::pace::Pace,
+    /// The last wait and the limit it was set by (for the reply when it runs out).
+    pub(super) waiting: (Duration, crate::pace::Limit),
     /// Two-hop transcript lines, when recording.
     pub(super) transcript: Option<Vec<String>>,
     pub(super) lines_seen: u64,
@@ -37,12 +41,6 @@ pub(super) struct Session {
     /// The last message's spool write, off the reply's path: awaited before the next one,
     /// before the reply to QUIT, and when the session ends (at most one in flight).
     pub(super) spool_write: Option<tokio::task::JoinHandle<()>>,
-}
-
-pub(super) enum Next {
-    Continue,
-    Close,
-    StartTls,
 }
 
 /// The most lines a session's transcript keeps (both hops together); a session that goes on
@@ -121,7 +119,8 @@ impl Session {
     ) -> Option<Box<dyn Io>> {
         let cfg = &self.shared.config;
         let tls = cfg.tls.clone()?;
-        match crate::client_tls::accept(tls, io, cfg.client_trust_file.as_deref()).await {
+        let trust = cfg.client_trust_file.as_deref();
+        match crate::client_tls::accept(tls, io, trust, cfg.tls_handshake_timeout).await {
             Ok(stream) => {
                 self.note(format!("* TLS with the client ({how}): handshake done"));
                 Some(stream)
@@ -144,115 +143,15 @@ impl Session {
         }
     }
 
-    pub(super) async fn run(
-        &mut self,
-        mut io: Box<dyn Io>,
-        mut shutdown: watch::Receiver<bool>,
-    ) -> std::io::Result<()> {
-        let mut out = Vec::new();
-        let greeting = self.conn.greeting();
-        self.note_reply(&greeting);
-        greeting.encode(&mut out);
-        // Small while commands come (an idle session costs little: 10,000 of them are held in
-        // a few tens of MB), large inside DATA (fewer reads, fewer wake-ups).
-        let mut buf: Vec<u8> = Vec::with_capacity(READ_SMALL);
-        let cfg = &self.shared.config;
-        let mut pace = crate::pace::Pace::new(
-            crate::pace::PaceConfig {
-                command_timeout: cfg.command_timeout,
-                data_timeout: cfg.data_timeout,
-                line_timeout: cfg.line_timeout,
-                min_data_rate: cfg.min_data_rate,
-                session_deadline: cfg.session_deadline,
-            },
-            self.started,
-        );
-        loop {
-            let lines_before = self.conn.lines_handled();
-            let next = self.process(&mut out).await;
-            let in_data = self.conn.in_data();
-            pace.processed(
-                Instant::now(),
-                in_data,
-                self.conn.lines_handled() != lines_before,
-                !in_data && self.conn.buffered() > 0,
-            );
-            match next {
-                Next::Continue => {}
-                Next::Close => {
-                    self.ip_slot = None;
-                    write(&mut io, &out).await?;
-                    let _ = io.shutdown().await;
-                    return Ok(());
-                }
-                Next::StartTls => {
-                    write(&mut io, &out).await?;
-                    out.clear();
-                    let Some(stream) = Box::pin(self.accept_tls(io, "STARTTLS")).await else {
-                        return Ok(());
-                    };
-                    io = stream;
-                    self.tls = true;
-                    self.conn.tls_established();
-                    continue;
-                }
-            }
-            write(&mut io, &out).await?;
-            out.clear();
-            let (wait, limit) = pace.wait(Instant::now(), in_data);
-            if in_data {
-                buf.reserve(READ_LARGE);
-            } else if buf.capacity() > READ_SMALL {
-                buf = Vec::with_capacity(READ_SMALL);
-            }
-            tokio::select! {
-                read = tokio::time::timeout(wait, io.read_buf(&mut buf)) => match read {
-                    Err(_) => {
-                        let reply = match limit {
-                            crate::pace::Limit::Line => self.conn.reply(ReplyKind::LineTooSlow),
-                            crate::pace::Limit::DataRate => self.conn.reply(ReplyKind::DataTooSlow),
-                            crate::pace::Limit::Idle | crate::pace::Limit::Session => {
-                                self.conn.timeout_reply()
-                            }
-                        };
-                        tracing::info!(
-                            session = self.id,
-                            peer = %self.peer,
-                            limit = limit.name(),
-                            waited = wait.as_secs_f64(),
-                            "session ended: client too slow"
-                        );
-                        self.note_reply(&reply);
-                        reply.encode(&mut out);
-                        write(&mut io, &out).await?;
-                        return Ok(());
-                    }
-                    Ok(Ok(0)) => return Ok(()),
-                    Ok(Ok(n)) => {
-                        pace.received(Instant::now(), n, in_data);
-                        self.conn.receive(&buf);
-                        buf.clear();
-                    }
-                    Ok(Err(e)) => return Err(e),
-                },
-                _ = smtp_net::stopped(&mut shutdown), if !self.conn.in_data() => {
-                    self.conn.shutdown_reply().encode(&mut out);
-                    write(&mut io, &out).await?;
-                    return Ok(());
-                }
-            }
-        }
-    }
-
-    /// Handles every event the buffered input gives, writing replies to `out`.
-    pub(super) async fn process(&mut self, out: &mut Vec<u8>) -> Next {
+    /// Handles every event the buffered input gives, queueing replies on `wire`.
+    pub(super) async fn events(&mut self, wire: &mut Wire<'_>) -> Next {
         loop {
             let decision = match self.conn.next_event() {
                 None => return Next::Continue,
                 Some(Event::Reply(r)) => {
                     self.note_client_line();
                     self.note_reply(&r);
-                    r.encode(out);
+                    wire.queue(&r);
                     continue;
                 }
                 Some(Event::Close(r)) => {
@@ -260,13 +159,15 @@ impl Session {
                     self.note_reply(&r);
                     // A client that saw the 221 finds its messages in the spool.
                     self.spooled().await;
-                    r.encode(out);
+                    wire.queue(&r);
+                    // Its address may connect again as soon as it has the reply.
+                    self.ip_slot = None;
                     return Next::Close;
                 }
                 Some(Event::StartTls { reply, .. }) => {
                     self.note_client_line();
                     self.note_reply(&reply);
-                    reply.encode(out);
+                    wire.queue(&reply);
                     return Next::StartTls;
                 }
                 Some(Event::Content { data, .. }) => {
@@ -310,5 +211,72 @@ impl Session {
             Decision::BeginData => Box::pin(self.begin_data()).await,
             Decision::Deliver(env) => Box::pin(self.deliver(env)).await,
         }
+    }
+}
+
+/// The relay's session under the shared driver ([`smtp_net::server::serve`]): its pace decides
+/// each wait, a message inside DATA finishes before a shutdown takes the session.
+impl smtp_net::server::Session for Session {
+    fn conn(&mut self) -> &mut ServerConnection {
+        &mut self.conn
+    }
+
+    async fn greet(&mut self, wire: &mut Wire<'_>) -> std::io::Result<Next> {
+        let greeting = self.conn.greeting();
+        self.note_reply(&greeting);
+        wire.queue(&greeting);
+        Ok(Next::Continue)
+    }
+
+    async fn process(&mut self, wire: &mut Wire<'_>) -> std::io::Result<Next> {
+        let lines_before = self.conn.lines_handled();
+        let next = self.events(wire).await;
+        let in_data = self.conn.in_data();
+        self.pace.processed(
+            Instant::now(),
+            in_data,
+            self.conn.lines_handled() != lines_before,
+            !in_data && self.conn.buffered() > 0,
+        );
+        Ok(next)
+    }
+
+    async fn start_tls(&mut self, io: Box<dyn Io>) -> Option<Box<dyn Io>> {
+        let stream = Box::pin(self.accept_tls(io, "STARTTLS")).await?;
+        self.tls = true;
+        self.conn.tls_established();
+        Some(stream)
+    }
+
+    fn wait(&mut self) -> Duration {
+        let (wait, limit) = self.pace.wait(Instant::now(), self.conn.in_data());
+        self.waiting = (wait, limit);
+        wait
+    }
+
+    fn timed_out(&mut self) -> Reply {
+        let (waited, limit) = self.waiting;
+        let reply = match limit {
+            crate::pace::Limit::Line => self.conn.reply(ReplyKind::LineTooSlow),
+            crate::pace::Limit::DataRate => self.conn.reply(ReplyKind::DataTooSlow),
+            crate::pace::Limit::Idle | crate::pace::Limit::Session => self.conn.timeout_reply(),
+        };
+        tracing::info!(
+            session = self.id,
+            peer = %self.peer,
+            limit = limit.name(),
+            waited = waited.as_secs_f64(),
+            "session ended: client too slow"
+        );
+        self.note_reply(&reply);
+        reply
+    }
+
+    fn received(&mut self, n: usize) {
+        self.pace.received(Instant::now(), n, self.conn.in_data());
+    }
+
+    fn stops_on_shutdown(&mut self) -> bool {
+        !self.conn.in_data()
     }
 }

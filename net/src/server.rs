@@ -1,0 +1,192 @@
+//! One driver for a server session, shared by the relay and the fake upstream: the loop that
+//! hands the client's bytes to a [`ServerConnection`], lets the session answer the events
+//! they make, writes what it queued, waits for more (each wait bounded, the read buffer
+//! small between commands and large inside DATA), upgrades to TLS on STARTTLS and stops on
+//! shutdown. What each server does with the events (forward them upstream, or answer as a
+//! persona with scripted faults) is its [`Session`]'s business; how a connection is run is
+//! this one's.
+
+use std::future::Future;
+use std::time::Duration;
+
+use smtp_wire::{Reply, ServerConnection};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
+
+use crate::Io;
+
+/// What a session does after handling the input buffered so far.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Next {
+    /// Wait for more input.
+    Continue,
+    /// Write what is queued and close the connection politely (after the reply to QUIT).
+    Close,
+    /// Write what is queued and end without a word more (a fault that drops the connection,
+    /// a session that stalled until shutdown).
+    End,
+    /// Write what is queued (the 220 to STARTTLS), then the TLS handshake.
+    StartTls,
+}
+
+/// The connection's outgoing side as a session sees it: replies queued, written when the
+/// driver is done with the input or when the session must write now (before a delay).
+pub struct Wire<'a> {
+    io: &'a mut Box<dyn Io>,
+    out: &'a mut Vec<u8>,
+    shutdown: &'a mut watch::Receiver<bool>,
+    write_timeout: Duration,
+}
+
+impl Wire<'_> {
+    /// Queues a reply.
+    pub fn queue(&mut self, reply: &Reply) {
+        reply.encode(self.out);
+    }
+
+    /// Writes what is queued, within the write timeout.
+    pub async fn flush(&mut self) -> std::io::Result<()> {
+        flush(self.io, self.out, self.write_timeout).await
+    }
+
+    /// Resolves once the server is shutting down (a stalled session waits for it).
+    pub async fn stopped(&mut self) {
+        crate::stopped(self.shutdown).await;
+    }
+}
+
+async fn flush(io: &mut Box<dyn Io>, out: &mut Vec<u8>, limit: Duration) -> std::io::Result<()> {
+    if out.is_empty() {
+        return Ok(());
+    }
+    let written = crate::write_all(io, out, limit).await;
+    out.clear();
+    written
+}
+
+/// How the driver reads and writes.
+#[derive(Clone, Copy, Debug)]
+pub struct DriveConfig {
+    /// The longest a write to the client may take.
+    pub write_timeout: Duration,
+    /// Read buffer between commands (an idle session costs little) and inside DATA (fewer
+    /// reads, fewer wake-ups).
+    pub read_small: usize,
+    pub read_large: usize,
+}
+
+/// A server session: the policy behind a [`ServerConnection`].
+pub trait Session: Send {
+    /// The session's protocol machine, which the driver feeds.
+    fn conn(&mut self) -> &mut ServerConnection;
+
+    /// The greeting: queued (or written at once) on `wire`.
+    fn greet(&mut self, wire: &mut Wire<'_>) -> impl Future<Output = std::io::Result<Next>> + Send;
+
+    /// Handles every event the buffered input makes, queueing replies on `wire`.
+    fn process(
+        &mut self,
+        wire: &mut Wire<'_>,
+    ) -> impl Future<Output = std::io::Result<Next>> + Send;
+
+    /// The TLS handshake after the 220 to STARTTLS: the secured stream, or `None` when it
+    /// failed (the session ends; the session said why).
+    fn start_tls(&mut self, io: Box<dyn Io>) -> impl Future<Output = Option<Box<dyn Io>>> + Send;
+
+    /// How long to wait for the client's next bytes.
+    fn wait(&mut self) -> Duration;
+
+    /// The wait ran out: the last reply (the session notes and logs what it wants).
+    fn timed_out(&mut self) -> Reply;
+
+    /// `n` octets came (before the connection gets them).
+    fn received(&mut self, _n: usize) {}
+
+    /// The client closed its side.
+    fn client_closed(&mut self) {}
+
+    /// Whether a shutdown ends the session now (the relay lets a message inside DATA finish).
+    fn stops_on_shutdown(&mut self) -> bool {
+        true
+    }
+
+    /// The reply when the server shuts down under the session.
+    fn shutting_down(&mut self) -> Reply {
+        self.conn().shutdown_reply()
+    }
+}
+
+/// Runs `session` on `io` until it ends: closed by either side, timed out, shut down, or
+/// failed (the error is the I/O error that ended it).
+pub async fn serve<S: Session>(
+    session: &mut S,
+    mut io: Box<dyn Io>,
+    mut shutdown: watch::Receiver<bool>,
+    config: DriveConfig,
+) -> std::io::Result<()> {
+    let mut out = Vec::new();
+    let mut buf: Vec<u8> = Vec::with_capacity(config.read_small);
+    macro_rules! wire {
+        () => {
+            Wire {
+                io: &mut io,
+                out: &mut out,
+                shutdown: &mut shutdown,
+                write_timeout: config.write_timeout,
+            }
+        };
+    }
+    let mut next = session.greet(&mut wire!()).await?;
+    loop {
+        if next == Next::Continue {
+            next = session.process(&mut wire!()).await?;
+        }
+        flush(&mut io, &mut out, config.write_timeout).await?;
+        match next {
+            Next::Continue => {}
+            Next::Close => {
+                let _ = io.shutdown().await;
+                return Ok(());
+            }
+            Next::End => return Ok(()),
+            Next::StartTls => {
+                let Some(secured) = session.start_tls(io).await else {
+                    return Ok(());
+                };
+                io = secured;
+                next = Next::Continue;
+                continue;
+            }
+        }
+        let in_data = session.conn().in_data();
+        let wait = session.wait();
+        if in_data {
+            buf.reserve(config.read_large);
+        } else if buf.capacity() > config.read_small {
+            buf = Vec::with_capacity(config.read_small);
+        }
+        let stops = session.stops_on_shutdown();
+        tokio::select! {
+            read = tokio::time::timeout(wait, io.read_buf(&mut buf)) => match read {
+                Err(_) => {
+                    session.timed_out().encode(&mut out);
+                    return flush(&mut io, &mut out, config.write_timeout).await;
+                }
+                Ok(Ok(0)) => {
+                    session.client_closed();
+                    return Ok(());
+                }
+                Ok(Ok(n)) => {
+                    session.received(n);
+                    session.conn().receive(&buf);
+                    buf.clear();
+                }
+                Ok(Err(e)) => return Err(e),
+            },
+            _ = crate::stopped(&mut shutdown), if stops => {
+                session.shutting_down().encode(&mut out);
+                return flush(&mut io, &mut out, config.write_timeout).await;
+            }
+        }
+    }
+}
