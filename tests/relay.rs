@@ -933,3 +933,36 @@ async fn a_refusal_on_the_tls_listener_is_said_inside_tls() {
     );
     s.stop().await;
 }
+
+/// A client that connects to the implicit-TLS port and never starts the handshake is let go
+/// after `tls_handshake_timeout` (here 1 s, the default 10 s), and the transcript says which
+/// limit ended it.
+#[tokio::test]
+async fn a_stalled_tls_handshake_ends_at_the_configured_timeout() {
+    let s = common::setup_with("tls-handshake-timeout", vec![], |c| {
+        c.tls_handshake_timeout = Duration::from_secs(1)
+    })
+    .await;
+    let mut idle = tokio::net::TcpStream::connect(s.relay.tls_addr().unwrap())
+        .await
+        .unwrap();
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 64];
+    // Well within the default 10 s: the configured second ended it.
+    let read = tokio::time::timeout(Duration::from_secs(6), idle.read(&mut buf)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "the relay should have closed the connection: {read:?}"
+    );
+    let want =
+        "* TLS with the client (implicit TLS): handshake failed: TLS handshake timed out after 1s";
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut t = String::new();
+    while std::time::Instant::now() < deadline && !t.contains(want) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        t = s.relay.transcripts().join("\n");
+    }
+    assert!(t.contains(want), "{t}");
+    s.relay.shutdown().await;
+    s.fake.shutdown().await;
+}

@@ -516,6 +516,50 @@ async fn accept_loop(
     .await;
 }
 
+/// The connection counted against its address, or refused (a banned address, too many
+/// connections from it) with the persona's words in the greeting's place: in clear on the
+/// plain listener, inside TLS on the implicit-TLS one (a TLS client could not read it
+/// otherwise).
+async fn admit(
+    shared: &Shared,
+    tcp: &mut TcpStream,
+    peer: SocketAddr,
+    kind: Transport,
+    vars: &Vars,
+    transcript: &Live,
+) -> Option<smtp_net::admission::IpSlot> {
+    let persona = &shared.config.persona;
+    let banned = shared
+        .state()
+        .bans
+        .get(&peer.ip())
+        .is_some_and(|until| *until > shared.now());
+    let slot = shared.per_ip.enter(peer.ip());
+    let over = persona
+        .limits
+        .connections_per_ip
+        .is_some_and(|max| slot.count() > max);
+    let text = match (banned, over) {
+        (true, _) => &persona.texts.auth_ip_banned,
+        (_, true) => &persona.texts.too_many_connections,
+        _ => return Some(slot),
+    };
+    let reply = persona.text(text, vars);
+    transcript.push(format!("S: {reply}"));
+    match kind {
+        Transport::Plain => {
+            let _ = write_all(tcp, &reply.to_bytes()).await;
+        }
+        Transport::Tls => {
+            if let Ok(mut stream) = accept_tls(shared, tcp).await {
+                let _ = write_all(&mut stream, &reply.to_bytes()).await;
+                let _ = stream.shutdown().await;
+            }
+        }
+    }
+    None
+}
+
 async fn connection(
     shared: Arc<Shared>,
     mut tcp: TcpStream,
@@ -538,44 +582,9 @@ async fn connection(
     transcript.push(format!("* connect from {peer} ({kind:?} listener)"));
 
     // Connection-level refusals: a banned IP, too many connections from it.
-    let slot = {
-        let banned = shared
-            .state()
-            .bans
-            .get(&peer.ip())
-            .is_some_and(|until| *until > shared.now());
-        let slot = shared.per_ip.enter(peer.ip());
-        let over = persona
-            .limits
-            .connections_per_ip
-            .is_some_and(|max| slot.count() > max);
-        match (banned, over) {
-            (true, _) => Err((slot, persona.texts.auth_ip_banned.clone())),
-            (_, true) => Err((slot, persona.texts.too_many_connections.clone())),
-            _ => Ok(slot),
-        }
-    };
-    let _slot = match slot {
-        Ok(slot) => slot,
-        Err((_slot, text)) => {
-            // The refusal takes the greeting's place: in clear on the plain listener, inside
-            // TLS on the implicit-TLS one (a TLS client could not read it otherwise).
-            let reply = persona.text(&text, &vars);
-            transcript.push(format!("S: {reply}"));
-            match kind {
-                Transport::Plain => {
-                    let _ = write_all(&mut tcp, &reply.to_bytes()).await;
-                }
-                Transport::Tls => {
-                    if let Ok(mut stream) = accept_tls(&shared, tcp).await {
-                        let _ = write_all(&mut stream, &reply.to_bytes()).await;
-                        let _ = stream.shutdown().await;
-                    }
-                }
-            }
-            finish(&shared, &transcript);
-            return;
-        }
+    let Some(_slot) = admit(&shared, &mut tcp, peer, kind, &vars, &transcript).await else {
+        finish(&shared, &transcript);
+        return;
     };
 
     let action = shared.fault(Stage::Connect, None);

@@ -11,6 +11,84 @@ pub(super) fn ip_slot(shared: &Shared, ip: IpAddr) -> Option<IpSlot> {
     (slot.count() as usize <= shared.config.max_sessions_per_ip).then_some(slot)
 }
 
+/// A session refused for the count (`per_ip`: its address has `max_sessions_per_ip` open;
+/// else the relay has `max_sessions`): logged, counted, and told with a 421 (inside TLS on
+/// the implicit-TLS listener).
+pub(super) async fn refuse(
+    shared: &Shared,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    kind: Transport,
+    per_ip: bool,
+) {
+    let cfg = &shared.config;
+    let (limit, text, max) = if per_ip {
+        (
+            "max_sessions_per_ip",
+            "Too many connections from your address, try again later",
+            cfg.max_sessions_per_ip,
+        )
+    } else {
+        (
+            "max_sessions",
+            "Too many connections, try again later",
+            cfg.max_sessions,
+        )
+    };
+    tracing::info!(peer = %peer, limit, max, tls = kind == Transport::Tls, "session refused: too many connections");
+    shared.metrics.session_refused(limit);
+    let reply = Reply::new(421, (4, 7, 0), format!("{} {text}", cfg.hostname));
+    // On the implicit-TLS listener the reason is said inside TLS: a bare close would
+    // read as a broken handshake to every client.
+    let io: Option<Box<dyn Io>> = match kind {
+        Transport::Plain => Some(Box::new(tcp)),
+        Transport::Tls => match &cfg.tls {
+            Some(tls) => {
+                crate::client_tls::accept(tls.clone(), tcp, None, cfg.tls_handshake_timeout)
+                    .await
+                    .ok()
+            }
+            None => None,
+        },
+    };
+    if let Some(mut io) = io {
+        let _ = write(&mut io, &reply.to_bytes()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), io.shutdown()).await;
+    }
+}
+
+/// The protocol machine's settings for a client at `peer`: AUTH offered and required by the
+/// auth mode and the client's network, in clear only from loopback.
+pub(super) fn server_config(shared: &Shared, peer: SocketAddr) -> ServerConfig {
+    let cfg = &shared.config;
+    let loopback = peer.ip().is_loopback();
+    let trusted = match &cfg.auth {
+        AuthMode::Passthrough | AuthMode::Users(_) => false,
+        AuthMode::TrustedNetworks(nets) => nets
+            .iter()
+            .any(|(net, len)| in_network(peer.ip(), *net, *len)),
+    };
+    ServerConfig {
+        hostname: cfg.hostname.clone(),
+        greeting: "ESMTP smtp-relay".into(),
+        max_message_size: cfg.max_message_size,
+        max_recipients: cfg.max_recipients,
+        max_rcpt_commands: cfg.max_rcpt_commands,
+        starttls: cfg.tls.is_some(),
+        auth_mechanisms: match cfg.auth {
+            AuthMode::Passthrough | AuthMode::Users(_) => vec![Mechanism::Plain, Mechanism::Login],
+            AuthMode::TrustedNetworks(_) => Vec::new(),
+        },
+        // AUTH in clear only from loopback (a local mail client on the developer's machine).
+        auth_requires_tls: !loopback,
+        auth_required: !trusted,
+        // RFC 6531 3.1: SMTPUTF8 comes with 8BITMIME.
+        smtputf8: shared.smtputf8() && shared.eight_bit_mime(),
+        eight_bit_mime: shared.eight_bit_mime(),
+        ..ServerConfig::default()
+    }
+}
+
 pub(super) fn in_network(ip: IpAddr, net: IpAddr, len: u8) -> bool {
     match (ip, net) {
         (IpAddr::V4(a), IpAddr::V4(n)) => {

@@ -413,3 +413,77 @@ impl Session {
         }
     }
 }
+
+/// Message content to the spool and to every upstream taking the message, at once. A
+/// failing upstream is dropped here and poisons the transaction (the end of data answers
+/// 4xx and no upstream gets an end of data); a failing spool write drops the spool copy (the
+/// message still goes on; the log says it was not kept).
+pub(super) async fn stream_content(
+    spool: &mut Option<Spool>,
+    legs: &mut Legs,
+    poisoned: &mut Option<Reply>,
+    session: u64,
+    data: &[u8],
+) {
+    legs.stream_to_queue(data).await;
+    let to_spool = async {
+        if let Some(s) = spool.as_mut() {
+            s.size += data.len() as u64;
+            if s.head.len() < SUMMARY_READ {
+                let take = (SUMMARY_READ - s.head.len()).min(data.len());
+                s.head.extend_from_slice(&data[..take]);
+            }
+            if let Err(e) = s.take(data).await
+                && let Some(s) = spool.take()
+            {
+                tracing::error!(session, id = %s.id, path = %s.path.display(), error = %e, "cannot write the spool: the message goes on, but is not kept");
+                if s.file.is_some() {
+                    let _ = tokio::fs::remove_file(&s.path).await;
+                }
+            }
+        }
+    };
+    // RFC 6152 3: no 8-bit octet to an upstream that did not offer 8BITMIME. Such content is
+    // refused as a whole (554 5.6.3) and that upstream gets none of it.
+    // The scan of the chunk only when some upstream taking it lacks 8BITMIME (rare).
+    let seven_bit_leg = legs.iter().any(|l| {
+        l.message.is_sending()
+            && l.upstream()
+                .is_some_and(|up| !up.capabilities().eightbitmime())
+    });
+    if seven_bit_leg && data.iter().any(|b| *b >= 0x80) {
+        for leg in legs.iter_mut().filter(|l| l.message.is_sending()) {
+            if leg
+                .upstream()
+                .is_none_or(|up| up.capabilities().eightbitmime())
+            {
+                continue;
+            }
+            let name = leg
+                .upstream()
+                .map(|up| up.name().to_string())
+                .unwrap_or_default();
+            let reply = Reply::new(
+                554,
+                (5, 6, 3),
+                format!(
+                    "message has 8-bit content and upstream {name} does not accept it (no 8BITMIME); send it 7-bit (base64 or quoted-printable)",
+                ),
+            );
+            tracing::info!(session, upstream = %name, "8-bit content refused: the upstream offers no 8BITMIME");
+            poisoned.get_or_insert(reply);
+            leg.abort().await;
+        }
+    }
+    let to_upstreams = legs.fan_out(|l| l.message.is_sending(), |leg| leg.body(data));
+    let ((), sent) = tokio::join!(to_spool, to_upstreams);
+    for (r, result) in sent {
+        if let Err(e) = result {
+            tracing::warn!(session, upstream = %e.upstream(), error = %e, "upstream failure");
+            poisoned.get_or_insert(e.client_reply());
+            let leg = &mut legs[r];
+            leg.failure = Some(e.client_reply());
+            leg.abort().await;
+        }
+    }
+}

@@ -43,6 +43,7 @@ use admission::*;
 use config::QueueRoutes;
 pub use config::{AuthMode, QueueSettings, RelayConfig};
 use leg::*;
+use message::stream_content;
 use session::*;
 use spool::*;
 pub use spool::{Summary, summarize};
@@ -270,43 +271,14 @@ pub async fn start(mut config: RelayConfig) -> std::io::Result<RelayHandle> {
             rx.clone(),
         ));
         if let (Some(queue), Some(settings)) = (&shared.queue, &shared.config.queue) {
-            let scheduler = crate::queue::deliver::Scheduler {
-                queue: queue.clone(),
-                routes: Arc::new(QueueRoutes {
-                    config: shared.config.clone(),
-                    secrets: settings.secrets.clone(),
-                    limits: settings.route_limits.clone(),
-                }),
-                retry: settings.retry,
-                concurrency: settings.concurrency,
-                tick: settings.tick,
-                hostname: shared.config.hostname.clone(),
-                wake: shared.wake.clone(),
-                metrics: Some(shared.metrics.clone()),
-            };
-            set.spawn(scheduler.run(rx.clone()));
+            set.spawn(scheduler(&shared, queue, settings).run(rx.clone()));
         }
         if let Some(listener) = metrics_listener {
-            let s = shared.clone();
-            let render: Arc<dyn Fn() -> String + Send + Sync> = Arc::new(move || {
-                let queue = s.queue.as_ref().map(|q| {
-                    let records = q.list().map(|(r, _)| r).unwrap_or_default();
-                    let oldest = records
-                        .iter()
-                        .filter_map(|r| chrono::DateTime::parse_from_rfc3339(&r.received_at).ok())
-                        .min()
-                        .map(|t| {
-                            (chrono::Utc::now() - t.with_timezone(&chrono::Utc))
-                                .num_milliseconds()
-                                .max(0) as f64
-                                / 1000.0
-                        })
-                        .unwrap_or(0.0);
-                    (records.len() as u64, oldest)
-                });
-                s.metrics.render(queue)
-            });
-            set.spawn(crate::metrics::serve(listener, render, rx.clone()));
+            set.spawn(crate::metrics::serve(
+                listener,
+                metrics(&shared),
+                rx.clone(),
+            ));
         }
         if let Some(l) = implicit {
             set.spawn(accept_loop(shared, l, Transport::Tls, rx));
@@ -320,6 +292,51 @@ pub async fn start(mut config: RelayConfig) -> std::io::Result<RelayHandle> {
         tls_addr,
         shutdown,
         tasks: std::sync::Mutex::new(Some(tasks)),
+    })
+}
+
+/// Store and forward's delivery scheduler, for the relay's queue and routes.
+fn scheduler(
+    shared: &Arc<Shared>,
+    queue: &crate::queue::store::Queue,
+    settings: &QueueSettings,
+) -> crate::queue::deliver::Scheduler {
+    crate::queue::deliver::Scheduler {
+        queue: queue.clone(),
+        routes: Arc::new(QueueRoutes {
+            config: shared.config.clone(),
+            secrets: settings.secrets.clone(),
+            limits: settings.route_limits.clone(),
+        }),
+        retry: settings.retry,
+        concurrency: settings.concurrency,
+        tick: settings.tick,
+        hostname: shared.config.hostname.clone(),
+        wake: shared.wake.clone(),
+        metrics: Some(shared.metrics.clone()),
+    }
+}
+
+/// The metrics page: the counters, and the queue's length and oldest message's age.
+fn metrics(shared: &Arc<Shared>) -> Arc<dyn Fn() -> String + Send + Sync> {
+    let s = shared.clone();
+    Arc::new(move || {
+        let queue = s.queue.as_ref().map(|q| {
+            let records = q.list().map(|(r, _)| r).unwrap_or_default();
+            let oldest = records
+                .iter()
+                .filter_map(|r| chrono::DateTime::parse_from_rfc3339(&r.received_at).ok())
+                .min()
+                .map(|t| {
+                    (chrono::Utc::now() - t.with_timezone(&chrono::Utc))
+                        .num_milliseconds()
+                        .max(0) as f64
+                        / 1000.0
+                })
+                .unwrap_or(0.0);
+            (records.len() as u64, oldest)
+        });
+        s.metrics.render(queue)
     })
 }
 
@@ -371,7 +388,6 @@ async fn client(
     kind: Transport,
     shutdown: watch::Receiver<bool>,
 ) {
-    let cfg = &shared.config;
     // Backpressure: a permit per session, moved into the task (mini-redis).
     let slot = ip_slot(&shared, peer.ip());
     let per_ip_refused = slot.is_none();
@@ -379,103 +395,10 @@ async fn client(
         .as_ref()
         .and_then(|_| shared.sessions.try_acquire().ok());
     let (Some(slot), Some(_permit)) = (slot, permit) else {
-        let (limit, text, max) = if per_ip_refused {
-            (
-                "max_sessions_per_ip",
-                "Too many connections from your address, try again later",
-                cfg.max_sessions_per_ip,
-            )
-        } else {
-            (
-                "max_sessions",
-                "Too many connections, try again later",
-                cfg.max_sessions,
-            )
-        };
-        tracing::info!(peer = %peer, limit, max, tls = kind == Transport::Tls, "session refused: too many connections");
-        shared.metrics.session_refused(limit);
-        let reply = Reply::new(421, (4, 7, 0), format!("{} {text}", cfg.hostname));
-        // On the implicit-TLS listener the reason is said inside TLS: a bare close would
-        // read as a broken handshake to every client.
-        let io: Option<Box<dyn Io>> = match kind {
-            Transport::Plain => Some(Box::new(tcp)),
-            Transport::Tls => match &cfg.tls {
-                Some(tls) => {
-                    crate::client_tls::accept(tls.clone(), tcp, None, cfg.tls_handshake_timeout)
-                        .await
-                        .ok()
-                }
-                None => None,
-            },
-        };
-        if let Some(mut io) = io {
-            let _ = write(&mut io, &reply.to_bytes()).await;
-            let _ = tokio::time::timeout(Duration::from_secs(5), io.shutdown()).await;
-        }
+        refuse(&shared, tcp, peer, kind, per_ip_refused).await;
         return;
     };
-    let loopback = peer.ip().is_loopback();
-    let trusted = match &cfg.auth {
-        AuthMode::Passthrough | AuthMode::Users(_) => false,
-        AuthMode::TrustedNetworks(nets) => nets
-            .iter()
-            .any(|(net, len)| in_network(peer.ip(), *net, *len)),
-    };
-    let server_config = ServerConfig {
-        hostname: cfg.hostname.clone(),
-        greeting: "ESMTP smtp-relay".into(),
-        max_message_size: cfg.max_message_size,
-        max_recipients: cfg.max_recipients,
-        max_rcpt_commands: cfg.max_rcpt_commands,
-        starttls: cfg.tls.is_some(),
-        auth_mechanisms: match cfg.auth {
-            AuthMode::Passthrough | AuthMode::Users(_) => vec![Mechanism::Plain, Mechanism::Login],
-            AuthMode::TrustedNetworks(_) => Vec::new(),
-        },
-        // AUTH in clear only from loopback (a local mail client on the developer's machine).
-        auth_requires_tls: !loopback,
-        auth_required: !trusted,
-        // RFC 6531 3.1: SMTPUTF8 comes with 8BITMIME.
-        smtputf8: shared.smtputf8() && shared.eight_bit_mime(),
-        eight_bit_mime: shared.eight_bit_mime(),
-        ..ServerConfig::default()
-    };
-    let started = Instant::now();
-    let mut session = Session {
-        ip_slot: Some(slot),
-        id: shared.next_id.fetch_add(1, Ordering::Relaxed),
-        shared: shared.clone(),
-        conn: ServerConnection::new(
-            server_config,
-            kind,
-            LineEndings::CrlfOnly,
-            cfg.bare_line_endings,
-        ),
-        peer,
-        tls: kind == Transport::Tls,
-        credentials: None,
-        legs: Legs::new(cfg),
-        transaction: None,
-        prefetched: Default::default(),
-        poisoned: None,
-        spool: None,
-        started,
-        pace: crate::pace::Pace::new(
-            crate::pace::PaceConfig {
-                command_timeout: cfg.command_timeout,
-                data_timeout: cfg.data_timeout,
-                line_timeout: cfg.line_timeout,
-                min_data_rate: cfg.min_data_rate,
-                session_deadline: cfg.session_deadline,
-            },
-            started,
-        ),
-        waiting: (cfg.command_timeout, crate::pace::Limit::Idle),
-        transcript: cfg.transcripts.as_ref().map(|_| Vec::new()),
-        lines_seen: 0,
-        dsn_tasks: Vec::new(),
-        spool_write: None,
-    };
+    let mut session = Session::new(shared.clone(), slot, peer, kind);
     crate::metrics::Metrics::inc(&shared.metrics.sessions_opened);
     crate::metrics::Metrics::inc(&shared.metrics.sessions_open);
     session.note(format!("* client {peer} ({kind:?} listener)"));
@@ -488,125 +411,7 @@ async fn client(
         Some(io) => smtp_net::server::serve(&mut session, io, shutdown, DRIVE).await,
         None => Ok(()),
     };
-    // The client's connection is closed (`run` owned it): its address may connect again.
-    session.ip_slot = None;
-    if let Err(e) = &result {
-        tracing::info!(session = session.id, error = %e, "client connection error");
-    }
-    Box::pin(session.abort_transaction()).await;
-    session.spooled().await;
-    for leg in session.legs.iter_mut() {
-        if let Some(up) = leg.take_upstream() {
-            Box::pin(up.quit()).await;
-        }
-    }
-    // Bounces in flight are bounded by the upstream timeouts; the session waits for them so
-    // that a shutdown does not cut them off.
-    for task in session.dsn_tasks.drain(..) {
-        let _ = task.await;
-    }
-    shared
-        .metrics
-        .sessions_open
-        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    tracing::info!(
-        session = session.id,
-        seconds = session.started.elapsed().as_secs_f64(),
-        "session closed"
-    );
-    session.note("* closed".into());
-    if let (Some(lines), Some(dir)) = (session.transcript.take(), &shared.config.transcripts) {
-        let text = lines.join("\n") + "\n";
-        let written = smtp_net::files::write_new_async(
-            dir.clone(),
-            format!("{:06}", session.id),
-            "log",
-            text.into_bytes(),
-        )
-        .await;
-        if let Err(e) = written {
-            tracing::warn!(session = session.id, dir = %dir.display(), error = %e, "transcript not written");
-        }
-        let mut kept = shared.transcripts.lock().unwrap_or_else(|e| e.into_inner());
-        if kept.len() >= 1000 {
-            kept.pop_front();
-        }
-        kept.push_back((session.id, lines));
-    }
-}
-
-/// Message content to the spool and to every upstream taking the message, at once. A
-/// failing upstream is dropped here and poisons the transaction (the end of data answers
-/// 4xx and no upstream gets an end of data); a failing spool write drops the spool copy (the
-/// message still goes on; the log says it was not kept).
-async fn stream_content(
-    spool: &mut Option<Spool>,
-    legs: &mut Legs,
-    poisoned: &mut Option<Reply>,
-    session: u64,
-    data: &[u8],
-) {
-    legs.stream_to_queue(data).await;
-    let to_spool = async {
-        if let Some(s) = spool.as_mut() {
-            s.size += data.len() as u64;
-            if s.head.len() < SUMMARY_READ {
-                let take = (SUMMARY_READ - s.head.len()).min(data.len());
-                s.head.extend_from_slice(&data[..take]);
-            }
-            if let Err(e) = s.take(data).await
-                && let Some(s) = spool.take()
-            {
-                tracing::error!(session, id = %s.id, path = %s.path.display(), error = %e, "cannot write the spool: the message goes on, but is not kept");
-                if s.file.is_some() {
-                    let _ = tokio::fs::remove_file(&s.path).await;
-                }
-            }
-        }
-    };
-    // RFC 6152 3: no 8-bit octet to an upstream that did not offer 8BITMIME. Such content is
-    // refused as a whole (554 5.6.3) and that upstream gets none of it.
-    // The scan of the chunk only when some upstream taking it lacks 8BITMIME (rare).
-    let seven_bit_leg = legs.iter().any(|l| {
-        l.message.is_sending()
-            && l.upstream()
-                .is_some_and(|up| !up.capabilities().eightbitmime())
-    });
-    if seven_bit_leg && data.iter().any(|b| *b >= 0x80) {
-        for leg in legs.iter_mut().filter(|l| l.message.is_sending()) {
-            if leg
-                .upstream()
-                .is_none_or(|up| up.capabilities().eightbitmime())
-            {
-                continue;
-            }
-            let name = leg
-                .upstream()
-                .map(|up| up.name().to_string())
-                .unwrap_or_default();
-            let reply = Reply::new(
-                554,
-                (5, 6, 3),
-                format!(
-                    "message has 8-bit content and upstream {name} does not accept it (no 8BITMIME); send it 7-bit (base64 or quoted-printable)",
-                ),
-            );
-            tracing::info!(session, upstream = %name, "8-bit content refused: the upstream offers no 8BITMIME");
-            poisoned.get_or_insert(reply);
-            leg.abort().await;
-        }
-    }
-    let to_upstreams = legs.fan_out(|l| l.message.is_sending(), |leg| leg.body(data));
-    let ((), sent) = tokio::join!(to_spool, to_upstreams);
-    for (r, result) in sent {
-        if let Err(e) = result {
-            tracing::warn!(session, upstream = %e.upstream(), error = %e, "upstream failure");
-            poisoned.get_or_insert(e.client_reply());
-            let leg = &mut legs[r];
-            leg.failure = Some(e.client_reply());
-            leg.abort().await;
-        }
-    }
+    session.finish(result).await;
 }
 
 /// Read buffer sizes: in command mode, inside DATA.

@@ -60,6 +60,108 @@ pub(super) fn push_bounded(t: &mut Vec<String>, line: String, max: usize) {
 }
 
 impl Session {
+    /// A new session for the client at `peer`, counted in `slot`.
+    pub(super) fn new(
+        shared: Arc<Shared>,
+        slot: IpSlot,
+        peer: SocketAddr,
+        kind: Transport,
+    ) -> Session {
+        let cfg = &shared.config;
+        let started = Instant::now();
+        Session {
+            ip_slot: Some(slot),
+            id: shared.next_id.fetch_add(1, Ordering::Relaxed),
+            shared: shared.clone(),
+            conn: ServerConnection::new(
+                server_config(&shared, peer),
+                kind,
+                LineEndings::CrlfOnly,
+                cfg.bare_line_endings,
+            ),
+            peer,
+            tls: kind == Transport::Tls,
+            credentials: None,
+            legs: Legs::new(cfg),
+            transaction: None,
+            prefetched: Default::default(),
+            poisoned: None,
+            spool: None,
+            started,
+            pace: crate::pace::Pace::new(
+                crate::pace::PaceConfig {
+                    command_timeout: cfg.command_timeout,
+                    data_timeout: cfg.data_timeout,
+                    line_timeout: cfg.line_timeout,
+                    min_data_rate: cfg.min_data_rate,
+                    session_deadline: cfg.session_deadline,
+                },
+                started,
+            ),
+            waiting: (cfg.command_timeout, crate::pace::Limit::Idle),
+            transcript: cfg.transcripts.as_ref().map(|_| Vec::new()),
+            lines_seen: 0,
+            dsn_tasks: Vec::new(),
+            spool_write: None,
+        }
+    }
+
+    /// After the connection: what is left of a transaction aborted, the spool written, the
+    /// upstreams said goodbye to, the bounces waited for, the transcript kept.
+    pub(super) async fn finish(mut self, result: std::io::Result<()>) {
+        // The client's connection is closed (the driver owned it): its address may connect
+        // again.
+        self.ip_slot = None;
+        if let Err(e) = &result {
+            tracing::info!(session = self.id, error = %e, "client connection error");
+        }
+        Box::pin(self.abort_transaction()).await;
+        self.spooled().await;
+        for leg in self.legs.iter_mut() {
+            if let Some(up) = leg.take_upstream() {
+                Box::pin(up.quit()).await;
+            }
+        }
+        // Bounces in flight are bounded by the upstream timeouts; the session waits for them so
+        // that a shutdown does not cut them off.
+        for task in self.dsn_tasks.drain(..) {
+            let _ = task.await;
+        }
+        self.shared
+            .metrics
+            .sessions_open
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(
+            session = self.id,
+            seconds = self.started.elapsed().as_secs_f64(),
+            "session closed"
+        );
+        self.note("* closed".into());
+        if let (Some(lines), Some(dir)) = (self.transcript.take(), &self.shared.config.transcripts)
+        {
+            let text = lines.join("\n") + "\n";
+            let written = smtp_net::files::write_new_async(
+                dir.clone(),
+                format!("{:06}", self.id),
+                "log",
+                text.into_bytes(),
+            )
+            .await;
+            if let Err(e) = written {
+                tracing::warn!(session = self.id, dir = %dir.display(), error = %e, "transcript not written");
+            }
+            let mut kept = self
+                .shared
+                .transcripts
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if kept.len() >= 1000 {
+                kept.pop_front();
+            }
+            kept.push_back((self.id, lines));
+        }
+    }
+
     pub(super) fn note(&mut self, line: String) {
         if let Some(t) = self.transcript.as_mut() {
             push_bounded(t, line, MAX_TRANSCRIPT_LINES);
