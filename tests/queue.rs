@@ -44,20 +44,20 @@ fn record(id: &str, from: &str, to: &[&str], lifetime_ago: i64) -> Queued {
     Queued {
         id: id.into(),
         route: "default".into(),
-        mail_from: format!("<{from}>"),
-        mail_params: String::new(),
+        mail_from: format!("<{from}>").parse().unwrap(),
+        mail_params: Default::default(),
         rcpts: to
             .iter()
             .map(|t| Rcpt {
-                to: format!("<{t}>"),
+                to: format!("<{t}>").parse().unwrap(),
                 state: RcptState::Pending { last: None },
             })
             .collect(),
         auth_user: None,
         size: MESSAGE.len() as u64,
-        received_at: t.to_rfc3339(),
+        received_at: t,
         attempts: 0,
-        next_attempt: t.to_rfc3339(),
+        next_attempt: t,
         last_error: None,
     }
 }
@@ -164,7 +164,7 @@ async fn an_upstream_down_for_a_while_gets_everything_when_it_returns() {
         r.last_error.as_deref().unwrap().contains("cannot connect"),
         "{r:?}"
     );
-    assert!(r.next_attempt > chrono::Utc::now().to_rfc3339(), "{r:?}");
+    assert!(r.next_attempt > chrono::Utc::now(), "{r:?}");
     // Back: within the backoff (at most 1 s), all three arrive, once each.
     let mut config = sink_config("queue-down-sink");
     config.listen = addr;
@@ -292,7 +292,7 @@ async fn permanent_failures_and_expiry_bounce_to_the_sender_never_for_null() {
         "{texts:?}"
     );
     for m in &bounces {
-        assert_eq!(m.mail_from, "<>");
+        assert_eq!(m.mail_from.to_string(), "<>");
         let parsed = mail_parser::MessageParser::default()
             .parse(m.content.as_slice())
             .unwrap();
@@ -373,7 +373,7 @@ async fn queue_mode_answers_250_when_durable_and_delivers_later() {
     // Durable before the 250: the record and the content are in the queue.
     let (records, _) = queue.list().unwrap();
     assert_eq!(records.len(), 1);
-    assert_eq!(records[0].rcpts[0].to, "<bob@example.org>");
+    assert_eq!(records[0].rcpts[0].to.to_string(), "<bob@example.org>");
     let content = std::fs::read(queue.message_path(&records[0].id)).unwrap();
     assert!(content.starts_with(b"Received: from client.example"));
     assert!(content.ends_with(MESSAGE));
@@ -397,7 +397,7 @@ async fn queue_mode_answers_250_when_durable_and_delivers_later() {
     let sink = fake_upstream::testing::start(config).await;
     let got = sink.wait_for(1, Duration::from_secs(5)).await.unwrap();
     assert!(got[0].content.ends_with(MESSAGE));
-    assert_eq!(got[0].mail_from, "<alice@example.com>");
+    assert_eq!(got[0].mail_from.to_string(), "<alice@example.com>");
     let deadline = Instant::now() + Duration::from_secs(5);
     while !queue.list().unwrap().0.is_empty() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -470,7 +470,7 @@ async fn the_admin_commands() {
     let dir = queue_dir("admin");
     let q = Queue::open(&dir).unwrap();
     let mut later = record("adm1", "alice@163.com", &["bob@example.org"], 0);
-    later.next_attempt = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    later.next_attempt = chrono::Utc::now() + chrono::Duration::hours(1);
     later.attempts = 3;
     later.last_error = Some("451 4.4.1 upstream x: cannot connect".into());
     enqueue(&q, later).await;
@@ -504,7 +504,7 @@ async fn the_admin_commands() {
     assert!(show.contains("Later is fine."), "{show}");
     let (ok, out, _) = run(&["retry", "adm1"]);
     assert!(ok && out.contains("1 message(s) due now"), "{out}");
-    assert!(q.load("adm1").unwrap().next_attempt <= chrono::Utc::now().to_rfc3339());
+    assert!(q.load("adm1").unwrap().next_attempt <= chrono::Utc::now());
     assert_eq!(
         q.load("adm1").unwrap().attempts,
         3,

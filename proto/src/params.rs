@@ -276,6 +276,14 @@ impl MailParams {
     }
 }
 
+/// The wire form, as [`MailParams`]'s `Display` writes it (a leading space, or nothing).
+impl std::str::FromStr for MailParams {
+    type Err = ParamError;
+    fn from_str(s: &str) -> Result<MailParams, ParamError> {
+        MailParams::parse(s)
+    }
+}
+
 impl fmt::Display for MailParams {
     /// The wire form: each parameter preceded by a space (empty when there are none).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

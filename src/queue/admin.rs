@@ -54,17 +54,15 @@ async fn run_inner(args: QueueArgs) -> Result<(), String> {
                 "id", "age", "attempts", "next attempt", "from", "to (pending)"
             );
             for r in &records {
-                let age = chrono::DateTime::parse_from_rfc3339(&r.received_at)
-                    .map(|t| human(now.signed_duration_since(t.with_timezone(&chrono::Utc))))
-                    .unwrap_or_else(|_| "?".into());
-                let pending: Vec<&str> = r.pending().map(|p| p.to.as_str()).collect();
+                let age = human(now.signed_duration_since(r.received_at));
+                let pending: Vec<String> = r.pending().map(|p| p.to.to_string()).collect();
                 out.push_str(&format!(
                     "{:<32} {:>8} {:>8} {:<25} {:<28} {}\n",
                     r.id,
                     age,
                     r.attempts,
-                    &r.next_attempt[..r.next_attempt.len().min(25)],
-                    r.mail_from,
+                    r.next_attempt.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+                    r.mail_from.to_string(),
                     pending.join(" ")
                 ));
                 if let Some(e) = &r.last_error {
@@ -105,7 +103,7 @@ async fn run_inner(args: QueueArgs) -> Result<(), String> {
             smtp_net::say(&out);
         }
         QueueCommand::Retry { id } => {
-            let now = chrono::Utc::now().to_rfc3339();
+            let now = chrono::Utc::now();
             let ids: Vec<String> = match id {
                 Some(id) => vec![id],
                 None => q
@@ -118,7 +116,7 @@ async fn run_inner(args: QueueArgs) -> Result<(), String> {
             };
             for id in &ids {
                 let mut r = q.load(id).map_err(|e| format!("{id}: {e}"))?;
-                r.next_attempt = now.clone();
+                r.next_attempt = now;
                 q.update(&r).await.map_err(|e| format!("{id}: {e}"))?;
             }
             smtp_net::say(&format!("{} message(s) due now\n", ids.len()));

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use smtp_wire::{Credentials, ForwardPath, MailParams, RcptParams, Reply, ReversePath};
+use smtp_wire::{Credentials, ForwardPath, RcptParams, Reply, ReversePath};
 
 use super::store::{Queue, Queued, RcptState};
 use crate::upstream::{Upstream, UpstreamConfig};
@@ -79,16 +79,6 @@ pub enum Attempt {
     },
 }
 
-fn parse_mail(rec: &Queued) -> Option<(ReversePath, MailParams)> {
-    let from = rec.mail_from.parse().ok()?;
-    let params = MailParams::parse(&rec.mail_params).ok()?;
-    Some((from, params))
-}
-
-fn parse_rcpt(to: &str) -> Option<ForwardPath> {
-    to.parse().ok()
-}
-
 /// Sets the state of the recipients at `indexes` from a reply: 2xx delivered, 5xx failed,
 /// anything else still pending.
 fn settle(rec: &mut Queued, indexes: &[usize], reply: &Reply) {
@@ -128,35 +118,14 @@ pub async fn attempt_on(
     upstream: &UpstreamConfig,
 ) -> Attempt {
     let again = |reason: String, quota: bool| Attempt::Again { reason, quota };
-    let Some((from, params)) = parse_mail(rec) else {
-        for r in &mut rec.rcpts {
-            r.state = RcptState::Failed {
-                reply: format!(
-                    "550 5.1.7 the queued sender {} cannot be parsed",
-                    rec.mail_from
-                ),
-            };
-        }
-        return Attempt::Finished;
-    };
-    let pending: Vec<usize> = (0..rec.rcpts.len())
+    let (from, params) = (rec.mail_from.clone(), rec.mail_params.clone());
+    let sent_ids: Vec<usize> = (0..rec.rcpts.len())
         .filter(|&i| matches!(rec.rcpts[i].state, RcptState::Pending { .. }))
         .collect();
-    let mut rcpts = Vec::with_capacity(pending.len());
-    let mut sent_ids = Vec::with_capacity(pending.len());
-    for &i in &pending {
-        match parse_rcpt(&rec.rcpts[i].to) {
-            Some(to) => {
-                rcpts.push((to, RcptParams::default()));
-                sent_ids.push(i);
-            }
-            None => settle(
-                rec,
-                &[i],
-                &Reply::new(550, (5, 1, 3), "the queued recipient cannot be parsed"),
-            ),
-        }
-    }
+    let rcpts: Vec<(ForwardPath, RcptParams)> = sent_ids
+        .iter()
+        .map(|&i| (rec.rcpts[i].to.clone(), RcptParams::default()))
+        .collect();
     if rcpts.is_empty() {
         return Attempt::Finished;
     }
@@ -277,12 +246,6 @@ fn now() -> chrono::DateTime<chrono::Utc> {
     chrono::Utc::now()
 }
 
-fn parse_time(s: &str) -> chrono::DateTime<chrono::Utc> {
-    chrono::DateTime::parse_from_rfc3339(s)
-        .map(|t| t.with_timezone(&chrono::Utc))
-        .unwrap_or_else(|_| now())
-}
-
 impl Scheduler {
     /// Delivers until `shutdown`: every due message, each route waiting out its quota
     /// back-off, at most `concurrency` at once.
@@ -310,7 +273,7 @@ impl Scheduler {
             // goes over one upstream connection, at most BATCH messages.
             let mut groups: Vec<(String, Vec<Queued>)> = Vec::new();
             for rec in due {
-                if parse_time(&rec.next_attempt) > t
+                if rec.next_attempt > t
                     || paused
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
@@ -323,11 +286,10 @@ impl Scheduler {
                 {
                     continue;
                 }
-                let key = format!(
-                    "{}\n{}",
-                    rec.route,
-                    rec.auth_user.as_deref().unwrap_or(&rec.mail_from)
-                );
+                let key = match &rec.auth_user {
+                    Some(user) => format!("{}\n{user}", rec.route),
+                    None => format!("{}\n{}", rec.route, rec.mail_from),
+                };
                 match groups
                     .iter_mut()
                     .rev()
@@ -476,7 +438,7 @@ impl Scheduler {
             return;
         }
         let t = now();
-        let expired = t.signed_duration_since(parse_time(&rec.received_at))
+        let expired = t.signed_duration_since(rec.received_at)
             >= chrono::Duration::from_std(self.retry.lifetime).unwrap_or(chrono::Duration::MAX);
         match outcome {
             Attempt::Again { reason, quota } if !expired => {
@@ -485,8 +447,7 @@ impl Scheduler {
                     rec.attempts,
                     fastrand_unit(&rec.id, rec.attempts),
                 );
-                rec.next_attempt =
-                    (t + chrono::Duration::from_std(wait).unwrap_or_default()).to_rfc3339();
+                rec.next_attempt = t + chrono::Duration::from_std(wait).unwrap_or_default();
                 tracing::info!(id = %rec.id, route = %rec.route, attempts = rec.attempts, wait_s = wait.as_secs_f64(), reason = %reason, quota, outcome = "deferred", "queue");
                 rec.last_error = Some(reason);
                 if let Some(m) = &self.metrics {
@@ -553,7 +514,10 @@ impl Scheduler {
             .iter()
             .filter_map(|r| match &r.state {
                 RcptState::Failed { reply } => Some(crate::dsn::Failure {
-                    recipient: r.to.trim_matches(|c| c == '<' || c == '>').to_string(),
+                    recipient: match r.to.mailbox() {
+                        Some(m) => m.to_string(),
+                        None => r.to.to_string(),
+                    },
                     remote: rec.route.clone(),
                     reply: Reply::parse(format!("{reply}\r\n").as_bytes())
                         .unwrap_or_else(|_| Reply::new(550, (5, 0, 0), reply.clone())),
@@ -561,13 +525,13 @@ impl Scheduler {
                 _ => None,
             })
             .collect();
-        let sender = rec.mail_from.trim_matches(|c| c == '<' || c == '>');
-        if failures.is_empty() || sender.is_empty() {
-            return;
-        }
-        let Ok(ReversePath::Mailbox(mailbox)) = rec.mail_from.parse() else {
+        let ReversePath::Mailbox(mailbox) = &rec.mail_from else {
             return;
         };
+        if failures.is_empty() {
+            return;
+        }
+        let sender = &mailbox.to_string();
         let Some(upstream) = self.routes.bounces(sender) else {
             tracing::error!(id = %rec.id, "no route for bounces");
             return;
@@ -583,11 +547,11 @@ impl Scheduler {
             to: sender,
             original_id: &rec.id,
             envelope_id: None,
-            arrival: parse_time(&rec.received_at),
+            arrival: rec.received_at,
             failures: &failures,
             original_headers: &head,
         });
-        match crate::dsn::send(&upstream, &mailbox, &bounce).await {
+        match crate::dsn::send(&upstream, mailbox, &bounce).await {
             Ok(r) => tracing::info!(id = %rec.id, to = %sender, reply = %r, "bounce"),
             Err(e) => tracing::warn!(id = %rec.id, to = %sender, error = %e, "bounce failed"),
         }

@@ -18,6 +18,32 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
+use smtp_wire::{ForwardPath, MailParams, ReversePath};
+
+/// A time in a record: RFC 3339, UTC.
+pub type Time = chrono::DateTime<chrono::Utc>;
+
+/// Paths and parameters in a record, in their wire form: written with `Display`, read back
+/// with `FromStr` (a record that does not parse is listed as unreadable, with why).
+mod wire_form {
+    use serde::de::Error;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<T: std::fmt::Display, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(v)
+    }
+
+    pub fn deserialize<'de, T, D>(d: D) -> Result<T, D::Error>
+    where
+        T: std::str::FromStr,
+        T::Err: std::fmt::Display,
+        D: Deserializer<'de>,
+    {
+        let text = String::deserialize(d)?;
+        text.parse()
+            .map_err(|e| D::Error::custom(format!("{text:?}: {e}")))
+    }
+}
 
 /// A recipient's state.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,8 +59,9 @@ pub enum RcptState {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rcpt {
-    /// The forward path in wire form, `<bob@163.com>`.
-    pub to: String,
+    /// `<bob@163.com>` in the file.
+    #[serde(with = "wire_form")]
+    pub to: ForwardPath,
     #[serde(flatten)]
     pub state: RcptState,
 }
@@ -46,20 +73,20 @@ pub struct Queued {
     pub id: String,
     /// The route it goes to (`default` or a route's label).
     pub route: String,
-    /// The reverse path in wire form, `<alice@163.com>` or `<>`.
-    pub mail_from: String,
+    /// `<alice@163.com>` or `<>` in the file.
+    #[serde(with = "wire_form")]
+    pub mail_from: ReversePath,
     /// MAIL parameters to pass on (`BODY=8BITMIME`, ...), as the client gave them.
-    #[serde(default)]
-    pub mail_params: String,
+    #[serde(default, with = "wire_form")]
+    pub mail_params: MailParams,
     pub rcpts: Vec<Rcpt>,
     /// Who the client authenticated as (to pick the credentials to deliver with).
     pub auth_user: Option<String>,
     pub size: u64,
-    /// RFC 3339.
-    pub received_at: String,
+    pub received_at: Time,
     pub attempts: u32,
-    /// RFC 3339: not before this.
-    pub next_attempt: String,
+    /// Not before this.
+    pub next_attempt: Time,
     #[serde(default)]
     pub last_error: Option<String>,
 }
@@ -373,15 +400,15 @@ mod tests {
         Queued {
             id: id.into(),
             route: "default".into(),
-            mail_from: "<alice@163.com>".into(),
-            mail_params: String::new(),
+            mail_from: "<alice@163.com>".parse().unwrap(),
+            mail_params: " BODY=8BITMIME".parse().unwrap(),
             rcpts: vec![
                 Rcpt {
-                    to: "<bob@163.com>".into(),
+                    to: "<bob@163.com>".parse().unwrap(),
                     state: RcptState::Pending { last: None },
                 },
                 Rcpt {
-                    to: "<friend@qq.com>".into(),
+                    to: "<friend@qq.com>".parse().unwrap(),
                     state: RcptState::Delivered {
                         reply: "250 OK".into(),
                     },
@@ -389,9 +416,9 @@ mod tests {
             ],
             auth_user: Some("alice@163.com".into()),
             size: 5,
-            received_at: "2026-11-26T07:00:00Z".into(),
+            received_at: "2026-11-26T07:00:00Z".parse().unwrap(),
             attempts: 0,
-            next_attempt: "2026-11-26T07:00:00Z".into(),
+            next_attempt: "2026-11-26T07:00:00Z".parse().unwrap(),
             last_error: None,
         }
     }
@@ -428,6 +455,29 @@ mod tests {
         assert!(q.list().unwrap().0.is_empty());
         assert!(!q.message_path("m1").exists());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The file keeps paths and parameters in their wire form and times in RFC 3339; a record
+    /// in the form earlier versions wrote (offsets as `+00:00`) reads the same; one whose
+    /// sender does not parse is refused with the reason, never read as something else.
+    #[test]
+    fn a_record_is_typed_and_its_file_is_wire_text() {
+        let json = serde_json::to_value(record("m1")).unwrap();
+        assert_eq!(json["mail_from"], "<alice@163.com>");
+        assert_eq!(json["mail_params"], " BODY=8BITMIME");
+        assert_eq!(json["rcpts"][0]["to"], "<bob@163.com>");
+        assert_eq!(json["received_at"], "2026-11-26T07:00:00Z");
+        let older = r#"{"id":"m1","route":"default","mail_from":"<alice@163.com>",
+            "mail_params":" BODY=8BITMIME","rcpts":[{"to":"<bob@163.com>","state":"pending",
+            "last":null},{"to":"<friend@qq.com>","state":"delivered","reply":"250 OK"}],
+            "auth_user":"alice@163.com","size":5,"received_at":"2026-11-26T07:00:00+00:00",
+            "attempts":0,"next_attempt":"2026-11-26T15:00:00+08:00"}"#;
+        assert_eq!(serde_json::from_str::<Queued>(older).unwrap(), record("m1"));
+        let bad = older.replace("<alice@163.com>", "<alice@>");
+        let e = serde_json::from_str::<Queued>(&bad)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("\"<alice@>\""), "{e}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -207,8 +207,9 @@ impl crate::queue::deliver::Routes for QueueRoutes {
         };
         let who = rec.auth_user.clone().unwrap_or_else(|| {
             rec.mail_from
-                .trim_matches(|c| c == '<' || c == '>')
-                .to_string()
+                .mailbox()
+                .map(|m| m.to_string())
+                .unwrap_or_default()
         });
         if let Some(c) = (self.secrets)(&who) {
             up.credentials = Some(c);

@@ -406,7 +406,7 @@ impl Legs {
             .filter(|l| l.queues_message())
             .map(|l| l.route)
             .collect();
-        let now = chrono::Utc::now().to_rfc3339();
+        let now = chrono::Utc::now();
         let mut queued = Vec::new();
         for (n, &r) in routes.iter().enumerate() {
             let label = msg.config.route_label(r).to_string();
@@ -427,24 +427,21 @@ impl Legs {
             let record = crate::queue::store::Queued {
                 id: id.clone(),
                 route: label,
-                mail_from: msg
-                    .from
-                    .map(ReversePath::to_string)
-                    .unwrap_or_else(|| "<>".into()),
-                mail_params: msg.params.map(|p| p.to_string()).unwrap_or_default(),
+                mail_from: msg.from.cloned().unwrap_or(ReversePath::Null),
+                mail_params: msg.params.cloned().unwrap_or_default(),
                 rcpts: self[r]
                     .accepted
                     .iter()
                     .map(|(to, _)| crate::queue::store::Rcpt {
-                        to: to.to_string(),
+                        to: to.clone(),
                         state: crate::queue::store::RcptState::Pending { last: None },
                     })
                     .collect(),
                 auth_user: msg.auth_user.map(str::to_string),
                 size,
-                received_at: now.clone(),
+                received_at: now,
                 attempts: 0,
-                next_attempt: now.clone(),
+                next_attempt: now,
                 last_error: None,
             };
             if let Err(e) = queue.enqueue(content, record).await {

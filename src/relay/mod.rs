@@ -325,14 +325,9 @@ fn metrics(shared: &Arc<Shared>) -> Arc<dyn Fn() -> String + Send + Sync> {
             let records = q.list().map(|(r, _)| r).unwrap_or_default();
             let oldest = records
                 .iter()
-                .filter_map(|r| chrono::DateTime::parse_from_rfc3339(&r.received_at).ok())
+                .map(|r| r.received_at)
                 .min()
-                .map(|t| {
-                    (chrono::Utc::now() - t.with_timezone(&chrono::Utc))
-                        .num_milliseconds()
-                        .max(0) as f64
-                        / 1000.0
-                })
+                .map(|t| (chrono::Utc::now() - t).num_milliseconds().max(0) as f64 / 1000.0)
                 .unwrap_or(0.0);
             (records.len() as u64, oldest)
         });
