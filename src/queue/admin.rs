@@ -119,11 +119,15 @@ async fn run_inner(args: QueueArgs) -> Result<(), String> {
                 r.next_attempt = now;
                 q.update(&r).await.map_err(|e| format!("{id}: {e}"))?;
             }
+            q.announce_change()
+                .map_err(|e| format!("{}: {e}", q.dir().display()))?;
             smtp_net::say(&format!("{} message(s) due now\n", ids.len()));
         }
         QueueCommand::Delete { id } => {
             q.load(&id).map_err(|e| format!("{id}: {e}"))?;
             q.remove(&id).await.map_err(|e| format!("{id}: {e}"))?;
+            q.announce_change()
+                .map_err(|e| format!("{}: {e}", q.dir().display()))?;
             smtp_net::say(&format!("{id} deleted (not delivered, no bounce)\n"));
         }
     }

@@ -261,7 +261,11 @@ impl Scheduler {
         let mut tasks = tokio::task::JoinSet::new();
         loop {
             let mut soonest: Option<tokio::time::Instant> = None;
-            let due = match me.queue.list() {
+            let q = me.queue.clone();
+            let listed = tokio::task::spawn_blocking(move || q.records())
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+            let due = match listed {
                 Ok((records, _)) => records,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot list the queue");
@@ -433,7 +437,7 @@ impl Scheduler {
     ) {
         rec.attempts += 1;
         // Deleted meanwhile (`smtp-relay queue delete`): leave it gone.
-        if self.queue.load(&rec.id).is_err() {
+        if !self.queue.is_queued(&rec.id).await {
             tracing::info!(id = %rec.id, "queue: deleted during its delivery attempt");
             return;
         }

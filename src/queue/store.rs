@@ -11,6 +11,11 @@
 //!
 //! Group commit: enqueues that arrive together are committed together by one thread, each
 //! directory `fsync`ed once per batch instead of once per message.
+//!
+//! The records are also kept in memory (read once, then updated by this process's own
+//! enqueues, updates and removals): the scheduler's looks and the metrics read no file. The
+//! admin commands, in another process, write `changed` after they change the queue; a
+//! running relay then reads the disk again.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -136,7 +141,25 @@ pub struct Queue {
     jobs: tokio::sync::mpsc::Sender<Job>,
     pub commits: Arc<Commits>,
     next_tmp: Arc<AtomicU64>,
+    index: Arc<std::sync::Mutex<Index>>,
 }
+
+/// The records in memory: read from the disk at the first [`Queue::records`], then kept up to
+/// date by this process's enqueues, updates and removals, so that the scheduler's every look
+/// and every metrics scrape costs no disk read. Read again when another process (`smtp-relay
+/// queue retry|delete`) says it changed the queue ([`Queue::announce_change`]).
+#[derive(Debug, Default)]
+struct Index {
+    /// By id; `None` until first read.
+    records: Option<std::collections::HashMap<String, Queued>>,
+    bad: Vec<(PathBuf, String)>,
+    /// The `changed` file as it was when the disk was read.
+    seen: Option<Vec<u8>>,
+}
+
+/// Written by the admin commands after they change the queue: a running relay reads the
+/// queue again when it differs.
+const CHANGED: &str = "changed";
 
 impl std::fmt::Debug for Queue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -198,6 +221,7 @@ impl Queue {
             jobs: tx,
             commits,
             next_tmp: Arc::new(AtomicU64::new(0)),
+            index: Arc::default(),
         })
     }
 
@@ -225,6 +249,7 @@ impl Queue {
     /// that is done: only then may the client hear 250.
     pub async fn enqueue(&self, content: PathBuf, record: Queued) -> std::io::Result<()> {
         let (done, rx) = tokio::sync::oneshot::channel();
+        let kept = record.clone();
         self.jobs
             .send(Job::Enqueue {
                 content,
@@ -234,12 +259,80 @@ impl Queue {
             .await
             .map_err(|_| std::io::Error::other("the queue's committer has stopped"))?;
         rx.await
-            .map_err(|_| std::io::Error::other("the queue's committer has stopped"))?
+            .map_err(|_| std::io::Error::other("the queue's committer has stopped"))??;
+        self.indexed(|records| {
+            records.insert(kept.id.clone(), kept);
+        });
+        Ok(())
+    }
+
+    /// Changes the in-memory index, once it has been read.
+    fn indexed(&self, change: impl FnOnce(&mut std::collections::HashMap<String, Queued>)) {
+        let mut index = self.index.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(records) = index.records.as_mut() {
+            change(records);
+        }
     }
 
     /// Every queued message's record, oldest first, and the records that could not be read
-    /// (with why).
+    /// (with why), as the disk has them now (the admin commands, an observer). Blocking.
     pub fn list(&self) -> std::io::Result<Listing> {
+        self.read_disk()
+    }
+
+    /// [`Queue::list`] for the process that owns the queue (the relay's scheduler): from
+    /// memory, the disk read at the first call and after another process announced a change.
+    /// Blocking (it may read the disk): async callers use `spawn_blocking`.
+    pub fn records(&self) -> std::io::Result<Listing> {
+        let stamp = std::fs::read(self.dir.join(CHANGED)).ok();
+        let mut index = self.index.lock().unwrap_or_else(|e| e.into_inner());
+        if index.records.is_none() || index.seen != stamp {
+            let (records, bad) = self.read_disk()?;
+            index.records = Some(records.into_iter().map(|r| (r.id.clone(), r)).collect());
+            index.bad = bad;
+            index.seen = stamp;
+        }
+        let mut records: Vec<Queued> = index
+            .records
+            .iter()
+            .flat_map(|r| r.values())
+            .cloned()
+            .collect();
+        records.sort_by(|a, b| a.received_at.cmp(&b.received_at).then(a.id.cmp(&b.id)));
+        Ok((records, index.bad.clone()))
+    }
+
+    /// How many messages are queued and when the oldest came, from memory (nothing before
+    /// the first [`Queue::records`]): for the metrics.
+    pub fn summary(&self) -> (u64, Option<Time>) {
+        let index = self.index.lock().unwrap_or_else(|e| e.into_inner());
+        let records = index.records.iter().flat_map(|r| r.values());
+        let oldest = records.clone().map(|r| r.received_at).min();
+        (records.count() as u64, oldest)
+    }
+
+    /// Tells a relay running on this queue that another process changed it (the admin
+    /// commands): its next look reads the disk again.
+    pub fn announce_change(&self) -> std::io::Result<()> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        std::fs::write(
+            self.dir.join(CHANGED),
+            format!("{nanos} {}\n", std::process::id()),
+        )
+    }
+
+    /// Whether the message is still queued (its record on disk), without blocking.
+    pub async fn is_queued(&self, id: &str) -> bool {
+        tokio::fs::try_exists(self.record_path(id))
+            .await
+            .unwrap_or(false)
+    }
+
+    /// Every record on the disk.
+    fn read_disk(&self) -> std::io::Result<Listing> {
         let mut records = Vec::new();
         let mut bad = Vec::new();
         for path in crate::spool::files(&self.dir.join("msg"))? {
@@ -274,7 +367,12 @@ impl Queue {
             sync_dir(dest.parent().expect("in a subdirectory"))
         })
         .await
-        .map_err(std::io::Error::other)?
+        .map_err(std::io::Error::other)??;
+        let kept = record.clone();
+        self.indexed(|records| {
+            records.insert(kept.id.clone(), kept);
+        });
+        Ok(())
     }
 
     /// Takes a message out of the queue: the record first (from then on it is not queued),
@@ -287,7 +385,11 @@ impl Queue {
             sync_dir(record.parent().expect("in a subdirectory"))
         })
         .await
-        .map_err(std::io::Error::other)?
+        .map_err(std::io::Error::other)??;
+        self.indexed(|records| {
+            records.remove(id);
+        });
+        Ok(())
     }
 }
 
@@ -478,6 +580,38 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("\"<alice@>\""), "{e}");
+    }
+
+    /// The scheduler's looks and the metrics come from memory: a record taken away behind the
+    /// queue's back is still listed, until another process announces a change; this
+    /// process's own enqueues and removals show at once.
+    #[tokio::test]
+    async fn the_index_is_read_once_and_again_after_an_announced_change() {
+        let dir = temp("index");
+        let q = Queue::open(&dir).unwrap();
+        for id in ["i1", "i2"] {
+            let tmp = q.tmp_path(id);
+            std::fs::write(&tmp, b"hello").unwrap();
+            q.enqueue(tmp, record(id)).await.unwrap();
+        }
+        let ids = |q: &Queue| -> Vec<String> {
+            q.records().unwrap().0.into_iter().map(|r| r.id).collect()
+        };
+        assert_eq!(ids(&q), ["i1", "i2"]);
+        assert_eq!(q.summary().0, 2);
+        std::fs::remove_file(q.record_path("i1")).unwrap();
+        assert_eq!(ids(&q), ["i1", "i2"], "no disk read for a look");
+        assert!(!q.is_queued("i1").await, "the disk says it is gone");
+        q.remove("i2").await.unwrap();
+        assert_eq!(ids(&q), ["i1"], "this process's removal shows at once");
+        // Another process (the admin commands) announces what it did.
+        Queue::open_existing(&dir)
+            .unwrap()
+            .announce_change()
+            .unwrap();
+        assert!(ids(&q).is_empty(), "read again after the announced change");
+        assert_eq!(q.summary(), (0, None));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -321,15 +321,13 @@ fn scheduler(
 fn metrics(shared: &Arc<Shared>) -> Arc<dyn Fn() -> String + Send + Sync> {
     let s = shared.clone();
     Arc::new(move || {
+        // From the queue's index in memory: a scrape reads no record from the disk.
         let queue = s.queue.as_ref().map(|q| {
-            let records = q.list().map(|(r, _)| r).unwrap_or_default();
-            let oldest = records
-                .iter()
-                .map(|r| r.received_at)
-                .min()
+            let (count, oldest) = q.summary();
+            let age = oldest
                 .map(|t| (chrono::Utc::now() - t).num_milliseconds().max(0) as f64 / 1000.0)
                 .unwrap_or(0.0);
-            (records.len() as u64, oldest)
+            (count, age)
         });
         s.metrics.render(queue)
     })
