@@ -82,43 +82,7 @@ impl Env {
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("."));
-        let mut fakes = Vec::new();
-        let window = match shared {
-            Some((shared, index)) => {
-                fakes.push(("default".to_string(), shared.fake.clone()));
-                Some(Window {
-                    from: shared.fake.received_count(),
-                    start: Instant::now(),
-                    shared,
-                    index,
-                })
-            }
-            None => {
-                let fake = start_fake(
-                    &sc.upstream,
-                    &scenario_dir,
-                    dir.join("upstream"),
-                    tls,
-                    None,
-                    opts.seed,
-                )
-                .await?;
-                fakes.push(("default".to_string(), Arc::new(fake)));
-                for r in &sc.routes {
-                    let fake = start_fake(
-                        &r.upstream,
-                        &scenario_dir,
-                        dir.join(format!("upstream-{}", r.name)),
-                        tls,
-                        None,
-                        opts.seed,
-                    )
-                    .await?;
-                    fakes.push((r.name.clone(), Arc::new(fake)));
-                }
-                None
-            }
-        };
+        let (fakes, window) = start_fakes(sc, opts, tls, dir, shared, &scenario_dir).await?;
         let client_tls =
             fake_upstream::tls::client_config(&tls.ca_pem).map_err(|e| e.to_string())?;
         let common = Env {
@@ -140,54 +104,7 @@ impl Env {
                 external: true,
                 ..common
             }),
-            Target::Ours => {
-                let mut config = relay_config(sc, &common, tls, dir)?;
-                // The default route's accounts: the relay's users and secrets in queue mode.
-                let accounts: Vec<(String, String)> = common.fakes[0]
-                    .1
-                    .users()
-                    .iter()
-                    .filter(|u| u.smtp)
-                    .map(|u| (u.address.to_lowercase(), u.code.clone()))
-                    .collect();
-                let secrets: std::collections::HashMap<String, smtp_wire::Credentials> = accounts
-                    .iter()
-                    .map(|(a, c)| (a.clone(), smtp_wire::Credentials::new(a.clone(), c.clone())))
-                    .collect();
-                config.queue = Some(crate::relay::QueueSettings {
-                    dir: dir.join("queue"),
-                    retry: crate::queue::deliver::Retry {
-                        first: Duration::from_millis(200),
-                        max: Duration::from_secs(1),
-                        lifetime: Duration::from_secs(60),
-                        jitter: 0.0,
-                    },
-                    concurrency: 2,
-                    tick: Duration::from_millis(50),
-                    secrets: std::sync::Arc::new(move |who: &str| {
-                        secrets.get(&who.to_lowercase()).cloned()
-                    }),
-                    route_limits: Default::default(),
-                });
-                for (k, v) in &sc.relay {
-                    apply_relay_option(&mut config, &accounts, k, v)?;
-                }
-                if !config.default_queue {
-                    config.queue = None;
-                }
-                let queue_dir = config.queue.as_ref().map(|q| q.dir.clone());
-                let relay = relay::start(config)
-                    .await
-                    .map_err(|e| format!("relay: {e}"))?;
-                Ok(Env {
-                    spool_dir: Some(dir.join("spool")),
-                    queue_dir,
-                    relay_addr: relay.addr(),
-                    relay_tls_addr: relay.tls_addr(),
-                    relay: Some(relay),
-                    ..common
-                })
-            }
+            Target::Ours => ours(sc, common, tls, dir).await,
         }
     }
 
@@ -357,6 +274,105 @@ impl Env {
         }
         out
     }
+}
+
+/// The scenario's fake upstreams: the run's shared one (with this scenario's window on it),
+/// or its own, one per route.
+async fn start_fakes(
+    sc: &Scenario,
+    opts: &Options,
+    tls: &TlsMaterial,
+    dir: &Path,
+    shared: Option<(Arc<SharedUpstream>, usize)>,
+    scenario_dir: &Path,
+) -> Result<(Vec<(String, Arc<fake_upstream::Handle>)>, Option<Window>), String> {
+    let mut fakes = Vec::new();
+    let window = match shared {
+        Some((shared, index)) => {
+            fakes.push(("default".to_string(), shared.fake.clone()));
+            Some(Window {
+                from: shared.fake.received_count(),
+                start: Instant::now(),
+                shared,
+                index,
+            })
+        }
+        None => {
+            let fake = start_fake(
+                &sc.upstream,
+                scenario_dir,
+                dir.join("upstream"),
+                tls,
+                None,
+                opts.seed,
+            )
+            .await?;
+            fakes.push(("default".to_string(), Arc::new(fake)));
+            for r in &sc.routes {
+                let fake = start_fake(
+                    &r.upstream,
+                    scenario_dir,
+                    dir.join(format!("upstream-{}", r.name)),
+                    tls,
+                    None,
+                    opts.seed,
+                )
+                .await?;
+                fakes.push((r.name.clone(), Arc::new(fake)));
+            }
+            None
+        }
+    };
+    Ok((fakes, window))
+}
+
+/// smtp-relay in-process, configured from the scenario, in front of its fakes; queue mode
+/// with the default route's accounts as its secrets, retries fast.
+async fn ours(sc: &Scenario, common: Env, tls: &TlsMaterial, dir: &Path) -> Result<Env, String> {
+    let mut config = relay_config(sc, &common, tls, dir)?;
+    // The default route's accounts: the relay's users and secrets in queue mode.
+    let accounts: Vec<(String, String)> = common.fakes[0]
+        .1
+        .users()
+        .iter()
+        .filter(|u| u.smtp)
+        .map(|u| (u.address.to_lowercase(), u.code.clone()))
+        .collect();
+    let secrets: std::collections::HashMap<String, smtp_wire::Credentials> = accounts
+        .iter()
+        .map(|(a, c)| (a.clone(), smtp_wire::Credentials::new(a.clone(), c.clone())))
+        .collect();
+    config.queue = Some(crate::relay::QueueSettings {
+        dir: dir.join("queue"),
+        retry: crate::queue::deliver::Retry {
+            first: Duration::from_millis(200),
+            max: Duration::from_secs(1),
+            lifetime: Duration::from_secs(60),
+            jitter: 0.0,
+        },
+        concurrency: 2,
+        tick: Duration::from_millis(50),
+        secrets: std::sync::Arc::new(move |who: &str| secrets.get(&who.to_lowercase()).cloned()),
+        route_limits: Default::default(),
+    });
+    for (k, v) in &sc.relay {
+        apply_relay_option(&mut config, &accounts, k, v)?;
+    }
+    if !config.default_queue {
+        config.queue = None;
+    }
+    let queue_dir = config.queue.as_ref().map(|q| q.dir.clone());
+    let relay = relay::start(config)
+        .await
+        .map_err(|e| format!("relay: {e}"))?;
+    Ok(Env {
+        spool_dir: Some(dir.join("spool")),
+        queue_dir,
+        relay_addr: relay.addr(),
+        relay_tls_addr: relay.tls_addr(),
+        relay: Some(relay),
+        ..common
+    })
 }
 
 pub(super) async fn start_fake(

@@ -219,29 +219,8 @@ async fn run_one_in(
         duration: started.elapsed(),
         transcript,
     };
-    if matches!(opts.target, Target::External { .. }) && !sc.tags.iter().any(|t| t == "portable") {
-        return outcome(
-            Verdict::Skip("depends on smtp-relay's own policy (not tagged portable)".into()),
-            String::new(),
-        );
-    }
-    if let Some((shared, _)) = &shared {
-        let mut wants = sc.upstream.clone();
-        wants.faults.clear();
-        if wants != shared.upstream || !sc.routes.is_empty() {
-            return outcome(
-                Verdict::Skip(format!(
-                    "needs an upstream of its own ({}{}); a run against another relay has one shared sink",
-                    sc.upstream.persona,
-                    if sc.routes.is_empty() {
-                        ""
-                    } else {
-                        " and routes"
-                    }
-                )),
-                String::new(),
-            );
-        }
+    if let Some(why) = not_for(sc, opts, shared.as_ref().map(|(s, _)| &**s)) {
+        return outcome(Verdict::Skip(why), String::new());
     }
     let dir = opts.work_dir.join(&sc.name);
     let _ = std::fs::remove_dir_all(&dir);
@@ -249,37 +228,17 @@ async fn run_one_in(
         Ok(env) => env,
         Err(e) => return outcome(Verdict::Fail(format!("setup: {e}")), String::new()),
     };
-    if !sc.requires.is_empty() {
-        match advertised(env.relay_addr).await {
-            Ok(keywords) => {
-                let missing: Vec<&str> = sc
-                    .requires
-                    .iter()
-                    .filter(|r| !keywords.contains(r))
-                    .map(String::as_str)
-                    .collect();
-                if !missing.is_empty() {
-                    env.stop_fakes().await;
-                    if let Some(relay) = &env.relay {
-                        relay.shutdown().await;
-                    }
-                    let _ = std::fs::remove_dir_all(&dir);
-                    return outcome(
-                        Verdict::Skip(format!(
-                            "requires {}, which the relay does not advertise",
-                            missing.join(" and ")
-                        )),
-                        String::new(),
-                    );
-                }
+    match unmet(sc, &env).await {
+        Ok(None) => {}
+        Ok(Some(why)) => {
+            env.stop_fakes().await;
+            if let Some(relay) = &env.relay {
+                relay.shutdown().await;
             }
-            Err(e) => {
-                return outcome(
-                    Verdict::Fail(format!("setup: asking the relay what it offers: {e}")),
-                    String::new(),
-                );
-            }
+            let _ = std::fs::remove_dir_all(&dir);
+            return outcome(Verdict::Skip(why), String::new());
         }
+        Err(e) => return outcome(Verdict::Fail(e), String::new()),
     }
     let limit = opts.timeout.unwrap_or(sc.timeout);
     let mut client = Client::new(env.client_tls.clone());
@@ -300,25 +259,7 @@ async fn run_one_in(
     };
     drop(client.conn.take());
     client.held.clear();
-    // Store and forward: the queue empties (delivered or bounced) before the relay stops.
-    if let Some(dir) = &env.queue_dir {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline
-            && crate::spool::files(&dir.join("msg")).map_or(0, |f| f.len()) > 0
-        {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-    // Let the relay finish: its sessions end, bounces go out, transcripts are written.
-    if let Some(relay) = &env.relay {
-        relay.shutdown().await;
-        // Its upstream sessions end with it: their transcripts are complete once the fakes
-        // count no open connection (the checks read them). A stalled fake session (a `stall`
-        // fault) stays open whatever the relay did: the wait is short.
-        for (_, fake) in &env.fakes {
-            fake.wait_idle(Duration::from_secs(1)).await;
-        }
-    }
+    wind_down(&env).await;
     // After a failed step the verdict is made: the upstream gets its quiet window for the
     // transcript, not the wait for messages that may never come.
     let failed = verdict != Verdict::Pass;
@@ -331,13 +272,7 @@ async fn run_one_in(
     }
     let transcript = normalize(&env.transcript(sc, &client));
     if let Some(w) = &env.window {
-        w.shared.fake.set_faults(Vec::new());
-        let to = w.shared.fake.received_count();
-        w.shared
-            .windows
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push((w.index, w.from, to));
+        w.close();
     }
     env.stop_fakes().await;
     if verdict == Verdict::Pass {
@@ -348,6 +283,73 @@ async fn run_one_in(
         verdict = Verdict::Fail(format!("{why} [seed {}]", opts.seed));
     }
     outcome(verdict, transcript)
+}
+
+/// Why a scenario is not played in this run: against another relay, one not tagged
+/// portable, or one that needs an upstream of its own when the run shares one sink.
+fn not_for(sc: &Scenario, opts: &Options, shared: Option<&SharedUpstream>) -> Option<String> {
+    if matches!(opts.target, Target::External { .. }) && !sc.tags.iter().any(|t| t == "portable") {
+        return Some("depends on smtp-relay's own policy (not tagged portable)".into());
+    }
+    let shared = shared?;
+    let mut wants = sc.upstream.clone();
+    wants.faults.clear();
+    (wants != shared.upstream || !sc.routes.is_empty()).then(|| {
+        format!(
+            "needs an upstream of its own ({}{}); a run against another relay has one shared sink",
+            sc.upstream.persona,
+            if sc.routes.is_empty() {
+                ""
+            } else {
+                " and routes"
+            }
+        )
+    })
+}
+
+/// What the scenario `requires` that the relay does not advertise in its EHLO, as the skip's
+/// reason; an error when the relay could not be asked.
+async fn unmet(sc: &Scenario, env: &Env) -> Result<Option<String>, String> {
+    if sc.requires.is_empty() {
+        return Ok(None);
+    }
+    let keywords = advertised(env.relay_addr)
+        .await
+        .map_err(|e| format!("setup: asking the relay what it offers: {e}"))?;
+    let missing: Vec<&str> = sc
+        .requires
+        .iter()
+        .filter(|r| !keywords.contains(r))
+        .map(String::as_str)
+        .collect();
+    Ok((!missing.is_empty()).then(|| {
+        format!(
+            "requires {}, which the relay does not advertise",
+            missing.join(" and ")
+        )
+    }))
+}
+
+/// After the steps: the queue empties (delivered or bounced) and the relay stops, its
+/// sessions ended, bounces sent and transcripts written; then the fakes' sessions end.
+async fn wind_down(env: &Env) {
+    if let Some(dir) = &env.queue_dir {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline
+            && crate::spool::files(&dir.join("msg")).map_or(0, |f| f.len()) > 0
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    if let Some(relay) = &env.relay {
+        relay.shutdown().await;
+        // Its upstream sessions end with it: their transcripts are complete once the fakes
+        // count no open connection (the checks read them). A stalled fake session (a `stall`
+        // fault) stays open whatever the relay did: the wait is short.
+        for (_, fake) in &env.fakes {
+            fake.wait_idle(Duration::from_secs(1)).await;
+        }
+    }
 }
 
 #[cfg(test)]

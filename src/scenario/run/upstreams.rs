@@ -134,6 +134,18 @@ pub(super) struct Window {
 }
 
 impl Window {
+    /// The scenario is over: the shared fake's faults cleared, its records up to now noted as
+    /// this scenario's.
+    pub(super) fn close(&self) {
+        self.shared.fake.set_faults(Vec::new());
+        let to = self.shared.fake.received_count();
+        self.shared
+            .windows
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((self.index, self.from, to));
+    }
+
     /// Its messages: those with its token, and those with none that came during it. The
     /// token line is taken out (the checks compare what the scenario itself sent).
     pub(super) fn received(&self) -> Vec<fake_upstream::Received> {
