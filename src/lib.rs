@@ -21,7 +21,9 @@
 //!   (the message on its way to disk, its record and summary).
 //! - [`route`]: the routes table (recipient domain -> upstream).
 //! - [`dsn`]: RFC 3464 delivery status notifications for mixed outcomes.
-//! - [`scenario`]: the scenario format, the runner (`smtp-relay scenarios`), its reports.
+//! - [`scenario`]: the scenario format (`parse`, `text`, `faults`), the runner (`run/`: `env`
+//!   the fakes and the relay under test, `upstreams` shared ones, `client`, `drive` the steps,
+//!   `checks`, `normalize`), `smtp-relay scenarios` (`cli`), reports, baselines, mutants.
 //! - [`serve`]: `smtp-relay serve --config relay.toml`, the relay for real use.
 //! - [`spool`]: spool retention by age and total size.
 //! - [`up`]: `smtp-relay up`, the relay and a fake 163 in one process, for offline work.
@@ -36,8 +38,9 @@
 //! - [`upstream_addr`]: every address an upstream's name resolves to, tried in turn.
 //! - [`check_tls`]: `smtp-relay check-tls HOST:PORT`, what a server's TLS offers and how to pin it.
 //!
-//! The protocol itself lives in the `smtp-wire` crate (`proto/`); the relay's server side, the
-//! scenario runner and the load generator arrive with their issues.
+//! The protocol itself lives in the `smtp-wire` crate (`proto/`, with `ServerConnection` and
+//! `ClientConnection`); the tokio glue both servers share (the session driver, the TLS
+//! accept, the per-IP count) in `smtp-net` (`net/`); the fake upstream in `fake-upstream/`.
 
 pub mod auth_guard;
 pub mod check;

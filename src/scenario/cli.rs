@@ -132,77 +132,10 @@ fn default_jobs() -> usize {
 }
 
 pub async fn run(args: ScenariosArgs) -> ExitCode {
-    let baseline = match args
-        .baseline
-        .as_deref()
-        .map(super::baseline::Baseline::load)
-    {
-        None => None,
-        Some(Ok(b)) => Some(std::sync::Arc::new(b)),
-        Some(Err(e)) => {
-            eprintln!("smtp-relay scenarios: baseline {e}");
-            return ExitCode::from(2);
-        }
+    let (scenarios, baseline) = match load(&args) {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
     };
-    let files = match super::find(&args.paths) {
-        Ok(f) => f,
-        Err(e) => {
-            eprintln!("smtp-relay scenarios: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let mut scenarios = Vec::new();
-    let mut bad = 0;
-    let mut names = std::collections::HashSet::new();
-    for f in files {
-        match Scenario::load(&f) {
-            Ok(sc) => {
-                names.insert(sc.name.clone());
-                if args
-                    .filter
-                    .as_ref()
-                    .is_none_or(|p| sc.name.contains(p.as_str()))
-                {
-                    scenarios.push(sc);
-                }
-            }
-            Err(e) => {
-                eprintln!("smtp-relay scenarios: {e}");
-                bad += 1;
-            }
-        }
-    }
-    if bad > 0 {
-        return ExitCode::from(2);
-    }
-    // A baseline line naming no scenario at all is a typo (one left out by the selection is
-    // not).
-    if let Some(b) = &baseline
-        && let Some(e) = b.entries.iter().find(|e| !names.contains(&e.name))
-    {
-        eprintln!(
-            "smtp-relay scenarios: baseline {}:{}: no scenario is named {}",
-            b.file, e.at, e.name
-        );
-        return ExitCode::from(2);
-    }
-    let mut scenarios = select(scenarios, &args);
-    if args.relay.is_some() {
-        // Against another relay only the portable ones mean anything: the rest are counted
-        // once here, not reported one by one.
-        let before = scenarios.len();
-        scenarios.retain(|sc| sc.tags.iter().any(|t| t == "portable"));
-        let left_out = before - scenarios.len();
-        if left_out > 0 {
-            smtp_net::say(&format!(
-                "smtp-relay scenarios: {left_out} scenario(s) not tagged portable (they depend on smtp-relay's own policy): not run\n"
-            ));
-        }
-    }
-    if scenarios.is_empty() {
-        eprintln!("smtp-relay scenarios: no scenario matched");
-        return ExitCode::from(2);
-    }
     if let Some(catalogue) = &args.coverage {
         let files: Vec<PathBuf> = scenarios.iter().map(|s| s.path.clone()).collect();
         return match super::coverage::run(catalogue, &files) {
@@ -232,30 +165,7 @@ pub async fn run(args: ScenariosArgs) -> ExitCode {
         std::env::temp_dir().join(format!("smtp-relay-scenarios-{}", std::process::id()))
     });
     if args.mutants {
-        smtp_net::say(&format!(
-            "smtp-relay scenarios --mutants: the portable scenarios against a correct relay and {} mutants, work directory {}\n",
-            super::mutant::Defect::ALL.len(),
-            work_dir.display()
-        ));
-        let timeout = args.timeout.map(Duration::from_secs_f64);
-        return match super::mutant::score(&scenarios, &work_dir, timeout).await {
-            Ok(scores) => {
-                smtp_net::say(&super::mutant::table(&scores));
-                let ok = scores
-                    .iter()
-                    .all(|s| s.killed() != (s.defect == super::mutant::Defect::None));
-                if ok {
-                    let _ = std::fs::remove_dir_all(&work_dir);
-                    ExitCode::SUCCESS
-                } else {
-                    ExitCode::from(1)
-                }
-            }
-            Err(e) => {
-                eprintln!("smtp-relay scenarios: {e}");
-                ExitCode::from(2)
-            }
-        };
+        return mutants(&scenarios, &work_dir, &args).await;
     }
     let target = match (args.relay, args.upstream_listen) {
         (Some(relay), Some(upstream_listen)) => Target::External {
@@ -313,25 +223,151 @@ pub async fn run(args: ScenariosArgs) -> ExitCode {
             report::table(&outcomes)
         }
     ));
+    if let Err(code) = write_reports(&args, &outcomes) {
+        return code;
+    }
+    finish(&run.strays, &outcomes, &work_dir)
+}
+
+/// The scenarios to run (parsed, selected; only the portable ones against another relay)
+/// and the baseline; a problem with either is said, and the exit code is 2.
+fn load(
+    args: &ScenariosArgs,
+) -> Result<
+    (
+        Vec<Scenario>,
+        Option<std::sync::Arc<super::baseline::Baseline>>,
+    ),
+    ExitCode,
+> {
+    let baseline = match args
+        .baseline
+        .as_deref()
+        .map(super::baseline::Baseline::load)
+    {
+        None => None,
+        Some(Ok(b)) => Some(std::sync::Arc::new(b)),
+        Some(Err(e)) => {
+            eprintln!("smtp-relay scenarios: baseline {e}");
+            return Err(ExitCode::from(2));
+        }
+    };
+    let files = match super::find(&args.paths) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("smtp-relay scenarios: {e}");
+            return Err(ExitCode::from(2));
+        }
+    };
+    let mut scenarios = Vec::new();
+    let mut bad = 0;
+    let mut names = std::collections::HashSet::new();
+    for f in files {
+        match Scenario::load(&f) {
+            Ok(sc) => {
+                names.insert(sc.name.clone());
+                if args
+                    .filter
+                    .as_ref()
+                    .is_none_or(|p| sc.name.contains(p.as_str()))
+                {
+                    scenarios.push(sc);
+                }
+            }
+            Err(e) => {
+                eprintln!("smtp-relay scenarios: {e}");
+                bad += 1;
+            }
+        }
+    }
+    if bad > 0 {
+        return Err(ExitCode::from(2));
+    }
+    // A baseline line naming no scenario at all is a typo (one left out by the selection is
+    // not).
+    if let Some(b) = &baseline
+        && let Some(e) = b.entries.iter().find(|e| !names.contains(&e.name))
+    {
+        eprintln!(
+            "smtp-relay scenarios: baseline {}:{}: no scenario is named {}",
+            b.file, e.at, e.name
+        );
+        return Err(ExitCode::from(2));
+    }
+    let mut scenarios = select(scenarios, args);
+    if args.relay.is_some() {
+        // Against another relay only the portable ones mean anything: the rest are counted
+        // once here, not reported one by one.
+        let before = scenarios.len();
+        scenarios.retain(|sc| sc.tags.iter().any(|t| t == "portable"));
+        let left_out = before - scenarios.len();
+        if left_out > 0 {
+            smtp_net::say(&format!(
+                "smtp-relay scenarios: {left_out} scenario(s) not tagged portable (they depend on smtp-relay's own policy): not run\n"
+            ));
+        }
+    }
+    if scenarios.is_empty() {
+        eprintln!("smtp-relay scenarios: no scenario matched");
+        return Err(ExitCode::from(2));
+    }
+    Ok((scenarios, baseline))
+}
+
+/// `--mutants`: the portable scenarios against a correct relay and each mutant; the table,
+/// and success when the correct one passes and every mutant is caught.
+async fn mutants(
+    scenarios: &[Scenario],
+    work_dir: &std::path::Path,
+    args: &ScenariosArgs,
+) -> ExitCode {
+    smtp_net::say(&format!(
+        "smtp-relay scenarios --mutants: the portable scenarios against a correct relay and {} mutants, work directory {}\n",
+        super::mutant::Defect::ALL.len(),
+        work_dir.display()
+    ));
+    let timeout = args.timeout.map(Duration::from_secs_f64);
+    match super::mutant::score(scenarios, work_dir, timeout).await {
+        Ok(scores) => {
+            smtp_net::say(&super::mutant::table(&scores));
+            let ok = scores
+                .iter()
+                .all(|s| s.killed() != (s.defect == super::mutant::Defect::None));
+            if ok {
+                let _ = std::fs::remove_dir_all(work_dir);
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("smtp-relay scenarios: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// The reports asked for: `--json`, `--tap`, `--junit`, `--transcripts`.
+fn write_reports(args: &ScenariosArgs, outcomes: &[super::Outcome]) -> Result<(), ExitCode> {
     for (path, text) in [
         (
             &args.json,
-            args.json.as_ref().map(|_| report::json(&outcomes)),
+            args.json.as_ref().map(|_| report::json(outcomes)),
         ),
-        (&args.tap, args.tap.as_ref().map(|_| report::tap(&outcomes))),
+        (&args.tap, args.tap.as_ref().map(|_| report::tap(outcomes))),
     ] {
         if let (Some(path), Some(text)) = (path, text)
             && let Err(e) = std::fs::write(path, text)
         {
             eprintln!("smtp-relay scenarios: {}: {e}", path.display());
-            return ExitCode::from(2);
+            return Err(ExitCode::from(2));
         }
     }
     if let Some(path) = &args.junit
-        && let Err(e) = std::fs::write(path, report::junit(&outcomes))
+        && let Err(e) = std::fs::write(path, report::junit(outcomes))
     {
         eprintln!("smtp-relay scenarios: {}: {e}", path.display());
-        return ExitCode::from(2);
+        return Err(ExitCode::from(2));
     }
     if let Some(dir) = &args.transcripts {
         let _ = std::fs::create_dir_all(dir);
@@ -339,13 +375,24 @@ pub async fn run(args: ScenariosArgs) -> ExitCode {
             let _ = std::fs::write(dir.join(format!("{}.log", o.name)), &o.transcript);
         }
     }
-    if !run.strays.is_empty() {
-        smtp_net::say(&report::strays(&run.strays));
+    Ok(())
+}
+
+/// The stray messages said, and the exit code: success (the work directory removed) when
+/// nothing failed and every message upstream was some scenario's; else where the failures'
+/// data is kept.
+fn finish(
+    strays: &[super::run::Stray],
+    outcomes: &[super::Outcome],
+    work_dir: &std::path::Path,
+) -> ExitCode {
+    if !strays.is_empty() {
+        smtp_net::say(&report::strays(strays));
     }
-    let unattributed = run.strays.iter().filter(|s| s.unattributed).count();
-    let (_, failed, _) = report::counts(&outcomes);
+    let unattributed = strays.iter().filter(|s| s.unattributed).count();
+    let (_, failed, _) = report::counts(outcomes);
     if failed == 0 && unattributed == 0 {
-        let _ = std::fs::remove_dir_all(&work_dir);
+        let _ = std::fs::remove_dir_all(work_dir);
         ExitCode::SUCCESS
     } else if failed == 0 {
         eprintln!(

@@ -1,15 +1,21 @@
 //! Scenarios: scripted SMTP sessions replayed against a relay and fake upstreams, with
-//! checks on both sides. The format is documented in `scenarios/README.md`; this module
-//! parses it ([`Scenario::parse`]), writes it back ([`Scenario::to_text`], used to save a
-//! shrunk property-test case), and [`run`] replays it.
+//! checks on both sides. The format is documented in `scenarios/README.md`; this module holds
+//! its types, `parse` reads it ([`Scenario::parse`]), `text` writes it back
+//! ([`Scenario::to_text`], used to save a shrunk property-test case), `faults` reads and
+//! writes fault lines, and [`run`] replays it.
 
 pub mod baseline;
 pub mod cli;
 pub mod coverage;
+mod faults;
 pub mod mutant;
 mod parse;
 pub mod report;
 pub mod run;
+mod text;
+
+pub use faults::{fault_text, parse_fault};
+use text::*;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -354,225 +360,6 @@ pub(crate) fn format_duration(d: Duration) -> String {
     }
 }
 
-/// Parses a fault in the fake upstream's terms:
-/// `STAGE [ADDRESS]: ACTION[, SELECTOR]` or `drop before|after STAGE`.
-///
-/// ACTION: a reply (`451 4.7.1 busy`), `drop before`, `drop after`, `stall`,
-/// `delay 300ms` (optionally `delay 300ms then 451 busy`), `tls failure`.
-/// SELECTOR: `once`, `twice`, `N times` (the first N), `Nth time` / `time N`, `every N`,
-/// `probability P`, `always` (the default).
-pub fn parse_fault(text: &str) -> Result<Fault, String> {
-    let text = text.trim();
-    let lower = text.to_ascii_lowercase();
-    for when in ["before", "after"] {
-        if let Some(stage) = lower.strip_prefix(&format!("drop {when} ")) {
-            let mut f = Fault::on(parse_stage(stage)?);
-            f.drop = Some(if when == "before" {
-                DropWhen::Before
-            } else {
-                DropWhen::After
-            });
-            return Ok(f);
-        }
-    }
-    let (target, rest) = text
-        .split_once(": ")
-        .or_else(|| text.strip_suffix(':').map(|t| (t, "")))
-        .ok_or_else(|| {
-            format!(
-                "{text:?}: expected STAGE [ADDRESS]: ACTION[, SELECTOR] or drop before|after STAGE"
-            )
-        })?;
-    let mut words = target.split_whitespace().collect::<Vec<_>>();
-    let address = match words.last() {
-        Some(w) if w.contains('@') => {
-            let a = w.trim_matches(|c| c == '<' || c == '>').to_string();
-            words.pop();
-            Some(a)
-        }
-        _ => None,
-    };
-    let mut fault = Fault::on(parse_stage(&words.join(" "))?);
-    fault.address = address;
-    // The selector, if the last comma-separated part is one.
-    let (action, selector) = match rest.rsplit_once(", ") {
-        Some((a, s)) if parse_selector(s, &mut fault.clone()).is_ok() => (a, Some(s)),
-        _ => (rest, None),
-    };
-    if let Some(s) = selector {
-        parse_selector(s, &mut fault)?;
-    }
-    let action = action.trim();
-    let a = action.to_ascii_lowercase();
-    if a == "drop before" {
-        fault.drop = Some(DropWhen::Before);
-    } else if a == "drop after" {
-        fault.drop = Some(DropWhen::After);
-    } else if a == "stall" {
-        fault.stall = true;
-    } else if a == "tls failure" {
-        fault.tls_fail = true;
-    } else if let Some(d) = a.strip_prefix("delay ") {
-        let (d, then) = match d.split_once(" then ") {
-            Some((d, _)) => (
-                d,
-                Some(&action[action.to_ascii_lowercase().find(" then ").unwrap() + 6..]),
-            ),
-            None => (d, None),
-        };
-        fault.delay_ms = Some(parse_duration(d)?.as_millis() as u64);
-        if let Some(reply) = then {
-            check_reply(reply)?;
-            fault.reply = Some(reply.to_string());
-        }
-    } else {
-        check_reply(action)?;
-        fault.reply = Some(action.to_string());
-    }
-    Ok(fault)
-}
-
-fn check_reply(r: &str) -> Result<(), String> {
-    let code = r.get(..3).filter(|c| c.bytes().all(|b| b.is_ascii_digit()));
-    match (code, r.as_bytes().get(3)) {
-        (Some(_), None | Some(b' ') | Some(b'-')) => Ok(()),
-        _ => Err(format!(
-            "{r:?}: expected a reply (451 4.7.1 busy), drop before, drop after, stall, delay 300ms [then REPLY] or tls failure"
-        )),
-    }
-}
-
-fn parse_stage(s: &str) -> Result<Stage, String> {
-    Ok(
-        match s
-            .trim()
-            .to_ascii_lowercase()
-            .replace(['-', '_'], " ")
-            .as_str()
-        {
-            "connect" => Stage::Connect,
-            "greeting" => Stage::Greeting,
-            "ehlo" => Stage::Ehlo,
-            "helo" => Stage::Helo,
-            "starttls" => Stage::Starttls,
-            "auth" => Stage::Auth,
-            "mail" => Stage::Mail,
-            "rcpt" => Stage::Rcpt,
-            "data" => Stage::Data,
-            "end of data" => Stage::EndOfData,
-            "quit" => Stage::Quit,
-            other => {
-                return Err(format!(
-                    "{other:?} is not a stage (connect, greeting, EHLO, HELO, STARTTLS, AUTH, MAIL, RCPT, DATA, end of data, QUIT)"
-                ));
-            }
-        },
-    )
-}
-
-fn stage_name(s: Stage) -> &'static str {
-    match s {
-        Stage::Connect => "connect",
-        Stage::Greeting => "greeting",
-        Stage::Ehlo => "EHLO",
-        Stage::Helo => "HELO",
-        Stage::Starttls => "STARTTLS",
-        Stage::Auth => "AUTH",
-        Stage::Mail => "MAIL",
-        Stage::Rcpt => "RCPT",
-        Stage::Data => "DATA",
-        Stage::EndOfData => "end of data",
-        Stage::Quit => "QUIT",
-    }
-}
-
-fn parse_selector(s: &str, f: &mut Fault) -> Result<(), String> {
-    let s = s.trim().to_ascii_lowercase();
-    let words: Vec<&str> = s.split_whitespace().collect();
-    let num = |w: &str| {
-        w.trim_end_matches(|c: char| c.is_ascii_alphabetic())
-            .parse::<u64>()
-            .ok()
-            .filter(|n| *n > 0)
-    };
-    match words.as_slice() {
-        ["always"] => {}
-        ["once"] => f.first = Some(1),
-        ["twice"] => f.first = Some(2),
-        [n, "times"] if num(n).is_some() => f.first = num(n),
-        [n, "time"] if num(n).is_some() => f.nth = num(n),
-        ["time", n] if num(n).is_some() => f.nth = num(n),
-        ["every", n] if num(n).is_some() => f.every = num(n),
-        ["for", d] => {
-            let d = parse_duration(d)?;
-            f.for_ms = Some(d.as_millis().max(1) as u64);
-        }
-        ["beyond", n, "per", d] if num(n).is_some() => {
-            let d = parse_duration(d)?;
-            f.quota = Some(fake_upstream::faults::Quota {
-                count: num(n).unwrap_or(1),
-                per_ms: d.as_millis().max(1) as u64,
-            });
-        }
-        ["probability", p] => {
-            let p: f64 = p
-                .parse()
-                .ok()
-                .filter(|p| (0.0..=1.0).contains(p))
-                .ok_or_else(|| format!("{p:?} is not a probability in 0..1"))?;
-            f.probability = Some(p);
-        }
-        _ => {
-            return Err(format!(
-                "{s:?} is not a selector (once, twice, N times, Nth time, every N, probability P, for DURATION, beyond N per DURATION, always)"
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// Writes a fault back in the form [`parse_fault`] reads.
-pub fn fault_text(f: &Fault) -> String {
-    let mut s = stage_name(f.stage).to_string();
-    if let Some(a) = &f.address {
-        s.push(' ');
-        s.push_str(a);
-    }
-    s.push_str(": ");
-    let action = if let Some(when) = f.drop {
-        match when {
-            DropWhen::Before => "drop before".to_string(),
-            DropWhen::After => "drop after".to_string(),
-        }
-    } else if f.stall {
-        "stall".into()
-    } else if f.tls_fail {
-        "tls failure".into()
-    } else if let Some(ms) = f.delay_ms {
-        match &f.reply {
-            Some(r) => format!("delay {ms}ms then {r}"),
-            None => format!("delay {ms}ms"),
-        }
-    } else {
-        f.reply.clone().unwrap_or_else(|| "stall".into())
-    };
-    s.push_str(&action);
-    if let Some(n) = f.first {
-        s.push_str(&format!(", {n} times"));
-    } else if let Some(n) = f.nth {
-        s.push_str(&format!(", time {n}"));
-    } else if let Some(n) = f.every {
-        s.push_str(&format!(", every {n}"));
-    } else if let Some(p) = f.probability {
-        s.push_str(&format!(", probability {p}"));
-    } else if let Some(ms) = f.for_ms {
-        s.push_str(&format!(", for {ms}ms"));
-    } else if let Some(q) = f.quota {
-        s.push_str(&format!(", beyond {} per {}ms", q.count, q.per_ms));
-    }
-    s
-}
-
 impl Scenario {
     /// Reads and parses a scenario file.
     pub fn load(path: &Path) -> Result<Scenario, ParseError> {
@@ -634,47 +421,7 @@ impl Scenario {
         if let Some(d) = self.settle {
             s.push_str(&format!("settle: {}\n", format_duration(d)));
         }
-        s.push_str(&format!("upstream: {}\n", self.upstream.persona));
-        if let Some(e) = &self.upstream.era {
-            s.push_str(&format!("upstream-era: {e}\n"));
-        }
-        if let Some(p) = self.upstream.pipelining {
-            s.push_str(&format!(
-                "upstream-pipelining: {}\n",
-                if p { "on" } else { "off" }
-            ));
-        }
-        if !self.upstream.without.is_empty() {
-            s.push_str(&format!(
-                "upstream-without: {}\n",
-                self.upstream.without.join(" ")
-            ));
-        }
-        if self.upstream.no_limits {
-            s.push_str("upstream-no-limits: yes\n");
-        }
-        if !self.upstream.limits.is_empty() {
-            let kv: Vec<String> = self
-                .upstream
-                .limits
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect();
-            s.push_str(&format!("upstream-limit: {}\n", kv.join(" ")));
-        }
-        if let Some(kind) = self.upstream.cert {
-            s.push_str(&format!("upstream-cert: {}\n", kind.as_str()));
-        }
-        if let Some(p) = &self.upstream.tls_policy {
-            s.push_str(&format!("upstream-tls-policy: {p}\n"));
-        }
-        if self.upstream.tls != "implicit" {
-            s.push_str(&format!("upstream-tls: {}\n", self.upstream.tls));
-        }
-        for u in self.upstream.users.iter().flatten() {
-            let off = if u.smtp { "" } else { " smtp-off" };
-            s.push_str(&format!("user: {} {}{off}\n", u.address, u.code));
-        }
+        upstream_text(&self.upstream, &mut s);
         for f in &self.upstream.faults {
             s.push_str(&format!("fault: {}\n", fault_text(f)));
         }
@@ -695,99 +442,13 @@ impl Scenario {
         }
         s.push('\n');
         for step in &self.steps {
-            match &step.item {
-                Step::Connect { tls: false } => s.push_str("connect\n"),
-                Step::Connect { tls: true } => s.push_str("connect tls\n"),
-                Step::Send(bytes) => match bytes.strip_suffix(b"\r\n") {
-                    Some(line)
-                        if !line.contains(&b'\r')
-                            && !line.contains(&b'\n')
-                            && line.iter().all(|b| (0x20..0x7f).contains(b))
-                            && !line.starts_with(b" ")
-                            && !contains_template(line) =>
-                    {
-                        s.push_str(&format!("C: {}\n", String::from_utf8_lossy(line)));
-                    }
-                    _ => s.push_str(&format!("raw: {}\n", escape(bytes))),
-                },
-                Step::Flush => s.push_str("flush\n"),
-                Step::Expect(e) if !e.or.is_empty() => {
-                    let alts: Vec<String> = e
-                        .lines
-                        .iter()
-                        .chain(&e.or)
-                        .map(|(code, text)| match text {
-                            Some(t) => format!("{} {t}", code.0),
-                            None => code.0.clone(),
-                        })
-                        .collect();
-                    s.push_str(&format!("S: {}\n", alts.join(" | ")));
-                }
-                Step::Expect(e) => {
-                    let last = e.lines.len() - 1;
-                    for (i, (code, text)) in e.lines.iter().enumerate() {
-                        let sep = if i == last { ' ' } else { '-' };
-                        match text {
-                            Some(t) => s.push_str(&format!("S: {}{sep}{t}\n", code.0)),
-                            None if sep == '-' => s.push_str(&format!("S: {}-*\n", code.0)),
-                            None => s.push_str(&format!("S: {}\n", code.0)),
-                        }
-                    }
-                }
-                Step::Close => s.push_str("close\n"),
-                Step::Sleep(d) => s.push_str(&format!("sleep {}\n", format_duration(*d))),
-                Step::AdvanceClock(d) => {
-                    s.push_str(&format!("upstream clock +{}\n", format_duration(*d)))
-                }
-                Step::Within(d) => s.push_str(&format!("within {}\n", format_duration(*d))),
-                Step::StartTls => s.push_str("starttls\n"),
-                Step::Tls => s.push_str("tls\n"),
-                Step::Auth {
-                    mechanism,
-                    user,
-                    secret,
-                } => s.push_str(&format!("auth {mechanism} {user} {secret}\n")),
-                Step::Message(p) => s.push_str(&format!("message: {}\n", p.display())),
-                Step::Quit => s.push_str("quit\n"),
-                Step::Shutdown => s.push_str("shutdown\n"),
-                Step::Drain => s.push_str("drain\n"),
-                Step::GeneratedMessage(n) => s.push_str(&format!("message size {n}\n")),
-            }
+            step_text(&step.item, &mut s);
         }
         if !self.checks.is_empty() {
             s.push('\n');
         }
         for c in &self.checks {
-            match &c.item {
-                Check::Delivered(r) => s.push_str(&format!("expect delivered: {}\n", r.join(" "))),
-                Check::Messages(n) => s.push_str(&format!("expect messages: {n}\n")),
-                Check::MessagesAtMost(n) => s.push_str(&format!("expect messages: at most {n}\n")),
-                Check::NotDelivered(r) => {
-                    s.push_str(&format!("expect not delivered: {}\n", r.join(" ")))
-                }
-                Check::UpstreamData7Bit => s.push_str("expect upstream data 7bit\n"),
-                Check::NoHeaderAdded => s.push_str("expect no header added\n"),
-                Check::UpstreamDataMatches(re) => {
-                    s.push_str(&format!("expect upstream data matches: {re}\n"))
-                }
-                Check::BodyIntact => s.push_str("expect body intact\n"),
-                Check::UpstreamGot(b) => {
-                    s.push_str(&format!("expect upstream got: {}\n", escape(b)))
-                }
-                Check::UpstreamSaw(t) => s.push_str(&format!("expect upstream saw: {t}\n")),
-                Check::UpstreamNeverSaw(t) => {
-                    s.push_str(&format!("expect upstream never saw: {t}\n"))
-                }
-                Check::NothingUpstream => s.push_str("expect nothing upstream\n"),
-                Check::UpstreamDataClean => s.push_str("expect upstream data clean\n"),
-                Check::UpstreamSender(a) => s.push_str(&format!("expect upstream sender: {a}\n")),
-                Check::UpstreamDataHas(b) => {
-                    s.push_str(&format!("expect upstream data has: {}\n", escape(b)))
-                }
-                Check::BounceTo(a) => s.push_str(&format!("expect bounce to: {a}\n")),
-                Check::Consistent => s.push_str("expect consistent\n"),
-                Check::NoSecrets => s.push_str("expect no secrets\n"),
-            }
+            check_text(&c.item, &mut s);
         }
         s
     }
