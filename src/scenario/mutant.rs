@@ -389,14 +389,6 @@ async fn drive(
             .next()
             .unwrap_or_default()
             .to_ascii_uppercase();
-        let forwarded = |line: &[u8]| {
-            let mut l = line.to_vec();
-            while matches!(l.last(), Some(b'\r' | b'\n')) {
-                l.pop();
-            }
-            l.extend_from_slice(b"\r\n");
-            l
-        };
         let argument = text.split_whitespace().nth(1).is_some();
         // The syntax of names, paths and arguments is the relay's to check (RFC 5321 4.1.2,
         // 4.1.3), not something to leave to the upstream.
@@ -441,90 +433,125 @@ async fn drive(
                     .await?
             }
             "DATA" if mail_ok && rcpts > 0 => {
-                out.write_all(b"354 End data with <CR><LF>.<CR><LF>\r\n")
-                    .await?;
-                let Some(mut content) = input.content(defect == Defect::LfDotLf).await? else {
-                    out.write_all(b"552 5.3.4 message too big\r\n").await?;
+                (mail_ok, rcpts) = (false, 0);
+                if !data(input, out, up, defect).await? {
                     return Ok(());
-                };
-                mail_ok = false;
-                rcpts = 0;
-                let lenient = matches!(defect, Defect::LfDotLf | Defect::PassesBareLineEnds);
-                if !lenient && unclean(&content) {
-                    out.write_all(b"550 5.6.0 bare CR, bare LF or NUL in the message\r\n")
-                        .await?;
-                    up.command(b"RSET\r\n").await?;
-                    continue;
-                }
-                if defect == Defect::Unstuffs {
-                    content = unstuff(&content);
-                }
-                // RFC 5321 4.4: a relay adds its trace line at the top.
-                if defect != Defect::NoTrace {
-                    let mut traced = b"Received: from client by mutant.test with ESMTP;\r\n\tTue, 1 Dec 2026 10:00:00 +0000\r\n".to_vec();
-                    traced.extend_from_slice(&content);
-                    content = traced;
-                }
-                if defect == Defect::AddsHeader {
-                    let mut c = b"X-Mutant: added\r\n".to_vec();
-                    c.extend_from_slice(&content);
-                    content = c;
-                }
-                let r = up.command(b"DATA\r\n").await?;
-                if code(&r) != 354 {
-                    out.write_all(&r).await?;
-                    continue;
-                }
-                if defect == Defect::AnswersEarly {
-                    out.write_all(b"250 2.0.0 OK (answered early)\r\n").await?;
-                }
-                if !content.is_empty() && !content.ends_with(b"\r\n") {
-                    content.extend_from_slice(b"\r\n");
-                }
-                up.send(&content).await?;
-                let r = up.command(b".\r\n").await?;
-                match defect {
-                    Defect::AnswersEarly => {}
-                    Defect::UpstreamRefusalTo250 if code(&r) >= 500 => {
-                        out.write_all(b"250 2.0.0 OK\r\n").await?
-                    }
-                    _ => out.write_all(&r).await?,
                 }
             }
             "RCPT" if defect == Defect::DropsRecipient && rcpts > 0 => {
                 rcpts += 1;
                 out.write_all(b"250 2.1.5 OK (not forwarded)\r\n").await?;
             }
-            _ => {
-                let mut l = forwarded(&line);
-                if verb == "RCPT" || verb == "MAIL" {
-                    l = without_source_route(&l);
-                }
-                if verb == "MAIL" && defect == Defect::DropsBodyParameter {
-                    let text = String::from_utf8_lossy(&l).replace(" BODY=8BITMIME", "");
-                    l = text.into_bytes();
-                }
-                if verb == "MAIL" && defect == Defect::LowercasesSender {
-                    l = l.to_ascii_lowercase();
-                }
-                let r = up.command(&l).await?;
-                let ok = code(&r) / 100 == 2;
-                match verb.as_str() {
-                    "MAIL" => {
-                        mail_ok = ok;
-                        rcpts = 0;
-                    }
-                    "RCPT" if ok => rcpts += 1,
-                    "RSET" => {
-                        mail_ok = false;
-                        rcpts = 0;
-                    }
-                    _ => {}
-                }
-                out.write_all(&r).await?;
-            }
+            _ => forward(&line, &verb, out, up, defect, (&mut mail_ok, &mut rcpts)).await?,
         }
     }
+    Ok(())
+}
+
+/// A command line as it goes upstream: whatever line ending it came with, CRLF.
+fn forwarded(line: &[u8]) -> Vec<u8> {
+    let mut l = line.to_vec();
+    while matches!(l.last(), Some(b'\r' | b'\n')) {
+        l.pop();
+    }
+    l.extend_from_slice(b"\r\n");
+    l
+}
+
+/// The message after a 354, checked and changed as the defect has it, then to the upstream;
+/// false when the session ends here (the message was too big).
+async fn data(
+    input: &mut Input,
+    out: &mut OwnedWriteHalf,
+    up: &mut Upstream,
+    defect: Defect,
+) -> std::io::Result<bool> {
+    out.write_all(b"354 End data with <CR><LF>.<CR><LF>\r\n")
+        .await?;
+    let Some(mut content) = input.content(defect == Defect::LfDotLf).await? else {
+        out.write_all(b"552 5.3.4 message too big\r\n").await?;
+        return Ok(false);
+    };
+    let lenient = matches!(defect, Defect::LfDotLf | Defect::PassesBareLineEnds);
+    if !lenient && unclean(&content) {
+        out.write_all(b"550 5.6.0 bare CR, bare LF or NUL in the message\r\n")
+            .await?;
+        up.command(b"RSET\r\n").await?;
+        return Ok(true);
+    }
+    if defect == Defect::Unstuffs {
+        content = unstuff(&content);
+    }
+    // RFC 5321 4.4: a relay adds its trace line at the top.
+    if defect != Defect::NoTrace {
+        let mut traced = b"Received: from client by mutant.test with ESMTP;\r\n\tTue, 1 Dec 2026 10:00:00 +0000\r\n".to_vec();
+        traced.extend_from_slice(&content);
+        content = traced;
+    }
+    if defect == Defect::AddsHeader {
+        let mut c = b"X-Mutant: added\r\n".to_vec();
+        c.extend_from_slice(&content);
+        content = c;
+    }
+    let r = up.command(b"DATA\r\n").await?;
+    if code(&r) != 354 {
+        out.write_all(&r).await?;
+        return Ok(true);
+    }
+    if defect == Defect::AnswersEarly {
+        out.write_all(b"250 2.0.0 OK (answered early)\r\n").await?;
+    }
+    if !content.is_empty() && !content.ends_with(b"\r\n") {
+        content.extend_from_slice(b"\r\n");
+    }
+    up.send(&content).await?;
+    let r = up.command(b".\r\n").await?;
+    match defect {
+        Defect::AnswersEarly => {}
+        Defect::UpstreamRefusalTo250 if code(&r) >= 500 => {
+            out.write_all(b"250 2.0.0 OK\r\n").await?
+        }
+        _ => out.write_all(&r).await?,
+    }
+    Ok(true)
+}
+
+/// A command the upstream answers: forwarded (changed as the defect has it), its reply
+/// passed back, the transaction's state followed.
+async fn forward(
+    line: &[u8],
+    verb: &str,
+    out: &mut OwnedWriteHalf,
+    up: &mut Upstream,
+    defect: Defect,
+    (mail_ok, rcpts): (&mut bool, &mut u32),
+) -> std::io::Result<()> {
+    let mut l = forwarded(line);
+    if verb == "RCPT" || verb == "MAIL" {
+        l = without_source_route(&l);
+    }
+    if verb == "MAIL" && defect == Defect::DropsBodyParameter {
+        let text = String::from_utf8_lossy(&l).replace(" BODY=8BITMIME", "");
+        l = text.into_bytes();
+    }
+    if verb == "MAIL" && defect == Defect::LowercasesSender {
+        l = l.to_ascii_lowercase();
+    }
+    let r = up.command(&l).await?;
+    let ok = code(&r) / 100 == 2;
+    match verb {
+        "MAIL" => {
+            *mail_ok = ok;
+            *rcpts = 0;
+        }
+        "RCPT" if ok => *rcpts += 1,
+        "RSET" => {
+            *mail_ok = false;
+            *rcpts = 0;
+        }
+        _ => {}
+    }
+    out.write_all(&r).await?;
     Ok(())
 }
 
