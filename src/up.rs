@@ -136,6 +136,48 @@ pub async fn start(args: &UpArgs) -> Result<Up, String> {
         },
         transcript: true,
     };
+    let (qq, routes) = qq_mx(args, data, &files, &upstream).await?;
+    let mut config = RelayConfig {
+        routes,
+        listen_tls: Some(args.listen_tls),
+        tls: Some(client_tls.server_config.clone()),
+        client_trust_file: Some(client_tls.ca.clone()),
+        auth: AuthMode::Passthrough,
+        transcripts: Some(data.join("transcripts")),
+        ..RelayConfig::new("localhost", args.listen, spool.clone(), upstream)
+    };
+    config.metrics = args.metrics;
+    let queue_dir = args.queue.then(|| data.join("queue"));
+    if let Some(dir) = &queue_dir {
+        queue_mode(&mut config, &fake, dir);
+    }
+    let relay = relay::start(config)
+        .await
+        .map_err(|e| format!("relay: {e}"))?;
+    Ok(Up {
+        queue: queue_dir,
+        ca: client_tls.ca.clone(),
+        ca_until: client_tls.not_after,
+        ca_renewed: client_tls.renewed,
+        upstream_ca: tls.files.ca.clone(),
+        mailboxes: fake.data_dir().join("mailboxes"),
+        log: data.join("log").join("relay.log"),
+        transcripts: data.join("transcripts"),
+        fake,
+        qq,
+        relay,
+        spool,
+    })
+}
+
+/// The fake qq.com MX beside the fake 163 (unless `--no-qq` or another persona), and the
+/// route that sends qq.com recipients to it: STARTTLS, no AUTH, as an MTA delivers.
+async fn qq_mx(
+    args: &UpArgs,
+    data: &std::path::Path,
+    files: &TlsFiles,
+    upstream: &UpstreamConfig,
+) -> Result<(Option<fake_upstream::Handle>, Vec<crate::route::Route>), String> {
     // Several domains out of the box: qq.com recipients go to a fake qq.com MX (STARTTLS, no
     // AUTH: the relay delivers as an MTA does), the rest to the fake 163.
     let qq = if args.persona == "163" && !args.no_qq {
@@ -172,66 +214,40 @@ pub async fn start(args: &UpArgs) -> Result<Up, String> {
         }],
         None => Vec::new(),
     };
-    let mut config = RelayConfig {
-        routes,
-        listen_tls: Some(args.listen_tls),
-        tls: Some(client_tls.server_config.clone()),
-        client_trust_file: Some(client_tls.ca.clone()),
-        auth: AuthMode::Passthrough,
-        transcripts: Some(data.join("transcripts")),
-        ..RelayConfig::new("localhost", args.listen, spool.clone(), upstream)
-    };
-    config.metrics = args.metrics;
-    let queue_dir = args.queue.then(|| data.join("queue"));
-    if let Some(dir) = &queue_dir {
-        // The relay checks the accounts itself and keeps their codes to deliver with: the
-        // accounts are the fake's own, so both agree.
-        let accounts: Vec<(String, String)> = fake
-            .users()
-            .iter()
-            .filter(|u| u.smtp)
-            .map(|u| (u.address.to_lowercase(), u.code.clone()))
-            .collect();
-        config.auth = AuthMode::Users(std::sync::Arc::new(crate::users::Users::from_passwords(
-            accounts.iter().map(|(a, c)| (a.as_str(), c.as_str())),
-        )));
-        let secrets: std::collections::HashMap<String, smtp_wire::Credentials> = accounts
-            .iter()
-            .map(|(a, c)| (a.clone(), smtp_wire::Credentials::new(a.clone(), c.clone())))
-            .collect();
-        config.default_queue = true;
-        config.queue = Some(relay::QueueSettings {
-            dir: dir.clone(),
-            retry: crate::queue::deliver::Retry {
-                first: Duration::from_secs(30),
-                max: Duration::from_secs(600),
-                ..crate::queue::deliver::Retry::default()
-            },
-            concurrency: 4,
-            tick: Duration::from_secs(1),
-            secrets: std::sync::Arc::new(move |who: &str| {
-                secrets.get(&who.to_lowercase()).cloned()
-            }),
-            route_limits: Default::default(),
-        });
-    }
-    let relay = relay::start(config)
-        .await
-        .map_err(|e| format!("relay: {e}"))?;
-    Ok(Up {
-        queue: queue_dir,
-        ca: client_tls.ca.clone(),
-        ca_until: client_tls.not_after,
-        ca_renewed: client_tls.renewed,
-        upstream_ca: tls.files.ca.clone(),
-        mailboxes: fake.data_dir().join("mailboxes"),
-        log: data.join("log").join("relay.log"),
-        transcripts: data.join("transcripts"),
-        fake,
-        qq,
-        relay,
-        spool,
-    })
+    Ok((qq, routes))
+}
+
+/// `--queue`: store and forward, the relay checking the fake's accounts itself and keeping
+/// their codes to deliver with (the accounts are the fake's own, so both agree).
+fn queue_mode(config: &mut RelayConfig, fake: &fake_upstream::Handle, dir: &std::path::Path) {
+    // The relay checks the accounts itself and keeps their codes to deliver with: the
+    // accounts are the fake's own, so both agree.
+    let accounts: Vec<(String, String)> = fake
+        .users()
+        .iter()
+        .filter(|u| u.smtp)
+        .map(|u| (u.address.to_lowercase(), u.code.clone()))
+        .collect();
+    config.auth = AuthMode::Users(std::sync::Arc::new(crate::users::Users::from_passwords(
+        accounts.iter().map(|(a, c)| (a.as_str(), c.as_str())),
+    )));
+    let secrets: std::collections::HashMap<String, smtp_wire::Credentials> = accounts
+        .iter()
+        .map(|(a, c)| (a.clone(), smtp_wire::Credentials::new(a.clone(), c.clone())))
+        .collect();
+    config.default_queue = true;
+    config.queue = Some(relay::QueueSettings {
+        dir: dir.to_path_buf(),
+        retry: crate::queue::deliver::Retry {
+            first: Duration::from_secs(30),
+            max: Duration::from_secs(600),
+            ..crate::queue::deliver::Retry::default()
+        },
+        concurrency: 4,
+        tick: Duration::from_secs(1),
+        secrets: std::sync::Arc::new(move |who: &str| secrets.get(&who.to_lowercase()).cloned()),
+        route_limits: Default::default(),
+    });
 }
 
 /// The banner: addresses, CA, accounts, and commands to paste. The message carries a From

@@ -246,12 +246,7 @@ pub async fn start(mut config: RelayConfig) -> std::io::Result<RelayHandle> {
         ),
         config,
     });
-    for r in shared.config.route_ids() {
-        let up = shared.config.route_upstream(r);
-        if up.tls_policy == crate::upstream_tls::TlsPolicy::Encrypt {
-            tracing::warn!(upstream = %up.name, at = %up.config_at, "tls_policy = \"encrypt\": this upstream's certificate is never verified; anyone in the path can impersonate it and read the mail (use \"verify\" or \"fingerprint\")");
-        }
-    }
+    warn_unverified(&shared.config);
     if shared.config.probe_routes {
         probe_routes(&shared).await;
     }
@@ -293,6 +288,16 @@ pub async fn start(mut config: RelayConfig) -> std::io::Result<RelayHandle> {
         shutdown,
         tasks: std::sync::Mutex::new(Some(tasks)),
     })
+}
+
+/// A warning at start for each upstream whose certificate is never checked.
+fn warn_unverified(config: &RelayConfig) {
+    for r in config.route_ids() {
+        let up = config.route_upstream(r);
+        if up.tls_policy == crate::upstream_tls::TlsPolicy::Encrypt {
+            tracing::warn!(upstream = %up.name, at = %up.config_at, "tls_policy = \"encrypt\": this upstream's certificate is never verified; anyone in the path can impersonate it and read the mail (use \"verify\" or \"fingerprint\")");
+        }
+    }
 }
 
 /// Store and forward's delivery scheduler, for the relay's queue and routes.

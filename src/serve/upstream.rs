@@ -73,13 +73,7 @@ pub(super) fn upstream_config(
     ctx: &Ctx,
 ) -> Result<UpstreamConfig, String> {
     let origin = ctx.origin;
-    let at = |p: &Path| {
-        if p.is_absolute() {
-            p.to_path_buf()
-        } else {
-            ctx.base.join(p)
-        }
-    };
+    let at = |p: &Path| resolve(ctx.base, p);
     let mode = match u.tls.as_str() {
         "implicit" => TlsMode::Implicit,
         "starttls" => TlsMode::StartTls,
