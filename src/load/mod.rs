@@ -264,70 +264,17 @@ pub async fn run(
     let not_run = Arc::new(AtomicU64::new(0));
     match w.model {
         Model::Closed { connections } => {
-            for _ in 0..connections.max(1) {
-                let (w, run) = (w.clone(), run.clone());
-                workers.spawn(async move {
-                    let mut worker = Worker::new(&w, &run);
-                    loop {
-                        if run.stop.load(Ordering::Relaxed)
-                            || deadline.is_some_and(|d| Instant::now() >= d)
-                        {
-                            break;
-                        }
-                        let n = run.started_count.fetch_add(1, Ordering::Relaxed);
-                        if n >= limit {
-                            break;
-                        }
-                        worker.message(n, Instant::now()).await;
-                    }
-                    worker.close().await;
-                });
-            }
+            spawn_closed(&mut workers, &w, &run, connections, deadline, limit)
         }
-        Model::Open { rate, connections } => {
-            let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<(u64, Instant)>();
-            let rx = Arc::new(tokio::sync::Mutex::new(rx));
-            for _ in 0..connections.max(1) {
-                let (w, run, rx, not_run) = (w.clone(), run.clone(), rx.clone(), not_run.clone());
-                workers.spawn(async move {
-                    let mut worker = Worker::new(&w, &run);
-                    loop {
-                        let next = rx.lock().await.recv().await;
-                        let Some((n, intended)) = next else { break };
-                        // Past the end (plus a grace for the backlog): counted, not sent.
-                        if run.stop.load(Ordering::Relaxed)
-                            || deadline
-                                .is_some_and(|d| Instant::now() >= d + Duration::from_secs(5))
-                        {
-                            not_run.fetch_add(1, Ordering::Relaxed);
-                            continue;
-                        }
-                        worker.message(n, intended).await;
-                    }
-                    worker.close().await;
-                });
-            }
-            let run2 = run.clone();
-            workers.spawn(async move {
-                let period = Duration::from_secs_f64(1.0 / rate.max(1e-3));
-                let mut n = 0u64;
-                loop {
-                    let intended = run2.started + period.mul_f64(n as f64);
-                    if n >= limit
-                        || deadline.is_some_and(|d| intended >= d)
-                        || run2.stop.load(Ordering::Relaxed)
-                    {
-                        break;
-                    }
-                    tokio::time::sleep_until(intended.into()).await;
-                    run2.started_count.fetch_add(1, Ordering::Relaxed);
-                    if tx.send((n, intended)).is_err() {
-                        break;
-                    }
-                    n += 1;
-                }
-            });
-        }
+        Model::Open { rate, connections } => spawn_open(
+            &mut workers,
+            &w,
+            &run,
+            (rate, connections),
+            deadline,
+            limit,
+            &not_run,
+        ),
     }
     let mut total = Recorder::default();
     let mut intervals = Vec::new();
@@ -394,6 +341,95 @@ pub async fn run(
         duplicates: a.duplicates,
         observed,
     }
+}
+
+/// The most intended sends the open-loop generator holds ahead of its workers.
+const OPEN_BACKLOG: usize = 65_536;
+
+/// Closed loop: `connections` workers, each sending its next message when the last is done.
+fn spawn_closed(
+    workers: &mut tokio::task::JoinSet<()>,
+    w: &Arc<Workload>,
+    run: &Arc<Run>,
+    connections: usize,
+    deadline: Option<Instant>,
+    limit: u64,
+) {
+    for _ in 0..connections.max(1) {
+        let (w, run) = (w.clone(), run.clone());
+        workers.spawn(async move {
+            let mut worker = Worker::new(&w, &run);
+            loop {
+                if run.stop.load(Ordering::Relaxed) || deadline.is_some_and(|d| Instant::now() >= d)
+                {
+                    break;
+                }
+                let n = run.started_count.fetch_add(1, Ordering::Relaxed);
+                if n >= limit {
+                    break;
+                }
+                worker.message(n, Instant::now()).await;
+            }
+            worker.close().await;
+        });
+    }
+}
+
+/// Open loop: a generator that schedules a message every `1 / rate` seconds, and
+/// `connections` workers that send them (a message not sent by the end is counted in
+/// `not_run`).
+fn spawn_open(
+    workers: &mut tokio::task::JoinSet<()>,
+    w: &Arc<Workload>,
+    run: &Arc<Run>,
+    (rate, connections): (f64, usize),
+    deadline: Option<Instant>,
+    limit: u64,
+    not_run: &Arc<AtomicU64>,
+) {
+    // Bounded: a generator far ahead of its workers waits for room; the intended times
+    // stay on the schedule (latency is measured from them).
+    let (tx, rx) = tokio::sync::mpsc::channel::<(u64, Instant)>(OPEN_BACKLOG);
+    let rx = Arc::new(tokio::sync::Mutex::new(rx));
+    for _ in 0..connections.max(1) {
+        let (w, run, rx, not_run) = (w.clone(), run.clone(), rx.clone(), not_run.clone());
+        workers.spawn(async move {
+            let mut worker = Worker::new(&w, &run);
+            loop {
+                let next = rx.lock().await.recv().await;
+                let Some((n, intended)) = next else { break };
+                // Past the end (plus a grace for the backlog): counted, not sent.
+                if run.stop.load(Ordering::Relaxed)
+                    || deadline.is_some_and(|d| Instant::now() >= d + Duration::from_secs(5))
+                {
+                    not_run.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                worker.message(n, intended).await;
+            }
+            worker.close().await;
+        });
+    }
+    let run2 = run.clone();
+    workers.spawn(async move {
+        let period = Duration::from_secs_f64(1.0 / rate.max(1e-3));
+        let mut n = 0u64;
+        loop {
+            let intended = run2.started + period.mul_f64(n as f64);
+            if n >= limit
+                || deadline.is_some_and(|d| intended >= d)
+                || run2.stop.load(Ordering::Relaxed)
+            {
+                break;
+            }
+            tokio::time::sleep_until(intended.into()).await;
+            run2.started_count.fetch_add(1, Ordering::Relaxed);
+            if tx.send((n, intended)).await.is_err() {
+                break;
+            }
+            n += 1;
+        }
+    });
 }
 
 /// One connection's worth of work: sends messages, reconnecting after `per_connection`.

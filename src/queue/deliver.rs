@@ -246,7 +246,62 @@ fn now() -> chrono::DateTime<chrono::Utc> {
     chrono::Utc::now()
 }
 
+/// The messages due at `t` (their route not paused, not in flight already: they are marked
+/// in flight here), grouped by route and sender (the same credentials): each group goes over
+/// one upstream connection, at most [`BATCH`] messages.
+fn group_due(
+    due: Vec<Queued>,
+    t: chrono::DateTime<chrono::Utc>,
+    paused: &std::sync::Mutex<HashMap<String, chrono::DateTime<chrono::Utc>>>,
+    in_flight: &std::sync::Mutex<std::collections::HashSet<String>>,
+) -> Vec<(String, Vec<Queued>)> {
+    let mut groups: Vec<(String, Vec<Queued>)> = Vec::new();
+    for rec in due {
+        if rec.next_attempt > t
+            || paused
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&rec.route)
+                .is_some_and(|until| *until > t)
+            || !in_flight
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(rec.id.clone())
+        {
+            continue;
+        }
+        let key = match &rec.auth_user {
+            Some(user) => format!("{}\n{user}", rec.route),
+            None => format!("{}\n{}", rec.route, rec.mail_from),
+        };
+        match groups
+            .iter_mut()
+            .rev()
+            .find(|(k, g)| *k == key && g.len() < BATCH)
+        {
+            Some((_, g)) => g.push(rec),
+            None => groups.push((key, vec![rec])),
+        }
+    }
+    groups
+}
+
 impl Scheduler {
+    /// The queue's records, from its index, read off the async threads.
+    async fn records(&self) -> Vec<Queued> {
+        let q = self.queue.clone();
+        let listed = tokio::task::spawn_blocking(move || q.records())
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        match listed {
+            Ok((records, _)) => records,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot list the queue");
+                Vec::new()
+            }
+        }
+    }
+
     /// Delivers until `shutdown`: every due message, each route waiting out its quota
     /// back-off, at most `concurrency` at once.
     pub async fn run(self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
@@ -261,48 +316,8 @@ impl Scheduler {
         let mut tasks = tokio::task::JoinSet::new();
         loop {
             let mut soonest: Option<tokio::time::Instant> = None;
-            let q = me.queue.clone();
-            let listed = tokio::task::spawn_blocking(move || q.records())
-                .await
-                .unwrap_or_else(|e| Err(std::io::Error::other(e)));
-            let due = match listed {
-                Ok((records, _)) => records,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot list the queue");
-                    Vec::new()
-                }
-            };
-            let t = now();
-            // Due messages, grouped by route and sender (the same credentials): each group
-            // goes over one upstream connection, at most BATCH messages.
-            let mut groups: Vec<(String, Vec<Queued>)> = Vec::new();
-            for rec in due {
-                if rec.next_attempt > t
-                    || paused
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .get(&rec.route)
-                        .is_some_and(|until| *until > t)
-                    || !in_flight
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(rec.id.clone())
-                {
-                    continue;
-                }
-                let key = match &rec.auth_user {
-                    Some(user) => format!("{}\n{user}", rec.route),
-                    None => format!("{}\n{}", rec.route, rec.mail_from),
-                };
-                match groups
-                    .iter_mut()
-                    .rev()
-                    .find(|(k, g)| *k == key && g.len() < BATCH)
-                {
-                    Some((_, g)) => g.push(rec),
-                    None => groups.push((key, vec![rec])),
-                }
-            }
+            let due = me.records().await;
+            let groups = group_due(due, now(), &paused, &in_flight);
             let release = |recs: &[Queued]| {
                 let mut f = in_flight.lock().unwrap_or_else(|e| e.into_inner());
                 for r in recs {
