@@ -18,8 +18,9 @@
 //! - [`faults`]: scripted, deterministic misbehaviour per session stage.
 //! - [`tls`]: the CA and the server certificate (rcgen), rustls configurations.
 //! - [`store`]: mailboxes on disk, delivered-copy headers, generated ids.
-//! - [`server`]: listeners, the per-connection driver of `smtp_wire::ServerConnection`, the
-//!   persona's policy, the [`Handle`].
+//! - [`server`]: listeners and connection admission (`mod`), a session under `smtp-net`'s
+//!   shared driver with the scripted faults (`session`), the persona's policy (`policy`), the
+//!   transcripts and raw DATA phases (`transcript`), the [`Handle`] (`handle`).
 //! - [`cli`]: the `fake-upstream` command line.
 //! - [`testing`]: a raw SMTP client and helpers for tests against any SMTP server.
 //! - [`dates`]: RFC 5322 dates found in text, for the transcript normalisers.
