@@ -187,6 +187,15 @@ impl<'a> Seen<'a> {
         }
     }
 
+    /// The messages the upstreams got, bounces aside.
+    fn delivered_messages(&self) -> Vec<&fake_upstream::Received> {
+        self.received
+            .iter()
+            .map(|(_, r)| r)
+            .filter(|r| !is_bounce(r))
+            .collect()
+    }
+
     /// Every DATA phase an upstream received: its upstream, its session, the phase.
     fn data_phases(
         &self,
@@ -348,12 +357,7 @@ impl<'a> Seen<'a> {
     }
 
     fn upstream_got(&self, want: &[u8]) -> Result<(), String> {
-        let got: Vec<&fake_upstream::Received> = self
-            .received
-            .iter()
-            .map(|(_, r)| r)
-            .filter(|r| !is_bounce(r))
-            .collect();
+        let got = self.delivered_messages();
         match got.as_slice() {
             [one] => {
                 let body = strip_trace(&one.content);
@@ -419,12 +423,7 @@ impl<'a> Seen<'a> {
     }
 
     fn upstream_sender(&self, want: &str) -> Result<(), String> {
-        let got: Vec<&fake_upstream::Received> = self
-            .received
-            .iter()
-            .map(|(_, r)| r)
-            .filter(|r| !is_bounce(r))
-            .collect();
+        let got = self.delivered_messages();
         if got.is_empty() {
             return Err("no message reached an upstream".into());
         }
