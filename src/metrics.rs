@@ -184,7 +184,7 @@ pub async fn serve(
     render: std::sync::Arc<dyn Fn() -> String + Send + Sync>,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    smtp_net::accept_loop(listener, shutdown, move |mut tcp, _peer: SocketAddr| {
+    smtp_net::accept_loop(listener, shutdown, move |mut tcp, _peer: SocketAddr, _| {
         let render = render.clone();
         async move {
             // One request, read within 5 s and 8 KiB; anything but GET /metrics is a 404.

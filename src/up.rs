@@ -222,19 +222,10 @@ async fn qq_mx(
 fn queue_mode(config: &mut RelayConfig, fake: &fake_upstream::Handle, dir: &std::path::Path) {
     // The relay checks the accounts itself and keeps their codes to deliver with: the
     // accounts are the fake's own, so both agree.
-    let accounts: Vec<(String, String)> = fake
-        .users()
-        .iter()
-        .filter(|u| u.smtp)
-        .map(|u| (u.address.to_lowercase(), u.code.clone()))
-        .collect();
+    let accounts = fake.smtp_accounts();
     config.auth = AuthMode::Users(std::sync::Arc::new(crate::users::Users::from_passwords(
         accounts.iter().map(|(a, c)| (a.as_str(), c.as_str())),
     )));
-    let secrets: std::collections::HashMap<String, smtp_wire::Credentials> = accounts
-        .iter()
-        .map(|(a, c)| (a.clone(), smtp_wire::Credentials::new(a.clone(), c.clone())))
-        .collect();
     config.default_queue = true;
     config.queue = Some(relay::QueueSettings {
         dir: dir.to_path_buf(),
@@ -245,7 +236,7 @@ fn queue_mode(config: &mut RelayConfig, fake: &fake_upstream::Handle, dir: &std:
         },
         concurrency: 4,
         tick: Duration::from_secs(1),
-        secrets: std::sync::Arc::new(move |who: &str| secrets.get(&who.to_lowercase()).cloned()),
+        secrets: crate::queue::deliver::secrets_of(&accounts),
         route_limits: Default::default(),
     });
 }

@@ -60,15 +60,15 @@ pub async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
 }
 
-/// Accepts connections until shutdown, one task per connection (with `TCP_NODELAY`), then
-/// waits for the connection tasks to end. Accept errors (EMFILE and the like) pause briefly
-/// instead of spinning.
+/// Accepts connections until shutdown, one task per connection (with `TCP_NODELAY`; the
+/// callback gets the shutdown receiver to hand to the session), then waits for the connection
+/// tasks to end. Accept errors (EMFILE and the like) pause briefly instead of spinning.
 pub async fn accept_loop<F, Fut>(
     listener: TcpListener,
     mut shutdown: watch::Receiver<bool>,
     mut on_connection: F,
 ) where
-    F: FnMut(TcpStream, SocketAddr) -> Fut,
+    F: FnMut(TcpStream, SocketAddr, watch::Receiver<bool>) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let mut tasks = JoinSet::new();
@@ -80,7 +80,7 @@ pub async fn accept_loop<F, Fut>(
                     continue;
                 };
                 let _ = tcp.set_nodelay(true);
-                tasks.spawn(on_connection(tcp, peer));
+                tasks.spawn(on_connection(tcp, peer, shutdown.clone()));
             }
             _ = stopped(&mut shutdown) => break,
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
@@ -120,7 +120,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = watch::channel(false);
-        let server = tokio::spawn(accept_loop(listener, rx, |mut tcp, _| async move {
+        let server = tokio::spawn(accept_loop(listener, rx, |mut tcp, _, _| async move {
             let _ = write_all(&mut tcp, b"hello\r\n", Duration::from_secs(1)).await;
         }));
         let mut c = TcpStream::connect(addr).await.unwrap();

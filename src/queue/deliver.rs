@@ -606,6 +606,24 @@ const BATCH: usize = 20;
 /// Credentials for a sender, from the relay's secrets store (never the queue).
 pub type Secrets = Arc<dyn Fn(&str) -> Option<Credentials> + Send + Sync>;
 
+/// A secrets store of fixed entries, (address, credentials); addresses match without case.
+pub fn secrets_from(entries: impl IntoIterator<Item = (String, Credentials)>) -> Secrets {
+    let map: std::collections::HashMap<String, Credentials> = entries
+        .into_iter()
+        .map(|(a, c)| (a.to_lowercase(), c))
+        .collect();
+    Arc::new(move |who: &str| map.get(&who.to_lowercase()).cloned())
+}
+
+/// A secrets store of accounts that log in as their address, (address, code) pairs.
+pub fn secrets_of(accounts: &[(String, String)]) -> Secrets {
+    secrets_from(
+        accounts
+            .iter()
+            .map(|(a, c)| (a.clone(), Credentials::new(a.clone(), c.clone()))),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

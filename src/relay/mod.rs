@@ -366,15 +366,15 @@ async fn sweep_spool(
     }
 }
 
+/// Serves the clients of one listener until shutdown.
 async fn accept_loop(
     shared: Arc<Shared>,
     listener: TcpListener,
     kind: Transport,
     shutdown: watch::Receiver<bool>,
 ) {
-    let rx = shutdown.clone();
-    smtp_net::accept_loop(listener, shutdown, move |tcp, peer| {
-        client(shared.clone(), tcp, peer, kind, rx.clone())
+    smtp_net::accept_loop(listener, shutdown, move |tcp, peer, stop| {
+        client(shared.clone(), tcp, peer, kind, stop)
     })
     .await;
 }

@@ -338,7 +338,7 @@ fn queue_settings(
         }
         (None, false) => None,
         (Some(q), _) => {
-            let mut secrets = std::collections::HashMap::new();
+            let mut secrets = Vec::new();
             for (i, sec) in f.secrets.iter().enumerate() {
                 let key = format!("secrets[{i}]");
                 let secret = read_secret(
@@ -348,12 +348,8 @@ fn queue_settings(
                     sec.password_file.as_deref().map(at).as_deref(),
                 )?;
                 let user = sec.username.clone().unwrap_or_else(|| sec.address.clone());
-                secrets.insert(
-                    sec.address.to_ascii_lowercase(),
-                    Credentials::new(user, secret),
-                );
+                secrets.push((sec.address.clone(), Credentials::new(user, secret)));
             }
-            let secrets = Arc::new(secrets);
             Some(crate::relay::QueueSettings {
                 dir: at(&q.dir),
                 retry: crate::queue::deliver::Retry {
@@ -364,7 +360,7 @@ fn queue_settings(
                 },
                 concurrency: q.concurrency.max(1),
                 tick: Duration::from_secs(1),
-                secrets: Arc::new(move |who: &str| secrets.get(&who.to_ascii_lowercase()).cloned()),
+                secrets: crate::queue::deliver::secrets_from(secrets),
                 route_limits: std::iter::once(("default".to_string(), &f.upstream))
                     .chain(
                         routes

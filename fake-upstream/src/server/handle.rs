@@ -46,6 +46,16 @@ impl Handle {
         &self.shared.config.users
     }
 
+    /// The accounts allowed to send, as (lower-case address, authorization code): what a relay
+    /// in front of this fake checks its clients against and delivers as.
+    pub fn smtp_accounts(&self) -> Vec<(String, String)> {
+        self.users()
+            .iter()
+            .filter(|u| u.smtp)
+            .map(|u| (u.address.to_lowercase(), u.code.clone()))
+            .collect()
+    }
+
     pub fn persona_name(&self) -> &str {
         &self.shared.config.persona.name
     }

@@ -177,15 +177,15 @@ impl FakeUpstream {
     }
 }
 
+/// Serves the connections of one listener until shutdown.
 async fn accept_loop(
     shared: Arc<Shared>,
     listener: TcpListener,
     kind: Transport,
     shutdown: watch::Receiver<bool>,
 ) {
-    let rx = shutdown.clone();
-    smtp_net::accept_loop(listener, shutdown, move |tcp, peer| {
-        connection(shared.clone(), tcp, peer, kind, rx.clone())
+    smtp_net::accept_loop(listener, shutdown, move |tcp, peer, stop| {
+        connection(shared.clone(), tcp, peer, kind, stop)
     })
     .await;
 }

@@ -331,17 +331,7 @@ async fn start_fakes(
 async fn ours(sc: &Scenario, common: Env, tls: &TlsMaterial, dir: &Path) -> Result<Env, String> {
     let mut config = relay_config(sc, &common, tls, dir)?;
     // The default route's accounts: the relay's users and secrets in queue mode.
-    let accounts: Vec<(String, String)> = common.fakes[0]
-        .1
-        .users()
-        .iter()
-        .filter(|u| u.smtp)
-        .map(|u| (u.address.to_lowercase(), u.code.clone()))
-        .collect();
-    let secrets: std::collections::HashMap<String, smtp_wire::Credentials> = accounts
-        .iter()
-        .map(|(a, c)| (a.clone(), smtp_wire::Credentials::new(a.clone(), c.clone())))
-        .collect();
+    let accounts = common.fakes[0].1.smtp_accounts();
     config.queue = Some(crate::relay::QueueSettings {
         dir: dir.join("queue"),
         retry: crate::queue::deliver::Retry {
@@ -352,7 +342,7 @@ async fn ours(sc: &Scenario, common: Env, tls: &TlsMaterial, dir: &Path) -> Resu
         },
         concurrency: 2,
         tick: Duration::from_millis(50),
-        secrets: std::sync::Arc::new(move |who: &str| secrets.get(&who.to_lowercase()).cloned()),
+        secrets: crate::queue::deliver::secrets_of(&accounts),
         route_limits: Default::default(),
     });
     for (k, v) in &sc.relay {
