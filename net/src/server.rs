@@ -136,10 +136,12 @@ pub async fn serve<S: Session>(
             }
         };
     }
-    let mut next = session.greet(&mut wire!()).await?;
+    // The session's own futures (greeting, processing, TLS) are boxed: they live on the heap
+    // only while they run, so that an idle session's task holds the driver's state alone.
+    let mut next = Box::pin(session.greet(&mut wire!())).await?;
     loop {
         if next == Next::Continue {
-            next = session.process(&mut wire!()).await?;
+            next = Box::pin(session.process(&mut wire!())).await?;
         }
         flush(&mut io, &mut out, config.write_timeout).await?;
         match next {
@@ -150,7 +152,7 @@ pub async fn serve<S: Session>(
             }
             Next::End => return Ok(()),
             Next::StartTls => {
-                let Some(secured) = session.start_tls(io).await else {
+                let Some(secured) = Box::pin(session.start_tls(io)).await else {
                     return Ok(());
                 };
                 io = secured;

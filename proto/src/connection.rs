@@ -77,7 +77,7 @@ enum QueuedEvent {
 
 impl ServerConnection {
     pub fn new(
-        config: ServerConfig,
+        config: impl Into<std::sync::Arc<ServerConfig>>,
         transport: Transport,
         endings: LineEndings,
         bare: BareLineEnding,

@@ -20,6 +20,8 @@
 //! PIPELINING needs nothing more: lines are handled in order, one step each, so replies come
 //! out in order; the driver flushes when its input buffer is empty (RFC 2920 3.2).
 
+use std::sync::Arc;
+
 use crate::address::{ForwardPath, ReversePath};
 use crate::auth::{AuthResponse, Credentials, MAX_AUTH_LINE, Mechanism, SaslData};
 use crate::catalogue::{ReplyBook, ReplyKind};
@@ -200,10 +202,16 @@ enum Phase {
     AuthPlain,
     AuthXoauth2,
     AuthLoginUser,
-    AuthLoginPass { username: String },
+    AuthLoginPass {
+        username: String,
+    },
     Data,
-    Chunk { size: u64, last: bool },
-    Pending(Pending),
+    Chunk {
+        size: u64,
+        last: bool,
+    },
+    /// Boxed: a MAIL's path and parameters are room an idle session need not carry.
+    Pending(Box<Pending>),
     TlsHandshake,
     Closed,
 }
@@ -228,7 +236,8 @@ enum Pending {
 /// One SMTP server session. See the module documentation for how to drive it.
 #[derive(Clone, Debug)]
 pub struct ServerSession {
-    config: ServerConfig,
+    /// Shared: a server keeps one per kind of client, not one per session.
+    config: Arc<ServerConfig>,
     transport: Transport,
     phase: Phase,
     /// The client's HELO/EHLO name; `None` until it greets (after STARTTLS, again).
@@ -249,9 +258,9 @@ pub struct ServerSession {
 }
 
 impl ServerSession {
-    pub fn new(config: ServerConfig, transport: Transport) -> ServerSession {
+    pub fn new(config: impl Into<Arc<ServerConfig>>, transport: Transport) -> ServerSession {
         ServerSession {
-            config,
+            config: config.into(),
             transport,
             phase: Phase::Command,
             helo: None,
@@ -351,8 +360,8 @@ impl ServerSession {
     /// input are commands, not content).
     pub fn deciding_envelope(&self) -> bool {
         matches!(
-            self.phase,
-            Phase::Pending(Pending::Mail { .. } | Pending::Rcpt { .. })
+            &self.phase,
+            Phase::Pending(p) if matches!(**p, Pending::Mail { .. } | Pending::Rcpt { .. })
         )
     }
 
@@ -667,9 +676,9 @@ impl ServerSession {
                 self.auth_failed(reply)
             }
             Ok(c) => {
-                self.phase = Phase::Pending(Pending::Auth {
+                self.phase = Phase::Pending(Box::new(Pending::Auth {
                     username: c.username.clone(),
-                });
+                }));
                 Step::Decide(Decision::Authenticate(c))
             }
         }
@@ -681,9 +690,9 @@ impl ServerSession {
         match Credentials::from_xoauth2(msg) {
             Err(_) => self.error_kind(ReplyKind::AuthMalformed),
             Ok(c) => {
-                self.phase = Phase::Pending(Pending::Auth {
+                self.phase = Phase::Pending(Box::new(Pending::Auth {
                     username: c.username.clone(),
-                });
+                }));
                 Step::Decide(Decision::Authenticate(c))
             }
         }
@@ -712,7 +721,7 @@ impl ServerSession {
             AuthStage::LoginPass { username } => match String::from_utf8(data.0) {
                 Ok(secret) => {
                     let c = Credentials::new(username.clone(), secret);
-                    self.phase = Phase::Pending(Pending::Auth { username });
+                    self.phase = Phase::Pending(Box::new(Pending::Auth { username }));
                     Step::Decide(Decision::Authenticate(c))
                 }
                 Err(_) => self.error_kind(ReplyKind::AuthMalformed),
@@ -742,10 +751,10 @@ impl ServerSession {
             return self.error(reply);
         }
         params.auth = None;
-        self.phase = Phase::Pending(Pending::Mail {
+        self.phase = Phase::Pending(Box::new(Pending::Mail {
             from: from.clone(),
             params: params.clone(),
-        });
+        }));
         Step::Decide(Decision::Mail { from, params })
     }
 
@@ -813,10 +822,10 @@ impl ServerSession {
         if self.envelope.rcpts.len() >= self.config.max_recipients {
             return Step::Reply(self.reply(ReplyKind::TooManyRecipients));
         }
-        self.phase = Phase::Pending(Pending::Rcpt {
+        self.phase = Phase::Pending(Box::new(Pending::Rcpt {
             to: to.clone(),
             params: params.clone(),
-        });
+        }));
         Step::Decide(Decision::Rcpt { to, params })
     }
 
@@ -833,7 +842,7 @@ impl ServerSession {
         if self.envelope.mail_params.body == Some(Body::BinaryMime) {
             return self.sequence_error("BODY=BINARYMIME needs BDAT, not DATA");
         }
-        self.phase = Phase::Pending(Pending::BeginData);
+        self.phase = Phase::Pending(Box::new(Pending::BeginData));
         Step::Decide(Decision::BeginData)
     }
 
@@ -873,7 +882,7 @@ impl ServerSession {
             return Step::Reply(self.reply_text(ReplyKind::ChunkOk, text));
         }
         self.envelope.size = self.chunked;
-        self.phase = Phase::Pending(Pending::Deliver);
+        self.phase = Phase::Pending(Box::new(Pending::Deliver));
         Step::Decide(Decision::Deliver(self.envelope.clone()))
     }
 
@@ -896,7 +905,7 @@ impl ServerSession {
             return Step::Reply(self.reply(ReplyKind::NulInData));
         }
         self.envelope.size = outcome.size;
-        self.phase = Phase::Pending(Pending::Deliver);
+        self.phase = Phase::Pending(Box::new(Pending::Deliver));
         Step::Decide(Decision::Deliver(self.envelope.clone()))
     }
 
@@ -910,7 +919,7 @@ impl ServerSession {
             Verdict::Reply(r) => (r.is_positive(), Some(r)),
         };
         let reply = |kind| given.clone().unwrap_or_else(|| self.reply(kind));
-        match pending {
+        match *pending {
             Pending::Auth { username } => {
                 if accepted {
                     let r = reply(ReplyKind::AuthSucceeded);

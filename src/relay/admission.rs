@@ -59,33 +59,65 @@ pub(super) async fn refuse(
 
 /// The protocol machine's settings for a client at `peer`: AUTH offered and required by the
 /// auth mode and the client's network, in clear only from loopback.
-pub(super) fn server_config(shared: &Shared, peer: SocketAddr) -> ServerConfig {
+pub(super) fn server_config(shared: &Shared, peer: SocketAddr) -> Arc<ServerConfig> {
     let cfg = &shared.config;
-    let loopback = peer.ip().is_loopback();
-    let trusted = match &cfg.auth {
-        AuthMode::Passthrough | AuthMode::Users(_) => false,
-        AuthMode::TrustedNetworks(nets) => nets
-            .iter()
-            .any(|(net, len)| in_network(peer.ip(), *net, *len)),
-    };
-    ServerConfig {
-        hostname: cfg.hostname.clone(),
-        greeting: "ESMTP smtp-relay".into(),
-        max_message_size: cfg.max_message_size,
-        max_recipients: cfg.max_recipients,
-        max_rcpt_commands: cfg.max_rcpt_commands,
-        starttls: cfg.tls.is_some(),
-        auth_mechanisms: match cfg.auth {
-            AuthMode::Passthrough | AuthMode::Users(_) => vec![Mechanism::Plain, Mechanism::Login],
-            AuthMode::TrustedNetworks(_) => Vec::new(),
+    let kind = ConfigKind {
+        loopback: peer.ip().is_loopback(),
+        trusted: match &cfg.auth {
+            AuthMode::Passthrough | AuthMode::Users(_) => false,
+            AuthMode::TrustedNetworks(nets) => nets
+                .iter()
+                .any(|(net, len)| in_network(peer.ip(), *net, *len)),
         },
-        // AUTH in clear only from loopback (a local mail client on the developer's machine).
-        auth_requires_tls: !loopback,
-        auth_required: !trusted,
         // RFC 6531 3.1: SMTPUTF8 comes with 8BITMIME.
         smtputf8: shared.smtputf8() && shared.eight_bit_mime(),
         eight_bit_mime: shared.eight_bit_mime(),
-        ..ServerConfig::default()
+    };
+    let mut known = shared
+        .server_configs
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    known
+        .entry(kind)
+        .or_insert_with(|| Arc::new(kind.config(cfg)))
+        .clone()
+}
+
+/// What a client session's protocol settings depend on besides the configuration: four
+/// answers, so at most sixteen settings, shared by every session of their kind (an idle
+/// session does not carry its own copy).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(super) struct ConfigKind {
+    /// AUTH in clear only from loopback (a local mail client on the developer's machine).
+    loopback: bool,
+    /// From a trusted network: no AUTH needed.
+    trusted: bool,
+    /// Every route's upstream offered it when last seen.
+    smtputf8: bool,
+    eight_bit_mime: bool,
+}
+
+impl ConfigKind {
+    fn config(self, cfg: &RelayConfig) -> ServerConfig {
+        ServerConfig {
+            hostname: cfg.hostname.clone(),
+            greeting: "ESMTP smtp-relay".into(),
+            max_message_size: cfg.max_message_size,
+            max_recipients: cfg.max_recipients,
+            max_rcpt_commands: cfg.max_rcpt_commands,
+            starttls: cfg.tls.is_some(),
+            auth_mechanisms: match cfg.auth {
+                AuthMode::Passthrough | AuthMode::Users(_) => {
+                    vec![Mechanism::Plain, Mechanism::Login]
+                }
+                AuthMode::TrustedNetworks(_) => Vec::new(),
+            },
+            auth_requires_tls: !self.loopback,
+            auth_required: !self.trusted,
+            smtputf8: self.smtputf8,
+            eight_bit_mime: self.eight_bit_mime,
+            ..ServerConfig::default()
+        }
     }
 }
 

@@ -80,7 +80,7 @@ impl Session {
                 if let Some(old) = self.legs[RouteId::DEFAULT].set_upstream(up) {
                     old.quit().await;
                 }
-                self.credentials = Some(c);
+                self.credentials = Some(Box::new(c));
                 // The upstream's own success words (163: `235 Authentication successful`).
                 match self.legs[RouteId::DEFAULT]
                     .upstream()

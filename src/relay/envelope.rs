@@ -15,7 +15,7 @@ impl Session {
         let cfg = &self.shared.config;
         let mut config = cfg.route_upstream(r).clone();
         if cfg.uses_client_credentials(r) {
-            config.credentials = self.credentials.clone();
+            config.credentials = self.credentials.as_deref().cloned();
         }
         match Upstream::connect(&config).await {
             Ok(up) => {
@@ -58,7 +58,7 @@ impl Session {
             let group = self.pipelined_rcpts();
             if !group.is_empty() {
                 // MAIL and the RCPTs behind it, forwarded as the client sent them: a group.
-                self.transaction = Some((from, params));
+                self.transaction = Some(Box::new((from, params)));
                 let mail = self.prefetch(group, true).await;
                 let reply = match mail {
                     Some(reply) if reply.is_positive() => return Verdict::Reply(reply),
@@ -73,7 +73,7 @@ impl Session {
         match self.legs[RouteId::DEFAULT].mail(&from, &params).await {
             Ok(reply) => {
                 if reply.is_positive() {
-                    self.transaction = Some((from, params));
+                    self.transaction = Some(Box::new((from, params)));
                 }
                 Verdict::Reply(reply)
             }
@@ -147,7 +147,7 @@ impl Session {
                 .map(|(item, _)| item.clone())
                 .collect();
             let needs_mail = !self.legs[r].mail_sent;
-            let Some((from, params)) = self.transaction.clone() else {
+            let Some((from, params)) = self.transaction.as_deref().cloned() else {
                 break;
             };
             let mail = needs_mail.then_some((&from, &params));
@@ -224,7 +224,7 @@ impl Session {
             return Verdict::Reply(failure.clone());
         }
         if !self.legs[r].mail_sent {
-            let Some((from, mail_params)) = self.transaction.clone() else {
+            let Some((from, mail_params)) = self.transaction.as_deref().cloned() else {
                 return Verdict::Reply(Reply::new(451, (4, 3, 0), "no transaction upstream"));
             };
             if self.open_leg(r).await.is_err() {
@@ -254,7 +254,7 @@ impl Session {
     /// client's. RSET, and MAIL with exactly the client's recipients again; any other answer
     /// than before makes the message a 4xx.
     pub(super) async fn replay_envelope(&mut self, r: RouteId) {
-        let Some((from, params)) = self.transaction.clone() else {
+        let Some((from, params)) = self.transaction.as_deref().cloned() else {
             return;
         };
         let rcpts = self.legs[r].accepted.clone();

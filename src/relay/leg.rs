@@ -264,7 +264,8 @@ pub(super) struct Legs {
     legs: Vec<Leg>,
     /// Store and forward: the message's content on its way to the queue (with its trace
     /// header), one file for every route that queues (hard-linked per route when committed).
-    queue_content: Option<QueueFile>,
+    /// Boxed, as what only a transaction needs: an idle session does not carry its room.
+    queue_content: Option<Box<QueueFile>>,
 }
 
 /// What the queue keeps of a transaction besides its recipients and content.
@@ -345,10 +346,10 @@ impl Legs {
         id: &str,
     ) -> std::io::Result<()> {
         let content = Spool::create(id.to_string(), queue.tmp_path(id)).await?;
-        self.queue_content = Some(QueueFile {
+        self.queue_content = Some(Box::new(QueueFile {
             content,
             error: None,
-        });
+        }));
         Ok(())
     }
 

@@ -102,7 +102,7 @@ impl Session {
         {
             self.legs.begin_queue_content(queue, &id).await?;
         }
-        self.spool = Some(Spool::new(id, path));
+        self.spool = Some(Box::new(Spool::new(id, path)));
         // RFC 5321 4.4: a trace header at the top, to the upstreams and the queue (the spool
         // keeps the message as the client sent it).
         let received = self.received_header();
@@ -170,7 +170,7 @@ impl Session {
             &metrics.messages_accepted
         });
         if let Some(spool) = self.spool.take() {
-            self.keep(spool, &env, &reply, outcome).await;
+            self.keep(*spool, &env, &reply, outcome).await;
         }
         Verdict::Reply(reply)
     }
@@ -290,7 +290,7 @@ impl Session {
         let msg = ToQueue {
             id: &id,
             from: env.from.as_ref(),
-            params: self.transaction.as_ref().map(|(_, p)| p),
+            params: self.transaction.as_deref().map(|(_, p)| p),
             auth_user: self.conn.session().authenticated(),
             config: &self.shared.config,
         };
@@ -356,7 +356,7 @@ impl Session {
         let _ = tokio::task::spawn_blocking(move || crate::spool::write_private(&p, &bytes)).await;
         let mut config = cfg.upstream.clone();
         if cfg.uses_client_credentials(RouteId::DEFAULT) {
-            config.credentials = self.credentials.clone();
+            config.credentials = self.credentials.as_deref().cloned();
         }
         let (session, id) = (self.id, spool.id.clone());
         self.dsn_tasks.push(tokio::spawn(async move {
@@ -419,7 +419,7 @@ impl Session {
 /// 4xx and no upstream gets an end of data); a failing spool write drops the spool copy (the
 /// message still goes on; the log says it was not kept).
 pub(super) async fn stream_content(
-    spool: &mut Option<Spool>,
+    spool: &mut Option<Box<Spool>>,
     legs: &mut Legs,
     poisoned: &mut Option<Reply>,
     session: u64,

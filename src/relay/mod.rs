@@ -118,6 +118,9 @@ struct Shared {
     wake: Arc<tokio::sync::Notify>,
     metrics: Arc<crate::metrics::Metrics>,
     auth_guard: crate::auth_guard::AuthGuard,
+    /// The client sessions' protocol settings, one per kind of client (see
+    /// [`admission::server_config`]): shared, not copied into every session.
+    server_configs: std::sync::Mutex<std::collections::HashMap<ConfigKind, Arc<ServerConfig>>>,
 }
 
 impl Shared {
@@ -237,6 +240,7 @@ pub async fn start(mut config: RelayConfig) -> std::io::Result<RelayHandle> {
         wake: Arc::default(),
         metrics: Arc::default(),
         auth_guard: crate::auth_guard::AuthGuard::new(config.auth_limits),
+        server_configs: Default::default(),
         // Session numbers go on from the last run's transcripts, so that none is replaced.
         next_id: AtomicU64::new(
             config
@@ -393,10 +397,11 @@ async fn client(
         .as_ref()
         .and_then(|_| shared.sessions.try_acquire().ok());
     let (Some(slot), Some(_permit)) = (slot, permit) else {
-        refuse(&shared, tcp, peer, kind, per_ip_refused).await;
+        Box::pin(refuse(&shared, tcp, peer, kind, per_ip_refused)).await;
         return;
     };
-    let mut session = Session::new(shared.clone(), slot, peer, kind);
+    // Boxed: the task holds a pointer, not a second copy of the session in its state.
+    let mut session = Box::new(Session::new(shared.clone(), slot, peer, kind));
     crate::metrics::Metrics::inc(&shared.metrics.sessions_opened);
     crate::metrics::Metrics::inc(&shared.metrics.sessions_open);
     session.note(format!("* client {peer} ({kind:?} listener)"));
@@ -406,10 +411,10 @@ async fn client(
         Transport::Tls => Box::pin(session.accept_tls(tcp, "implicit TLS")).await,
     };
     let result = match io {
-        Some(io) => smtp_net::server::serve(&mut session, io, shutdown, DRIVE).await,
+        Some(io) => smtp_net::server::serve(&mut *session, io, shutdown, DRIVE).await,
         None => Ok(()),
     };
-    session.finish(result).await;
+    Box::pin(session.finish(result)).await;
 }
 
 /// Read buffer sizes: in command mode, inside DATA.

@@ -16,18 +16,18 @@ pub(super) struct Session {
     pub(super) peer: SocketAddr,
     pub(super) tls: bool,
     /// The client's credentials (pass-through mode), to open upstream sessions.
-    pub(super) credentials: Option<Credentials>,
+    pub(super) credentials: Option<Box<Credentials>>,
     /// One per route, index 0 the default route (`RelayConfig::upstream`).
     pub(super) legs: Legs,
     /// MAIL FROM of the transaction in progress, to open further routes at their first RCPT.
-    pub(super) transaction: Option<(ReversePath, MailParams)>,
+    pub(super) transaction: Option<Box<(ReversePath, MailParams)>>,
     /// RCPT replies received ahead of the client's turn (its pipelined group forwarded as a
     /// group), in the client's order: the recipient, and its route and reply when it was sent.
     pub(super) prefetched: std::collections::VecDeque<(ForwardPath, Option<(RouteId, Reply)>)>,
     /// An upstream with accepted recipients failed in this transaction: it can only end with
     /// this 4xx (nothing is delivered anywhere, the client tries again).
     pub(super) poisoned: Option<Reply>,
-    pub(super) spool: Option<Spool>,
+    pub(super) spool: Option<Box<Spool>>,
     pub(super) started: Instant,
     /// The client's pace: how long each wait for it may be.
     pub(super) pace: crate::pace::Pace,
