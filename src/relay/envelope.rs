@@ -235,9 +235,7 @@ impl Session {
                 Ok(reply) if reply.is_positive() => {}
                 // The route's upstream refuses the sender: its words answer this recipient.
                 Ok(reply) => {
-                    self.legs[r]
-                        .rcpt_replies
-                        .push((to.to_string(), reply.to_string()));
+                    self.legs[r].rcpt_replies.push((to, reply.clone()));
                     return Verdict::Reply(reply);
                 }
                 Err(e) => return self.leg_failed(r, e).await,

@@ -24,7 +24,7 @@ pub(super) struct Leg {
     /// before the next MAIL.
     pub(super) mail_sent: bool,
     /// Every RCPT sent in this transaction and the reply, for the spool record.
-    pub(super) rcpt_replies: Vec<(String, String)>,
+    pub(super) rcpt_replies: Vec<(ForwardPath, Reply)>,
     /// The recipients this destination accepted in this transaction, as the client was told.
     pub(super) accepted: Vec<(ForwardPath, RcptParams)>,
     /// How many RCPTs the destination accepted in this transaction, including any sent ahead
@@ -156,7 +156,7 @@ impl Leg {
 
     /// Records the reply to a RCPT (sent now or ahead, in a group) as the client hears it.
     pub(super) fn took_rcpt(&mut self, to: ForwardPath, params: RcptParams, reply: &Reply) {
-        self.rcpt_replies.push((to.to_string(), reply.to_string()));
+        self.rcpt_replies.push((to.clone(), reply.clone()));
         if reply.is_positive() {
             self.accepted.push((to, params));
         }

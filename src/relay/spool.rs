@@ -215,8 +215,17 @@ pub(super) struct UpstreamRecord<'a> {
 
 #[derive(serde::Serialize)]
 pub(super) struct RcptRecord<'a> {
-    pub(super) to: &'a str,
-    pub(super) reply: &'a str,
+    /// `<bob@163.com>`: the wire form.
+    #[serde(serialize_with = "display")]
+    pub(super) to: &'a ForwardPath,
+    /// `250 Mail OK`: the reply's wire form (lines joined by CRLF).
+    #[serde(serialize_with = "display")]
+    pub(super) reply: &'a Reply,
+}
+
+/// A typed value in the record: written in its wire form.
+fn display<T: std::fmt::Display, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
 }
 
 pub(super) fn spool_json(
