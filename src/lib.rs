@@ -13,7 +13,7 @@
 //! - [`pace`]: how long to wait for a client: idle, line, data-rate and session limits.
 //! - [`queue`]: store-and-forward's durable queue (group-committed, crash-safe).
 //! - [`relay`]: the relay, by type: `config` (settings, the routes by [`route::RouteId`]),
-//!   `admission` (per-IP slots, trusted networks), `session` (a client session's loop and
+//!   `admission` (per-IP slots, trusted networks, the PROXY header), `session` (a client session's loop and
 //!   transcript), `auth` (local users or the upstream's verdict), `envelope` (MAIL and RCPT to
 //!   each route's destination, pipelined groups), `message` (DATA, the content, the queue's
 //!   commit, the end of data), `leg` (a transaction's destinations: a live upstream or the

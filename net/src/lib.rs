@@ -2,10 +2,12 @@
 //! signal, the one driver of a server session ([`server::serve`]), the TLS accept with its
 //! named timeout ([`tls`]), sessions counted per client address ([`admission`]), and writes
 //! with a timeout that says so in its error. The SMTP itself is in `smtp-wire`; this crate
-//! moves bytes and tasks. [`files`] writes the session files.
+//! moves bytes and tasks. [`files`] writes the session files; [`proxy`] reads a load
+//! balancer's PROXY protocol header.
 
 pub mod admission;
 pub mod files;
+pub mod proxy;
 pub mod server;
 pub mod tls;
 

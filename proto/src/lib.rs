@@ -26,6 +26,7 @@
 //! - [`client`]: the client session machine for the upstream side.
 //! - [`client_connection`]: the client's byte side without I/O (bytes in, replies out):
 //!   bounded reply-line framing and multi-line assembly, for every reader of replies.
+//! - [`proxy`]: the PROXY protocol header (v1 and v2) a load balancer sends first.
 //!
 //! # Example
 //! ```
@@ -53,6 +54,7 @@ pub mod connection;
 pub mod data;
 pub mod line;
 pub mod params;
+pub mod proxy;
 pub mod reply;
 pub mod server;
 

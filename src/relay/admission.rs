@@ -16,7 +16,7 @@ pub(super) fn ip_slot(shared: &Shared, ip: IpAddr) -> Option<IpSlot> {
 /// the implicit-TLS listener).
 pub(super) async fn refuse(
     shared: &Shared,
-    tcp: TcpStream,
+    io: Box<dyn Io>,
     peer: SocketAddr,
     kind: Transport,
     per_ip: bool,
@@ -41,10 +41,10 @@ pub(super) async fn refuse(
     // On the implicit-TLS listener the reason is said inside TLS: a bare close would
     // read as a broken handshake to every client.
     let io: Option<Box<dyn Io>> = match kind {
-        Transport::Plain => Some(Box::new(tcp)),
+        Transport::Plain => Some(io),
         Transport::Tls => match &cfg.tls {
             Some(tls) => {
-                crate::client_tls::accept(tls.clone(), tcp, None, cfg.tls_handshake_timeout)
+                crate::client_tls::accept(tls.clone(), io, None, cfg.tls_handshake_timeout)
                     .await
                     .ok()
             }
@@ -54,6 +54,49 @@ pub(super) async fn refuse(
     if let Some(mut io) = io {
         let _ = write(&mut io, &reply.to_bytes()).await;
         let _ = tokio::time::timeout(Duration::from_secs(5), io.shutdown()).await;
+    }
+}
+
+/// Behind a load balancer ([`ProxyProtocol`]): the connection's PROXY header read, and the
+/// client's address taken from it. A peer outside the trusted networks is refused (`554
+/// 5.7.1` on the plain listener: it is no balancer, and could claim any address); a missing,
+/// broken or late header closes the connection. Each is logged and counted.
+pub(super) async fn proxied(
+    shared: &Shared,
+    pp: &super::ProxyProtocol,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    kind: Transport,
+) -> Option<(Box<dyn Io>, SocketAddr)> {
+    let trusted = pp
+        .trusted
+        .iter()
+        .any(|(net, len)| in_network(peer.ip(), *net, *len));
+    if !trusted {
+        tracing::warn!(peer = %peer, "connection refused: not from a trusted load balancer (proxy_protocol.trusted)");
+        shared.metrics.session_refused("proxy_protocol_untrusted");
+        if kind == Transport::Plain {
+            let reply = Reply::new(
+                554,
+                (5, 7, 1),
+                format!(
+                    "{} connections are accepted through the load balancer only",
+                    shared.config.hostname
+                ),
+            );
+            let mut io: Box<dyn Io> = Box::new(tcp);
+            let _ = write(&mut io, &reply.to_bytes()).await;
+            let _ = tokio::time::timeout(Duration::from_secs(5), io.shutdown()).await;
+        }
+        return None;
+    }
+    match smtp_net::proxy::read_header(tcp, peer, pp.header_timeout).await {
+        Ok((io, client)) => Some((Box::new(io), client)),
+        Err(e) => {
+            tracing::warn!(peer = %peer, error = %e, "connection closed: no valid PROXY header from the load balancer");
+            shared.metrics.session_refused("proxy_protocol_header");
+            None
+        }
     }
 }
 

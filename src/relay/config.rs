@@ -25,6 +25,8 @@ pub struct RelayConfig {
     pub listen: SocketAddr,
     /// Implicit-TLS listener.
     pub listen_tls: Option<SocketAddr>,
+    /// Behind a load balancer (HAProxy's `send-proxy-v2`): see [`ProxyProtocol`].
+    pub proxy_protocol: Option<ProxyProtocol>,
     /// The relay's certificate for its listeners; `None`: no STARTTLS, no TLS listener.
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// The file mail clients should trust for that certificate (`up`'s CA), named in the
@@ -128,6 +130,7 @@ impl RelayConfig {
             hostname: hostname.to_string(),
             listen,
             listen_tls: None,
+            proxy_protocol: None,
             tls: None,
             client_trust_file: None,
             spool_dir,
@@ -156,6 +159,20 @@ impl RelayConfig {
             transcripts: None,
         }
     }
+}
+
+/// The PROXY protocol (v1 and v2) on the relay's listeners: every connection must come from
+/// one of the `trusted` networks (the load balancers) and start with a header, whose source
+/// address is then the client's for everything (per-IP limits, trusted networks, logs,
+/// `Received:`, the spool record). A peer outside them is refused with `554 5.7.1` (it is no
+/// balancer: it could claim any address); a missing, broken or late header closes the
+/// connection. Both are logged and counted.
+#[derive(Clone, Debug)]
+pub struct ProxyProtocol {
+    /// Networks as (address, prefix length).
+    pub trusted: Vec<(IpAddr, u8)>,
+    /// The header must be complete within this.
+    pub header_timeout: Duration,
 }
 
 /// Store-and-forward settings.

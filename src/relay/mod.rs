@@ -41,7 +41,7 @@ mod spool;
 
 use admission::*;
 use config::QueueRoutes;
-pub use config::{AuthMode, QueueSettings, RelayConfig};
+pub use config::{AuthMode, ProxyProtocol, QueueSettings, RelayConfig};
 use leg::*;
 use message::stream_content;
 use session::*;
@@ -390,6 +390,14 @@ async fn client(
     kind: Transport,
     shutdown: watch::Receiver<bool>,
 ) {
+    // Behind a load balancer, the client is who its PROXY header says.
+    let (io, peer): (Box<dyn Io>, SocketAddr) = match &shared.config.proxy_protocol {
+        None => (Box::new(tcp), peer),
+        Some(pp) => match Box::pin(proxied(&shared, pp, tcp, peer, kind)).await {
+            Some(found) => found,
+            None => return,
+        },
+    };
     // Backpressure: a permit per session, moved into the task (mini-redis).
     let slot = ip_slot(&shared, peer.ip());
     let per_ip_refused = slot.is_none();
@@ -397,7 +405,7 @@ async fn client(
         .as_ref()
         .and_then(|_| shared.sessions.try_acquire().ok());
     let (Some(slot), Some(_permit)) = (slot, permit) else {
-        Box::pin(refuse(&shared, tcp, peer, kind, per_ip_refused)).await;
+        Box::pin(refuse(&shared, io, peer, kind, per_ip_refused)).await;
         return;
     };
     // Boxed: the task holds a pointer, not a second copy of the session in its state.
@@ -407,8 +415,8 @@ async fn client(
     session.note(format!("* client {peer} ({kind:?} listener)"));
     tracing::info!(session = session.id, peer = %peer, tls = session.tls, "session opened");
     let io: Option<Box<dyn Io>> = match kind {
-        Transport::Plain => Some(Box::new(tcp)),
-        Transport::Tls => Box::pin(session.accept_tls(tcp, "implicit TLS")).await,
+        Transport::Plain => Some(io),
+        Transport::Tls => Box::pin(session.accept_tls(io, "implicit TLS")).await,
     };
     let result = match io {
         Some(io) => smtp_net::server::serve(&mut *session, io, shutdown, DRIVE).await,

@@ -32,6 +32,21 @@ pub(super) struct File {
     /// Credentials to deliver queued mail with, per sender (never copied into the queue).
     #[serde(default)]
     pub(super) secrets: Vec<FileSecret>,
+    /// Behind a load balancer: the PROXY protocol on the listeners.
+    pub(super) proxy_protocol: Option<FileProxyProtocol>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileProxyProtocol {
+    /// The balancers' networks (`ADDRESS/PREFIX`); only they may connect.
+    pub(super) trusted: Vec<String>,
+    #[serde(default = "default_proxy_header_timeout")]
+    pub(super) header_timeout_secs: u64,
+}
+
+fn default_proxy_header_timeout() -> u64 {
+    5
 }
 
 #[derive(Debug, Deserialize)]

@@ -104,6 +104,7 @@ pub fn parse(text: &str, origin: &str, base: &Path) -> Result<Loaded, String> {
         hostname: f.hostname.clone(),
         listen: f.listen,
         listen_tls: f.listen_tls,
+        proxy_protocol: proxy_protocol(&f, origin)?,
         tls,
         client_trust_file: None,
         spool_dir,
@@ -381,6 +382,37 @@ fn queue_settings(
             })
         }
     })
+}
+
+/// `[proxy_protocol]`: the balancers' networks (at least one) and the header's time limit.
+fn proxy_protocol(f: &File, origin: &str) -> Result<Option<crate::relay::ProxyProtocol>, String> {
+    let Some(pp) = &f.proxy_protocol else {
+        return Ok(None);
+    };
+    let trusted = pp
+        .trusted
+        .iter()
+        .map(|n| {
+            parse_network(n).ok_or_else(|| {
+                bad(
+                    origin,
+                    "proxy_protocol.trusted",
+                    format!("{n:?} is not ADDRESS/PREFIX, e.g. 10.0.0.5/32"),
+                )
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if trusted.is_empty() {
+        return Err(bad(
+            origin,
+            "proxy_protocol.trusted",
+            "name the load balancers' addresses (nothing else may connect)",
+        ));
+    }
+    Ok(Some(crate::relay::ProxyProtocol {
+        trusted,
+        header_timeout: Duration::from_secs(pp.header_timeout_secs.max(1)),
+    }))
 }
 
 fn parse_network(s: &str) -> Option<(IpAddr, u8)> {

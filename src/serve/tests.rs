@@ -410,3 +410,35 @@ fn networks() {
     assert_eq!(parse_network("1.2.3.4"), None);
     assert_eq!(parse_network("1.2.3.4/33"), None);
 }
+
+#[test]
+fn proxy_protocol_names_its_balancers() {
+    let c = parse(BASE, "r.toml", Path::new(".")).unwrap().relay;
+    assert!(c.proxy_protocol.is_none(), "off unless asked for");
+    let with = |table: &str| parse(&format!("{BASE}{table}"), "r.toml", Path::new("."));
+    let c = with("[proxy_protocol]\ntrusted = [\"10.0.0.5/32\", \"fd00::/8\"]\n")
+        .unwrap()
+        .relay;
+    let pp = c.proxy_protocol.unwrap();
+    assert_eq!(
+        pp.trusted,
+        [
+            ("10.0.0.5".parse().unwrap(), 32),
+            ("fd00::".parse().unwrap(), 8)
+        ]
+    );
+    assert_eq!(pp.header_timeout, Duration::from_secs(5));
+    let c = with("[proxy_protocol]\ntrusted = [\"10.0.0.5/32\"]\nheader_timeout_secs = 2\n")
+        .unwrap()
+        .relay;
+    assert_eq!(
+        c.proxy_protocol.unwrap().header_timeout,
+        Duration::from_secs(2)
+    );
+    assert_eq!(
+        with("[proxy_protocol]\ntrusted = []\n").unwrap_err(),
+        "r.toml: proxy_protocol.trusted: name the load balancers' addresses (nothing else may connect)"
+    );
+    let e = with("[proxy_protocol]\ntrusted = [\"haproxy\"]\n").unwrap_err();
+    assert!(e.contains("\"haproxy\" is not ADDRESS/PREFIX"), "{e}");
+}
