@@ -17,8 +17,9 @@
 //!   transcript), `auth` (local users or the upstream's verdict), `envelope` (MAIL and RCPT to
 //!   each route's destination, pipelined groups), `message` (DATA, the content, the queue's
 //!   commit, the end of data), `leg` (a transaction's destinations: a live upstream or the
-//!   queue, one type), `outcome` (the reply rule: one, all, none or some took it), `spool`
-//!   (the message on its way to disk, its record and summary).
+//!   queue, one type), `outcome` (the reply rule: one, all, none or some took it), `pool`
+//!   (upstream sessions kept for the next client), `spool` (the message on its way to disk,
+//!   its record and summary).
 //! - [`route`]: the routes table (recipient domain -> upstream).
 //! - [`dsn`]: RFC 3464 delivery status notifications for mixed outcomes.
 //! - [`scenario`]: the scenario format (`parse`, `text`, `faults`), the runner (`run/`: `env`

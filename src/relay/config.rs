@@ -27,6 +27,9 @@ pub struct RelayConfig {
     pub listen_tls: Option<SocketAddr>,
     /// Behind a load balancer (HAProxy's `send-proxy-v2`): see [`ProxyProtocol`].
     pub proxy_protocol: Option<ProxyProtocol>,
+    /// Upstream sessions kept for the next client on routes that log in with the relay's
+    /// own credentials (see [`super::pool`]); `None`: each client session opens its own.
+    pub upstream_reuse: Option<ReuseSettings>,
     /// The relay's certificate for its listeners; `None`: no STARTTLS, no TLS listener.
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// The file mail clients should trust for that certificate (`up`'s CA), named in the
@@ -107,6 +110,12 @@ impl RelayConfig {
             .map_or(self.default_queue, |route| route.queue)
     }
 
+    /// Whether route `r` shares its upstream sessions between clients: a live route that logs
+    /// in with the relay's own credentials (or none), when reuse is on.
+    pub(super) fn shares_sessions(&self, r: RouteId) -> bool {
+        self.upstream_reuse.is_some() && !self.uses_client_credentials(r) && !self.route_queued(r)
+    }
+
     /// Whether route `r` gets the client's own credentials (pass-through mode).
     pub(super) fn uses_client_credentials(&self, r: RouteId) -> bool {
         matches!(self.auth, AuthMode::Passthrough)
@@ -131,6 +140,7 @@ impl RelayConfig {
             listen,
             listen_tls: None,
             proxy_protocol: None,
+            upstream_reuse: None,
             tls: None,
             client_trust_file: None,
             spool_dir,

@@ -12,6 +12,10 @@ impl Session {
         if self.legs[r].is_open() {
             return Ok(());
         }
+        if let Some(up) = self.reused(r).await {
+            self.legs[r].set_upstream(up);
+            return Ok(());
+        }
         let cfg = &self.shared.config;
         let mut config = cfg.route_upstream(r).clone();
         if cfg.uses_client_credentials(r) {
@@ -43,6 +47,26 @@ impl Session {
                 Err(e)
             }
         }
+    }
+
+    /// A kept upstream session of route `r`, when the route shares them (see [`super::pool`]);
+    /// those found stale on the way are closed.
+    async fn reused(&mut self, r: RouteId) -> Option<Upstream> {
+        let shared = self.shared.clone();
+        let pool = shared
+            .pool
+            .as_ref()
+            .filter(|_| shared.config.shares_sessions(r))?;
+        let (up, stale) = pool.take(r.slot(), tokio::time::Instant::now());
+        for s in stale {
+            s.abort().await;
+        }
+        let up = up?;
+        self.note(format!(
+            "    * upstream session reused ({} messages on it)",
+            up.messages()
+        ));
+        Some(up)
     }
 
     /// MAIL: a new transaction. Upstreams still inside an earlier one (the client said RSET,

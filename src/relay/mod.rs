@@ -36,6 +36,7 @@ mod envelope;
 mod leg;
 mod message;
 mod outcome;
+mod pool;
 mod session;
 mod spool;
 
@@ -44,6 +45,8 @@ use config::QueueRoutes;
 pub use config::{AuthMode, ProxyProtocol, QueueSettings, RelayConfig};
 use leg::*;
 use message::stream_content;
+use pool::Pool;
+pub use pool::ReuseSettings;
 use session::*;
 use spool::*;
 pub use spool::{Summary, summarize};
@@ -121,6 +124,8 @@ struct Shared {
     /// The client sessions' protocol settings, one per kind of client (see
     /// [`admission::server_config`]): shared, not copied into every session.
     server_configs: std::sync::Mutex<std::collections::HashMap<ConfigKind, Arc<ServerConfig>>>,
+    /// Upstream sessions kept for the next client ([`RelayConfig::upstream_reuse`]).
+    pool: Option<Pool<Upstream>>,
 }
 
 impl Shared {
@@ -241,6 +246,9 @@ pub async fn start(mut config: RelayConfig) -> std::io::Result<RelayHandle> {
         metrics: Arc::default(),
         auth_guard: crate::auth_guard::AuthGuard::new(config.auth_limits),
         server_configs: Default::default(),
+        pool: config
+            .upstream_reuse
+            .map(|s| Pool::new(s, config.routes.len() + 1)),
         // Session numbers go on from the last run's transcripts, so that none is replaced.
         next_id: AtomicU64::new(
             config
@@ -278,6 +286,9 @@ pub async fn start(mut config: RelayConfig) -> std::io::Result<RelayHandle> {
                 metrics(&shared),
                 rx.clone(),
             ));
+        }
+        if shared.pool.is_some() {
+            set.spawn(tend_pool(shared.clone(), rx.clone()));
         }
         if let Some(l) = implicit {
             set.spawn(accept_loop(shared, l, Transport::Tls, rx));
@@ -368,6 +379,24 @@ async fn sweep_spool(
             _ = smtp_net::stopped(&mut shutdown) => return,
         }
     }
+}
+
+/// Closes (QUIT) the kept upstream sessions as they pass their idle limit, and all of them at
+/// shutdown.
+async fn tend_pool(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    let Some(pool) = &shared.pool else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                let expired = pool.expired(tokio::time::Instant::now());
+                futures_util::future::join_all(expired.into_iter().map(Upstream::quit)).await;
+            }
+            _ = smtp_net::stopped(&mut shutdown) => break,
+        }
+    }
+    futures_util::future::join_all(pool.drain().into_iter().map(Upstream::quit)).await;
 }
 
 /// Serves the clients of one listener until shutdown.
@@ -511,6 +540,33 @@ mod tests {
                 "* transcript stops here: more than 3 lines (the session went on)"
             ]
         );
+    }
+
+    #[test]
+    fn only_routes_on_the_relays_own_credentials_share_upstream_sessions() {
+        let mut c = RelayConfig::new(
+            "relay.test",
+            "127.0.0.1:0".parse().unwrap(),
+            "spool".into(),
+            crate::load::plain_server("127.0.0.1:25".parse().unwrap()),
+        );
+        c.upstream_reuse = Some(ReuseSettings {
+            idle: Duration::from_secs(5),
+            max_messages: 10,
+            max_idle: 4,
+        });
+        // Pass-through: each session logs in as its client; never shared.
+        assert!(!c.shares_sessions(RouteId::DEFAULT));
+        c.auth = AuthMode::TrustedNetworks(vec![("127.0.0.0".parse().unwrap(), 8)]);
+        assert!(c.shares_sessions(RouteId::DEFAULT));
+        c.default_queue = true;
+        assert!(
+            !c.shares_sessions(RouteId::DEFAULT),
+            "the queue has no live session"
+        );
+        c.default_queue = false;
+        c.upstream_reuse = None;
+        assert!(!c.shares_sessions(RouteId::DEFAULT));
     }
 
     #[test]

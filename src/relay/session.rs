@@ -117,11 +117,7 @@ impl Session {
         }
         Box::pin(self.abort_transaction()).await;
         self.spooled().await;
-        for leg in self.legs.iter_mut() {
-            if let Some(up) = leg.take_upstream() {
-                Box::pin(up.quit()).await;
-            }
-        }
+        Box::pin(self.release_upstreams()).await;
         // Bounces in flight are bounded by the upstream timeouts; the session waits for them so
         // that a shutdown does not cut them off.
         for task in self.dsn_tasks.drain(..) {
@@ -159,6 +155,32 @@ impl Session {
                 kept.pop_front();
             }
             kept.push_back((self.id, lines));
+        }
+    }
+
+    /// At the end of the session, each upstream session is kept for the next client when its
+    /// route shares them (RSET first if a transaction was left open; closed if that fails), or
+    /// said goodbye to.
+    async fn release_upstreams(&mut self) {
+        let shared = self.shared.clone();
+        for leg in self.legs.iter_mut() {
+            let pool = shared
+                .pool
+                .as_ref()
+                .filter(|_| shared.config.shares_sessions(leg.route));
+            if pool.is_some() {
+                leg.reset().await;
+            }
+            let Some(up) = leg.take_upstream() else {
+                continue;
+            };
+            let left = match pool {
+                Some(pool) => pool.put(leg.route.slot(), up, tokio::time::Instant::now()),
+                None => Some(up),
+            };
+            if let Some(up) = left {
+                up.quit().await;
+            }
         }
     }
 

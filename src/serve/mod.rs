@@ -105,6 +105,11 @@ pub fn parse(text: &str, origin: &str, base: &Path) -> Result<Loaded, String> {
         listen: f.listen,
         listen_tls: f.listen_tls,
         proxy_protocol: proxy_protocol(&f, origin)?,
+        upstream_reuse: (l.upstream_reuse_idle_secs > 0).then(|| crate::relay::ReuseSettings {
+            idle: Duration::from_secs(l.upstream_reuse_idle_secs),
+            max_messages: l.upstream_reuse_max_messages.max(1),
+            max_idle: l.upstream_reuse_max_idle,
+        }),
         tls,
         client_trust_file: None,
         spool_dir,

@@ -80,6 +80,7 @@ impl Upstream {
             recording: config.transcript,
             handshake_times: Vec::with_capacity(6),
             tls_info,
+            messages: 0,
         };
         up.handshake_times.push((Phase::Connect, connected));
         if let Some(tls) = tls_time {

@@ -67,6 +67,8 @@ pub struct Upstream {
     handshake_times: Vec<(Phase, Duration)>,
     /// What TLS was negotiated, when it was.
     tls_info: Option<TlsInfo>,
+    /// Messages ended on this session (a final reply read), for the cap on a reused one.
+    messages: u32,
 }
 
 /// The TLS version and cipher suite of a secured session.
@@ -113,6 +115,24 @@ impl Upstream {
     /// The TLS version and cipher suite, when the session is secured.
     pub fn tls_info(&self) -> Option<TlsInfo> {
         self.tls_info
+    }
+
+    /// Messages ended on this session so far (whatever the upstream's verdict).
+    pub fn messages(&self) -> u32 {
+        self.messages
+    }
+
+    /// Whether a session kept idle still looks usable: nothing came from the upstream since
+    /// its last reply (no close, no `421` of an idle timeout). Reads without waiting; a session
+    /// that says no is not used again.
+    pub fn still_open(&mut self) -> bool {
+        let mut byte = [0u8; 1];
+        let mut buf = tokio::io::ReadBuf::new(&mut byte);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        matches!(
+            tokio::io::AsyncRead::poll_read(std::pin::Pin::new(&mut self.io), &mut cx, &mut buf),
+            std::task::Poll::Pending
+        )
     }
 
     /// The upstream's name (as configured).
@@ -492,6 +512,7 @@ impl Upstream {
         let reply = self
             .read_reply(Phase::EndOfData, self.timeouts.data_end)
             .await?;
+        self.messages += 1;
         match self
             .session
             .handle_reply(reply)

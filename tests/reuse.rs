@@ -1,0 +1,143 @@
+//! Upstream sessions kept for the next client (connection caching), over real sockets: one
+//! upstream connection carries the messages of several client sessions; one the upstream
+//! closed while it was kept is not used (the message goes through a new one); the message cap
+//! and pass-through mode (the client's own credentials) each get their own connection.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use fake_upstream::testing::Client;
+use smtp_relay::relay::{AuthMode, RelayConfig, RelayHandle, ReuseSettings};
+
+async fn relay_to_sink(
+    name: &str,
+    sink_tweak: impl FnOnce(&mut fake_upstream::Config),
+    reuse: Option<ReuseSettings>,
+) -> (fake_upstream::Handle, RelayHandle) {
+    let mut config = fake_upstream::testing::config("sink", &format!("reuse-{name}"));
+    config.persona.rules.keep_messages = true;
+    sink_tweak(&mut config);
+    let sink = fake_upstream::testing::start(config).await;
+    let spool = sink.data_dir().join("relay-spool");
+    let config = RelayConfig {
+        auth: AuthMode::TrustedNetworks(vec![("127.0.0.0".parse().unwrap(), 8)]),
+        upstream_reuse: reuse,
+        probe_routes: false,
+        ..RelayConfig::new(
+            "relay.test",
+            "127.0.0.1:0".parse().unwrap(),
+            spool,
+            smtp_relay::load::plain_server(sink.addr()),
+        )
+    };
+    let relay = smtp_relay::relay::start(config).await.unwrap();
+    (sink, relay)
+}
+
+const KEEP: ReuseSettings = ReuseSettings {
+    idle: Duration::from_secs(60),
+    max_messages: 100,
+    max_idle: 4,
+};
+
+/// One client session, one message; the final reply.
+async fn one_message(relay: SocketAddr, i: usize) -> String {
+    let mut c = Client::connect(relay).await;
+    c.reply().await;
+    c.cmd("EHLO client.example").await;
+    assert!(
+        c.cmd("MAIL FROM:<alice@example.com>")
+            .await
+            .starts_with("250")
+    );
+    assert!(c.cmd("RCPT TO:<bob@example.org>").await.starts_with("250"));
+    assert!(c.cmd("DATA").await.starts_with("354"));
+    c.send_raw(format!("Subject: {i}\r\n\r\nmessage {i}\r\n.\r\n").as_bytes())
+        .await;
+    let r = c.reply().await.to_string();
+    c.cmd("QUIT").await;
+    assert!(c.closed().await);
+    r
+}
+
+/// The relay's source address for each message the sink took, in order: one per upstream
+/// connection.
+fn upstream_connections(sink: &fake_upstream::Handle) -> Vec<SocketAddr> {
+    sink.received().iter().map(|r| r.client).collect()
+}
+
+/// The relay keeps its session after the client's QUIT; wait until it is back in the pool
+/// before the next client comes (the client hears 221 before the relay is done with it).
+async fn settle() {
+    tokio::time::sleep(Duration::from_millis(200)).await;
+}
+
+#[tokio::test]
+async fn one_upstream_connection_carries_several_clients_messages() {
+    let (sink, relay) = relay_to_sink("shared", |_| {}, Some(KEEP)).await;
+    for i in 0..3 {
+        let r = one_message(relay.addr(), i).await;
+        assert!(r.starts_with("250"), "{r}");
+        settle().await;
+    }
+    let conns = upstream_connections(&sink);
+    assert_eq!(conns.len(), 3);
+    assert!(
+        conns.iter().all(|c| *c == conns[0]),
+        "one upstream connection for three client sessions: {conns:?}"
+    );
+    relay.shutdown().await;
+    sink.shutdown().await;
+
+    // Without reuse, as before: a connection per client session.
+    let (sink, relay) = relay_to_sink("not-shared", |_| {}, None).await;
+    for i in 0..2 {
+        assert!(one_message(relay.addr(), i).await.starts_with("250"));
+        settle().await;
+    }
+    let conns = upstream_connections(&sink);
+    assert_ne!(conns[0], conns[1]);
+    relay.shutdown().await;
+    sink.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_kept_session_the_upstream_closed_is_not_used() {
+    // The sink closes an idle session after 1 s (421 and close), well within the relay's 60 s.
+    let (sink, relay) = relay_to_sink(
+        "closed",
+        |c| c.persona.limits.idle_timeout_secs = 1,
+        Some(KEEP),
+    )
+    .await;
+    assert!(one_message(relay.addr(), 0).await.starts_with("250"));
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let r = one_message(relay.addr(), 1).await;
+    assert!(
+        r.starts_with("250"),
+        "the message goes through a new connection: {r}"
+    );
+    let conns = upstream_connections(&sink);
+    assert_eq!(conns.len(), 2);
+    assert_ne!(conns[0], conns[1]);
+    relay.shutdown().await;
+    sink.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_session_at_its_message_cap_is_closed_not_kept() {
+    let cap = ReuseSettings {
+        max_messages: 2,
+        ..KEEP
+    };
+    let (sink, relay) = relay_to_sink("cap", |_| {}, Some(cap)).await;
+    for i in 0..3 {
+        assert!(one_message(relay.addr(), i).await.starts_with("250"));
+        settle().await;
+    }
+    let conns = upstream_connections(&sink);
+    assert_eq!(conns[0], conns[1], "two messages on the first connection");
+    assert_ne!(conns[1], conns[2], "then a new one");
+    relay.shutdown().await;
+    sink.shutdown().await;
+}
