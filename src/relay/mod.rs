@@ -264,37 +264,7 @@ pub async fn start(mut config: RelayConfig) -> std::io::Result<RelayHandle> {
     }
     let (shutdown, rx) = watch::channel(false);
     let handle_shared = shared.clone();
-    let tasks = tokio::spawn(async move {
-        let mut set = JoinSet::new();
-        set.spawn(sweep_spool(
-            shared.config.spool_dir.clone(),
-            shared.config.retention,
-            rx.clone(),
-        ));
-        set.spawn(accept_loop(
-            shared.clone(),
-            plain,
-            Transport::Plain,
-            rx.clone(),
-        ));
-        if let (Some(queue), Some(settings)) = (&shared.queue, &shared.config.queue) {
-            set.spawn(scheduler(&shared, queue, settings).run(rx.clone()));
-        }
-        if let Some(listener) = metrics_listener {
-            set.spawn(crate::metrics::serve(
-                listener,
-                metrics(&shared),
-                rx.clone(),
-            ));
-        }
-        if shared.pool.is_some() {
-            set.spawn(tend_pool(shared.clone(), rx.clone()));
-        }
-        if let Some(l) = implicit {
-            set.spawn(accept_loop(shared, l, Transport::Tls, rx));
-        }
-        while set.join_next().await.is_some() {}
-    });
+    let tasks = tokio::spawn(run(shared, plain, implicit, metrics_listener, rx));
     Ok(RelayHandle {
         shared: handle_shared,
         addr,
@@ -303,6 +273,46 @@ pub async fn start(mut config: RelayConfig) -> std::io::Result<RelayHandle> {
         shutdown,
         tasks: std::sync::Mutex::new(Some(tasks)),
     })
+}
+
+/// The relay's tasks until shutdown: the listeners, the spool sweeper, and as configured the
+/// queue's scheduler, the metrics endpoint and the tender of kept upstream sessions.
+async fn run(
+    shared: Arc<Shared>,
+    plain: TcpListener,
+    implicit: Option<TcpListener>,
+    metrics_listener: Option<TcpListener>,
+    rx: watch::Receiver<bool>,
+) {
+    let mut set = JoinSet::new();
+    set.spawn(sweep_spool(
+        shared.config.spool_dir.clone(),
+        shared.config.retention,
+        rx.clone(),
+    ));
+    set.spawn(accept_loop(
+        shared.clone(),
+        plain,
+        Transport::Plain,
+        rx.clone(),
+    ));
+    if let (Some(queue), Some(settings)) = (&shared.queue, &shared.config.queue) {
+        set.spawn(scheduler(&shared, queue, settings).run(rx.clone()));
+    }
+    if let Some(listener) = metrics_listener {
+        set.spawn(crate::metrics::serve(
+            listener,
+            metrics(&shared),
+            rx.clone(),
+        ));
+    }
+    if shared.pool.is_some() {
+        set.spawn(tend_pool(shared.clone(), rx.clone()));
+    }
+    if let Some(l) = implicit {
+        set.spawn(accept_loop(shared, l, Transport::Tls, rx));
+    }
+    while set.join_next().await.is_some() {}
 }
 
 /// A warning at start for each upstream whose certificate is never checked.

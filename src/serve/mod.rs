@@ -156,20 +156,12 @@ fn auth_mode(f: &File, origin: &str, base: &Path) -> Result<AuthMode, String> {
         "passthrough" => AuthMode::Passthrough,
         // No AUTH at all; "trusted" is the same mode, named for what it relies on.
         "none" | "trusted" => {
-            let nets = f
-                .auth
-                .trusted_networks
-                .iter()
-                .map(|n| {
-                    parse_network(n).ok_or_else(|| {
-                        bad(
-                            origin,
-                            "auth.trusted_networks",
-                            format!("{n:?} is not ADDRESS/PREFIX, e.g. 127.0.0.0/8"),
-                        )
-                    })
-                })
-                .collect::<Result<Vec<_>, _>>()?;
+            let nets = networks(
+                &f.auth.trusted_networks,
+                origin,
+                "auth.trusted_networks",
+                "127.0.0.0/8",
+            )?;
             if nets.is_empty() {
                 return Err(bad(
                     origin,
@@ -394,19 +386,7 @@ fn proxy_protocol(f: &File, origin: &str) -> Result<Option<crate::relay::ProxyPr
     let Some(pp) = &f.proxy_protocol else {
         return Ok(None);
     };
-    let trusted = pp
-        .trusted
-        .iter()
-        .map(|n| {
-            parse_network(n).ok_or_else(|| {
-                bad(
-                    origin,
-                    "proxy_protocol.trusted",
-                    format!("{n:?} is not ADDRESS/PREFIX, e.g. 10.0.0.5/32"),
-                )
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let trusted = networks(&pp.trusted, origin, "proxy_protocol.trusted", "10.0.0.5/32")?;
     if trusted.is_empty() {
         return Err(bad(
             origin,
@@ -418,6 +398,26 @@ fn proxy_protocol(f: &File, origin: &str) -> Result<Option<crate::relay::ProxyPr
         trusted,
         header_timeout: Duration::from_secs(pp.header_timeout_secs.max(1)),
     }))
+}
+
+/// A list of `ADDRESS/PREFIX` networks under `key`; a bad one is named with an `example`.
+fn networks(
+    list: &[String],
+    origin: &str,
+    key: &str,
+    example: &str,
+) -> Result<Vec<(IpAddr, u8)>, String> {
+    list.iter()
+        .map(|n| {
+            parse_network(n).ok_or_else(|| {
+                bad(
+                    origin,
+                    key,
+                    format!("{n:?} is not ADDRESS/PREFIX, e.g. {example}"),
+                )
+            })
+        })
+        .collect()
 }
 
 fn parse_network(s: &str) -> Option<(IpAddr, u8)> {
