@@ -1,6 +1,7 @@
 //! `smtp-relay queue list|show ID|retry [ID]|delete ID`: the queue as an operator sees it,
-//! working on the files while the relay runs (records are replaced atomically; a running
-//! scheduler picks up a retry at its next look, within a second).
+//! while the relay runs or not. `list` and `show` read the journal; `retry` and `delete`
+//! change the queue themselves when no relay holds it, and otherwise leave a request that the
+//! running relay carries out at its scheduler's next look (they wait for it, 10 s at most).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -43,8 +44,14 @@ async fn run_inner(args: QueueArgs) -> Result<(), String> {
     if !args.dir.join("msg").is_dir() {
         return Err(format!("{}: not a queue directory", args.dir.display()));
     }
-    // Opening cleans tmp/ and orphaned content: only what was never acknowledged.
-    let q = Queue::open_existing(&args.dir).map_err(|e| format!("{}: {e}", args.dir.display()))?;
+    // Reading needs no hold; a change holds the queue when no relay does (opening then
+    // recovers what a crash left: only what was never acknowledged).
+    let q = match args.command {
+        QueueCommand::List | QueueCommand::Show { .. } if args.dir.join("journal").is_dir() => {
+            Queue::observe(&args.dir)
+        }
+        _ => Queue::open_existing(&args.dir).map_err(|e| format!("{}: {e}", args.dir.display()))?,
+    };
     match args.command {
         QueueCommand::List => {
             let (records, bad) = q.list().map_err(|e| e.to_string())?;
@@ -92,42 +99,25 @@ async fn run_inner(args: QueueArgs) -> Result<(), String> {
                 };
                 out.push_str(&format!("{}: {state}\n", rcpt.to));
             }
-            let content = std::fs::read(q.message_path(&id)).unwrap_or_default();
-            let head = &content[..content.len().min(2000)];
+            let body = q.content_blocking(&id).map_err(|e| format!("{id}: {e}"))?;
+            let size = body.len().map_err(|e| format!("{id}: {e}"))?;
+            let head = body.head(2000).map_err(|e| format!("{id}: {e}"))?;
             out.push_str(&format!(
-                "--- content ({} octets), first {}:\n{}\n",
-                content.len(),
+                "--- content ({size} octets), first {}:\n{}\n",
                 head.len(),
-                String::from_utf8_lossy(head)
+                String::from_utf8_lossy(&head)
             ));
             smtp_net::say(&out);
         }
         QueueCommand::Retry { id } => {
-            let now = chrono::Utc::now();
-            let ids: Vec<String> = match id {
-                Some(id) => vec![id],
-                None => q
-                    .list()
-                    .map_err(|e| e.to_string())?
-                    .0
-                    .into_iter()
-                    .map(|r| r.id)
-                    .collect(),
-            };
-            for id in &ids {
-                let mut r = q.load(id).map_err(|e| format!("{id}: {e}"))?;
-                r.next_attempt = now;
-                q.update(&r).await.map_err(|e| format!("{id}: {e}"))?;
-            }
-            q.announce_change()
-                .map_err(|e| format!("{}: {e}", q.dir().display()))?;
-            smtp_net::say(&format!("{} message(s) due now\n", ids.len()));
+            let n = q
+                .retry(id.as_deref())
+                .await
+                .map_err(|e| format!("{}: {e}", id.as_deref().unwrap_or("retry")))?;
+            smtp_net::say(&format!("{n} message(s) due now\n"));
         }
         QueueCommand::Delete { id } => {
-            q.load(&id).map_err(|e| format!("{id}: {e}"))?;
-            q.remove(&id).await.map_err(|e| format!("{id}: {e}"))?;
-            q.announce_change()
-                .map_err(|e| format!("{}: {e}", q.dir().display()))?;
+            q.delete(&id).await.map_err(|e| format!("{id}: {e}"))?;
             smtp_net::say(&format!("{id} deleted (not delivered, no bounce)\n"));
         }
     }

@@ -129,6 +129,10 @@ pub async fn attempt_on(
     if rcpts.is_empty() {
         return Attempt::Finished;
     }
+    let body = match queue.content(&rec.id).await {
+        Ok(body) => body,
+        Err(e) => return again(format!("cannot read the queued content: {e}"), false),
+    };
     let mut up = match conn.take() {
         Some(up) => up,
         None => match Upstream::connect(upstream).await {
@@ -138,12 +142,19 @@ pub async fn attempt_on(
             Err(e) => return again(e.to_string(), true),
         },
     };
-    let path = queue.message_path(&rec.id);
+    let pieces;
+    let content = match &body {
+        crate::queue::store::Body::Bytes(b) => {
+            pieces = [b.as_slice()];
+            crate::upstream::Content::Pieces(&pieces)
+        }
+        crate::queue::store::Body::File(path) => crate::upstream::Content::File(path),
+    };
     let msg = crate::upstream::Outbound {
         from: &from,
         params: &params,
         rcpts: &rcpts,
-        content: crate::upstream::Content::File(&path),
+        content,
         pipelining: true,
     };
     let sent = match up.send_message(&msg, &mut |_, _| {}).await {
@@ -289,6 +300,7 @@ fn group_due(
 impl Scheduler {
     /// The queue's records, from its index, read off the async threads.
     async fn records(&self) -> Vec<Queued> {
+        self.queue.take_requests().await;
         let q = self.queue.clone();
         let listed = tokio::task::spawn_blocking(move || q.records())
             .await
@@ -556,11 +568,13 @@ impl Scheduler {
             return;
         };
         // Only the start: a bounce returns the header section, and the message may be large.
-        let head = read_start(
-            &self.queue.message_path(&rec.id),
-            crate::dsn::MAX_RETURNED_HEADERS,
-        )
-        .await;
+        let head = match self.queue.content(&rec.id).await {
+            Ok(crate::queue::store::Body::Bytes(b)) => b,
+            Ok(crate::queue::store::Body::File(p)) => {
+                read_start(&p, crate::dsn::MAX_RETURNED_HEADERS).await
+            }
+            Err(_) => Vec::new(),
+        };
         let bounce = crate::dsn::Bounce::new(&crate::dsn::Report {
             reporting_mta: &self.hostname,
             to: sender,

@@ -3,4 +3,7 @@
 
 pub mod admin;
 pub mod deliver;
+mod index;
+pub mod journal;
 pub mod store;
+mod writer;

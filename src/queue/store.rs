@@ -1,29 +1,34 @@
-//! The durable queue of store-and-forward mode: every queued message is two files,
-//! `msg/<h>/<id>.eml` (its content, never changed) and `msg/<h>/<id>.json` (its envelope and
-//! delivery state, replaced atomically). A message is in the queue exactly when its `.json`
-//! exists.
+//! The durable queue of store-and-forward mode: an append-only journal (see [`journal`] for
+//! its format) of segment files under `journal/`, in which each message is a `put` entry (its
+//! envelope and delivery state, and its content when it is small), later `update` entries
+//! (a new delivery state) and a `remove` entry. A message larger than [`journal::INLINE_MAX`]
+//! keeps its content in a file of its own, `msg/<h>/<id>.eml`.
 //!
-//! Enqueueing is crash-safe: the content is written to `tmp/` and `fsync`ed, the record too,
-//! both are renamed into place (content first, record last) and the directory is `fsync`ed;
-//! only then does [`Queue::enqueue`] return, and only then may the client hear 250. A crash at
-//! any point leaves either no record (the client got no 250; a leftover content file is
-//! removed at the next start) or a complete message.
+//! Group commit: every change that arrives while the committer is busy is written with the
+//! next one in one write and made durable with one `fdatasync`; only then does
+//! [`Queue::enqueue`] return, and only then may the client hear 250. Postfix pays a file and
+//! an fsync per message; on this file system (ext4) a file created and deleted per message
+//! costs more than the sync itself. A crash at any point leaves either no entry (a torn last
+//! write is cut off when the journal is read again: the client got no 250) or a whole one.
 //!
-//! Group commit: enqueues that arrive together are committed together by one thread, each
-//! directory `fsync`ed once per batch instead of once per message.
-//!
-//! The records are also kept in memory (read once, then updated by this process's own
-//! enqueues, updates and removals): the scheduler's looks and the metrics read no file. The
-//! admin commands, in another process, write `changed` after they change the queue; a
-//! running relay then reads the disk again.
+//! The holder (the relay: one process at a time, `lock` in the queue directory) keeps the
+//! live messages in memory (read from the journal at start): the scheduler's looks and the
+//! metrics read no file. A segment no live message needs is removed, oldest first; when
+//! closed segments pile up behind an old message, it is copied forward. Other processes
+//! (`smtp-relay queue`) read the journal, and leave their changes in `requests/` for the
+//! holder to carry out.
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 use smtp_wire::{ForwardPath, MailParams, ReversePath};
+
+use super::index::{Index, Located, Where, replay};
+use super::journal;
+pub use super::writer::Limits;
+use super::writer::{Done, Job, MAX_PENDING_JOBS, Writer};
 
 /// A time in a record: RFC 3339, UTC.
 pub type Time = chrono::DateTime<chrono::Utc>;
@@ -110,7 +115,7 @@ impl Queued {
     }
 }
 
-/// What [`Queue::list`] finds: the records, and the unreadable ones with why.
+/// What [`Queue::list`] finds: the records, and what could not be read (where, and why).
 pub type Listing = (Vec<Queued>, Vec<(PathBuf, String)>);
 
 /// Counters of the committer, for tests and metrics.
@@ -118,572 +123,471 @@ pub type Listing = (Vec<Queued>, Vec<(PathBuf, String)>);
 pub struct Commits {
     /// Batches committed.
     pub batches: AtomicU64,
-    /// Messages committed.
+    /// Messages enqueued.
     pub messages: AtomicU64,
-    /// Directory fsyncs.
+    /// `fdatasync`s of the journal.
+    pub journal_syncs: AtomicU64,
+    /// Directory fsyncs (large messages' files, new and removed segments).
     pub dir_syncs: AtomicU64,
+    /// Segments removed once nothing in them was needed.
+    pub segments_reclaimed: AtomicU64,
+    /// Messages copied forward out of an old segment so that it could be removed.
+    pub relocated: AtomicU64,
 }
 
-enum Job {
-    /// Content already written to `tmp` (not yet synced), and its record.
-    Enqueue {
-        content: PathBuf,
-        record: Queued,
-        done: tokio::sync::oneshot::Sender<std::io::Result<()>>,
-    },
+/// A queued message's content: in memory (a small message, or one read from the journal), or
+/// a file.
+#[derive(Debug)]
+pub enum Body {
+    Bytes(Vec<u8>),
+    File(PathBuf),
+}
+
+impl Body {
+    /// The start of the content, at most `max` octets (a bounce's returned headers, `queue
+    /// show`).
+    pub fn head(&self, max: usize) -> std::io::Result<Vec<u8>> {
+        match self {
+            Body::Bytes(b) => Ok(b[..b.len().min(max)].to_vec()),
+            Body::File(p) => {
+                use std::io::Read;
+                let mut out = Vec::new();
+                std::fs::File::open(p)?
+                    .take(max as u64)
+                    .read_to_end(&mut out)?;
+                Ok(out)
+            }
+        }
+    }
+
+    /// The whole size.
+    pub fn len(&self) -> std::io::Result<u64> {
+        match self {
+            Body::Bytes(b) => Ok(b.len() as u64),
+            Body::File(p) => Ok(std::fs::metadata(p)?.len()),
+        }
+    }
+
+    pub fn is_empty(&self) -> std::io::Result<bool> {
+        Ok(self.len()? == 0)
+    }
 }
 
 /// The queue directory.
 #[derive(Clone)]
 pub struct Queue {
     dir: PathBuf,
-    /// Bounded: an enqueue waits for room rather than letting jobs pile up in memory.
-    jobs: tokio::sync::mpsc::Sender<Job>,
+    /// `None` for an observer (another process holds the queue): it reads the journal, and
+    /// hands changes to the holder as requests.
+    jobs: Option<tokio::sync::mpsc::Sender<Job>>,
     pub commits: Arc<Commits>,
     next_tmp: Arc<AtomicU64>,
     index: Arc<std::sync::Mutex<Index>>,
+    /// The holder's lock on `lock`, kept while the queue is open.
+    _lock: Option<Arc<std::fs::File>>,
 }
-
-/// The records in memory: read from the disk at the first [`Queue::records`], then kept up to
-/// date by this process's enqueues, updates and removals, so that the scheduler's every look
-/// and every metrics scrape costs no disk read. Read again when another process (`smtp-relay
-/// queue retry|delete`) says it changed the queue ([`Queue::announce_change`]).
-#[derive(Debug, Default)]
-struct Index {
-    /// By id; `None` until first read.
-    records: Option<std::collections::HashMap<String, Queued>>,
-    bad: Vec<(PathBuf, String)>,
-    /// The `changed` file as it was when the disk was read.
-    seen: Option<Vec<u8>>,
-}
-
-/// Written by the admin commands after they change the queue: a running relay reads the
-/// queue again when it differs.
-const CHANGED: &str = "changed";
 
 impl std::fmt::Debug for Queue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Queue")
             .field("dir", &self.dir)
+            .field("holder", &self.jobs.is_some())
             .finish_non_exhaustive()
     }
 }
 
-fn subdir_of(dir: &Path, id: &str) -> PathBuf {
+/// A change asked of the relay that holds the queue, by `smtp-relay queue retry|delete` in
+/// another process: a file in `requests/`, taken away once done.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "op")]
+enum Request {
+    /// Due now: one message, or every one.
+    Retry { id: Option<String> },
+    /// Out of the queue, undelivered, no bounce.
+    Delete { id: String },
+}
+
+/// How long `smtp-relay queue retry|delete` waits for the running relay to take a request
+/// (it looks at every scheduler tick).
+const REQUEST_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+pub(super) fn subdir_of(dir: &Path, id: &str) -> PathBuf {
     dir.join("msg").join(crate::spool::subdir(id))
 }
 
-/// Writes `bytes` to `path` and syncs it.
-fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut f = crate::spool::create_private_sync(path)?;
-    f.write_all(bytes)?;
-    f.sync_all()
-}
-
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
+pub(super) fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
+pub(super) fn not_queued(id: &str) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::NotFound,
+        format!("{id}: not in the queue"),
+    )
+}
+
+fn stopped() -> std::io::Error {
+    std::io::Error::other("the queue's committer has stopped")
+}
+
 impl Queue {
-    /// Opens (or creates) a queue directory. Recovery: `tmp/` is emptied (nothing there was
-    /// acknowledged), and content files without a record are removed.
+    /// Opens (or creates) a queue directory and holds it (one process at a time: a second
+    /// one is refused). Recovery: the journal is replayed (a torn last write cut off),
+    /// `tmp/` emptied and content files without a message removed (nothing there was
+    /// acknowledged), and a queue in the older layout (a `.json` record per message) moved
+    /// into the journal.
     pub fn open(dir: &Path) -> std::io::Result<Queue> {
+        Queue::open_with(dir, Limits::default())
+    }
+
+    /// [`Queue::open`] with other journal sizes (tests and benchmarks).
+    pub fn open_with(dir: &Path, limits: Limits) -> std::io::Result<Queue> {
         smtp_net::files::private_dir(dir)?;
-        smtp_net::files::private_dir(&dir.join("tmp"))?;
-        smtp_net::files::private_dir(&dir.join("msg"))?;
+        for sub in ["tmp", "msg", "journal", "requests"] {
+            smtp_net::files::private_dir(&dir.join(sub))?;
+        }
         for i in 0..crate::spool::SUBDIRS {
             smtp_net::files::private_dir(&dir.join("msg").join(format!("{i:x}")))?;
         }
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("lock"))?;
+        if let Err(e) = lock.try_lock() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::WouldBlock,
+                format!(
+                    "{}: the queue is held by another process (a relay running on it?): {e}",
+                    dir.display()
+                ),
+            ));
+        }
+        let journal_dir = dir.join("journal");
+        let (mut index, seqs) = replay(&journal_dir, true)?;
         for entry in std::fs::read_dir(dir.join("tmp"))? {
             let _ = std::fs::remove_file(entry?.path());
         }
+        let older = migrate_older_layout(dir, &index)?;
         for path in crate::spool::files(&dir.join("msg"))? {
-            if path.extension().is_some_and(|e| e == "eml") && !path.with_extension("json").exists()
-            {
+            let id = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+            let external = index
+                .live
+                .get(id)
+                .is_some_and(|l| matches!(l.content, Where::External));
+            let migrating = older.iter().any(|r| r.id == id);
+            if path.extension().is_some_and(|e| e == "eml") && !external && !migrating {
                 std::fs::remove_file(&path)?;
             }
         }
-        Queue::open_existing(dir)
-    }
-
-    /// Opens a queue without the recovery (for the admin commands, beside a running relay
-    /// whose `tmp/` files are messages being received).
-    pub fn open_existing(dir: &Path) -> std::io::Result<Queue> {
-        let (tx, rx) = tokio::sync::mpsc::channel::<Job>(MAX_PENDING_JOBS);
+        // New entries go to a new segment: the old ones are only read from now on.
+        let seq = seqs.last().map_or(0, |s| s + 1);
         let commits = Arc::new(Commits::default());
-        let (d, c) = (dir.to_path_buf(), commits.clone());
+        let mut writer = Writer::create(dir, seq, seqs, commits.clone(), limits)?;
+        for record in older {
+            let id = record.id.clone();
+            writer.append_all(vec![(journal::Kind::PutExternal, record, None)], &mut index)?;
+            std::fs::remove_file(subdir_of(dir, &id).join(format!("{id}.json")))?;
+        }
+        let index = Arc::new(std::sync::Mutex::new(index));
+        // Segments left with nothing needed in them (the last start's empty one, say).
+        writer.maintain(&index)?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<Job>(MAX_PENDING_JOBS);
+        let shared = index.clone();
         std::thread::Builder::new()
             .name("smtp-relay-queue".into())
-            .spawn(move || committer(&d, rx, &c))?;
+            .spawn(move || writer.run(rx, &shared))?;
         Ok(Queue {
             dir: dir.to_path_buf(),
-            jobs: tx,
+            jobs: Some(tx),
             commits,
             next_tmp: Arc::new(AtomicU64::new(0)),
-            index: Arc::default(),
+            index,
+            _lock: Some(Arc::new(lock)),
         })
+    }
+
+    /// Opens a queue another process may hold (`smtp-relay queue`, a test beside a relay):
+    /// held when no one holds it, an observer otherwise: it reads the journal at every look
+    /// and asks the holder for changes ([`Queue::retry`], [`Queue::delete`]).
+    pub fn open_existing(dir: &Path) -> std::io::Result<Queue> {
+        match Queue::open(dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(Queue::observe(dir)),
+            other => other,
+        }
+    }
+
+    /// An observer of a queue held by another process.
+    pub fn observe(dir: &Path) -> Queue {
+        Queue {
+            dir: dir.to_path_buf(),
+            jobs: None,
+            commits: Arc::default(),
+            next_tmp: Arc::new(AtomicU64::new(0)),
+            index: Arc::default(),
+            _lock: None,
+        }
     }
 
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
-    /// A fresh path in `tmp/` to stream a message's content to before [`Queue::enqueue`].
+    /// Whether this process holds the queue (else it observes one a relay holds).
+    pub fn holds(&self) -> bool {
+        self.jobs.is_some()
+    }
+
+    /// A fresh path in `tmp/` to stream a large message's content to before
+    /// [`Queue::enqueue`].
     pub fn tmp_path(&self, id: &str) -> PathBuf {
         let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
         self.dir.join("tmp").join(format!("{id}.{n}.eml"))
     }
 
-    /// Where a queued message's content is.
-    pub fn message_path(&self, id: &str) -> PathBuf {
-        subdir_of(&self.dir, id).join(format!("{id}.eml"))
+    fn jobs(&self) -> std::io::Result<&tokio::sync::mpsc::Sender<Job>> {
+        self.jobs.as_ref().ok_or_else(|| {
+            std::io::Error::other(
+                "the queue is held by another process: changes go to it as requests",
+            )
+        })
     }
 
-    fn record_path(&self, id: &str) -> PathBuf {
-        subdir_of(&self.dir, id).join(format!("{id}.json"))
-    }
-
-    /// Makes the message durable: `content` (a file under `tmp/`, written, not yet synced)
-    /// and `record` are synced and moved into the queue, the directory synced. Returns when
-    /// that is done: only then may the client hear 250.
-    pub async fn enqueue(&self, content: PathBuf, record: Queued) -> std::io::Result<()> {
+    async fn submit(&self, job: impl FnOnce(Done) -> Job) -> std::io::Result<()> {
         let (done, rx) = tokio::sync::oneshot::channel();
-        let kept = record.clone();
-        self.jobs
-            .send(Job::Enqueue {
-                content,
-                record,
-                done,
+        self.jobs()?.send(job(done)).await.map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+
+    /// Makes a message durable: its record and content written to the journal (a large
+    /// content, a file under `tmp/`, synced and moved into `msg/`) with one sync for every
+    /// message that arrived meanwhile. Returns when that is done: only then may the client
+    /// hear 250.
+    pub async fn enqueue(&self, body: Body, record: Queued) -> std::io::Result<()> {
+        self.submit(|done| Job::Put { record, body, done }).await
+    }
+
+    /// Replaces a message's record durably.
+    pub async fn update(&self, record: &Queued) -> std::io::Result<()> {
+        let record = record.clone();
+        self.submit(|done| Job::Update { record, done }).await
+    }
+
+    /// Takes a message out of the queue (durably; a large content's file is removed after).
+    pub async fn remove(&self, id: &str) -> std::io::Result<()> {
+        let id = id.to_string();
+        self.submit(|done| Job::Remove { id, done }).await
+    }
+
+    /// Makes one message (or every one) due now; gives how many. An observer asks the
+    /// holder and waits for it to take the request.
+    pub async fn retry(&self, id: Option<&str>) -> std::io::Result<usize> {
+        if !self.holds() {
+            let n = match id {
+                Some(id) => self.load(id).map(|_| 1)?,
+                None => self.list()?.0.len(),
+            };
+            self.request(&Request::Retry {
+                id: id.map(str::to_string),
             })
-            .await
-            .map_err(|_| std::io::Error::other("the queue's committer has stopped"))?;
-        rx.await
-            .map_err(|_| std::io::Error::other("the queue's committer has stopped"))??;
-        self.indexed(|records| {
-            records.insert(kept.id.clone(), kept);
-        });
-        Ok(())
+            .await?;
+            return Ok(n);
+        }
+        let now = chrono::Utc::now();
+        let records: Vec<Queued> = match id {
+            Some(id) => vec![self.load(id)?],
+            None => self.list()?.0,
+        };
+        for mut r in records.iter().cloned() {
+            r.next_attempt = now;
+            self.update(&r).await?;
+        }
+        Ok(records.len())
     }
 
-    /// Changes the in-memory index, once it has been read.
-    fn indexed(&self, change: impl FnOnce(&mut std::collections::HashMap<String, Queued>)) {
-        let mut index = self.index.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(records) = index.records.as_mut() {
-            change(records);
+    /// Deletes a message (undelivered, no bounce). An observer asks the holder.
+    pub async fn delete(&self, id: &str) -> std::io::Result<()> {
+        self.load(id)?;
+        if self.holds() {
+            self.remove(id).await
+        } else {
+            self.request(&Request::Delete { id: id.to_string() }).await
         }
     }
 
-    /// Every queued message's record, oldest first, and the records that could not be read
-    /// (with why), as the disk has them now (the admin commands, an observer). Blocking.
-    pub fn list(&self) -> std::io::Result<Listing> {
-        self.read_disk()
-    }
-
-    /// [`Queue::list`] for the process that owns the queue (the relay's scheduler): from
-    /// memory, the disk read at the first call and after another process announced a change.
-    /// Blocking (it may read the disk): async callers use `spawn_blocking`.
-    pub fn records(&self) -> std::io::Result<Listing> {
-        let stamp = std::fs::read(self.dir.join(CHANGED)).ok();
-        let mut index = self.index.lock().unwrap_or_else(|e| e.into_inner());
-        if index.records.is_none() || index.seen != stamp {
-            let (records, bad) = self.read_disk()?;
-            index.records = Some(records.into_iter().map(|r| (r.id.clone(), r)).collect());
-            index.bad = bad;
-            index.seen = stamp;
-        }
-        let mut records: Vec<Queued> = index
-            .records
-            .iter()
-            .flat_map(|r| r.values())
-            .cloned()
-            .collect();
-        records.sort_by(|a, b| a.received_at.cmp(&b.received_at).then(a.id.cmp(&b.id)));
-        Ok((records, index.bad.clone()))
-    }
-
-    /// How many messages are queued and when the oldest came, from memory (nothing before
-    /// the first [`Queue::records`]): for the metrics.
-    pub fn summary(&self) -> (u64, Option<Time>) {
-        let index = self.index.lock().unwrap_or_else(|e| e.into_inner());
-        let records = index.records.iter().flat_map(|r| r.values());
-        let oldest = records.clone().map(|r| r.received_at).min();
-        (records.count() as u64, oldest)
-    }
-
-    /// Tells a relay running on this queue that another process changed it (the admin
-    /// commands): its next look reads the disk again.
-    pub fn announce_change(&self) -> std::io::Result<()> {
+    /// Writes a request for the holder and waits until it took it.
+    async fn request(&self, request: &Request) -> std::io::Result<()> {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
             .as_nanos();
+        let name = format!("{nanos:032}-{}", std::process::id());
+        let requests = self.dir.join("requests");
+        let tmp = requests.join(format!("{name}.tmp"));
+        let path = requests.join(format!("{name}.json"));
         std::fs::write(
-            self.dir.join(CHANGED),
-            format!("{nanos} {}\n", std::process::id()),
-        )
-    }
-
-    /// Whether the message is still queued (its record on disk), without blocking.
-    pub async fn is_queued(&self, id: &str) -> bool {
-        tokio::fs::try_exists(self.record_path(id))
-            .await
-            .unwrap_or(false)
-    }
-
-    /// Every record on the disk.
-    fn read_disk(&self) -> std::io::Result<Listing> {
-        let mut records = Vec::new();
-        let mut bad = Vec::new();
-        for path in crate::spool::files(&self.dir.join("msg"))? {
-            if path.extension().is_none_or(|e| e != "json") {
-                continue;
+            &tmp,
+            serde_json::to_vec(request).map_err(std::io::Error::other)?,
+        )?;
+        std::fs::rename(&tmp, &path)?;
+        let deadline = tokio::time::Instant::now() + REQUEST_WAIT;
+        while tokio::fs::try_exists(&path).await.unwrap_or(false) {
+            if tokio::time::Instant::now() >= deadline {
+                let _ = std::fs::remove_file(&path);
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "the relay holding {} did not take the request within {} s (is it stuck?); nothing was changed",
+                        self.dir.display(),
+                        REQUEST_WAIT.as_secs()
+                    ),
+                ));
             }
-            match std::fs::read(&path)
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+
+    /// The holder: carries out the requests other processes left in `requests/` (the
+    /// scheduler calls this at every look).
+    pub async fn take_requests(&self) {
+        if !self.holds() {
+            return;
+        }
+        let dir = self.dir.join("requests");
+        let Ok(mut names) = std::fs::read_dir(&dir).map(|d| {
+            d.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|e| e == "json"))
+                .collect::<Vec<_>>()
+        }) else {
+            return;
+        };
+        names.sort();
+        for path in names {
+            let request = std::fs::read(&path)
                 .map_err(|e| e.to_string())
-                .and_then(|b| serde_json::from_slice::<Queued>(&b).map_err(|e| e.to_string()))
-            {
-                Ok(r) => records.push(r),
-                Err(e) => bad.push((path, e)),
-            }
-        }
-        records.sort_by(|a, b| a.received_at.cmp(&b.received_at).then(a.id.cmp(&b.id)));
-        Ok((records, bad))
-    }
-
-    pub fn load(&self, id: &str) -> std::io::Result<Queued> {
-        let bytes = std::fs::read(self.record_path(id))?;
-        serde_json::from_slice(&bytes).map_err(std::io::Error::other)
-    }
-
-    /// Replaces a record atomically and durably (write to `tmp/`, sync, rename, sync dir).
-    pub async fn update(&self, record: &Queued) -> std::io::Result<()> {
-        let json = serde_json::to_vec_pretty(record).map_err(std::io::Error::other)?;
-        let tmp = self.tmp_path(&record.id).with_extension("json");
-        let dest = self.record_path(&record.id);
-        tokio::task::spawn_blocking(move || {
-            write_synced(&tmp, &json)?;
-            std::fs::rename(&tmp, &dest)?;
-            sync_dir(dest.parent().expect("in a subdirectory"))
-        })
-        .await
-        .map_err(std::io::Error::other)??;
-        let kept = record.clone();
-        self.indexed(|records| {
-            records.insert(kept.id.clone(), kept);
-        });
-        Ok(())
-    }
-
-    /// Takes a message out of the queue: the record first (from then on it is not queued),
-    /// then the content.
-    pub async fn remove(&self, id: &str) -> std::io::Result<()> {
-        let (record, content) = (self.record_path(id), self.message_path(id));
-        tokio::task::spawn_blocking(move || {
-            std::fs::remove_file(&record)?;
-            let _ = std::fs::remove_file(&content);
-            sync_dir(record.parent().expect("in a subdirectory"))
-        })
-        .await
-        .map_err(std::io::Error::other)??;
-        self.indexed(|records| {
-            records.remove(id);
-        });
-        Ok(())
-    }
-}
-
-/// The committer thread: takes every job waiting, syncs their files, renames them into
-/// place, syncs each directory touched once, then answers them all.
-fn committer(dir: &Path, mut rx: tokio::sync::mpsc::Receiver<Job>, stats: &Commits) {
-    while let Some(first) = rx.blocking_recv() {
-        let mut batch = vec![first];
-        while let Ok(more) = rx.try_recv() {
-            batch.push(more);
-        }
-        // Each message's files are synced in parallel (the file system's journal merges
-        // concurrent syncs into one commit), then renamed, then each directory synced once.
-        let synced: Vec<std::io::Result<()>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = batch
-                .chunks(batch.len().div_ceil(SYNC_THREADS).max(1))
-                .map(|chunk| {
-                    scope.spawn(move || {
-                        chunk
-                            .iter()
-                            .map(
-                                |Job::Enqueue {
-                                     content, record, ..
-                                 }| {
-                                    std::fs::File::open(content)?.sync_all()?;
-                                    let json = serde_json::to_vec_pretty(record)
-                                        .map_err(std::io::Error::other)?;
-                                    write_synced(&content.with_extension("json"), &json)
-                                },
-                            )
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .flat_map(|h| {
-                    h.join().unwrap_or_else(|_| {
-                        vec![Err(std::io::Error::other("a sync thread panicked"))]
-                    })
-                })
-                .collect()
-        });
-        let mut dirs = BTreeSet::new();
-        let mut results: Vec<(std::io::Result<()>, tokio::sync::oneshot::Sender<_>)> =
-            Vec::with_capacity(batch.len());
-        for (job, synced) in batch.into_iter().zip(synced) {
-            let Job::Enqueue {
-                content,
-                record,
-                done,
-            } = job;
-            let sub = subdir_of(dir, &record.id);
-            let tmp_json = content.with_extension("json");
-            let r = synced.and_then(|()| {
-                std::fs::rename(&content, sub.join(format!("{}.eml", record.id)))?;
-                std::fs::rename(&tmp_json, sub.join(format!("{}.json", record.id)))
-            });
-            if r.is_ok() {
-                dirs.insert(sub);
-            } else {
-                let _ = std::fs::remove_file(&content);
-                let _ = std::fs::remove_file(&tmp_json);
-            }
-            results.push((r, done));
-        }
-        // One fsync per directory for the whole batch: the renames are durable after it.
-        let dir_errors: Vec<String> = std::thread::scope(|scope| {
-            let handles: Vec<_> = dirs
-                .iter()
-                .map(|d| scope.spawn(move || sync_dir(d).err().map(|e| e.to_string())))
-                .collect();
-            handles
-                .into_iter()
-                .filter_map(|h| h.join().ok().flatten())
-                .collect()
-        });
-        stats
-            .dir_syncs
-            .fetch_add(dirs.len() as u64, Ordering::Relaxed);
-        let dir_error = dir_errors.into_iter().next();
-        stats.batches.fetch_add(1, Ordering::Relaxed);
-        for (r, done) in results {
-            let r = match (r, &dir_error) {
-                (Ok(()), Some(e)) => Err(std::io::Error::other(format!(
-                    "the queue directory could not be synced: {e}"
-                ))),
-                (r, _) => r,
+                .and_then(|b| serde_json::from_slice::<Request>(&b).map_err(|e| e.to_string()));
+            let done = match request {
+                Ok(Request::Retry { id }) => self.retry(id.as_deref()).await.map(|_| ()),
+                Ok(Request::Delete { id }) => self.remove(&id).await,
+                Err(e) => Err(std::io::Error::other(e)),
             };
-            if r.is_ok() {
-                stats.messages.fetch_add(1, Ordering::Relaxed);
+            match done {
+                Ok(()) => tracing::info!(request = %path.display(), "queue: request carried out"),
+                Err(e) => {
+                    tracing::warn!(request = %path.display(), error = %e, "queue: request not carried out")
+                }
             }
-            let _ = done.send(r);
+            let _ = std::fs::remove_file(&path);
         }
+    }
+
+    /// Every queued message's record, oldest first, and what could not be read (with why).
+    /// The holder answers from memory; an observer reads the journal. Blocking.
+    pub fn list(&self) -> std::io::Result<Listing> {
+        if self.holds() {
+            let index = self.index.lock().unwrap_or_else(|e| e.into_inner());
+            return Ok((index.sorted(), index.bad.clone()));
+        }
+        let (index, _) = replay(&self.dir.join("journal"), false)?;
+        Ok((index.sorted(), index.bad))
+    }
+
+    /// [`Queue::list`] (the scheduler's name for it).
+    pub fn records(&self) -> std::io::Result<Listing> {
+        self.list()
+    }
+
+    /// How many messages are queued and when the oldest came, from memory: for the metrics.
+    pub fn summary(&self) -> (u64, Option<Time>) {
+        let index = self.index.lock().unwrap_or_else(|e| e.into_inner());
+        let oldest = index.live.values().map(|l| l.record.received_at).min();
+        (index.live.len() as u64, oldest)
+    }
+
+    /// Whether the message is still queued.
+    pub async fn is_queued(&self, id: &str) -> bool {
+        if self.holds() {
+            let index = self.index.lock().unwrap_or_else(|e| e.into_inner());
+            return index.live.contains_key(id);
+        }
+        self.load(id).is_ok()
+    }
+
+    fn located(&self, id: &str) -> std::io::Result<Located> {
+        if self.holds() {
+            let index = self.index.lock().unwrap_or_else(|e| e.into_inner());
+            return index.live.get(id).cloned().ok_or_else(|| not_queued(id));
+        }
+        let (mut index, _) = replay(&self.dir.join("journal"), false)?;
+        index.live.remove(id).ok_or_else(|| not_queued(id))
+    }
+
+    /// A message's record. Blocking (an observer reads the journal).
+    pub fn load(&self, id: &str) -> std::io::Result<Queued> {
+        Ok(self.located(id)?.record)
+    }
+
+    /// A message's content: read from the journal, or its file's path. Blocking.
+    pub fn content_blocking(&self, id: &str) -> std::io::Result<Body> {
+        use std::os::unix::fs::FileExt;
+        // Copied forward into a newer segment between the look and the read: look again.
+        for _ in 0..3 {
+            match self.located(id)?.content {
+                Where::External => {
+                    return Ok(Body::File(
+                        subdir_of(&self.dir, id).join(format!("{id}.eml")),
+                    ));
+                }
+                Where::Inline { seg, at, len } => {
+                    let path = self.dir.join("journal").join(journal::segment_name(seg));
+                    match std::fs::File::open(&path) {
+                        Ok(f) => {
+                            let mut out = vec![0; len as usize];
+                            f.read_exact_at(&mut out, at)?;
+                            return Ok(Body::Bytes(out));
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+        }
+        Err(not_queued(id))
+    }
+
+    /// [`Queue::content_blocking`] off the async threads.
+    pub async fn content(&self, id: &str) -> std::io::Result<Body> {
+        let (q, id) = (self.clone(), id.to_string());
+        tokio::task::spawn_blocking(move || q.content_blocking(&id))
+            .await
+            .map_err(std::io::Error::other)?
     }
 }
 
-/// Threads that sync a batch's files at once.
-const SYNC_THREADS: usize = 16;
-
-/// Enqueues waiting for the committer at most; beyond, an enqueue waits for room (sessions
-/// are bounded by `max_sessions` long before this, so it is a backstop, not a limit met).
-const MAX_PENDING_JOBS: usize = 4096;
+/// A queue in the layout before the journal (`msg/<h>/<id>.json` beside each `.eml`): its
+/// records, to be put into the journal with their content files as they are.
+fn migrate_older_layout(dir: &Path, index: &Index) -> std::io::Result<Vec<Queued>> {
+    let mut older = Vec::new();
+    for path in crate::spool::files(&dir.join("msg"))? {
+        if path.extension().is_none_or(|e| e != "json") {
+            continue;
+        }
+        let record = std::fs::read(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice::<Queued>(&b).map_err(|e| e.to_string()));
+        match record {
+            Ok(r) if !index.live.contains_key(&r.id) => older.push(r),
+            // Already moved (a crash after the journal's write, before the file's removal).
+            Ok(_) => std::fs::remove_file(&path)?,
+            Err(e) => {
+                tracing::error!(path = %path.display(), error = %e, "queue: an older record cannot be read; left where it is")
+            }
+        }
+    }
+    Ok(older)
+}
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn record(id: &str) -> Queued {
-        Queued {
-            id: id.into(),
-            route: "default".into(),
-            mail_from: "<alice@163.com>".parse().unwrap(),
-            mail_params: " BODY=8BITMIME".parse().unwrap(),
-            rcpts: vec![
-                Rcpt {
-                    to: "<bob@163.com>".parse().unwrap(),
-                    state: RcptState::Pending { last: None },
-                },
-                Rcpt {
-                    to: "<friend@qq.com>".parse().unwrap(),
-                    state: RcptState::Delivered {
-                        reply: "250 OK".into(),
-                    },
-                },
-            ],
-            auth_user: Some("alice@163.com".into()),
-            size: 5,
-            received_at: "2026-11-26T07:00:00Z".parse().unwrap(),
-            attempts: 0,
-            next_attempt: "2026-11-26T07:00:00Z".parse().unwrap(),
-            last_error: None,
-        }
-    }
-
-    fn temp(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("queue-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        dir
-    }
-
-    #[tokio::test]
-    async fn enqueue_list_update_remove() {
-        let dir = temp("basic");
-        let q = Queue::open(&dir).unwrap();
-        let tmp = q.tmp_path("m1");
-        std::fs::write(&tmp, b"hello").unwrap();
-        q.enqueue(tmp.clone(), record("m1")).await.unwrap();
-        assert!(!tmp.exists(), "moved out of tmp/");
-        assert_eq!(std::fs::read(q.message_path("m1")).unwrap(), b"hello");
-        let (all, bad) = q.list().unwrap();
-        assert!(bad.is_empty());
-        assert_eq!(all, vec![record("m1")]);
-        assert_eq!(all[0].pending().count(), 1);
-        let mut r = q.load("m1").unwrap();
-        r.rcpts[0].state = RcptState::Delivered {
-            reply: "250 Mail OK".into(),
-        };
-        r.attempts = 1;
-        q.update(&r).await.unwrap();
-        let again = q.load("m1").unwrap();
-        assert!(again.done());
-        assert_eq!(again.attempts, 1);
-        q.remove("m1").await.unwrap();
-        assert!(q.list().unwrap().0.is_empty());
-        assert!(!q.message_path("m1").exists());
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    /// The file keeps paths and parameters in their wire form and times in RFC 3339; a record
-    /// in the form earlier versions wrote (offsets as `+00:00`) reads the same; one whose
-    /// sender does not parse is refused with the reason, never read as something else.
-    #[test]
-    fn a_record_is_typed_and_its_file_is_wire_text() {
-        let json = serde_json::to_value(record("m1")).unwrap();
-        assert_eq!(json["mail_from"], "<alice@163.com>");
-        assert_eq!(json["mail_params"], " BODY=8BITMIME");
-        assert_eq!(json["rcpts"][0]["to"], "<bob@163.com>");
-        assert_eq!(json["received_at"], "2026-11-26T07:00:00Z");
-        let older = r#"{"id":"m1","route":"default","mail_from":"<alice@163.com>",
-            "mail_params":" BODY=8BITMIME","rcpts":[{"to":"<bob@163.com>","state":"pending",
-            "last":null},{"to":"<friend@qq.com>","state":"delivered","reply":"250 OK"}],
-            "auth_user":"alice@163.com","size":5,"received_at":"2026-11-26T07:00:00+00:00",
-            "attempts":0,"next_attempt":"2026-11-26T15:00:00+08:00"}"#;
-        assert_eq!(serde_json::from_str::<Queued>(older).unwrap(), record("m1"));
-        let bad = older.replace("<alice@163.com>", "<alice@>");
-        let e = serde_json::from_str::<Queued>(&bad)
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("\"<alice@>\""), "{e}");
-    }
-
-    /// The scheduler's looks and the metrics come from memory: a record taken away behind the
-    /// queue's back is still listed, until another process announces a change; this
-    /// process's own enqueues and removals show at once.
-    #[tokio::test]
-    async fn the_index_is_read_once_and_again_after_an_announced_change() {
-        let dir = temp("index");
-        let q = Queue::open(&dir).unwrap();
-        for id in ["i1", "i2"] {
-            let tmp = q.tmp_path(id);
-            std::fs::write(&tmp, b"hello").unwrap();
-            q.enqueue(tmp, record(id)).await.unwrap();
-        }
-        let ids = |q: &Queue| -> Vec<String> {
-            q.records().unwrap().0.into_iter().map(|r| r.id).collect()
-        };
-        assert_eq!(ids(&q), ["i1", "i2"]);
-        assert_eq!(q.summary().0, 2);
-        std::fs::remove_file(q.record_path("i1")).unwrap();
-        assert_eq!(ids(&q), ["i1", "i2"], "no disk read for a look");
-        assert!(!q.is_queued("i1").await, "the disk says it is gone");
-        q.remove("i2").await.unwrap();
-        assert_eq!(ids(&q), ["i1"], "this process's removal shows at once");
-        // Another process (the admin commands) announces what it did.
-        Queue::open_existing(&dir)
-            .unwrap()
-            .announce_change()
-            .unwrap();
-        assert!(ids(&q).is_empty(), "read again after the announced change");
-        assert_eq!(q.summary(), (0, None));
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn enqueues_arriving_together_share_commits() {
-        let dir = temp("group");
-        let q = Queue::open(&dir).unwrap();
-        let mut tasks = Vec::new();
-        for i in 0..200 {
-            let q = q.clone();
-            tasks.push(tokio::spawn(async move {
-                let id = format!("g{i}");
-                let tmp = q.tmp_path(&id);
-                std::fs::write(&tmp, format!("message {i}")).unwrap();
-                q.enqueue(tmp, record(&id)).await.unwrap();
-            }));
-        }
-        for t in tasks {
-            t.await.unwrap();
-        }
-        assert_eq!(q.list().unwrap().0.len(), 200);
-        let c = &q.commits;
-        assert_eq!(c.messages.load(Ordering::Relaxed), 200);
-        let batches = c.batches.load(Ordering::Relaxed);
-        let syncs = c.dir_syncs.load(Ordering::Relaxed);
-        // At most one sync per subdirectory per batch; fewer batches than messages when they
-        // arrive together.
-        assert!(
-            syncs <= batches * crate::spool::SUBDIRS,
-            "{syncs} {batches}"
-        );
-        assert!(batches < 200, "{batches} batches for 200 messages");
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[tokio::test]
-    async fn opening_recovers_from_a_crash_mid_enqueue() {
-        let dir = temp("recover");
-        let q = Queue::open(&dir).unwrap();
-        let tmp = q.tmp_path("kept");
-        std::fs::write(&tmp, b"kept").unwrap();
-        q.enqueue(tmp, record("kept")).await.unwrap();
-        // A crash between the two renames: content without its record; and a half-written
-        // temporary file.
-        std::fs::write(q.message_path("orphan"), b"never acknowledged").unwrap();
-        std::fs::write(q.tmp_path("half"), b"half").unwrap();
-        drop(q);
-        let q = Queue::open(&dir).unwrap();
-        let (all, _) = q.list().unwrap();
-        assert_eq!(all.len(), 1);
-        assert_eq!(all[0].id, "kept");
-        assert!(!q.message_path("orphan").exists());
-        assert_eq!(std::fs::read_dir(dir.join("tmp")).unwrap().count(), 0);
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[tokio::test]
-    async fn a_failed_enqueue_leaves_nothing_half_written() {
-        let dir = temp("fail");
-        let q = Queue::open(&dir).unwrap();
-        // The content was never written: the commit fails, nothing is queued, tmp is clean.
-        let err = q.enqueue(q.tmp_path("missing"), record("missing")).await;
-        assert!(err.is_err());
-        assert!(q.list().unwrap().0.is_empty());
-        assert_eq!(std::fs::read_dir(dir.join("tmp")).unwrap().count(), 0);
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[test]
-    fn records_never_hold_a_secret_field() {
-        let json = serde_json::to_string(&record("x")).unwrap();
-        for key in ["password", "secret", "code", "credential"] {
-            assert!(!json.to_lowercase().contains(key), "{json}");
-        }
-    }
-}
+#[path = "store_tests.rs"]
+pub(in crate::queue) mod tests;

@@ -338,19 +338,13 @@ impl Legs {
         self.legs.iter().any(Leg::queues_message)
     }
 
-    /// Opens the queue's copy of message `id` (at DATA: a queue that cannot be written is
-    /// known before the client sends the content).
-    pub(super) async fn begin_queue_content(
-        &mut self,
-        queue: &crate::queue::store::Queue,
-        id: &str,
-    ) -> std::io::Result<()> {
-        let content = Spool::create(id.to_string(), queue.tmp_path(id)).await?;
+    /// Starts the queue's copy of message `id`: in memory, and in a file under the queue's
+    /// `tmp/` once it outgrows [`journal::INLINE_MAX`](crate::queue::journal::INLINE_MAX).
+    pub(super) fn begin_queue_content(&mut self, queue: &crate::queue::store::Queue, id: &str) {
         self.queue_content = Some(Box::new(QueueFile {
-            content,
+            content: Spool::new(id.to_string(), queue.tmp_path(id)),
             error: None,
         }));
-        Ok(())
     }
 
     /// A piece of the content to the queue's copy; the first write error is kept (the
@@ -393,14 +387,24 @@ impl Legs {
             return Err(refuse("no queue".into()));
         };
         let (path, size) = (qf.content.path.clone(), qf.content.size);
+        let in_memory = qf.content.file.is_none();
         let written = match qf.error.take() {
             Some(e) => Err(e),
-            None => qf.content.finish().await.map_err(|e| e.to_string()),
+            None if in_memory => Ok(std::mem::take(&mut qf.content.pending)),
+            None => qf
+                .content
+                .finish()
+                .await
+                .map(|()| Vec::new())
+                .map_err(|e| e.to_string()),
         };
-        if let Err(e) = written {
-            let _ = tokio::fs::remove_file(&path).await;
-            return Err(refuse(e));
-        }
+        let bytes = match written {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&path).await;
+                return Err(refuse(e));
+            }
+        };
         let routes: Vec<RouteId> = self
             .legs
             .iter()
@@ -416,14 +420,16 @@ impl Legs {
             } else {
                 format!("{}-{label}", msg.id)
             };
-            let content = if n + 1 == routes.len() {
-                path.clone()
+            let body = if in_memory {
+                crate::queue::store::Body::Bytes(bytes.clone())
+            } else if n + 1 == routes.len() {
+                crate::queue::store::Body::File(path.clone())
             } else {
                 let link = queue.tmp_path(&id);
                 if let Err(e) = std::fs::hard_link(&path, &link) {
                     return Err(refuse(e.to_string()));
                 }
-                link
+                crate::queue::store::Body::File(link)
             };
             let record = crate::queue::store::Queued {
                 id: id.clone(),
@@ -445,7 +451,7 @@ impl Legs {
                 next_attempt: now,
                 last_error: None,
             };
-            if let Err(e) = queue.enqueue(content, record).await {
+            if let Err(e) = queue.enqueue(body, record).await {
                 return Err(refuse(e.to_string()));
             }
             self[r].message =

@@ -96,11 +96,11 @@ impl Session {
             self.id
         );
         let path = crate::spool::path_for(&self.shared.config.spool_dir, &id, "eml");
-        // A route that queues: the content goes to the queue's tmp/ as well.
+        // A route that queues: the content goes to the queue's copy as well.
         if self.legs.queue_takes_message()
             && let Some(queue) = &self.shared.queue
         {
-            self.legs.begin_queue_content(queue, &id).await?;
+            self.legs.begin_queue_content(queue, &id);
         }
         self.spool = Some(Box::new(Spool::new(id, path)));
         // RFC 5321 4.4: a trace header at the top, to the upstreams and the queue (the spool

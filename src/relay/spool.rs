@@ -50,15 +50,6 @@ impl Spool {
         Ok(())
     }
 
-    /// A writer whose file is created now.
-    pub(super) async fn create(id: String, path: PathBuf) -> std::io::Result<Spool> {
-        let file = crate::spool::create_private(&path).await?;
-        Ok(Spool {
-            file: Some(file),
-            ..Spool::new(id, path)
-        })
-    }
-
     /// Writes what is left and flushes (the file exists afterwards).
     pub(super) async fn finish(mut self) -> std::io::Result<()> {
         let mut file = match self.file.take() {
@@ -96,8 +87,8 @@ impl Spool {
 
 /// A message's content being written for the queue.
 pub(super) struct QueueFile {
-    /// The same buffered writer as the spool copy's (its file opened at once, so that a
-    /// queue that cannot be written is known at DATA).
+    /// The same buffered writer as the spool copy's: a small message stays in memory (it
+    /// goes into the queue's journal), a larger one is streamed to a file under `tmp/`.
     pub(super) content: Spool,
     /// The first write error (the message is then refused with 452 4.3.1).
     pub(super) error: Option<String>,
