@@ -357,7 +357,14 @@ fn metrics(shared: &Arc<Shared>) -> Arc<dyn Fn() -> String + Send + Sync> {
             let age = oldest
                 .map(|t| (chrono::Utc::now() - t).num_milliseconds().max(0) as f64 / 1000.0)
                 .unwrap_or(0.0);
-            (count, age)
+            let get =
+                |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+            crate::metrics::QueueFigures {
+                messages: count,
+                oldest_seconds: age,
+                commits: get(&q.commits.batches),
+                journal_syncs: get(&q.commits.journal_syncs),
+            }
         });
         s.metrics.render(queue)
     })

@@ -335,9 +335,9 @@ async fn unmet(sc: &Scenario, env: &Env) -> Result<Option<String>, String> {
 async fn wind_down(env: &Env) {
     if let Some(dir) = &env.queue_dir {
         let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline
-            && crate::spool::files(&dir.join("msg")).map_or(0, |f| f.len()) > 0
-        {
+        // The relay holds the queue: its journal read beside it.
+        let queue = crate::queue::store::Queue::observe(dir);
+        while Instant::now() < deadline && queue.list().map_or(0, |(r, _)| r.len()) > 0 {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
