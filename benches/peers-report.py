@@ -95,6 +95,22 @@ def main():
                   f" {s['p99_ms']['median']:>8.3f} {fmt(s['vs_direct'], 2, 18)}"
                   f" {fmt(s['vs_haproxy'], 2, 18)}{note}")
 
+    # Store and forward against Postfix (both answer 250 after an fsync): the ratio in each
+    # round, then its median.
+    queue_vs_postfix = []
+    for wl in workloads:
+        ratios = []
+        for c in cells:
+            p = by.get((c["round"], wl, "postfix"))
+            if c["workload"] == wl and c["system"] == "relay-queue" and p and p["msgs_per_s"] > 0:
+                ratios.append(c["msgs_per_s"] / p["msgs_per_s"])
+        if ratios:
+            queue_vs_postfix.append({"workload": wl, "ratio": spread(ratios)})
+    if queue_vs_postfix:
+        print("\nrelay-queue against postfix (both 250 after an fsync), per round, median (min-max):")
+        for q in queue_vs_postfix:
+            print(f"  {q['workload']:<15} {fmt(q['ratio'], 2)}")
+
     extras = {}
     for e in rows(extras_path, [("key", str), ("value", float)]):
         extras[e["key"]] = e["value"]
@@ -139,6 +155,7 @@ def main():
             "duration_s": float(duration),
             "cells": cells,
             "summary": summary,
+            "queue_vs_postfix": queue_vs_postfix,
             "open_loop": {"rate": extras.get("open_loop_rate"), "cells": opened, "summary": open_summary},
             "extras": extras,
         }

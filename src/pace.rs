@@ -3,6 +3,7 @@
 //! inside DATA and the whole-session deadline. Pure: every call is given the time, so the
 //! tests drive a clock of their own.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The limits, from [`crate::relay::RelayConfig`].
@@ -44,7 +45,8 @@ impl Limit {
 /// A client's pace, followed read by read.
 #[derive(Debug)]
 pub struct Pace {
-    cfg: PaceConfig,
+    /// Shared by every session (an idle session carries a pointer, not the limits).
+    cfg: Arc<PaceConfig>,
     started: Instant,
     /// When the first octet of the command line not yet complete came.
     line_started: Option<Instant>,
@@ -53,9 +55,9 @@ pub struct Pace {
 }
 
 impl Pace {
-    pub fn new(cfg: PaceConfig, now: Instant) -> Pace {
+    pub fn new(cfg: impl Into<Arc<PaceConfig>>, now: Instant) -> Pace {
         Pace {
-            cfg,
+            cfg: cfg.into(),
             started: now,
             line_started: None,
             data: None,

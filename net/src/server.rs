@@ -60,7 +60,8 @@ async fn flush(io: &mut Box<dyn Io>, out: &mut Vec<u8>, limit: Duration) -> std:
         return Ok(());
     }
     let written = crate::write_all(io, out, limit).await;
-    out.clear();
+    // Given back: a session waiting for its client keeps no reply buffer either.
+    *out = Vec::new();
     written
 }
 
@@ -116,6 +117,46 @@ pub trait Session: Send {
     }
 }
 
+/// A read of at most `size` octets into `buf` (which holds nothing unread) that gives the
+/// buffer back while it waits: a session waiting for its client keeps no read buffer. The
+/// read that found nothing registered the task's waker with the socket (or the TLS stream
+/// under it); when the wake comes, a fresh buffer is taken and the read made again: no more
+/// system calls than a plain read.
+struct ReadLazily<'a> {
+    io: &'a mut Box<dyn Io>,
+    buf: &'a mut Vec<u8>,
+    size: usize,
+}
+
+impl Future for ReadLazily<'_> {
+    type Output = std::io::Result<usize>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let this = self.get_mut();
+        this.buf.resize(this.size, 0);
+        let mut read = tokio::io::ReadBuf::new(&mut this.buf[..]);
+        let polled = std::pin::Pin::new(&mut **this.io).poll_read(cx, &mut read);
+        let n = read.filled().len();
+        match polled {
+            std::task::Poll::Ready(Ok(())) => {
+                this.buf.truncate(n);
+                std::task::Poll::Ready(Ok(n))
+            }
+            std::task::Poll::Ready(Err(e)) => {
+                this.buf.clear();
+                std::task::Poll::Ready(Err(e))
+            }
+            std::task::Poll::Pending => {
+                *this.buf = Vec::new();
+                std::task::Poll::Pending
+            }
+        }
+    }
+}
+
 /// Runs `session` on `io` until it ends: closed by either side, timed out, shut down, or
 /// failed (the error is the I/O error that ended it).
 pub async fn serve<S: Session>(
@@ -125,7 +166,7 @@ pub async fn serve<S: Session>(
     config: DriveConfig,
 ) -> std::io::Result<()> {
     let mut out = Vec::new();
-    let mut buf: Vec<u8> = Vec::with_capacity(config.read_small);
+    let mut buf: Vec<u8> = Vec::new();
     macro_rules! wire {
         () => {
             Wire {
@@ -162,14 +203,24 @@ pub async fn serve<S: Session>(
         }
         let in_data = session.conn().in_data();
         let wait = session.wait();
-        if in_data {
-            buf.reserve(config.read_large);
-        } else if buf.capacity() > config.read_small {
-            buf = Vec::with_capacity(config.read_small);
-        }
         let stops = session.stops_on_shutdown();
+        // Inside DATA, a large buffer kept from read to read; between commands a small one,
+        // given back while the client is silent (an idle session costs its size less).
+        let read = async {
+            if in_data {
+                buf.reserve(config.read_large);
+                io.read_buf(&mut buf).await
+            } else {
+                ReadLazily {
+                    io: &mut io,
+                    buf: &mut buf,
+                    size: config.read_small,
+                }
+                .await
+            }
+        };
         tokio::select! {
-            read = tokio::time::timeout(wait, io.read_buf(&mut buf)) => match read {
+            read = tokio::time::timeout(wait, read) => match read {
                 Err(_) => {
                     session.timed_out().encode(&mut out);
                     return flush(&mut io, &mut out, config.write_timeout).await;
@@ -190,5 +241,34 @@ pub async fn serve<S: Session>(
                 return flush(&mut io, &mut out, config.write_timeout).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    /// A read that finds nothing gives its buffer back while it waits (an idle session holds
+    /// none) and still completes when the client writes: the wake came through.
+    #[tokio::test]
+    async fn a_waiting_read_holds_no_buffer() {
+        let (client, server) = tokio::io::duplex(4096);
+        let mut io: Box<dyn Io> = Box::new(server);
+        let mut client = client;
+        let mut buf = Vec::new();
+        let mut read = Box::pin(ReadLazily {
+            io: &mut io,
+            buf: &mut buf,
+            size: 512,
+        });
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        assert!(read.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(read.buf.capacity(), 0, "no buffer held while waiting");
+        client.write_all(b"EHLO client.example\r\n").await.unwrap();
+        let n = read.await.unwrap();
+        assert_eq!(&buf[..n], b"EHLO client.example\r\n");
+        assert_eq!(buf.len(), n);
     }
 }

@@ -246,7 +246,8 @@ pub struct ServerSession {
     esmtp: bool,
     /// Who the client authenticated as.
     authenticated: Option<String>,
-    envelope: Envelope,
+    /// Boxed, and only while a transaction is open: an idle session need not carry it.
+    envelope: Option<Box<Envelope>>,
     /// Size of BDAT chunks received in this transaction, and whether one was refused.
     chunked: u64,
     chunk_error: Option<Reply>,
@@ -266,7 +267,7 @@ impl ServerSession {
             helo: None,
             esmtp: false,
             authenticated: None,
-            envelope: Envelope::default(),
+            envelope: None,
             chunked: 0,
             chunk_error: None,
             rcpt_commands: 0,
@@ -353,7 +354,12 @@ impl ServerSession {
 
     /// The transaction in progress.
     pub fn envelope(&self) -> &Envelope {
-        &self.envelope
+        static NONE: std::sync::LazyLock<Envelope> = std::sync::LazyLock::new(Envelope::default);
+        self.envelope.as_deref().unwrap_or(&NONE)
+    }
+
+    fn envelope_mut(&mut self) -> &mut Envelope {
+        self.envelope.get_or_insert_with(Box::default)
     }
 
     /// Whether the session waits for the verdict on a MAIL or RCPT (what follows in the
@@ -453,7 +459,7 @@ impl ServerSession {
     }
 
     fn reset_transaction(&mut self) {
-        self.envelope = Envelope::default();
+        self.envelope = None;
         self.chunked = 0;
         self.chunk_error = None;
         self.rcpt_commands = 0;
@@ -468,7 +474,7 @@ impl ServerSession {
     }
 
     fn in_transaction(&self) -> bool {
-        self.envelope.from.is_some()
+        self.envelope().from.is_some()
     }
 
     /// A refusal caused by the client's input: counted towards `max_errors`.
@@ -812,14 +818,19 @@ impl ServerSession {
             let reply = self.unsupported("NOTIFY/ORCPT");
             return self.error(reply);
         }
-        if !to.is_ascii() && !self.envelope.mail_params.smtputf8 {
+        if !to.is_ascii() && !self.envelope().mail_params.smtputf8 {
             return self.error_kind(ReplyKind::NonAsciiRecipient);
         }
-        if self.envelope.rcpts.iter().any(|(r, _)| r.same_target(&to)) {
+        if self
+            .envelope()
+            .rcpts
+            .iter()
+            .any(|(r, _)| r.same_target(&to))
+        {
             // Delivered once (smtp-edge-cases 44): accepted without asking again.
             return Step::Reply(self.reply(ReplyKind::RcptOk));
         }
-        if self.envelope.rcpts.len() >= self.config.max_recipients {
+        if self.envelope().rcpts.len() >= self.config.max_recipients {
             return Step::Reply(self.reply(ReplyKind::TooManyRecipients));
         }
         self.phase = Phase::Pending(Box::new(Pending::Rcpt {
@@ -833,13 +844,13 @@ impl ServerSession {
         if !self.in_transaction() {
             return self.sequence_error("need MAIL before DATA");
         }
-        if self.envelope.rcpts.is_empty() {
+        if self.envelope().rcpts.is_empty() {
             // The transaction is over: a client that pipelined its body after this DATA must
             // not see those lines add recipients to it (smtp-edge-cases 79).
             self.reset_transaction();
             return self.error_kind(ReplyKind::NoValidRecipients);
         }
-        if self.envelope.mail_params.body == Some(Body::BinaryMime) {
+        if self.envelope().mail_params.body == Some(Body::BinaryMime) {
             return self.sequence_error("BODY=BINARYMIME needs BDAT, not DATA");
         }
         self.phase = Phase::Pending(Box::new(Pending::BeginData));
@@ -852,7 +863,7 @@ impl ServerSession {
             Some(self.reply(ReplyKind::BdatUnavailable))
         } else if !self.in_transaction() {
             Some(self.bad_sequence("need MAIL before BDAT"))
-        } else if self.envelope.rcpts.is_empty() {
+        } else if self.envelope().rcpts.is_empty() {
             Some(self.reply(ReplyKind::NoValidRecipients))
         } else {
             self.chunk_error.take()
@@ -881,9 +892,9 @@ impl ServerSession {
             let text = format!("{} octets received", self.chunked);
             return Step::Reply(self.reply_text(ReplyKind::ChunkOk, text));
         }
-        self.envelope.size = self.chunked;
+        self.envelope_mut().size = self.chunked;
         self.phase = Phase::Pending(Box::new(Pending::Deliver));
-        Step::Decide(Decision::Deliver(self.envelope.clone()))
+        Step::Decide(Decision::Deliver(self.envelope().clone()))
     }
 
     /// The DATA decoder found the terminator.
@@ -904,9 +915,9 @@ impl ServerSession {
             self.reset_transaction();
             return Step::Reply(self.reply(ReplyKind::NulInData));
         }
-        self.envelope.size = outcome.size;
+        self.envelope_mut().size = outcome.size;
         self.phase = Phase::Pending(Box::new(Pending::Deliver));
-        Step::Decide(Decision::Deliver(self.envelope.clone()))
+        Step::Decide(Decision::Deliver(self.envelope().clone()))
     }
 
     /// The driver's answer to the last [`Step::Decide`].
@@ -934,15 +945,15 @@ impl ServerSession {
             Pending::Mail { from, params } => {
                 let r = reply(ReplyKind::MailOk);
                 if accepted {
-                    self.envelope.from = Some(from);
-                    self.envelope.mail_params = params;
+                    self.envelope_mut().from = Some(from);
+                    self.envelope_mut().mail_params = params;
                 }
                 Step::Reply(r)
             }
             Pending::Rcpt { to, params } => {
                 let r = reply(ReplyKind::RcptOk);
                 if accepted {
-                    self.envelope.rcpts.push((to, params));
+                    self.envelope_mut().rcpts.push((to, params));
                 }
                 Step::Reply(r)
             }

@@ -126,6 +126,8 @@ struct Shared {
     server_configs: std::sync::Mutex<std::collections::HashMap<ConfigKind, Arc<ServerConfig>>>,
     /// Upstream sessions kept for the next client ([`RelayConfig::upstream_reuse`]).
     pool: Option<Pool<Upstream>>,
+    /// The client's pace limits, shared by every session.
+    pace: Arc<crate::pace::PaceConfig>,
 }
 
 impl Shared {
@@ -246,6 +248,13 @@ pub async fn start(mut config: RelayConfig) -> std::io::Result<RelayHandle> {
         metrics: Arc::default(),
         auth_guard: crate::auth_guard::AuthGuard::new(config.auth_limits),
         server_configs: Default::default(),
+        pace: Arc::new(crate::pace::PaceConfig {
+            command_timeout: config.command_timeout,
+            data_timeout: config.data_timeout,
+            line_timeout: config.line_timeout,
+            min_data_rate: config.min_data_rate,
+            session_deadline: config.session_deadline,
+        }),
         pool: config
             .upstream_reuse
             .map(|s| Pool::new(s, config.routes.len() + 1)),

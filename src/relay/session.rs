@@ -88,16 +88,7 @@ impl Session {
             poisoned: None,
             spool: None,
             started,
-            pace: crate::pace::Pace::new(
-                crate::pace::PaceConfig {
-                    command_timeout: cfg.command_timeout,
-                    data_timeout: cfg.data_timeout,
-                    line_timeout: cfg.line_timeout,
-                    min_data_rate: cfg.min_data_rate,
-                    session_deadline: cfg.session_deadline,
-                },
-                started,
-            ),
+            pace: crate::pace::Pace::new(shared.pace.clone(), started),
             waiting: (cfg.command_timeout, crate::pace::Limit::Idle),
             transcript: cfg.transcripts.as_ref().map(|_| Vec::new()),
             lines_seen: 0,
