@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Relays one large message (100 MB by default) through `smtp-relay serve` to the fake sink in a
 # separate process, and reports the relay's peak memory (VmHWM): the message is streamed, so
-# it must stay far below the message size.
+# it must stay far below the message size. MODE=queue: the relay stores and forwards (the
+# message goes to its queue, then from there to the sink; the peak covers both).
 #
 #   benches/relay-memory.sh            # SIZE_MB=100
+#   MODE=queue benches/relay-memory.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZE_MB=${SIZE_MB:-100}
+MODE=${MODE:-live}
 PORT_RELAY=${PORT_RELAY:-27225}
 PORT_SINK=${PORT_SINK:-27226}
 
@@ -41,6 +44,10 @@ tls = "implicit"
 ca = "sink/ca.pem"
 server_name = "localhost"
 TOML
+if [ "$MODE" = queue ]; then
+  sed -i 's/^tls = "implicit"/tls = "implicit"\nmode = "queue"/' "$tmp/relay.toml"
+  printf '[queue]\ndir = "queue"\n' >>"$tmp/relay.toml"
+fi
 ./target/release/smtp-relay serve --config "$tmp/relay.toml" >"$tmp/relay.log" 2>&1 &
 relay_pid=$!
 pids+=($relay_pid)
@@ -55,6 +62,13 @@ body = b"From: a@x.example\r\nSubject: big\r\n\r\n" + line * (size_mb * 1024 * 1
 with smtplib.SMTP("127.0.0.1", port, timeout=300) as s:
     s.sendmail("a@x.example", ["b@y.example"], body)
 PY
+if [ "$MODE" = queue ]; then
+  # Delivered from the queue: it is empty again.
+  for _ in $(seq 1 1200); do
+    ./target/release/smtp-relay queue --dir "$tmp/queue" list 2>/dev/null | grep -q '^0 message(s) queued' && break
+    sleep 0.1
+  done
+fi
 end=$(date +%s.%N)
 hwm=$(awk '/VmHWM/ { print $2 }' "/proc/$relay_pid/status")
-echo "relayed ${SIZE_MB} MB in $(echo "$start $end" | awk '{ printf "%.1f", $2 - $1 }') s; relay peak RSS (VmHWM): $(( hwm / 1024 )) MiB"
+echo "relayed ${SIZE_MB} MB ($MODE) in $(echo "$start $end" | awk '{ printf "%.1f", $2 - $1 }') s; relay peak RSS (VmHWM): $(( hwm / 1024 )) MiB"
