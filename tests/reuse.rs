@@ -124,6 +124,50 @@ async fn a_kept_session_the_upstream_closed_is_not_used() {
     sink.shutdown().await;
 }
 
+/// The upstream drops the kept session at the next client's MAIL, after the relay's check that
+/// it was still open (the race the check cannot close): the relay sends MAIL again on a new
+/// connection, and the client never sees the failure.
+#[tokio::test]
+async fn a_kept_session_that_dies_at_mail_is_replaced_unseen() {
+    use fake_upstream::faults::{DropWhen, Fault, Stage};
+    let (sink, relay) = relay_to_sink(
+        "dies",
+        |c| {
+            for n in [2, 4] {
+                c.faults
+                    .push(Fault::on(Stage::Mail).nth(n).drop(DropWhen::Before));
+            }
+        },
+        Some(KEEP),
+    )
+    .await;
+    assert!(one_message(relay.addr(), 0).await.starts_with("250"));
+    settle().await;
+    let r = one_message(relay.addr(), 1).await;
+    assert!(r.starts_with("250"), "MAIL again on a new connection: {r}");
+    settle().await;
+    // The same with MAIL and RCPT pipelined (forwarded upstream as one group).
+    let mut c = Client::connect(relay.addr()).await;
+    c.reply().await;
+    c.cmd("EHLO client.example").await;
+    c.send_raw(b"MAIL FROM:<alice@example.com>\r\nRCPT TO:<bob@example.org>\r\n")
+        .await;
+    let (mail, rcpt) = (c.reply().await.to_string(), c.reply().await.to_string());
+    assert!(
+        mail.starts_with("250") && rcpt.starts_with("250"),
+        "{mail} / {rcpt}"
+    );
+    assert!(c.cmd("DATA").await.starts_with("354"));
+    c.send_raw(b"Subject: 2\r\n\r\nmessage 2\r\n.\r\n").await;
+    assert!(c.reply().await.to_string().starts_with("250"));
+    c.cmd("QUIT").await;
+    let conns = upstream_connections(&sink);
+    assert_eq!(conns.len(), 3, "every message delivered, once each");
+    assert!(conns[0] != conns[1] && conns[1] != conns[2], "{conns:?}");
+    relay.shutdown().await;
+    sink.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_session_at_its_message_cap_is_closed_not_kept() {
     let cap = ReuseSettings {

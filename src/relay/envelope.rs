@@ -9,12 +9,17 @@ impl Session {
     /// The upstream session of route `r`: the one already open, or a new one (with the
     /// client's credentials or the route's own, see [`uses_client_credentials`]).
     pub(super) async fn open_leg(&mut self, r: RouteId) -> Result<(), UpstreamError> {
+        self.open_leg_with(r, true).await.map(|_| ())
+    }
+
+    /// [`Session::open_leg`], taking a kept session only when `reuse`; says whether it did.
+    async fn open_leg_with(&mut self, r: RouteId, reuse: bool) -> Result<bool, UpstreamError> {
         if self.legs[r].is_open() {
-            return Ok(());
+            return Ok(false);
         }
-        if let Some(up) = self.reused(r).await {
+        if reuse && let Some(up) = self.reused(r).await {
             self.legs[r].set_upstream(up);
-            return Ok(());
+            return Ok(true);
         }
         let cfg = &self.shared.config;
         let mut config = cfg.route_upstream(r).clone();
@@ -25,7 +30,7 @@ impl Session {
             Ok(up) => {
                 self.shared.learn(r, up.capabilities());
                 self.legs[r].set_upstream(up);
-                Ok(())
+                Ok(false)
             }
             Err(e) => {
                 if self.refuses_the_relay(&e) {
@@ -72,12 +77,37 @@ impl Session {
     /// MAIL: a new transaction. Upstreams still inside an earlier one (the client said RSET,
     /// or DATA was refused) are reset first; MAIL goes to the default route at once, whose
     /// verdict (the sender rules of the upstream the client authenticated with) is the
-    /// answer. Other routes get MAIL at their first recipient.
+    /// answer. Other routes get MAIL at their first recipient. A kept upstream session that
+    /// fails before it answers (the upstream closed it after the relay last looked) costs the
+    /// client nothing: MAIL goes once more, on a new connection.
     pub(super) async fn mail(&mut self, from: ReversePath, params: MailParams) -> Verdict {
         self.reset_legs().await;
-        if let Err(e) = self.open_leg(RouteId::DEFAULT).await {
-            return Verdict::Reply(e.client_reply());
+        let verdict = self.mail_on(&from, &params, true).await;
+        if self.kept_session_died {
+            self.kept_session_died = false;
+            self.note(
+                "    * the kept upstream session was gone: MAIL again on a new connection"
+                    .to_string(),
+            );
+            self.legs[RouteId::DEFAULT].failure = None;
+            return self.mail_on(&from, &params, false).await;
         }
+        verdict
+    }
+
+    async fn mail_on(&mut self, from: &ReversePath, params: &MailParams, reuse: bool) -> Verdict {
+        let reused = match self.open_leg_with(RouteId::DEFAULT, reuse).await {
+            Ok(reused) => reused,
+            Err(e) => return Verdict::Reply(e.client_reply()),
+        };
+        let verdict = self.mail_upstream(from.clone(), params.clone()).await;
+        // Failed below SMTP (no reply: the leg's failure is set) on a session taken from the
+        // pool, before the transaction began upstream.
+        self.kept_session_died = reused && self.legs[RouteId::DEFAULT].failure.is_some();
+        verdict
+    }
+
+    async fn mail_upstream(&mut self, from: ReversePath, params: MailParams) -> Verdict {
         if self.legs[RouteId::DEFAULT].can_pipeline() {
             let group = self.pipelined_rcpts();
             if !group.is_empty() {

@@ -27,6 +27,9 @@ pub(super) struct Session {
     /// An upstream with accepted recipients failed in this transaction: it can only end with
     /// this 4xx (nothing is delivered anywhere, the client tries again).
     pub(super) poisoned: Option<Reply>,
+    /// The default route's kept upstream session failed before it answered MAIL (see
+    /// [`Session::mail`]).
+    pub(super) kept_session_died: bool,
     pub(super) spool: Option<Box<Spool>>,
     pub(super) started: Instant,
     /// The client's pace: how long each wait for it may be.
@@ -86,6 +89,7 @@ impl Session {
             transaction: None,
             prefetched: Default::default(),
             poisoned: None,
+            kept_session_died: false,
             spool: None,
             started,
             pace: crate::pace::Pace::new(shared.pace.clone(), started),
