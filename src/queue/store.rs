@@ -284,10 +284,23 @@ impl Queue {
         let seq = seqs.last().map_or(0, |s| s + 1);
         let commits = Arc::new(Commits::default());
         let mut writer = Writer::create(dir, seq, seqs, commits.clone(), limits)?;
-        for record in older {
-            let id = record.id.clone();
-            writer.append_all(vec![(journal::Kind::PutExternal, record, None)], &mut index)?;
+        let moved: Vec<String> = older.iter().map(|r| r.id.clone()).collect();
+        if !older.is_empty() {
+            let entries = older
+                .into_iter()
+                .map(|r| (journal::Kind::PutExternal, r, None))
+                .collect();
+            writer.append_all(entries, &mut index)?;
+        }
+        for id in moved {
             std::fs::remove_file(subdir_of(dir, &id).join(format!("{id}.json")))?;
+        }
+        // A request being carried out when the last holder stopped: its asker has given up.
+        for entry in std::fs::read_dir(dir.join("requests"))? {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "taking") {
+                let _ = std::fs::remove_file(path);
+            }
         }
         let index = Arc::new(std::sync::Mutex::new(index));
         // Segments left with nothing needed in them (the last start's empty one, say).
@@ -398,11 +411,17 @@ impl Queue {
             Some(id) => vec![self.load(id)?],
             None => self.list()?.0,
         };
-        for mut r in records.iter().cloned() {
+        let mut n = 0;
+        for mut r in records {
             r.next_attempt = now;
-            self.update(&r).await?;
+            match self.update(&r).await {
+                Ok(()) => n += 1,
+                // Delivered or deleted meanwhile: nothing left to retry.
+                Err(e) if id.is_none() && e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
         }
-        Ok(records.len())
+        Ok(n)
     }
 
     /// Deletes a message (undelivered, no bounce). An observer asks the holder.
@@ -415,29 +434,47 @@ impl Queue {
         }
     }
 
-    /// Writes a request for the holder and waits until it took it.
+    /// Writes a request for the holder and waits for its outcome: `<name>.done`, or
+    /// `<name>.err` with why it could not be carried out.
     async fn request(&self, request: &Request) -> std::io::Result<()> {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
             .as_nanos();
         let name = format!("{nanos:032}-{}", std::process::id());
-        let requests = self.dir.join("requests");
-        let tmp = requests.join(format!("{name}.tmp"));
-        let path = requests.join(format!("{name}.json"));
+        let at = |ext: &str| self.dir.join("requests").join(format!("{name}.{ext}"));
+        let path = at("json");
         std::fs::write(
-            &tmp,
+            at("tmp"),
             serde_json::to_vec(request).map_err(std::io::Error::other)?,
         )?;
-        std::fs::rename(&tmp, &path)?;
-        let deadline = tokio::time::Instant::now() + REQUEST_WAIT;
-        while tokio::fs::try_exists(&path).await.unwrap_or(false) {
+        std::fs::rename(at("tmp"), &path)?;
+        let mut deadline = tokio::time::Instant::now() + REQUEST_WAIT;
+        let mut taken = false;
+        loop {
+            if std::fs::remove_file(at("done")).is_ok() {
+                return Ok(());
+            }
+            if let Ok(why) = std::fs::read_to_string(at("err")) {
+                let _ = std::fs::remove_file(at("err"));
+                return Err(std::io::Error::other(why));
+            }
             if tokio::time::Instant::now() >= deadline {
-                let _ = std::fs::remove_file(&path);
+                // Taken back unless the holder has it already (then its outcome is awaited).
+                if !taken && std::fs::remove_file(&path).is_err() {
+                    taken = true;
+                    deadline += REQUEST_WAIT;
+                    continue;
+                }
+                let why = if taken {
+                    "took the request but gave no outcome"
+                } else {
+                    "did not take the request (is it stuck?); nothing was changed"
+                };
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
                     format!(
-                        "the relay holding {} did not take the request within {} s (is it stuck?); nothing was changed",
+                        "the relay holding {} {why} within {} s",
                         self.dir.display(),
                         REQUEST_WAIT.as_secs()
                     ),
@@ -445,11 +482,11 @@ impl Queue {
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
-        Ok(())
     }
 
     /// The holder: carries out the requests other processes left in `requests/` (the
-    /// scheduler calls this at every look).
+    /// scheduler calls this at every look), each claimed first (renamed, so that one the
+    /// asker took back is not carried out), its outcome left for the asker.
     pub async fn take_requests(&self) {
         if !self.holds() {
             return;
@@ -464,7 +501,11 @@ impl Queue {
         };
         names.sort();
         for path in names {
-            let request = std::fs::read(&path)
+            let taking = path.with_extension("taking");
+            if std::fs::rename(&path, &taking).is_err() {
+                continue;
+            }
+            let request = std::fs::read(&taking)
                 .map_err(|e| e.to_string())
                 .and_then(|b| serde_json::from_slice::<Request>(&b).map_err(|e| e.to_string()));
             let done = match request {
@@ -472,13 +513,20 @@ impl Queue {
                 Ok(Request::Delete { id }) => self.remove(&id).await,
                 Err(e) => Err(std::io::Error::other(e)),
             };
-            match done {
-                Ok(()) => tracing::info!(request = %path.display(), "queue: request carried out"),
-                Err(e) => {
-                    tracing::warn!(request = %path.display(), error = %e, "queue: request not carried out")
+            let outcome = match &done {
+                Ok(()) => {
+                    tracing::info!(request = %path.display(), "queue: request carried out");
+                    std::fs::write(path.with_extension("done"), b"")
                 }
+                Err(e) => {
+                    tracing::warn!(request = %path.display(), error = %e, "queue: request not carried out");
+                    std::fs::write(path.with_extension("err"), e.to_string())
+                }
+            };
+            if let Err(e) = outcome {
+                tracing::warn!(request = %path.display(), error = %e, "queue: cannot leave a request's outcome");
             }
-            let _ = std::fs::remove_file(&path);
+            let _ = std::fs::remove_file(&taking);
         }
     }
 

@@ -164,6 +164,28 @@ async fn one_holder_and_observers_that_ask_it() {
     assert_eq!(asked.await.unwrap(), 1);
     assert_eq!(ids(&q), ["o2"]);
     assert!(q.load("o2").unwrap().next_attempt < later.next_attempt);
+    // A request the holder cannot carry out: the asker hears why.
+    let failing = tokio::spawn({
+        let observer = observer.clone();
+        async move {
+            observer
+                .request(&Request::Retry {
+                    id: Some("ghost".into()),
+                })
+                .await
+        }
+    });
+    while !failing.is_finished() {
+        q.take_requests().await;
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let why = failing.await.unwrap().unwrap_err().to_string();
+    assert!(why.contains("ghost: not in the queue"), "{why}");
+    assert_eq!(
+        std::fs::read_dir(dir.join("requests")).unwrap().count(),
+        0,
+        "nothing left behind"
+    );
     assert_eq!(
         observer.delete("nothing").await.unwrap_err().kind(),
         std::io::ErrorKind::NotFound
