@@ -45,6 +45,38 @@ pub struct QueueFigures {
     pub journal_syncs: u64,
 }
 
+impl QueueFigures {
+    fn render(&self, s: &mut String) {
+        let mut metric = |name: &str, kind: &str, help: &str, v: &dyn std::fmt::Display| {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+        };
+        metric(
+            "smtp_relay_queue_messages",
+            "gauge",
+            "Messages in the queue now.",
+            &self.messages,
+        );
+        metric(
+            "smtp_relay_queue_oldest_seconds",
+            "gauge",
+            "Age of the oldest queued message.",
+            &self.oldest_seconds,
+        );
+        metric(
+            "smtp_relay_queue_commits_total",
+            "counter",
+            "Batches of queue changes committed together (group commit).",
+            &self.commits,
+        );
+        metric(
+            "smtp_relay_queue_journal_syncs_total",
+            "counter",
+            "fdatasyncs of the queue's journal.",
+            &self.journal_syncs,
+        );
+    }
+}
+
 impl Metrics {
     pub fn inc(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
@@ -62,7 +94,7 @@ impl Metrics {
         bump(&self.auth_refused_locally, reason);
     }
 
-    /// The exposition text; `queue` is (messages queued now, age of the oldest in seconds).
+    /// The exposition text, with the queue's figures in store-and-forward mode.
     pub fn render(&self, queue: Option<QueueFigures>) -> String {
         let mut s = String::new();
         let counter = |s: &mut String, name: &str, help: &str, v: u64| {
@@ -121,30 +153,7 @@ impl Metrics {
             get(&self.bounced),
         );
         if let Some(q) = queue {
-            gauge(
-                &mut s,
-                "smtp_relay_queue_messages",
-                "Messages in the queue now.",
-                q.messages as f64,
-            );
-            gauge(
-                &mut s,
-                "smtp_relay_queue_oldest_seconds",
-                "Age of the oldest queued message.",
-                q.oldest_seconds,
-            );
-            counter(
-                &mut s,
-                "smtp_relay_queue_commits_total",
-                "Batches of queue changes committed together (group commit).",
-                q.commits,
-            );
-            counter(
-                &mut s,
-                "smtp_relay_queue_journal_syncs_total",
-                "fdatasyncs of the queue's journal.",
-                q.journal_syncs,
-            );
+            q.render(&mut s);
         }
         counter(
             &mut s,

@@ -302,7 +302,7 @@ impl Scheduler {
     async fn records(&self) -> Vec<Queued> {
         self.queue.take_requests().await;
         let q = self.queue.clone();
-        let listed = tokio::task::spawn_blocking(move || q.records())
+        let listed = tokio::task::spawn_blocking(move || q.list())
             .await
             .unwrap_or_else(|e| Err(std::io::Error::other(e)));
         match listed {

@@ -541,11 +541,6 @@ impl Queue {
         Ok((index.sorted(), index.bad))
     }
 
-    /// [`Queue::list`] (the scheduler's name for it).
-    pub fn records(&self) -> std::io::Result<Listing> {
-        self.list()
-    }
-
     /// How many messages are queued and when the oldest came, from memory: for the metrics.
     pub fn summary(&self) -> (u64, Option<Time>) {
         let index = self.index.lock().unwrap_or_else(|e| e.into_inner());

@@ -398,7 +398,7 @@ impl Legs {
                 .map(|()| Vec::new())
                 .map_err(|e| e.to_string()),
         };
-        let bytes = match written {
+        let mut bytes = match written {
             Ok(bytes) => bytes,
             Err(e) => {
                 let _ = tokio::fs::remove_file(&path).await;
@@ -420,9 +420,16 @@ impl Legs {
             } else {
                 format!("{}-{label}", msg.id)
             };
+            let last = n + 1 == routes.len();
             let body = if in_memory {
-                crate::queue::store::Body::Bytes(bytes.clone())
-            } else if n + 1 == routes.len() {
+                // The last route takes the bytes; only several routes copy them.
+                let b = if last {
+                    std::mem::take(&mut bytes)
+                } else {
+                    bytes.clone()
+                };
+                crate::queue::store::Body::Bytes(b)
+            } else if last {
                 crate::queue::store::Body::File(path.clone())
             } else {
                 let link = queue.tmp_path(&id);
