@@ -34,6 +34,10 @@ pub struct Metrics {
     pub sessions_refused: Mutex<BTreeMap<&'static str, u64>>,
     /// Times an upstream refused the relay itself (`554 IP is rejected`, `421 HL:ICC`).
     pub upstream_refused_relay: AtomicU64,
+    /// New upstream sessions that had to wait for a slot under their route's `max_sessions`,
+    /// and those of them that gave up (the client heard `451 4.4.5`).
+    pub upstream_session_waits: AtomicU64,
+    pub upstream_busy: AtomicU64,
 }
 
 /// The queue's figures on the metrics page (from memory: a scrape reads no file).
@@ -104,63 +108,70 @@ impl Metrics {
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
         };
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        counter(
-            &mut s,
-            "smtp_relay_sessions_total",
-            "Client sessions opened.",
-            get(&self.sessions_opened),
-        );
+        let counters = [
+            (
+                "smtp_relay_sessions_total",
+                "Client sessions opened.",
+                &self.sessions_opened,
+            ),
+            (
+                "smtp_relay_messages_accepted_total",
+                "Messages answered 2xx at the end of data (relayed or queued).",
+                &self.messages_accepted,
+            ),
+            (
+                "smtp_relay_messages_refused_total",
+                "Messages refused at the end of data.",
+                &self.messages_refused,
+            ),
+            (
+                "smtp_relay_queued_total",
+                "Messages queued (store and forward).",
+                &self.queued,
+            ),
+            (
+                "smtp_relay_delivered_total",
+                "Queued messages delivered.",
+                &self.delivered,
+            ),
+            (
+                "smtp_relay_deferred_total",
+                "Delivery attempts that will be retried.",
+                &self.deferred,
+            ),
+            (
+                "smtp_relay_bounced_total",
+                "Queued messages with a recipient that failed for good.",
+                &self.bounced,
+            ),
+            (
+                "smtp_relay_upstream_refused_relay_total",
+                "Times an upstream refused the relay's own address (554 IP is rejected, 421 HL:ICC).",
+                &self.upstream_refused_relay,
+            ),
+            (
+                "smtp_relay_upstream_session_waits_total",
+                "New upstream sessions that waited for a slot under their route's max_sessions.",
+                &self.upstream_session_waits,
+            ),
+            (
+                "smtp_relay_upstream_busy_total",
+                "Upstream sessions given up after upstream_session_wait_secs (the client heard 451 4.4.5).",
+                &self.upstream_busy,
+            ),
+        ];
+        for (name, help, v) in counters {
+            counter(&mut s, name, help, get(v));
+        }
         gauge(
             &mut s,
             "smtp_relay_sessions_open",
             "Client sessions open now.",
             get(&self.sessions_open) as f64,
         );
-        counter(
-            &mut s,
-            "smtp_relay_messages_accepted_total",
-            "Messages answered 2xx at the end of data (relayed or queued).",
-            get(&self.messages_accepted),
-        );
-        counter(
-            &mut s,
-            "smtp_relay_messages_refused_total",
-            "Messages refused at the end of data.",
-            get(&self.messages_refused),
-        );
-        counter(
-            &mut s,
-            "smtp_relay_queued_total",
-            "Messages queued (store and forward).",
-            get(&self.queued),
-        );
-        counter(
-            &mut s,
-            "smtp_relay_delivered_total",
-            "Queued messages delivered.",
-            get(&self.delivered),
-        );
-        counter(
-            &mut s,
-            "smtp_relay_deferred_total",
-            "Delivery attempts that will be retried.",
-            get(&self.deferred),
-        );
-        counter(
-            &mut s,
-            "smtp_relay_bounced_total",
-            "Queued messages with a recipient that failed for good.",
-            get(&self.bounced),
-        );
         if let Some(q) = queue {
             q.render(&mut s);
         }
-        counter(
-            &mut s,
-            "smtp_relay_upstream_refused_relay_total",
-            "Times an upstream refused the relay's own address (554 IP is rejected, 421 HL:ICC).",
-            get(&self.upstream_refused_relay),
-        );
         labelled(
             &mut s,
             "smtp_relay_sessions_refused_total",

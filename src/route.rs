@@ -26,6 +26,9 @@ pub struct Route {
     /// Store and forward: this route's recipients are queued durably and delivered later
     /// (see [`crate::queue`]) instead of relayed live.
     pub queue: bool,
+    /// Live mode: upstream sessions open to this route at once, busy or kept idle (see
+    /// [`crate::upstream::SessionCap`]); `None`: no cap.
+    pub max_sessions: Option<usize>,
 }
 
 /// One route of a relay: the default route (`RelayConfig::upstream`) or one of the table's.
@@ -131,6 +134,7 @@ mod tests {
         Route {
             label: label.into(),
             domains: domains.iter().map(|d| d.to_string()).collect(),
+            max_sessions: None,
             upstream: UpstreamConfig {
                 name: label.into(),
                 addr: "127.0.0.1:25".into(),

@@ -108,6 +108,9 @@ pub async fn start(args: &UpArgs) -> Result<Up, String> {
     if args.no_limits {
         fake = fake.no_limits();
     }
+    // The relay stays under the fake's limit on connections from one address (163's
+    // `421 HL:ICC`), as it should under the real one's.
+    let upstream_max_sessions = fake.persona.limits.connections_per_ip.map(|n| n as usize);
     let fake = FakeUpstream::start(fake).await.map_err(|e| e.to_string())?;
     let upstream_tls = fake.tls_addr().expect("configured above");
     let server_name = if args.persona == "qq" {
@@ -147,6 +150,7 @@ pub async fn start(args: &UpArgs) -> Result<Up, String> {
         ..RelayConfig::new("localhost", args.listen, spool.clone(), upstream)
     };
     config.metrics = args.metrics;
+    config.upstream_max_sessions = upstream_max_sessions;
     let queue_dir = args.queue.then(|| data.join("queue"));
     if let Some(dir) = &queue_dir {
         queue_mode(&mut config, &fake, dir);
@@ -211,6 +215,7 @@ async fn qq_mx(
             },
             passthrough: false,
             queue: false,
+            max_sessions: None,
         }],
         None => Vec::new(),
     };

@@ -40,6 +40,7 @@ async fn two_routes(name: &str, qq_faults: Vec<Fault>) -> Two {
         upstream: upstream_config(&qq, "smtp.qq.com (fake)", "smtp.qq.com"),
         passthrough: false,
         queue: false,
+        max_sessions: None,
     };
     let s = setup_with(&format!("routes-{name}"), vec![], move |c| {
         c.routes = vec![route];
@@ -246,6 +247,7 @@ async fn unreachable_route_is_a_4xx_for_its_recipients_only() {
             upstream,
             passthrough: false,
             queue: false,
+            max_sessions: None,
         }];
     })
     .await;

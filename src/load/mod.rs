@@ -600,6 +600,7 @@ fn error_code(e: &UpstreamError) -> String {
         | UpstreamError::Bug { reply, .. }
         | UpstreamError::AuthRejected { reply, .. } => reply.code.to_string(),
         UpstreamError::Protocol { .. } => "error: protocol".into(),
+        UpstreamError::Busy { .. } => "error: busy".into(),
     }
 }
 

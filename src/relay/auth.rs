@@ -59,7 +59,36 @@ impl Session {
             return Verdict::Reply(reply);
         }
         config.credentials = Some(c.clone());
-        match Upstream::connect(&config).await {
+        // Under the default route's cap like any upstream session (passthrough sessions are
+        // not kept for others: only a slot will do).
+        let slot = match shared.cap(RouteId::DEFAULT) {
+            Some(cap) => {
+                let granted = cap
+                    .wait(
+                        &upstream,
+                        shared.config.upstream_session_wait,
+                        || async { None::<std::convert::Infallible> },
+                        |_| crate::metrics::Metrics::inc(&shared.metrics.upstream_session_waits),
+                    )
+                    .await;
+                match granted {
+                    Ok(Granted::Slot(slot)) => Some(slot),
+                    Ok(Granted::Kept(never)) => match never {},
+                    Err(e) => {
+                        crate::metrics::Metrics::inc(&shared.metrics.upstream_busy);
+                        self.note(format!("    * upstream busy: {e}"));
+                        return Verdict::Reply(e.client_reply());
+                    }
+                }
+            }
+            None => None,
+        };
+        match Upstream::connect(&config).await.map(|mut up| {
+            if let Some(slot) = slot {
+                up.hold(slot);
+            }
+            up
+        }) {
             Err(e) if self.refuses_the_relay(&e) => {
                 self.note(format!("    * upstream failure: {e}"));
                 let reply = e.reply().cloned().unwrap_or_else(|| e.client_reply());

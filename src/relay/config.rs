@@ -30,6 +30,11 @@ pub struct RelayConfig {
     /// Upstream sessions kept for the next client on routes that log in with the relay's
     /// own credentials (see [`super::pool`]); `None`: each client session opens its own.
     pub upstream_reuse: Option<ReuseSettings>,
+    /// Live mode: upstream sessions open to the default route at once, busy or kept idle
+    /// (each route says its own in [`Route::max_sessions`]); `None`: no cap. A session past
+    /// the cap waits for a slot, or for a kept session, up to `upstream_session_wait`.
+    pub upstream_max_sessions: Option<usize>,
+    pub upstream_session_wait: Duration,
     /// The relay's certificate for its listeners; `None`: no STARTTLS, no TLS listener.
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// The file mail clients should trust for that certificate (`up`'s CA), named in the
@@ -104,6 +109,12 @@ impl RelayConfig {
         self.table_route(r).map_or("default", |route| &route.label)
     }
 
+    /// Route `r`'s cap on upstream sessions at once.
+    pub(super) fn route_max_sessions(&self, r: RouteId) -> Option<usize> {
+        self.table_route(r)
+            .map_or(self.upstream_max_sessions, |route| route.max_sessions)
+    }
+
     /// Whether route `r` stores and forwards.
     pub(super) fn route_queued(&self, r: RouteId) -> bool {
         self.table_route(r)
@@ -141,6 +152,8 @@ impl RelayConfig {
             listen_tls: None,
             proxy_protocol: None,
             upstream_reuse: None,
+            upstream_max_sessions: None,
+            upstream_session_wait: Duration::from_secs(30),
             tls: None,
             client_trust_file: None,
             spool_dir,

@@ -4,6 +4,21 @@
 //! destination dropped.
 
 use super::*;
+use crate::metrics::Metrics;
+
+/// A kept upstream session of route `r`, when `reuse` and the route shares them (see
+/// [`super::pool`]); those found stale on the way are closed.
+async fn take_kept(shared: &Shared, r: RouteId, reuse: bool) -> Option<Upstream> {
+    let pool = shared
+        .pool
+        .as_ref()
+        .filter(|_| reuse && shared.config.shares_sessions(r))?;
+    let (up, stale) = pool.take(r.slot(), tokio::time::Instant::now());
+    for s in stale {
+        s.abort().await;
+    }
+    up
+}
 
 impl Session {
     /// The upstream session of route `r`: the one already open, or a new one (with the
@@ -17,17 +32,35 @@ impl Session {
         if self.legs[r].is_open() {
             return Ok(false);
         }
-        if reuse && let Some(up) = self.reused(r).await {
-            self.legs[r].set_upstream(up);
-            return Ok(true);
-        }
+        let slot = match self.kept_or_slot(r, reuse).await {
+            Ok(Some(Granted::Kept(up))) => {
+                self.note(format!(
+                    "    * upstream session reused ({} messages on it)",
+                    up.messages()
+                ));
+                self.legs[r].set_upstream(up);
+                return Ok(true);
+            }
+            Ok(Some(Granted::Slot(slot))) => Some(slot),
+            Ok(None) => None,
+            Err(e) => {
+                Metrics::inc(&self.shared.metrics.upstream_busy);
+                tracing::warn!(session = self.id, upstream = %e.upstream(), error = %e, "upstream busy");
+                self.note(format!("    * upstream busy: {e}"));
+                self.legs[r].failure = Some(e.client_reply());
+                return Err(e);
+            }
+        };
         let cfg = &self.shared.config;
         let mut config = cfg.route_upstream(r).clone();
         if cfg.uses_client_credentials(r) {
             config.credentials = self.credentials.as_deref().cloned();
         }
         match Upstream::connect(&config).await {
-            Ok(up) => {
+            Ok(mut up) => {
+                if let Some(slot) = slot {
+                    up.hold(slot);
+                }
                 self.shared.learn(r, up.capabilities());
                 self.legs[r].set_upstream(up);
                 Ok(false)
@@ -54,24 +87,39 @@ impl Session {
         }
     }
 
-    /// A kept upstream session of route `r`, when the route shares them (see [`super::pool`]);
-    /// those found stale on the way are closed.
-    async fn reused(&mut self, r: RouteId) -> Option<Upstream> {
+    /// A kept upstream session of route `r` (when `reuse` and the route shares them), or,
+    /// under the route's cap ([`RelayConfig::upstream_max_sessions`]), a slot for a new one,
+    /// waiting for either up to `upstream_session_wait`; `None`: no kept session and no cap.
+    async fn kept_or_slot(
+        &mut self,
+        r: RouteId,
+        reuse: bool,
+    ) -> Result<Option<Granted<Upstream>>, UpstreamError> {
         let shared = self.shared.clone();
-        let pool = shared
-            .pool
-            .as_ref()
-            .filter(|_| shared.config.shares_sessions(r))?;
-        let (up, stale) = pool.take(r.slot(), tokio::time::Instant::now());
-        for s in stale {
-            s.abort().await;
+        let kept = || take_kept(&shared, r, reuse);
+        let Some(cap) = shared.cap(r) else {
+            return Ok(kept().await.map(Granted::Kept));
+        };
+        let (id, metrics) = (self.id, &shared.metrics);
+        let mut waited = None;
+        let granted = cap
+            .wait(
+                &shared.config.route_upstream(r).name,
+                shared.config.upstream_session_wait,
+                kept,
+                |open| {
+                    Metrics::inc(&metrics.upstream_session_waits);
+                    tracing::info!(session = id, route = %shared.config.route_label(r), open, "waiting for an upstream session under max_sessions");
+                    waited = Some(open);
+                },
+            )
+            .await;
+        if let Some(open) = waited {
+            self.note(format!(
+                "    * {open} upstream sessions open (max_sessions): waited for one"
+            ));
         }
-        let up = up?;
-        self.note(format!(
-            "    * upstream session reused ({} messages on it)",
-            up.messages()
-        ));
-        Some(up)
+        granted.map(Some)
     }
 
     /// MAIL: a new transaction. Upstreams still inside an earlier one (the client said RSET,

@@ -27,7 +27,7 @@ use smtp_net::Io;
 use smtp_net::server::{Next, Wire};
 
 use crate::route::{Route, RouteId};
-use crate::upstream::{Upstream, UpstreamConfig, UpstreamError};
+use crate::upstream::{Granted, SessionCap, Upstream, UpstreamConfig, UpstreamError};
 
 mod admission;
 mod auth;
@@ -128,9 +128,16 @@ struct Shared {
     pool: Option<Pool<Upstream>>,
     /// The client's pace limits, shared by every session.
     pace: Arc<crate::pace::PaceConfig>,
+    /// Per live route with `max_sessions`: its cap on upstream sessions at once.
+    caps: Vec<Option<Arc<SessionCap>>>,
 }
 
 impl Shared {
+    /// Route `r`'s cap on upstream sessions at once, if it has one.
+    fn cap(&self, r: RouteId) -> Option<&Arc<SessionCap>> {
+        self.caps.get(r.slot()).and_then(Option::as_ref)
+    }
+
     /// Records what route `r`'s upstream offered in its latest EHLO.
     fn learn(&self, r: RouteId, caps: &Capabilities) {
         let mut known = self.smtputf8.lock().unwrap_or_else(|e| e.into_inner());
@@ -173,8 +180,18 @@ async fn probe_routes(shared: &Shared) {
     let probes = cfg.route_ids().map(|r| async move {
         let mut config = cfg.route_upstream(r).clone();
         config.credentials = None;
+        // Counted under the route's cap like any session (at start one is always free).
+        let slot = shared.cap(r).and_then(|c| c.try_slot());
         let result =
             tokio::time::timeout(Duration::from_secs(10), Upstream::connect(&config)).await;
+        let result = result.map(|r| {
+            r.map(|mut up| {
+                if let Some(slot) = slot {
+                    up.hold(slot);
+                }
+                up
+            })
+        });
         (r, config.name, result)
     });
     for (r, name, result) in futures_util::future::join_all(probes).await {
@@ -258,6 +275,15 @@ pub async fn start(mut config: RelayConfig) -> std::io::Result<RelayHandle> {
         pool: config
             .upstream_reuse
             .map(|s| Pool::new(s, config.routes.len() + 1)),
+        caps: config
+            .route_ids()
+            .map(|r| {
+                config
+                    .route_max_sessions(r)
+                    .filter(|_| !config.route_queued(r))
+                    .map(SessionCap::new)
+            })
+            .collect(),
         // Session numbers go on from the last run's transcripts, so that none is replaced.
         next_id: AtomicU64::new(
             config

@@ -170,7 +170,16 @@ impl Session {
                 continue;
             };
             let left = match pool {
-                Some(pool) => pool.put(leg.route.slot(), up, tokio::time::Instant::now()),
+                Some(pool) => {
+                    let left = pool.put(leg.route.slot(), up, tokio::time::Instant::now());
+                    if left.is_none()
+                        && let Some(cap) = shared.cap(leg.route)
+                    {
+                        // A session waiting under the cap may take it.
+                        cap.kept();
+                    }
+                    left
+                }
                 None => Some(up),
             };
             if let Some(up) = left {

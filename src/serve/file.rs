@@ -132,6 +132,8 @@ pub(super) struct FileLimits {
     pub(super) upstream_reuse_idle_secs: u64,
     pub(super) upstream_reuse_max_messages: u32,
     pub(super) upstream_reuse_max_idle: usize,
+    /// A new upstream session past its route's `max_sessions` waits this long for a slot.
+    pub(super) upstream_session_wait_secs: u64,
     pub(super) upstream_command_timeout_secs: u64,
     pub(super) upstream_data_end_timeout_secs: u64,
     pub(super) spool_max_age_days: u64,
@@ -186,6 +188,7 @@ impl Default for FileLimits {
             upstream_reuse_idle_secs: 5,
             upstream_reuse_max_messages: 100,
             upstream_reuse_max_idle: 32,
+            upstream_session_wait_secs: 30,
             upstream_command_timeout_secs: t.command.as_secs(),
             upstream_data_end_timeout_secs: t.data_end.as_secs(),
             spool_max_age_days: 30,
@@ -209,6 +212,9 @@ pub(super) struct FileUpstream {
     pub(super) mode: Option<String>,
     /// Queue mode: deliveries at once on this route.
     pub(super) queue_concurrency: Option<usize>,
+    /// Live mode: upstream sessions open at once to this upstream, busy or kept (163 refuses
+    /// the one past its limit with `421 HL:ICC`).
+    pub(super) max_sessions: Option<usize>,
     /// Queue mode: deliveries started per minute on this route (stay under its quotas).
     pub(super) queue_per_minute: Option<u32>,
     pub(super) host: String,

@@ -80,6 +80,7 @@ pub fn parse(text: &str, origin: &str, base: &Path) -> Result<Loaded, String> {
     }
     let upstream = upstream_config(u, "upstream", &ctx)?;
     let default_queue = queue_mode(u, "upstream", origin)?;
+    let upstream_max_sessions = max_sessions(u, "upstream", origin)?;
     check_default_credentials(&auth, &upstream, default_queue, origin)?;
     let routes = routes(&f, &auth, &ctx)?;
     let bare_line_endings = bare_line_endings(&f, origin)?;
@@ -110,6 +111,8 @@ pub fn parse(text: &str, origin: &str, base: &Path) -> Result<Loaded, String> {
             max_messages: l.upstream_reuse_max_messages.max(1),
             max_idle: l.upstream_reuse_max_idle,
         }),
+        upstream_max_sessions,
+        upstream_session_wait: Duration::from_secs(l.upstream_session_wait_secs),
         tls,
         client_trust_file: None,
         spool_dir,
@@ -259,6 +262,7 @@ fn routes(f: &File, auth: &AuthMode, ctx: &Ctx) -> Result<Vec<crate::route::Rout
             upstream,
             passthrough: r.passthrough,
             queue: queue_mode(r, &key, origin)?,
+            max_sessions: max_sessions(r, &key, origin)?,
         });
     }
     Ok(routes)

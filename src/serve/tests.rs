@@ -442,3 +442,36 @@ fn proxy_protocol_names_its_balancers() {
     let e = with("[proxy_protocol]\ntrusted = [\"haproxy\"]\n").unwrap_err();
     assert!(e.contains("\"haproxy\" is not ADDRESS/PREFIX"), "{e}");
 }
+
+#[test]
+fn max_sessions() {
+    let capped = BASE.replace(
+        "tls = \"implicit\"",
+        "tls = \"implicit\"\nmax_sessions = 10",
+    );
+    let c = parse(&capped, "r.toml", Path::new(".")).unwrap().relay;
+    assert_eq!(c.upstream_max_sessions, Some(10));
+    assert_eq!(c.upstream_session_wait, Duration::from_secs(30));
+    let c = parse(BASE, "r.toml", Path::new(".")).unwrap().relay;
+    assert_eq!(c.upstream_max_sessions, None, "no cap unless asked");
+    let e = parse(
+        &capped.replace("max_sessions = 10", "max_sessions = 0"),
+        "r.toml",
+        Path::new("."),
+    )
+    .unwrap_err();
+    assert_eq!(
+        e,
+        "r.toml: upstream.max_sessions: at least 1 (leave it out for no cap)"
+    );
+    let e = parse(
+        &capped.replace("max_sessions = 10", "max_sessions = 10\nmode = \"queue\""),
+        "r.toml",
+        Path::new("."),
+    )
+    .unwrap_err();
+    assert!(
+        e.starts_with("r.toml: upstream.max_sessions: a route in queue mode caps"),
+        "{e}"
+    );
+}

@@ -17,6 +17,26 @@ pub(super) fn queue_mode(u: &FileUpstream, key: &str, origin: &str) -> Result<bo
     }
 }
 
+/// `max_sessions` of an `[upstream]` or `[[routes]]` table: a live route's cap on upstream
+/// sessions at once (a queued route has `queue_concurrency`).
+pub(super) fn max_sessions(
+    u: &FileUpstream,
+    key: &str,
+    origin: &str,
+) -> Result<Option<usize>, String> {
+    let key = format!("{key}.max_sessions");
+    match u.max_sessions {
+        None => Ok(None),
+        Some(0) => Err(bad(origin, &key, "at least 1 (leave it out for no cap)")),
+        Some(_) if queue_mode(u, "", origin)? => Err(bad(
+            origin,
+            &key,
+            "a route in queue mode caps its deliveries at once with queue_concurrency",
+        )),
+        Some(n) => Ok(Some(n)),
+    }
+}
+
 /// A secret from an environment variable or a file (its first line), never the config.
 pub(super) fn read_secret(
     origin: &str,

@@ -81,6 +81,7 @@ impl Upstream {
             handshake_times: Vec::with_capacity(6),
             tls_info,
             messages: 0,
+            slot: None,
         };
         up.handshake_times.push((Phase::Connect, connected));
         if let Some(tls) = tls_time {

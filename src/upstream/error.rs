@@ -88,6 +88,13 @@ pub enum UpstreamError {
     /// Something that is not SMTP as we know it (bad reply syntax, a missing extension,
     /// bytes after the 220 to STARTTLS).
     Protocol { upstream: String, reason: String },
+    /// Every session the cap allows to this upstream stayed busy for `waited` (see
+    /// [`super::cap`]); nothing was sent to it.
+    Busy {
+        upstream: String,
+        open: usize,
+        waited: Duration,
+    },
 }
 
 impl UpstreamError {
@@ -101,7 +108,8 @@ impl UpstreamError {
             | UpstreamError::Refused { upstream, .. }
             | UpstreamError::Bug { upstream, .. }
             | UpstreamError::AuthRejected { upstream, .. }
-            | UpstreamError::Protocol { upstream, .. } => upstream,
+            | UpstreamError::Protocol { upstream, .. }
+            | UpstreamError::Busy { upstream, .. } => upstream,
         }
     }
 
@@ -189,6 +197,15 @@ impl UpstreamError {
             UpstreamError::Protocol { reason, .. } => {
                 Reply::new(451, (4, 3, 0), format!("upstream {up}: {reason}"))
             }
+            // RFC 3463 X.4.5: mail system congestion.
+            UpstreamError::Busy { open, waited, .. } => Reply::new(
+                451,
+                (4, 4, 5),
+                format!(
+                    "upstream {up}: sessions: {open} of {open} busy (max_sessions) for {}s, try again later",
+                    waited.as_secs()
+                ),
+            ),
         }
     }
 }

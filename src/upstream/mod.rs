@@ -20,11 +20,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::upstream_addr::ConnectError;
 use crate::upstream_tls::{TlsFailure, TlsPolicy};
 
+mod cap;
 mod config;
 mod connect;
 mod error;
 mod send;
 
+pub use cap::{Granted, SessionCap, Slot};
 pub use config::*;
 pub use error::*;
 pub use send::*;
@@ -69,6 +71,8 @@ pub struct Upstream {
     tls_info: Option<TlsInfo>,
     /// Messages ended on this session (a final reply read), for the cap on a reused one.
     messages: u32,
+    /// Its place under the upstream's cap on sessions at once, given back when it closes.
+    slot: Option<Slot>,
 }
 
 /// The TLS version and cipher suite of a secured session.
@@ -115,6 +119,11 @@ impl Upstream {
     /// The TLS version and cipher suite, when the session is secured.
     pub fn tls_info(&self) -> Option<TlsInfo> {
         self.tls_info
+    }
+
+    /// Holds `slot` (of the upstream's [`SessionCap`]) for as long as the session lives.
+    pub fn hold(&mut self, slot: Slot) {
+        self.slot = Some(slot);
     }
 
     /// Messages ended on this session so far (whatever the upstream's verdict).

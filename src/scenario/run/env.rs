@@ -551,6 +551,7 @@ pub(super) fn relay_config(
             upstream: upstream_config(&r.upstream, fake)?,
             passthrough: false,
             queue: false,
+            max_sessions: None,
         });
     }
     Ok(RelayConfig {
