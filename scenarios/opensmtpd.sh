@@ -12,6 +12,7 @@
 #   scenarios/opensmtpd.sh                     # the portable scenarios, against the baseline
 #   scenarios/opensmtpd.sh --no-baseline       # every finding counts (the full picture)
 #   scenarios/opensmtpd.sh --filter smuggle --junit opensmtpd.xml
+#   scenarios/opensmtpd.sh --prepare           # unpack it and add its users, run nothing
 #
 # Extra arguments go to `smtp-relay scenarios`; SMTP_RELAY_BIN names a binary to use instead
 # of building one; KEEP=1 keeps the temporary directory (the config and OpenSMTPD's log).
@@ -40,6 +41,8 @@ for u in opensmtpd opensmtpq; do
     useradd --system --no-create-home --home-dir /var/empty --shell /usr/sbin/nologin "$u"
 done
 { "$smtpd" -h 2>&1 || true; } | head -n 1 >&2
+# --prepare: only install (CI does it before running the peers at once, one apt at a time).
+[ "${1:-}" = --prepare ] && exit 0
 
 # Its queue and control socket are compiled-in paths: a system OpenSMTPD would share them.
 if pgrep -x smtpd >/dev/null 2>&1 || [ -S /var/run/smtpd.sock ]; then
