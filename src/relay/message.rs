@@ -243,10 +243,11 @@ impl Session {
         };
         let json = spool_json(&spool, env, self, reply, summary, dsn);
         let (id, path, session) = (spool.id.clone(), spool.path.clone(), self.id);
+        let shared = self.shared.clone();
         // The upstream has decided: the client's reply need not wait for the disk.
         self.spooled().await;
         self.spool_write = Some(tokio::spawn(async move {
-            if let Err(e) = spool.keep(json).await {
+            if let Err(e) = spool.keep(json, &shared.spool_writers).await {
                 tracing::error!(session, id = %id, path = %path.display(), error = %e, "cannot write the spool: the message was relayed, but is not kept");
             }
         }));

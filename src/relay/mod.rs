@@ -128,6 +128,8 @@ struct Shared {
     pool: Option<Pool<Upstream>>,
     /// The client's pace limits, shared by every session.
     pace: Arc<crate::pace::PaceConfig>,
+    /// The threads that write finished messages to the spool.
+    spool_writers: SpoolWriters,
     /// Per live route with `max_sessions`: its cap on upstream sessions at once.
     caps: Vec<Option<Arc<SessionCap>>>,
 }
@@ -275,6 +277,7 @@ pub async fn start(mut config: RelayConfig) -> std::io::Result<RelayHandle> {
         pool: config
             .upstream_reuse
             .map(|s| Pool::new(s, config.routes.len() + 1)),
+        spool_writers: SpoolWriters::start()?,
         caps: config
             .route_ids()
             .map(|r| {
