@@ -305,7 +305,7 @@ async fn a_session_that_waits_too_long_hears_451_and_may_try_again() {
         Some(KEEP),
         |c| {
             c.upstream_max_sessions = Some(1);
-            c.upstream_session_wait = Duration::from_millis(500);
+            c.upstream_session_wait = Duration::from_secs(2);
         },
     )
     .await;
