@@ -55,22 +55,9 @@ const KEEP: ReuseSettings = ReuseSettings {
 
 /// One client session, one message; the final reply.
 async fn one_message(relay: SocketAddr, i: usize) -> String {
-    let mut c = Client::connect(relay).await;
-    c.reply().await;
-    c.cmd("EHLO client.example").await;
-    assert!(
-        c.cmd("MAIL FROM:<alice@example.com>")
-            .await
-            .starts_with("250")
-    );
-    assert!(c.cmd("RCPT TO:<bob@example.org>").await.starts_with("250"));
-    assert!(c.cmd("DATA").await.starts_with("354"));
-    c.send_raw(format!("Subject: {i}\r\n\r\nmessage {i}\r\n.\r\n").as_bytes())
-        .await;
-    let r = c.reply().await.to_string();
-    c.cmd("QUIT").await;
-    assert!(c.closed().await);
-    r
+    let (c, mail) = in_transaction(relay).await;
+    assert!(mail.starts_with("250"), "{mail}");
+    finish(c, i).await
 }
 
 /// The relay's source address for each message the sink took, in order: one per upstream
