@@ -59,6 +59,7 @@ fn record(id: &str, from: &str, to: &[&str], lifetime_ago: i64) -> Queued {
         attempts: 0,
         next_attempt: t,
         last_error: None,
+        trace: None,
     }
 }
 
@@ -382,8 +383,13 @@ async fn queue_mode_answers_250_when_durable_and_delivers_later() {
         Body::Bytes(b) => b,
         Body::File(p) => std::fs::read(p).unwrap(),
     };
-    assert!(content.starts_with(b"Received: from client.example"));
-    assert!(content.ends_with(MESSAGE));
+    // The content as the client sent it, the relay's trace header in the record.
+    assert_eq!(content, MESSAGE);
+    let trace = records[0].trace.as_deref().unwrap();
+    assert!(
+        trace.starts_with("Received: from client.example"),
+        "{trace}"
+    );
     // A first attempt fails while nothing listens (waited for: under load the scheduler's
     // first tick may come late, and the deferral counted below must have happened).
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -403,7 +409,7 @@ async fn queue_mode_answers_250_when_durable_and_delivers_later() {
     config.listen_tls = None;
     let sink = fake_upstream::testing::start(config).await;
     let got = sink.wait_for(1, Duration::from_secs(5)).await.unwrap();
-    assert!(got[0].content.ends_with(MESSAGE));
+    assert_eq!(*got[0].content, [trace.as_bytes(), MESSAGE].concat());
     assert_eq!(got[0].mail_from.to_string(), "<alice@example.com>");
     let deadline = Instant::now() + Duration::from_secs(5);
     while !queue.list().unwrap().0.is_empty() && Instant::now() < deadline {
@@ -439,6 +445,106 @@ async fn queue_mode_answers_250_when_durable_and_delivers_later() {
     );
     relay.shutdown().await;
     assert_eq!(sink.received_count(), 1);
+    sink.shutdown().await;
+}
+
+/// A message too large for the journal is one file on disk: the spool's, hard-linked into
+/// the queue (before the 250), the trace header in the record; the upstream gets the header
+/// and then the content, and the spool keeps its copy after the queue lets go of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_queued_message_is_the_spools_file_hard_linked() {
+    use std::os::unix::fs::MetadataExt;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let (relay, queue, dir) = queue_relay("relay-queue-large", addr).await;
+    let line = b"a line of a message too large for the journal, kept in the spool's file\r\n";
+    let large: Vec<u8> = [MESSAGE, &line.repeat(3000)].concat();
+    let reply = send_content(relay.addr(), &large).await;
+    assert!(reply.starts_with("250 2.0.0 queued as "), "{reply}");
+    let (records, _) = queue.list().unwrap();
+    assert_eq!(records.len(), 1);
+    let rec = &records[0];
+    let Body::File(queued) = queue.content(&rec.id).await.unwrap() else {
+        panic!("a large message is a file of its own");
+    };
+    let spooled = smtp_relay::spool::path_for(&dir.join("spool"), &rec.id, "eml");
+    let (q, s) = (
+        std::fs::metadata(&queued).unwrap(),
+        std::fs::metadata(&spooled).unwrap(),
+    );
+    assert_eq!(
+        (q.dev(), q.ino()),
+        (s.dev(), s.ino()),
+        "one file, two names"
+    );
+    assert_eq!(q.nlink(), 2);
+    assert_eq!(std::fs::read(&queued).unwrap(), large);
+    let trace = rec.trace.as_deref().unwrap();
+    assert!(
+        trace.starts_with("Received: from client.example"),
+        "{trace}"
+    );
+    assert_eq!(rec.size, (trace.len() + large.len()) as u64);
+    // The upstream comes: the header, then the content, once.
+    let mut config = sink_config("relay-queue-large-sink");
+    config.listen = addr;
+    config.listen_tls = None;
+    let sink = fake_upstream::testing::start(config).await;
+    let got = sink.wait_for(1, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(*got[0].content, [trace.as_bytes(), &large].concat());
+    // (The record leaves the index a moment before its file's name goes.)
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while (!queue.list().unwrap().0.is_empty() || queued.exists()) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(queue.list().unwrap().0.is_empty());
+    assert!(!queued.exists(), "the queue let go of its name");
+    assert_eq!(
+        std::fs::read(&spooled).unwrap(),
+        large,
+        "the spool's copy stays"
+    );
+    relay.shutdown().await;
+    sink.shutdown().await;
+}
+
+/// The spool cannot keep a large message in queue mode: its file was to be the queue's copy,
+/// so the client hears 452 4.3.1 (nothing queued, nothing lost); a small message, kept in the
+/// journal, is still queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_message_the_spool_cannot_keep_is_452_in_queue_mode() {
+    let sink = fake_upstream::testing::start(sink_config("relay-queue-nospool-sink")).await;
+    let (relay, queue, dir) = queue_relay("relay-queue-nospool", sink.addr()).await;
+    // Every spool subdirectory made a file: no message file can be created.
+    let spool = dir.join("spool");
+    for entry in std::fs::read_dir(&spool).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            std::fs::remove_dir_all(&path).unwrap();
+            std::fs::write(&path, b"not a directory").unwrap();
+        }
+    }
+    let line = b"a line of a message too large for the journal, kept in the spool's file\r\n";
+    let large: Vec<u8> = [MESSAGE, &line.repeat(3000)].concat();
+    let reply = send_content(relay.addr(), &large).await;
+    assert!(
+        reply.starts_with("452 4.3.1 cannot queue the message: the spool's copy"),
+        "{reply}"
+    );
+    assert!(queue.list().unwrap().0.is_empty());
+    let reply = send(relay.addr()).await;
+    assert!(reply.starts_with("250 2.0.0 queued as "), "{reply}");
+    sink.wait_for(1, Duration::from_secs(5)).await.unwrap();
+    relay.shutdown().await;
+    assert_eq!(
+        sink.received_count(),
+        1,
+        "the refused message was not delivered"
+    );
     sink.shutdown().await;
 }
 

@@ -100,8 +100,10 @@ async fn run_inner(args: QueueArgs) -> Result<(), String> {
                 out.push_str(&format!("{}: {state}\n", rcpt.to));
             }
             let body = q.content_blocking(&id).map_err(|e| format!("{id}: {e}"))?;
-            let size = body.len().map_err(|e| format!("{id}: {e}"))?;
-            let head = body.head(2000).map_err(|e| format!("{id}: {e}"))?;
+            let size = r.trace().len() as u64 + body.len().map_err(|e| format!("{id}: {e}"))?;
+            let mut head = r.trace().to_vec();
+            head.extend(body.head(2000).map_err(|e| format!("{id}: {e}"))?);
+            head.truncate(2000);
             out.push_str(&format!(
                 "--- content ({size} octets), first {}:\n{}\n",
                 head.len(),

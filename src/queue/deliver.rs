@@ -145,10 +145,10 @@ pub async fn attempt_on(
     let pieces;
     let content = match &body {
         crate::queue::store::Body::Bytes(b) => {
-            pieces = [b.as_slice()];
+            pieces = [rec.trace(), b.as_slice()];
             crate::upstream::Content::Pieces(&pieces)
         }
-        crate::queue::store::Body::File(path) => crate::upstream::Content::File(path),
+        crate::queue::store::Body::File(path) => crate::upstream::Content::File(rec.trace(), path),
     };
     let msg = crate::upstream::Outbound {
         from: &from,
@@ -568,13 +568,14 @@ impl Scheduler {
             return;
         };
         // Only the start: a bounce returns the header section, and the message may be large.
-        let head = match self.queue.content(&rec.id).await {
-            Ok(crate::queue::store::Body::Bytes(b)) => b,
+        let mut head = rec.trace().to_vec();
+        match self.queue.content(&rec.id).await {
+            Ok(crate::queue::store::Body::Bytes(b)) => head.extend_from_slice(&b),
             Ok(crate::queue::store::Body::File(p)) => {
-                read_start(&p, crate::dsn::MAX_RETURNED_HEADERS).await
+                head.extend(read_start(&p, crate::dsn::MAX_RETURNED_HEADERS).await)
             }
-            Err(_) => Vec::new(),
-        };
+            Err(_) => {}
+        }
         let bounce = crate::dsn::Bounce::new(&crate::dsn::Report {
             reporting_mta: &self.hostname,
             to: sender,

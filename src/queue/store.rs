@@ -2,7 +2,10 @@
 //! its format) of segment files under `journal/`, in which each message is a `put` entry (its
 //! envelope and delivery state, and its content when it is small), later `update` entries
 //! (a new delivery state) and a `remove` entry. A message larger than [`journal::INLINE_MAX`]
-//! keeps its content in a file of its own, `msg/<h>/<id>.eml`.
+//! keeps its content in a file of its own, `msg/<h>/<id>.eml`: when the relay's spool is on
+//! the same file system, a hard link to the spool's file (the content is the message as the
+//! client sent it, the record's `trace` header goes before it), synced before the entry that
+//! names it is written.
 //!
 //! Group commit: every change that arrives while the committer is busy is written with the
 //! next one in one write and made durable with one `fdatasync`; only then does
@@ -99,6 +102,11 @@ pub struct Queued {
     pub next_attempt: Time,
     #[serde(default)]
     pub last_error: Option<String>,
+    /// The relay's trace header (`Received:`), sent before the content. The content is then
+    /// the message as the client sent it: a large one is the spool's own file, hard-linked
+    /// (one copy on disk). Records written before this field have the header in their content.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<String>,
 }
 
 impl Queued {
@@ -107,6 +115,11 @@ impl Queued {
         self.rcpts
             .iter()
             .filter(|r| matches!(r.state, RcptState::Pending { .. }))
+    }
+
+    /// What goes before the content: the trace header, if the record keeps it apart.
+    pub fn trace(&self) -> &[u8] {
+        self.trace.as_deref().unwrap_or_default().as_bytes()
     }
 
     /// Nothing left to deliver: the message can leave the queue.
@@ -356,6 +369,19 @@ impl Queue {
     pub fn tmp_path(&self, id: &str) -> PathBuf {
         let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
         self.dir.join("tmp").join(format!("{id}.{n}.eml"))
+    }
+
+    /// Whether a file made in `dir` can be hard-linked into the queue (the same file system):
+    /// tried with a file of its own, removed after.
+    pub fn links_from(&self, dir: &Path) -> bool {
+        let probe = dir.join(format!(".link-probe-{}", std::process::id()));
+        let link = self.tmp_path(".link-probe");
+        let linked = crate::spool::write_private(&probe, b"")
+            .and_then(|()| std::fs::hard_link(&probe, &link))
+            .is_ok();
+        let _ = std::fs::remove_file(&link);
+        let _ = std::fs::remove_file(&probe);
+        linked
     }
 
     fn jobs(&self) -> std::io::Result<&tokio::sync::mpsc::Sender<Job>> {

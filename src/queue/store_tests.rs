@@ -27,6 +27,7 @@ pub(in crate::queue) fn record(id: &str) -> Queued {
         attempts: 0,
         next_attempt: "2026-11-26T07:00:00Z".parse().unwrap(),
         last_error: None,
+        trace: None,
     }
 }
 

@@ -262,8 +262,9 @@ impl LegMessage {
 /// queue's copy of the message being received when a route of the transaction queues.
 pub(super) struct Legs {
     legs: Vec<Leg>,
-    /// Store and forward: the message's content on its way to the queue (with its trace
-    /// header), one file for every route that queues (hard-linked per route when committed).
+    /// Store and forward: the message's content on its way to the queue (its trace header
+    /// kept apart), one file for every route that queues (hard-linked per route when
+    /// committed).
     /// Boxed, as what only a transaction needs: an idle session does not carry its room.
     queue_content: Option<Box<QueueFile>>,
 }
@@ -277,6 +278,8 @@ pub(super) struct ToQueue<'a> {
     pub(super) params: Option<&'a MailParams>,
     pub(super) auth_user: Option<&'a str>,
     pub(super) config: &'a RelayConfig,
+    /// The spool's copy of the message, which a large message's queue copy shares.
+    pub(super) spool: Option<&'a mut Spool>,
 }
 
 impl Legs {
@@ -338,11 +341,22 @@ impl Legs {
         self.legs.iter().any(Leg::queues_message)
     }
 
-    /// Starts the queue's copy of message `id`: in memory, and in a file under the queue's
-    /// `tmp/` once it outgrows [`journal::INLINE_MAX`](crate::queue::journal::INLINE_MAX).
-    pub(super) fn begin_queue_content(&mut self, queue: &crate::queue::store::Queue, id: &str) {
+    /// Starts the queue's copy of message `id`: in memory until it outgrows
+    /// [`journal::INLINE_MAX`](crate::queue::journal::INLINE_MAX), then the spool's file
+    /// (`shares_spool`: hard-linked into the queue at the end) or a file of its own under the
+    /// queue's `tmp/`.
+    pub(super) fn begin_queue_content(
+        &mut self,
+        queue: &crate::queue::store::Queue,
+        id: &str,
+        trace: String,
+        shares_spool: bool,
+    ) {
         self.queue_content = Some(Box::new(QueueFile {
             content: Spool::new(id.to_string(), queue.tmp_path(id)),
+            trace,
+            shares_spool,
+            in_spool: false,
             error: None,
         }));
     }
@@ -354,6 +368,17 @@ impl Legs {
             && q.error.is_none()
         {
             q.content.size += data.len() as u64;
+            if q.in_spool {
+                return;
+            }
+            if q.shares_spool
+                && q.content.pending.len() + data.len() >= crate::queue::journal::INLINE_MAX
+            {
+                // Too large for the journal: the spool's file will be the queue's as well.
+                q.in_spool = true;
+                q.content.pending = Vec::new();
+                return;
+            }
             if let Err(e) = q.content.take(data).await {
                 q.error = Some(e.to_string());
             }
@@ -387,9 +412,10 @@ impl Legs {
             return Err(refuse("no queue".into()));
         };
         let (path, size) = (qf.content.path.clone(), qf.content.size);
-        let in_memory = qf.content.file.is_none();
+        let in_memory = !qf.in_spool && qf.content.file.is_none();
         let written = match qf.error.take() {
             Some(e) => Err(e),
+            None if qf.in_spool => share_spool(msg.spool, &path).await.map(|()| Vec::new()),
             None if in_memory => Ok(std::mem::take(&mut qf.content.pending)),
             None => qf
                 .content
@@ -452,11 +478,12 @@ impl Legs {
                     })
                     .collect(),
                 auth_user: msg.auth_user.map(str::to_string),
-                size,
+                size: qf.trace.len() as u64 + size,
                 received_at: now,
                 attempts: 0,
                 next_attempt: now,
                 last_error: None,
+                trace: Some(qf.trace.clone()),
             };
             if let Err(e) = queue.enqueue(body, record).await {
                 return Err(refuse(e.to_string()));
@@ -469,6 +496,23 @@ impl Legs {
     }
 }
 
+/// A large message's queue copy is the spool's file: written out whole, then hard-linked to
+/// `to` in the queue's `tmp/` (one copy on disk; the queue's commit syncs it before the
+/// client's 250). Where the two cannot share a file after all, a copy of it.
+async fn share_spool(spool: Option<&mut Spool>, to: &std::path::Path) -> Result<(), String> {
+    let Some(spool) = spool else {
+        return Err("the spool's copy of the message was lost (see the log)".into());
+    };
+    spool.write_out().await.map_err(|e| e.to_string())?;
+    if tokio::fs::hard_link(&spool.path, to).await.is_ok() {
+        return Ok(());
+    }
+    tokio::fs::copy(&spool.path, to)
+        .await
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
 impl std::ops::Index<RouteId> for Legs {
     type Output = Leg;
     fn index(&self, r: RouteId) -> &Leg {
@@ -479,5 +523,40 @@ impl std::ops::Index<RouteId> for Legs {
 impl std::ops::IndexMut<RouteId> for Legs {
     fn index_mut(&mut self, r: RouteId) -> &mut Leg {
         &mut self.legs[r.slot()]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The queue's name for a large message is the spool's file holding all of the message at
+    /// once (not only the pieces the spool had written so far); a lost spool is an error.
+    #[tokio::test]
+    async fn share_spool_links_the_whole_message() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = fake_upstream::testing::temp_dir("share-spool");
+        let mut spool = Spool::new("m".into(), dir.join("m.eml"));
+        let message: Vec<u8> = (0..200 * 1024).map(|i| (i % 251) as u8).collect();
+        for piece in message.chunks(50_000) {
+            spool.take(piece).await.unwrap();
+        }
+        assert!(
+            !spool.pending.is_empty(),
+            "the test needs a tail not yet written"
+        );
+        let link = dir.join("queued.eml");
+        share_spool(Some(&mut spool), &link).await.unwrap();
+        assert_eq!(std::fs::read(&link).unwrap(), message);
+        let (a, b) = (
+            std::fs::metadata(&link).unwrap(),
+            std::fs::metadata(&spool.path).unwrap(),
+        );
+        assert_eq!((a.ino(), a.nlink()), (b.ino(), 2));
+        let lost = share_spool(None, &dir.join("other.eml")).await.unwrap_err();
+        assert!(
+            lost.contains("spool's copy of the message was lost"),
+            "{lost}"
+        );
     }
 }

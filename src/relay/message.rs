@@ -96,15 +96,9 @@ impl Session {
             self.id
         );
         let path = crate::spool::path_for(&self.shared.config.spool_dir, &id, "eml");
-        // A route that queues: the content goes to the queue's copy as well.
-        if self.legs.queue_takes_message()
-            && let Some(queue) = &self.shared.queue
-        {
-            self.legs.begin_queue_content(queue, &id);
-        }
-        self.spool = Some(Box::new(Spool::new(id, path)));
-        // RFC 5321 4.4: a trace header at the top, to the upstreams and the queue (the spool
-        // keeps the message as the client sent it).
+        self.spool = Some(Box::new(Spool::new(id.clone(), path)));
+        // RFC 5321 4.4: a trace header at the top, to the upstreams (the spool keeps the
+        // message as the client sent it; the queue keeps the header in its record).
         let received = self.received_header();
         let mut none = None;
         stream_content(
@@ -115,6 +109,13 @@ impl Session {
             received.as_bytes(),
         )
         .await;
+        // A route that queues: the content goes to the queue's copy as well.
+        if self.legs.queue_takes_message()
+            && let Some(queue) = &self.shared.queue
+        {
+            self.legs
+                .begin_queue_content(queue, &id, received, self.shared.queue_shares_spool);
+        }
         Ok(())
     }
 
@@ -294,6 +295,7 @@ impl Session {
             params: self.transaction.as_deref().map(|(_, p)| p),
             auth_user: self.conn.session().authenticated(),
             config: &self.shared.config,
+            spool: self.spool.as_deref_mut(),
         };
         let queued = match self.legs.enqueue(self.shared.queue.as_ref(), msg).await {
             Ok(queued) => queued,

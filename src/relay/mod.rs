@@ -118,6 +118,8 @@ struct Shared {
     eight_bit_mime: std::sync::Mutex<Vec<Option<bool>>>,
     /// Store and forward: the queue, and the scheduler's bell.
     queue: Option<crate::queue::store::Queue>,
+    /// The queue and the spool share a file system: a large message is one file, hard-linked.
+    queue_shares_spool: bool,
     wake: Arc<tokio::sync::Notify>,
     metrics: Arc<crate::metrics::Metrics>,
     auth_guard: crate::auth_guard::AuthGuard,
@@ -243,6 +245,9 @@ pub async fn start(mut config: RelayConfig) -> std::io::Result<RelayHandle> {
         }
         _ => None,
     };
+    let queue_shares_spool = queue
+        .as_ref()
+        .is_some_and(|q| q.links_from(&config.spool_dir));
     let metrics_listener = match config.metrics {
         Some(a) => Some(TcpListener::bind(a).await?),
         None => None,
@@ -263,6 +268,7 @@ pub async fn start(mut config: RelayConfig) -> std::io::Result<RelayHandle> {
         smtputf8: std::sync::Mutex::new(vec![None; config.routes.len() + 1]),
         eight_bit_mime: std::sync::Mutex::new(vec![None; config.routes.len() + 1]),
         queue,
+        queue_shares_spool,
         wake: Arc::default(),
         metrics: Arc::default(),
         auth_guard: crate::auth_guard::AuthGuard::new(config.auth_limits),

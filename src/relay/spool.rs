@@ -52,11 +52,18 @@ impl Spool {
 
     /// Writes what is left and flushes (the file exists afterwards).
     pub(super) async fn finish(mut self) -> std::io::Result<()> {
-        let mut file = match self.file.take() {
-            Some(f) => f,
-            None => crate::spool::create_private(&self.path).await?,
-        };
+        self.write_out().await
+    }
+
+    /// Writes all it holds to its file (created if need be) and flushes: the file then holds
+    /// the whole message so far.
+    pub(super) async fn write_out(&mut self) -> std::io::Result<()> {
+        if self.file.is_none() {
+            self.file = Some(crate::spool::create_private(&self.path).await?);
+        }
+        let file = self.file.as_mut().expect("opened");
         file.write_all(&self.pending).await?;
+        self.pending.clear();
         file.flush().await
     }
 
@@ -148,8 +155,16 @@ impl SpoolWriters {
 /// A message's content being written for the queue.
 pub(super) struct QueueFile {
     /// The same buffered writer as the spool copy's: a small message stays in memory (it
-    /// goes into the queue's journal), a larger one is streamed to a file under `tmp/`.
+    /// goes into the queue's journal), a larger one is streamed to a file under `tmp/`
+    /// unless it `shares_spool`.
     pub(super) content: Spool,
+    /// The relay's `Received:` header, kept in the record and sent before the content.
+    pub(super) trace: String,
+    /// The queue and the spool are on one file system: a large message's queue copy is the
+    /// spool's file, hard-linked (its content is then not kept here).
+    pub(super) shares_spool: bool,
+    /// Outgrew memory and lives in the spool's file.
+    pub(super) in_spool: bool,
     /// The first write error (the message is then refused with 452 4.3.1).
     pub(super) error: Option<String>,
 }

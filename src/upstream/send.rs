@@ -13,7 +13,8 @@ use super::*;
 #[derive(Clone, Copy, Debug)]
 pub enum Content<'a> {
     Pieces(&'a [&'a [u8]]),
-    File(&'a Path),
+    /// These octets, then the file's.
+    File(&'a [u8], &'a Path),
 }
 
 /// One message to send: its envelope and its content (as the client wrote it: the sender
@@ -181,7 +182,10 @@ impl Upstream {
                     self.body(piece).await?;
                 }
             }
-            Content::File(path) => {
+            Content::File(prefix, path) => {
+                if !prefix.is_empty() {
+                    self.body(prefix).await?;
+                }
                 let name = self.name().to_string();
                 let io = |source| UpstreamError::Io {
                     upstream: name.clone(),
