@@ -47,7 +47,72 @@ pub fn create(dir: &Path) -> std::io::Result<()> {
     for i in 0..SUBDIRS {
         smtp_net::files::private_dir(&dir.join(format!("{i:x}")))?;
     }
-    Ok(())
+    smtp_net::files::private_dir(&dir.join(RECORDS))
+}
+
+/// The spool's record logs: `<n>.jsonl`, a message's record per line.
+pub const RECORDS: &str = "records";
+
+/// The number after the highest record log in `dir` (1 when there is none).
+pub fn next_record_log(dir: &Path) -> std::io::Result<u64> {
+    let mut next = 1;
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        if let Some(n) = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(".jsonl"))
+            .and_then(|n| n.parse::<u64>().ok())
+        {
+            next = next.max(n + 1);
+        }
+    }
+    Ok(next)
+}
+
+/// Opens a new record log in `dir` for appending, numbered from `next`; never one that exists
+/// (no file of an earlier run is replaced).
+pub fn new_record_log(
+    dir: &Path,
+    next: &std::sync::atomic::AtomicU64,
+) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    loop {
+        let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        match std::fs::OpenOptions::new()
+            .append(true)
+            .create_new(true)
+            .mode(smtp_net::files::FILE_MODE)
+            .open(dir.join(format!("{n:08}.jsonl")))
+        {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            opened => return opened,
+        }
+    }
+}
+
+/// Every message record in the spool in `dir`, oldest log first, in the order written (a line
+/// that does not parse, as a torn last line after a crash, is skipped).
+pub fn records(dir: &Path) -> std::io::Result<Vec<serde_json::Value>> {
+    let logs = dir.join(RECORDS);
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(&logs)?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<std::io::Result<_>>()?;
+    paths.retain(|p| p.extension().is_some_and(|e| e == "jsonl"));
+    paths.sort();
+    let mut out = Vec::new();
+    for path in paths {
+        let text = std::fs::read(&path)?;
+        out.extend(
+            text.split(|b| *b == b'\n')
+                .filter_map(|line| serde_json::from_slice(line).ok()),
+        );
+    }
+    Ok(out)
+}
+
+/// The record of message `id` (the last, if several).
+pub fn record(dir: &Path, id: &str) -> std::io::Result<Option<serde_json::Value>> {
+    Ok(records(dir)?.into_iter().rev().find(|r| r["id"] == id))
 }
 
 /// Creates (or truncates) a file only the relay's user can read: every message, record and
@@ -109,8 +174,9 @@ pub struct Swept {
     pub kept_bytes: u64,
 }
 
-/// Removes what the retention rules say must go. A message's `.eml` and `.json` share a stem
-/// and go together.
+/// Removes what the retention rules say must go. A message's `.eml` and `.dsn.eml` (and, in
+/// spools of earlier versions, `.json`) share a stem and go together; a record log is a file
+/// of its own, removed by age or oldest first like the others.
 pub fn sweep(dir: &Path, rules: &Retention, now: SystemTime) -> std::io::Result<Swept> {
     // (modified, stem, files with their sizes)
     let mut groups: std::collections::BTreeMap<String, (SystemTime, Vec<(PathBuf, u64)>)> =

@@ -159,9 +159,14 @@ fn up_prints_a_command_that_works_and_stops_on_ctrl_c() {
         "an .eml and a .json in {}",
         mailbox.display()
     );
+    // The spool: the message's file, and its record in the record log.
+    let spool_files = smtp_relay::spool::files(&dir.join("spool")).unwrap();
+    assert_eq!(spool_files.len(), 2, "{spool_files:?}");
     assert_eq!(
-        smtp_relay::spool::files(&dir.join("spool")).unwrap().len(),
-        2
+        smtp_relay::spool::records(&dir.join("spool"))
+            .unwrap()
+            .len(),
+        1
     );
     interrupt(&mut child);
 

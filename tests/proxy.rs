@@ -90,12 +90,7 @@ async fn send(c: &mut Client) -> String {
 }
 
 fn spool_json(spool: &std::path::Path) -> Vec<serde_json::Value> {
-    smtp_relay::spool::files(spool)
-        .unwrap()
-        .into_iter()
-        .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        .map(|p| serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap())
-        .collect()
+    smtp_relay::spool::records(spool).unwrap()
 }
 
 #[tokio::test]

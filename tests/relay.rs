@@ -48,8 +48,12 @@ async fn foxmail_style_session_is_relayed_with_the_upstreams_words() {
         std::fs::read(&emls[0]).unwrap(),
         b"From: alice@163.com\r\nTo: bob@163.com\r\nSubject: hello\r\n\r\nHi Bob.\r\n.dot line\r\n"
     );
-    let json = std::fs::read_to_string(emls[0].with_extension("json")).unwrap();
-    assert!(json.contains("\"auth\": \"alice@163.com\""), "{json}");
+    let id = emls[0].file_stem().unwrap().to_str().unwrap();
+    let json = smtp_relay::spool::record(&s.spool, id)
+        .unwrap()
+        .expect("the message's record")
+        .to_string();
+    assert!(json.contains("\"auth\":\"alice@163.com\""), "{json}");
     assert!(json.contains("250 Mail OK queued as"), "{json}");
     assert!(!json.contains("ALICEAUTHCODE163"));
     s.relay.shutdown().await;
@@ -222,6 +226,38 @@ async fn starttls_and_implicit_tls_towards_the_relay() {
     let mut c = Client::connect_tls(s.relay.tls_addr().unwrap(), &ca, "localhost").await;
     assert_eq!(c.reply().await.code, 220);
     assert!(c.cmd("EHLO x").await.contains("AUTH PLAIN LOGIN"));
+    s.stop().await;
+}
+
+/// Every message of a session is a file of its own in the spool and a line of its own in the
+/// record log, under the same id.
+#[tokio::test]
+async fn each_message_has_its_file_and_its_record_line() {
+    let s = common::setup_refusing_unknown("records").await;
+    let (mut c, _) = s.login("ALICEAUTHCODE163").await;
+    for _ in 0..3 {
+        assert_eq!(c.cmd("MAIL FROM:<alice@163.com>").await, "250 Mail OK");
+        assert_eq!(c.cmd("RCPT TO:<bob@163.com>").await, "250 Mail OK");
+        assert_eq!(c.cmd("DATA").await.split(' ').next(), Some("354"));
+        c.send_raw(MESSAGE).await;
+        assert!(c.reply().await.to_string().starts_with("250 "));
+    }
+    assert_eq!(c.cmd("QUIT").await, "221 2.0.0 Bye");
+    let mut files: Vec<String> = smtp_relay::spool::files(&s.spool)
+        .unwrap()
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "eml"))
+        .map(|p| p.file_stem().unwrap().to_string_lossy().into_owned())
+        .collect();
+    let mut records: Vec<String> = smtp_relay::spool::records(&s.spool)
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_string())
+        .collect();
+    files.sort();
+    records.sort();
+    assert_eq!(files.len(), 3);
+    assert_eq!(records, files);
     s.stop().await;
 }
 
@@ -427,13 +463,9 @@ async fn foxmail_gb2312_message_to_three_domains() {
         );
         assert!(original.starts_with(b"Received: from foxmail.example ([127.0.0.1])"));
     }
-    let json_path = smtp_relay::spool::files(&s.spool)
-        .unwrap()
-        .into_iter()
-        .find(|p| p.extension().is_some_and(|e| e == "json"))
-        .unwrap();
-    let json: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(json_path).unwrap()).unwrap();
+    let records = smtp_relay::spool::records(&s.spool).unwrap();
+    assert_eq!(records.len(), 1);
+    let json = &records[0];
     assert_eq!(json["summary"]["subject"], "你好");
     assert_eq!(json["summary"]["from"], "程立 <alice@163.com>");
     assert_eq!(json["summary"]["text"], "世界，来自 Foxmail。");

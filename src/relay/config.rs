@@ -40,7 +40,8 @@ pub struct RelayConfig {
     /// The file mail clients should trust for that certificate (`up`'s CA), named in the
     /// hint logged when a client refuses the certificate.
     pub client_trust_file: Option<PathBuf>,
-    /// Where every message is kept as received (`<id>.eml`, `<id>.json`).
+    /// Where every message is kept as received (`<h>/<id>.eml`), with its record (a line of
+    /// `records/<n>.jsonl`).
     pub spool_dir: PathBuf,
     /// The default route: every recipient no route claims goes there; bounces too.
     pub upstream: UpstreamConfig,

@@ -283,7 +283,7 @@ pub async fn start(mut config: RelayConfig) -> std::io::Result<RelayHandle> {
         pool: config
             .upstream_reuse
             .map(|s| Pool::new(s, config.routes.len() + 1)),
-        spool_writers: SpoolWriters::start()?,
+        spool_writers: SpoolWriters::start(&config.spool_dir)?,
         caps: config
             .route_ids()
             .map(|r| {

@@ -91,8 +91,9 @@ PY
 echo "== what each relay recorded"
 fail=0
 for r in 1 2; do
-  records=$(find "$tmp/relay$r/spool" -name '*.json' | wc -l)
-  clients=$(find "$tmp/relay$r/spool" -name '*.json' -exec python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["client"].split(":")[0])' {} \; | sort -u | tr '\n' ' ')
+  # The spool's record logs: a message's record per line.
+  records=$(cat "$tmp/relay$r/spool/records/"*.jsonl 2>/dev/null | wc -l)
+  clients=$(cat "$tmp/relay$r/spool/records/"*.jsonl 2>/dev/null | python3 -c 'import json, sys; [print(json.loads(l)["client"].split(":")[0]) for l in sys.stdin if l.strip()]' | sort -u | tr '\n' ' ')
   echo "relay$r: $records messages, client addresses: $clients"
   [ "$records" -ge 1 ] || { echo "relay$r took no message: not balanced"; fail=1; }
   [ "$clients" = "127.0.0.77 " ] || { echo "relay$r recorded another address than the client's"; fail=1; }
