@@ -7,20 +7,19 @@
 pub mod baseline;
 pub mod cli;
 pub mod coverage;
-mod faults;
 pub mod mutant;
 mod parse;
 pub mod report;
 pub mod run;
 mod text;
 
-pub use faults::{fault_text, parse_fault};
+pub use fake_upstream::faults::{fault_text, parse_duration, parse_fault};
 use text::*;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use fake_upstream::{DropWhen, Fault, Stage, User};
+use fake_upstream::{Fault, User};
 
 pub use run::{Options, Outcome, Target, run_all, run_one};
 
@@ -313,39 +312,6 @@ pub fn escape(bytes: &[u8]) -> String {
     s
 }
 
-/// `500ms`, `2s`, `1.5s`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let bad = || format!("{s:?} is not a duration (e.g. 500ms, 2s, 15m, 24h)");
-    for (suffix, unit) in [("m", 60), ("h", 3600)] {
-        if let Some(n) = s.strip_suffix(suffix).filter(|n| !n.ends_with('m')) {
-            return n
-                .trim()
-                .parse::<u64>()
-                .ok()
-                .filter(|n| *n < 1_000_000)
-                .map(|n| Duration::from_secs(n * unit))
-                .ok_or_else(bad);
-        }
-    }
-    if let Some(ms) = s.strip_suffix("ms") {
-        return ms
-            .trim()
-            .parse::<u64>()
-            .map(Duration::from_millis)
-            .map_err(|_| bad());
-    }
-    if let Some(secs) = s.strip_suffix('s') {
-        return secs
-            .trim()
-            .parse::<f64>()
-            .ok()
-            .filter(|v| v.is_finite() && *v >= 0.0 && *v < 1e6)
-            .map(Duration::from_secs_f64)
-            .ok_or_else(bad);
-    }
-    Err(bad())
-}
 
 pub(crate) fn format_duration(d: Duration) -> String {
     let secs = d.as_secs();

@@ -1,4 +1,5 @@
 use super::*;
+use fake_upstream::{DropWhen, Stage};
 
 const SEED: &str = r#"# The seed's session.
 description: Foxmail-style session, three domains
@@ -105,41 +106,6 @@ fn round_trips_through_text() {
         s
     };
     assert_eq!(strip(&sc), strip(&again), "{}", sc.to_text());
-}
-
-#[test]
-fn faults_in_the_fake_upstreams_terms() {
-    let f = parse_fault("RCPT <bob@163.com>: 451 twice").unwrap();
-    assert_eq!(
-        (f.stage, f.address.as_deref(), f.reply.as_deref(), f.first),
-        (Stage::Rcpt, Some("bob@163.com"), Some("451 twice"), None)
-    );
-    let f = parse_fault("RCPT bob@163.com: 451 busy, twice").unwrap();
-    assert_eq!((f.reply.as_deref(), f.first), (Some("451 busy"), Some(2)));
-    let f = parse_fault("drop after DATA").unwrap();
-    assert_eq!((f.stage, f.drop), (Stage::Data, Some(DropWhen::After)));
-    let f = parse_fault("end of data: delay 300ms then 451 later, every 2").unwrap();
-    assert_eq!(
-        (f.stage, f.delay_ms, f.reply.as_deref(), f.every),
-        (Stage::EndOfData, Some(300), Some("451 later"), Some(2))
-    );
-    let f = parse_fault("connect: tls failure, once").unwrap();
-    assert!(f.tls_fail && f.first == Some(1));
-    let f = parse_fault("MAIL: stall, probability 0.5").unwrap();
-    assert!(f.stall && f.probability == Some(0.5));
-    let f = parse_fault("greeting: 421 HL:ICC, 3rd time").unwrap();
-    assert_eq!(f.nth, Some(3));
-    for bad in ["RCPT", "RCPX: 451 x", "RCPT: hello", "MAIL: delay soon"] {
-        assert!(parse_fault(bad).is_err(), "{bad}");
-    }
-    for text in [
-        "RCPT bob@163.com: 451 busy, 2 times",
-        "end of data: drop before",
-        "DATA: delay 300ms then 451 later, time 2",
-        "connect: tls failure, every 3",
-    ] {
-        assert_eq!(fault_text(&parse_fault(text).unwrap()), text);
-    }
 }
 
 #[test]

@@ -1,7 +1,10 @@
-//! Faults in the scenario syntax (`RCPT bob@163.com: 451 4.7.1 busy, twice`): read into the
-//! fake upstream's `Fault`, and written back.
+//! Faults as one line of text, the scenario syntax (`RCPT bob@163.com: 451 4.7.1 busy,
+//! twice`): read into a [`Fault`], and written back. Scenario files, the web page and the
+//! HTTP API all speak it.
 
-use super::*;
+use std::time::Duration;
+
+use super::{DropWhen, Fault, Quota, Stage};
 
 /// Parses a fault in the fake upstream's terms:
 /// `STAGE [ADDRESS]: ACTION[, SELECTOR]` or `drop before|after STAGE`.
@@ -81,7 +84,7 @@ pub fn parse_fault(text: &str) -> Result<Fault, String> {
     Ok(fault)
 }
 
-pub(super) fn check_reply(r: &str) -> Result<(), String> {
+pub fn check_reply(r: &str) -> Result<(), String> {
     let code = r.get(..3).filter(|c| c.bytes().all(|b| b.is_ascii_digit()));
     match (code, r.as_bytes().get(3)) {
         (Some(_), None | Some(b' ') | Some(b'-')) => Ok(()),
@@ -91,7 +94,7 @@ pub(super) fn check_reply(r: &str) -> Result<(), String> {
     }
 }
 
-pub(super) fn parse_stage(s: &str) -> Result<Stage, String> {
+pub fn parse_stage(s: &str) -> Result<Stage, String> {
     Ok(
         match s
             .trim()
@@ -119,7 +122,7 @@ pub(super) fn parse_stage(s: &str) -> Result<Stage, String> {
     )
 }
 
-pub(super) fn stage_name(s: Stage) -> &'static str {
+pub fn stage_name(s: Stage) -> &'static str {
     match s {
         Stage::Connect => "connect",
         Stage::Greeting => "greeting",
@@ -135,7 +138,7 @@ pub(super) fn stage_name(s: Stage) -> &'static str {
     }
 }
 
-pub(super) fn parse_selector(s: &str, f: &mut Fault) -> Result<(), String> {
+pub fn parse_selector(s: &str, f: &mut Fault) -> Result<(), String> {
     let s = s.trim().to_ascii_lowercase();
     let words: Vec<&str> = s.split_whitespace().collect();
     let num = |w: &str| {
@@ -158,7 +161,7 @@ pub(super) fn parse_selector(s: &str, f: &mut Fault) -> Result<(), String> {
         }
         ["beyond", n, "per", d] if num(n).is_some() => {
             let d = parse_duration(d)?;
-            f.quota = Some(fake_upstream::faults::Quota {
+            f.quota = Some(Quota {
                 count: num(n).unwrap_or(1),
                 per_ms: d.as_millis().max(1) as u64,
             });
@@ -178,6 +181,40 @@ pub(super) fn parse_selector(s: &str, f: &mut Fault) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// `500ms`, `2s`, `1.5s`, `15m`, `24h`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let bad = || format!("{s:?} is not a duration (e.g. 500ms, 2s, 15m, 24h)");
+    for (suffix, unit) in [("m", 60), ("h", 3600)] {
+        if let Some(n) = s.strip_suffix(suffix).filter(|n| !n.ends_with('m')) {
+            return n
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|n| *n < 1_000_000)
+                .map(|n| Duration::from_secs(n * unit))
+                .ok_or_else(bad);
+        }
+    }
+    if let Some(ms) = s.strip_suffix("ms") {
+        return ms
+            .trim()
+            .parse::<u64>()
+            .map(Duration::from_millis)
+            .map_err(|_| bad());
+    }
+    if let Some(secs) = s.strip_suffix('s') {
+        return secs
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|v| v.is_finite() && *v >= 0.0 && *v < 1e6)
+            .map(Duration::from_secs_f64)
+            .ok_or_else(bad);
+    }
+    Err(bad())
 }
 
 /// Writes a fault back in the form [`parse_fault`] reads.
@@ -220,4 +257,44 @@ pub fn fault_text(f: &Fault) -> String {
         s.push_str(&format!(", beyond {} per {}ms", q.count, q.per_ms));
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn faults_in_the_fake_upstreams_terms() {
+        let f = parse_fault("RCPT <bob@163.com>: 451 twice").unwrap();
+        assert_eq!(
+            (f.stage, f.address.as_deref(), f.reply.as_deref(), f.first),
+            (Stage::Rcpt, Some("bob@163.com"), Some("451 twice"), None)
+        );
+        let f = parse_fault("RCPT bob@163.com: 451 busy, twice").unwrap();
+        assert_eq!((f.reply.as_deref(), f.first), (Some("451 busy"), Some(2)));
+        let f = parse_fault("drop after DATA").unwrap();
+        assert_eq!((f.stage, f.drop), (Stage::Data, Some(DropWhen::After)));
+        let f = parse_fault("end of data: delay 300ms then 451 later, every 2").unwrap();
+        assert_eq!(
+            (f.stage, f.delay_ms, f.reply.as_deref(), f.every),
+            (Stage::EndOfData, Some(300), Some("451 later"), Some(2))
+        );
+        let f = parse_fault("connect: tls failure, once").unwrap();
+        assert!(f.tls_fail && f.first == Some(1));
+        let f = parse_fault("MAIL: stall, probability 0.5").unwrap();
+        assert!(f.stall && f.probability == Some(0.5));
+        let f = parse_fault("greeting: 421 HL:ICC, 3rd time").unwrap();
+        assert_eq!(f.nth, Some(3));
+        for bad in ["RCPT", "RCPX: 451 x", "RCPT: hello", "MAIL: delay soon"] {
+            assert!(parse_fault(bad).is_err(), "{bad}");
+        }
+        for text in [
+            "RCPT bob@163.com: 451 busy, 2 times",
+            "end of data: drop before",
+            "DATA: delay 300ms then 451 later, time 2",
+            "connect: tls failure, every 3",
+        ] {
+            assert_eq!(fault_text(&parse_fault(text).unwrap()), text);
+        }
+    }
 }

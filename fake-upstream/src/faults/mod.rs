@@ -19,6 +19,9 @@ use serde::Deserialize;
 use smtp_wire::Reply;
 
 use crate::error::Error;
+
+mod text;
+pub use text::{fault_text, parse_duration, parse_fault};
 use crate::persona::parse_reply;
 
 /// Where in a session a fault applies.
