@@ -86,7 +86,7 @@ trap cleanup EXIT
 # The sink, plain and on implicit TLS with a certificate from its own CA (for localhost and
 # 127.0.0.1). The TLS workloads use that certificate on every hop: the relay's and HAProxy's
 # listeners present it, and they verify the sink's against the CA.
-./target/release/fake-upstream --persona sink --no-limits --listen "127.0.0.1:$P_SINK" \
+./target/release/fake-upstream --persona sink --no-limits --no-web --listen "127.0.0.1:$P_SINK" \
   --listen-tls "127.0.0.1:$P_SINK_TLS" --cert private-ca --data-dir "$tmp/sink" >"$tmp/sink.log" 2>&1 &
 pids+=($!)
 certs=$tmp/sink/tls-private-ca

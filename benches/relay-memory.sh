@@ -23,7 +23,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-./target/release/fake-upstream --persona sink --no-limits --listen 127.0.0.1:0 \
+./target/release/fake-upstream --persona sink --no-limits --no-web --listen 127.0.0.1:0 \
   --listen-tls "127.0.0.1:$PORT_SINK" --data-dir "$tmp/sink" >"$tmp/sink.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 1 100); do [ -f "$tmp/sink/ca.pem" ] && grep -q '^Ctrl-C' "$tmp/sink.log" && break; sleep 0.1; done

@@ -33,7 +33,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-./target/release/fake-upstream --persona sink --no-limits \
+./target/release/fake-upstream --persona sink --no-limits --no-web \
   --listen "127.0.0.1:$PORT_FAKE" --listen-tls 127.0.0.1:0 --data-dir "$tmp/fake" >"$tmp/fake.log" 2>&1 &
 pids+=($!)
 smtp-sink -u nobody -m 1000 "127.0.0.1:$PORT_POSTFIX" 1024 >"$tmp/sink.log" 2>&1 &

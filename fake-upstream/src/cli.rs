@@ -58,6 +58,17 @@ pub struct Args {
     /// Try the relay's TLS policies on it, or `smtp-relay check-tls`.
     #[arg(long, value_name = "KIND")]
     pub cert: Option<crate::tls::CertKind>,
+    /// Serve the web page and the HTTP API here (messages, transcripts, faults at run time).
+    /// When the default address is taken, the server starts without it and says so.
+    #[arg(long, value_name = "ADDR", default_value = crate::web::DEFAULT_LISTEN)]
+    pub web: SocketAddr,
+    /// No web page and no HTTP API.
+    #[arg(long, conflicts_with = "web_token")]
+    pub no_web: bool,
+    /// Want this token on every request to the page and the API (one is made up when the
+    /// page listens on an address that is not loopback).
+    #[arg(long, value_name = "TOKEN")]
+    pub web_token: Option<String>,
 }
 
 impl Args {
@@ -156,6 +167,10 @@ pub fn main_with(args: Args) -> ExitCode {
 
 /// Runs the server until Ctrl-C.
 pub async fn run(args: Args) -> ExitCode {
+    let web = (!args.no_web).then(|| {
+        let explicit = args.web.to_string() != crate::web::DEFAULT_LISTEN;
+        (args.web, args.web_token.clone(), explicit)
+    });
     let config = match args.into_config() {
         Ok(c) => c,
         Err(e) => {
@@ -187,9 +202,38 @@ pub async fn run(args: Args) -> ExitCode {
         let note = if u.smtp { "" } else { "  (SMTP disabled)" };
         banner.push_str(&format!("  user {}  code {}{note}\n", u.address, u.code));
     }
+    let mut page = None;
+    if let Some((listen, token, explicit)) = web {
+        let name = handle.persona_name().to_string();
+        let mut config = crate::web::WebConfig::new(
+            listen,
+            vec![crate::web::Server {
+                name,
+                handle: handle.clone(),
+            }],
+        );
+        config.token = token;
+        match crate::web::Web::start(config).await {
+            Ok(w) => {
+                banner.push_str(&format!("  web page and API  {}\n", w.url()));
+                page = Some(w);
+            }
+            Err(e) if !explicit => {
+                banner.push_str(&format!(
+                    "  web page          not started: {e} (--web ADDR for another address, --no-web for none)\n"
+                ));
+            }
+            Err(e) => {
+                eprintln!("fake-upstream: web page: {e}");
+                handle.shutdown().await;
+                return ExitCode::from(1);
+            }
+        }
+    }
     banner.push_str("Ctrl-C (or SIGTERM) stops it.\n");
     smtp_net::say(&banner);
     smtp_net::shutdown_signal().await;
+    drop(page);
     smtp_net::say("fake-upstream: shutting down\n");
     handle.shutdown().await;
     ExitCode::SUCCESS

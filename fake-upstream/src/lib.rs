@@ -21,6 +21,7 @@
 //! - [`server`]: listeners and connection admission (`mod`), a session under `smtp-net`'s
 //!   shared driver with the scripted faults (`session`), the persona's policy (`policy`), the
 //!   transcripts and raw DATA phases (`transcript`), the [`Handle`] (`handle`).
+//! - [`web`]: the web page and the HTTP API (messages, transcripts, faults at run time).
 //! - [`cli`]: the `fake-upstream` command line.
 //! - [`testing`]: a raw SMTP client and helpers for tests against any SMTP server.
 //! - [`dates`]: RFC 5322 dates found in text, for the transcript normalisers.
@@ -35,6 +36,7 @@ pub mod server;
 pub mod store;
 pub mod testing;
 pub mod tls;
+pub mod web;
 
 pub use config::{Config, Observer, User};
 pub use error::Error;

@@ -192,7 +192,7 @@ impl Rules {
 }
 
 /// Limits, with the persona's codes in `texts`. `None`: no limit.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, serde::Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     pub max_message_size: u64,

@@ -13,7 +13,7 @@ use crate::error::Error;
 use crate::persona::HeaderStyle;
 
 /// One accepted message, as the handle reports it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct Received {
     /// The transaction id (163's transid); with `/` as `_`, the file name stem.
     pub id: String,
@@ -22,6 +22,9 @@ pub struct Received {
     /// Recipient mailboxes, without brackets.
     pub rcpt_to: Vec<String>,
     pub client: SocketAddr,
+    /// The session that delivered it: its transcript's id ([`crate::Handle::transcript`]).
+    #[serde(default)]
+    pub session: u64,
     pub helo: Option<String>,
     pub tls: bool,
     /// The authenticated user, if any.
@@ -45,7 +48,7 @@ pub struct Received {
 /// How the delivered copy (`.eml`) was made from the received message: `prefix_len` octets of
 /// headers before it, and `appended_len` octets inserted at `appended_at` (an offset in the
 /// received message: the end of its header block).
-#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct Layout {
     pub prefix_len: usize,
     pub appended_at: usize,
@@ -248,6 +251,20 @@ pub async fn write_message(
             .map_err(|e| Error::io(&path, e))?;
     }
     Ok(())
+}
+
+/// Deletes a message's files: each delivered copy and its JSON, and the raw DATA. Files
+/// already gone are no error (a user may have cleaned the mailbox by hand).
+pub async fn remove_message(received: &Received) {
+    let mut paths: Vec<PathBuf> = Vec::new();
+    for eml in &received.files {
+        paths.push(eml.clone());
+        paths.push(eml.with_extension("json"));
+    }
+    paths.extend(received.raw_file.iter().cloned());
+    for p in paths {
+        let _ = tokio::fs::remove_file(&p).await;
+    }
 }
 
 const B64: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";

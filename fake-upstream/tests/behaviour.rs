@@ -423,6 +423,8 @@ fn binary_starts_prints_where_it_listens_and_serves() {
             "127.0.0.1:0",
             "--user",
             "me@163.com:MYCODE",
+            "--web",
+            "127.0.0.1:0",
         ])
         .arg("--data-dir")
         .arg(&dir)
@@ -432,11 +434,15 @@ fn binary_starts_prints_where_it_listens_and_serves() {
     let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut text = String::new();
     let mut addr = None;
-    for _ in 0..10 {
+    let mut web = None;
+    for _ in 0..12 {
         let mut line = String::new();
         out.read_line(&mut line).unwrap();
         if let Some(a) = line.trim().strip_prefix("plain + STARTTLS") {
             addr = Some(a.trim().to_string());
+        }
+        if let Some(u) = line.trim().strip_prefix("web page and API") {
+            web = Some(u.trim().to_string());
         }
         text.push_str(&line);
         if line.starts_with("Ctrl-C") {
@@ -451,6 +457,25 @@ fn binary_starts_prints_where_it_listens_and_serves() {
     let n = s.read(&mut buf).unwrap();
     assert!(buf[..n].starts_with(b"220 163.com"));
     s.write_all(b"QUIT\r\n").unwrap();
+    // The page is up where the banner says.
+    let web = web.expect("the web page's address printed");
+    let host = web
+        .strip_prefix("http://")
+        .and_then(|w| w.strip_suffix('/'))
+        .expect("http://HOST:PORT/");
+    let mut h = std::net::TcpStream::connect(host).unwrap();
+    h.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        h,
+        "GET /api/v1/health HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut reply = String::new();
+    h.read_to_string(&mut reply).unwrap();
+    assert!(
+        reply.starts_with("HTTP/1.1 200") && reply.contains("\"status\":\"ok\""),
+        "{reply}"
+    );
     // SIGTERM, as a service manager stops it: a clean exit.
     let term = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])

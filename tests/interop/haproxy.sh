@@ -34,7 +34,7 @@ P_R2=$(free_port)
 P_LB=$(free_port)
 MESSAGES=10
 
-"$FAKE" --persona sink --keep --listen "127.0.0.1:$P_SINK" --listen-tls 127.0.0.1:0 \
+"$FAKE" --persona sink --keep --no-web --listen "127.0.0.1:$P_SINK" --listen-tls 127.0.0.1:0 \
   --data-dir "$tmp/sink" >"$tmp/sink.log" 2>&1 &
 pids+=($!)
 for r in 1 2; do

@@ -15,17 +15,17 @@
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use smtp_wire::Reply;
 
 use crate::error::Error;
 
 mod text;
-pub use text::{fault_text, parse_duration, parse_fault};
 use crate::persona::parse_reply;
+pub use text::{fault_text, parse_duration, parse_fault};
 
 /// Where in a session a fault applies.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, Hash)]
 #[serde(rename_all = "snake_case")]
 pub enum Stage {
     /// The TCP connection is accepted (before the greeting, before TLS on the TLS listener).
@@ -44,7 +44,7 @@ pub enum Stage {
 }
 
 /// Drop the connection before or after sending the reply.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum DropWhen {
     Before,
@@ -52,7 +52,7 @@ pub enum DropWhen {
 }
 
 /// One fault: a selector and what to do.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Fault {
     pub stage: Stage,
@@ -96,7 +96,7 @@ pub struct Fault {
 }
 
 /// `count` per `per_ms` milliseconds, sliding.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Quota {
     pub count: u64,
@@ -238,8 +238,8 @@ pub struct FaultSet {
     /// Per fault with a quota: when the occurrences that passed happened (at most `count`).
     passed: Vec<Mutex<std::collections::VecDeque<std::time::Instant>>>,
     rng: Mutex<fastrand::Rng>,
-    /// When the faults were set (`for_ms` counts from here).
-    since: std::time::Instant,
+    /// When each fault was set (its `for_ms` counts from there).
+    set_at: Vec<std::time::Instant>,
 }
 
 impl FaultSet {
@@ -249,11 +249,56 @@ impl FaultSet {
 
     /// [`FaultSet::new`] set at `since` on the caller's clock (`for` counts from there).
     pub fn new_at(faults: Vec<Fault>, seed: u64, since: std::time::Instant) -> FaultSet {
+        let faults_len = faults.len();
         FaultSet {
             passed: faults.iter().map(|_| Mutex::default()).collect(),
             faults: faults.into_iter().map(|f| (f, AtomicU64::new(0))).collect(),
+            set_at: vec![since; faults_len],
             rng: Mutex::new(fastrand::Rng::with_seed(seed)),
-            since,
+        }
+    }
+
+    /// The faults, each with how many times its stage (and address) came up so far.
+    pub fn list(&self) -> Vec<(Fault, u64)> {
+        self.faults
+            .iter()
+            .map(|(f, n)| (f.clone(), n.load(Ordering::SeqCst)))
+            .collect()
+    }
+
+    /// A copy without the faults `remove` says, with `add` after the rest: the faults kept
+    /// keep their counters, their quotas' history and the time they were set (so that a
+    /// `twice` that fired once fires once more, whatever is added beside it).
+    pub fn edited(
+        &self,
+        remove: impl Fn(usize) -> bool,
+        add: Vec<Fault>,
+        now: std::time::Instant,
+    ) -> FaultSet {
+        let mut faults = Vec::new();
+        let mut passed = Vec::new();
+        let mut set_at = Vec::new();
+        for (i, ((f, n), p)) in self.faults.iter().zip(&self.passed).enumerate() {
+            if remove(i) {
+                continue;
+            }
+            faults.push((f.clone(), AtomicU64::new(n.load(Ordering::SeqCst))));
+            passed.push(Mutex::new(
+                p.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            ));
+            set_at.push(self.set_at[i]);
+        }
+        for f in add {
+            faults.push((f, AtomicU64::new(0)));
+            passed.push(Mutex::default());
+            set_at.push(now);
+        }
+        let rng = self.rng.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        FaultSet {
+            faults,
+            passed,
+            set_at,
+            rng: Mutex::new(rng),
         }
     }
 
@@ -265,8 +310,9 @@ impl FaultSet {
     /// [`FaultSet::check`] as if it were `now` (the clock is the caller's).
     pub fn check_at(&self, stage: Stage, address: Option<&str>, now: std::time::Instant) -> Action {
         let mut action = Action::default();
-        let elapsed = now.saturating_duration_since(self.since);
-        for ((f, count), passed) in self.faults.iter().zip(&self.passed) {
+        for (((f, count), passed), set_at) in self.faults.iter().zip(&self.passed).zip(&self.set_at)
+        {
+            let elapsed = now.saturating_duration_since(*set_at);
             if f.stage != stage || f.for_ms.is_some_and(|ms| elapsed.as_millis() >= ms as u128) {
                 continue;
             }
@@ -324,7 +370,7 @@ mod tests {
             vec![Fault::on(Stage::Connect).reply("421 busy").for_ms(200)],
             1,
         );
-        let at = |ms| set.since + std::time::Duration::from_millis(ms);
+        let at = |ms| set.set_at[0] + std::time::Duration::from_millis(ms);
         assert!(set.check_at(Stage::Connect, None, at(0)).reply.is_some());
         assert!(set.check_at(Stage::Connect, None, at(199)).reply.is_some());
         assert!(set.check_at(Stage::Connect, None, at(200)).is_none());
@@ -336,7 +382,7 @@ mod tests {
             vec![Fault::on(Stage::Mail).reply("451 MI:SFQ").quota(2, 1000)],
             1,
         );
-        let at = |ms| set.since + std::time::Duration::from_millis(ms);
+        let at = |ms| set.set_at[0] + std::time::Duration::from_millis(ms);
         let fired = |ms| set.check_at(Stage::Mail, None, at(ms)).reply.is_some();
         // Two pass at 0 and 400; the third and fourth, inside the window, are refused.
         assert_eq!(

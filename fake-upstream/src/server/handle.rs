@@ -4,13 +4,15 @@
 use super::*;
 
 /// A running fake upstream. Dropping it does not stop the server: call [`Handle::shutdown`]
-/// (after which the handle still answers `received()` and `transcripts()`).
+/// (after which the handle still answers `received()` and `transcripts()`). Clones are the
+/// same server (the web page holds one).
+#[derive(Clone)]
 pub struct Handle {
     pub(super) shared: Arc<Shared>,
     pub(super) addr: SocketAddr,
     pub(super) tls_addr: Option<SocketAddr>,
-    pub(super) shutdown: watch::Sender<bool>,
-    pub(super) tasks: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    pub(super) shutdown: Arc<watch::Sender<bool>>,
+    pub(super) tasks: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
 
 impl Handle {
@@ -103,6 +105,11 @@ impl Handle {
         all
     }
 
+    /// Whether sessions are recorded ([`crate::Config::transcripts`]).
+    pub fn keeps_transcripts(&self) -> bool {
+        self.shared.config.transcripts
+    }
+
     /// Replaces the scripted faults while the server runs (their counters start from zero):
     /// what a long-lived fake shared by many scenarios, or a user at run time, needs.
     pub fn set_faults(&self, faults: Vec<crate::faults::Fault>) {
@@ -116,6 +123,132 @@ impl Handle {
             .faults
             .write()
             .unwrap_or_else(|e| e.into_inner()) = set;
+    }
+
+    /// The scripted faults in force, each with how many times its stage (and address) came
+    /// up since it was set.
+    pub fn faults(&self) -> Vec<(crate::faults::Fault, u64)> {
+        self.shared.faults().list()
+    }
+
+    /// Adds a fault beside those in force (their counters go on); its index in
+    /// [`Handle::faults`] is returned.
+    pub fn add_fault(&self, fault: crate::faults::Fault) -> usize {
+        self.edit_faults(|_| false, vec![fault]) - 1
+    }
+
+    /// Removes the fault at `index` in [`Handle::faults`]; false when there is none.
+    pub fn remove_fault(&self, index: usize) -> bool {
+        let before = self.shared.faults().list().len();
+        index < before && self.edit_faults(|i| i == index, Vec::new()) < before
+    }
+
+    /// Removes every scripted fault.
+    pub fn clear_faults(&self) {
+        self.edit_faults(|_| true, Vec::new());
+    }
+
+    /// Applies an edit to the fault set under its lock; how many faults there are after it.
+    fn edit_faults(&self, remove: impl Fn(usize) -> bool, add: Vec<crate::faults::Fault>) -> usize {
+        let mut slot = self
+            .shared
+            .faults
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        let next = slot.edited(remove, add, self.shared.now());
+        let n = next.list().len();
+        *slot = Arc::new(next);
+        n
+    }
+
+    /// The persona's limits in force now.
+    pub fn limits(&self) -> crate::persona::Limits {
+        (*self.shared.limits()).clone()
+    }
+
+    /// Changes one limit while the server runs (`sender_per_15min`, `none` to lift it; the
+    /// keys of [`crate::persona::Limits::set`]). The message size and the idle timeout are
+    /// fixed at start: they are in the EHLO reply and in the sessions already open.
+    pub fn set_limit(&self, key: &str, value: &str) -> Result<(), String> {
+        if matches!(key, "max_message_size" | "idle_timeout_secs") {
+            return Err(format!(
+                "{key} is fixed when the server starts (it is in every EHLO reply and open session); restart with it changed"
+            ));
+        }
+        let mut slot = self
+            .shared
+            .limits
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        let mut next = (**slot).clone();
+        next.set(key, value)?;
+        *slot = Arc::new(next);
+        Ok(())
+    }
+
+    /// Switches the persona's quotas and rate limits off (as `--no-limits`), or back on as
+    /// configured at start; the size and per-message recipient limits stay either way.
+    pub fn set_quotas(&self, on: bool) {
+        let configured = &self.shared.config.persona.limits;
+        let mut next = configured.clone();
+        if !on {
+            next.without_quotas();
+        }
+        let mut slot = self
+            .shared
+            .limits
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        next.max_recipients = slot.max_recipients;
+        *slot = Arc::new(next);
+    }
+
+    /// Whether any quota or rate limit is on.
+    pub fn quotas_on(&self) -> bool {
+        let mut off = self.limits();
+        off.without_quotas();
+        off != self.limits()
+    }
+
+    /// Each message as it is accepted, from now on (a receiver that falls more than 1024
+    /// messages behind is told how many it missed).
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Received> {
+        self.shared.arrivals.subscribe()
+    }
+
+    /// The transcript of session `id` (ended or open), if it is still kept.
+    pub fn transcript(&self, id: u64) -> Option<Transcript> {
+        let st = self.shared.state();
+        if let Some(live) = st.open.get(&id) {
+            return Some(live.lock().unwrap_or_else(|e| e.into_inner()).clone());
+        }
+        st.transcripts.iter().rev().find(|t| t.id == id).cloned()
+    }
+
+    /// Forgets the accepted message `id` and deletes its files (the delivered copies, their
+    /// JSON, the raw DATA); false when the fake does not remember it.
+    pub async fn delete(&self, id: &str) -> bool {
+        let found = {
+            let mut st = self.shared.state();
+            let at = st.received.iter().position(|r| r.id == id);
+            at.and_then(|i| st.received.remove(i))
+        };
+        match found {
+            Some(r) => {
+                store::remove_message(&r).await;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Forgets every accepted message and deletes their files; how many there were.
+    pub async fn delete_all(&self) -> usize {
+        let all: Vec<Received> = self.shared.state().received.drain(..).collect();
+        for r in &all {
+            store::remove_message(r).await;
+        }
+        all.len()
     }
 
     /// Moves the fake's policy clock ahead: quotas refill, bans and `for` faults end as if

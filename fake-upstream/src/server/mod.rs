@@ -23,7 +23,7 @@ use tokio::task::JoinSet;
 use crate::config::{Config, User};
 use crate::error::Error;
 use crate::faults::{Action, DropWhen, FaultSet, Stage};
-use crate::persona::{AuthRule, PlaintextAuth, SenderRule, UnknownRecipient, Vars};
+use crate::persona::{AuthRule, Limits, PlaintextAuth, SenderRule, UnknownRecipient, Vars};
 use crate::store::{self, Received, Trace};
 use crate::tls::{self, TlsFiles, TlsMaterial};
 
@@ -75,6 +75,12 @@ pub(crate) struct Shared {
     /// Lines and DATA chunks recorded so far, over every session.
     activity: Arc<AtomicU64>,
     next_message: AtomicU64,
+    /// The persona's limits as they stand: [`Handle::set_limit`] and
+    /// [`Handle::set_quotas`] change them while the server runs.
+    limits: std::sync::RwLock<Arc<Limits>>,
+    /// Each accepted message, as it is accepted, to whoever subscribed
+    /// ([`Handle::subscribe`]: the web page's live list).
+    arrivals: tokio::sync::broadcast::Sender<Received>,
     /// How far [`Handle::advance_clock`] has moved the policy clock (quotas, bans, faults
     /// over time) ahead of the real one, in milliseconds.
     clock_ahead_ms: AtomicU64,
@@ -93,6 +99,14 @@ impl Shared {
     /// The faults' action at this stage, on the policy clock.
     fn fault(&self, stage: Stage, address: Option<&str>) -> Action {
         self.faults().check_at(stage, address, self.now())
+    }
+
+    /// The limits in force now.
+    pub(crate) fn limits(&self) -> Arc<Limits> {
+        self.limits
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn faults(&self) -> Arc<FaultSet> {
@@ -147,6 +161,8 @@ impl FakeUpstream {
                 config.faults.clone(),
                 config.seed,
             ))),
+            limits: std::sync::RwLock::new(Arc::new(config.persona.limits.clone())),
+            arrivals: tokio::sync::broadcast::channel(1024).0,
             config,
             tls,
             state: Mutex::new(State::default()),
@@ -171,8 +187,8 @@ impl FakeUpstream {
             shared,
             addr,
             tls_addr,
-            shutdown,
-            tasks: Mutex::new(Some(tasks)),
+            shutdown: Arc::new(shutdown),
+            tasks: Arc::new(Mutex::new(Some(tasks))),
         })
     }
 }
@@ -209,8 +225,8 @@ async fn admit(
         .get(&peer.ip())
         .is_some_and(|until| *until > shared.now());
     let slot = shared.per_ip.enter(peer.ip());
-    let over = persona
-        .limits
+    let over = shared
+        .limits()
         .connections_per_ip
         .is_some_and(|max| slot.count() > max);
     let text = match (banned, over) {

@@ -86,7 +86,8 @@ impl Session {
         let ip = self.peer.ip();
         let now = self.shared.now();
         let mut st = self.shared.state();
-        let ban = Duration::from_secs(persona.limits.ban_minutes * 60);
+        let limits = self.shared.limits();
+        let ban = Duration::from_secs(limits.ban_minutes * 60);
         // Bounded: names an attacker makes up do not grow these maps without end.
         if st.account_failures.len() >= 10_000 {
             st.account_failures.clear();
@@ -96,8 +97,7 @@ impl Session {
         }
         let per_account = st.account_failures.entry(account.to_string()).or_insert(0);
         *per_account += 1;
-        let account_barred = persona
-            .limits
+        let account_barred = limits
             .auth_failures_per_account
             .is_some_and(|max| *per_account >= max);
         if account_barred {
@@ -106,14 +106,11 @@ impl Session {
         }
         let failures = st.auth_failures.entry(ip).or_insert(0);
         *failures += 1;
-        if let Some(max) = persona.limits.auth_failures_before_ban
+        if let Some(max) = limits.auth_failures_before_ban
             && *failures >= max
         {
             st.auth_failures.remove(&ip);
-            st.bans.insert(
-                ip,
-                now + Duration::from_secs(persona.limits.ban_minutes * 60),
-            );
+            st.bans.insert(ip, now + ban);
             drop(st);
             self.close_after_write = true;
             return self.text(&persona.texts.auth_ip_banned);
@@ -154,7 +151,7 @@ impl Session {
                 (true, _) => return self.text(&texts.mail_not_user),
             },
         }
-        let limits = &persona.limits;
+        let limits = self.shared.limits();
         if limits
             .messages_per_connection
             .is_some_and(|max| self.messages_here >= max)
@@ -202,13 +199,13 @@ impl Session {
         let persona = &shared.config.persona;
         let texts = &persona.texts;
         let envelope = self.conn.session().envelope();
-        if envelope.rcpts.len() >= persona.limits.max_recipients {
+        let limits = self.shared.limits();
+        if envelope.rcpts.len() >= limits.max_recipients {
             return self.text(&texts.rcpt_too_many);
         }
         if self.unknown_recipient_rule() == UnknownRecipient::Rcpt && self.is_unknown_local(to) {
             return self.text(&texts.rcpt_unknown_user);
         }
-        let limits = &persona.limits;
         if limits.recipients_per_15min.is_none() && limits.recipients_per_day.is_none() {
             return Verdict::Accept;
         }
@@ -299,6 +296,7 @@ impl Session {
                 .unwrap_or_else(|| "<>".into()),
             rcpt_to: env.rcpts.iter().map(|(r, _)| path_text(r)).collect(),
             client: self.peer,
+            session: self.transcript.id,
             helo: self.conn.session().helo().map(str::to_string),
             tls: self.tls,
             auth: self.conn.session().authenticated().map(str::to_string),
@@ -364,7 +362,7 @@ impl Session {
     /// An accepted message into the fake's record (the history, and the sender's quota
     /// counts when the persona has quotas); waiters are told.
     pub(super) fn keep(&mut self, received: Received) {
-        let limits = &self.shared.config.persona.limits;
+        let limits = self.shared.limits();
         let quotas = limits.sender_per_15min.is_some()
             || limits.sender_per_day.is_some()
             || limits.recipients_per_15min.is_some()
@@ -381,10 +379,12 @@ impl Session {
             if st.received.len() >= self.shared.config.history.max(1) {
                 st.received.pop_front();
             }
-            st.received.push_back(received);
+            st.received.push_back(received.clone());
             st.received_total += 1;
         }
         self.shared.received_notify.notify_waiters();
+        // Nobody listening is not an error.
+        let _ = self.shared.arrivals.send(received);
     }
 }
 
