@@ -312,7 +312,6 @@ pub fn escape(bytes: &[u8]) -> String {
     s
 }
 
-
 pub(crate) fn format_duration(d: Duration) -> String {
     let secs = d.as_secs();
     if d.subsec_millis() == 0 && secs > 0 && secs.is_multiple_of(3600) {
