@@ -83,6 +83,8 @@ fn start_up_in(name: &str, extra: &[&str], fresh: bool) -> Started {
             "127.0.0.1:0",
             "--qq-listen",
             "127.0.0.1:0",
+            "--web",
+            "127.0.0.1:0",
         ])
         .args(extra)
         .stdout(Stdio::piped())
@@ -106,6 +108,25 @@ fn start_up_in(name: &str, extra: &[&str], fresh: bool) -> Started {
     // Keep reading its output (so that it never blocks on a full pipe).
     std::thread::spawn(move || for _ in out.lines() {});
     (child, banner, dir)
+}
+
+/// GET with curl: the status and the JSON body.
+fn curl_json(url: &str) -> (u16, serde_json::Value) {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "30", "-w", "\n%{http_code}", url])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (
+        code.trim().parse().unwrap(),
+        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+    )
 }
 
 /// Ctrl-C for a started `up`: it stops cleanly (exit status 0).
@@ -152,6 +173,61 @@ fn up_prints_a_command_that_works_and_stops_on_ctrl_c() {
     assert!(text.contains("ca.pem"), "{text}");
     assert!(text.contains("swaks --server 127.0.0.1:"), "{text}");
     run_printed_curl(&banner);
+    // The page's API: the message, waited for as a CI script would, with the relay's
+    // record and its two-hop transcript beside the fake's.
+    let web = text
+        .split("web page    ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .expect("the web page's address in the banner")
+        .to_string();
+    let (status, page) = curl_json(&format!("{web}api/v1/messages?to=bob@163.com&wait=10s"));
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["messages"][0]["subject"], "hello", "{page}");
+    // 163's ids may hold a `/` and a `+`: in a path, encoded.
+    let id = page["messages"][0]["id"]
+        .as_str()
+        .unwrap()
+        .replace('/', "%2F")
+        .replace('+', "%2B");
+    let (_, t) = curl_json(&format!("{web}api/v1/messages/{id}/transcript"));
+    let relay_lines: Vec<&str> = t["relay"]["lines"]
+        .as_array()
+        .unwrap_or_else(|| panic!("the relay's transcript: {t}"))
+        .iter()
+        .map(|l| l.as_str().unwrap())
+        .collect();
+    assert!(
+        relay_lines.iter().any(|l| l.starts_with("C: MAIL FROM")),
+        "{relay_lines:?}"
+    );
+    assert!(
+        relay_lines
+            .iter()
+            .any(|l| l.trim_start().starts_with("U> MAIL FROM")),
+        "{relay_lines:?}"
+    );
+    assert!(
+        !relay_lines.concat().contains("ALICEAUTHCODE163"),
+        "AUTH redacted"
+    );
+    assert!(
+        t["relay"]["record"]["id"].is_string(),
+        "the relay's spool record: {t}"
+    );
+    assert!(
+        t["upstream"]["lines"]
+            .as_array()
+            .is_some_and(|l| !l.is_empty()),
+        "{t}"
+    );
+    let (status, records) = curl_json(&format!("{web}api/v1/relay/records"));
+    assert_eq!(status, 200);
+    assert_eq!(
+        records["records"].as_array().map(Vec::len),
+        Some(1),
+        "{records}"
+    );
     let mailbox = dir.join("upstream/mailboxes/bob@163.com");
     let files: Vec<_> = std::fs::read_dir(&mailbox).unwrap().collect();
     assert!(
@@ -216,6 +292,7 @@ fn up_with_the_qq_persona() {
             .args(["--listen", "127.0.0.1:0", "--listen-tls", "127.0.0.1:0"])
             .args(["--upstream-listen", "127.0.0.1:0"])
             .args(["--upstream-listen-tls", "127.0.0.1:0"])
+            .args(["--no-web"])
             .stdout(Stdio::piped())
             .spawn()
             .unwrap(),
@@ -341,6 +418,61 @@ fn up_queue_queues_then_delivers() {
     let text = banner.concat();
     assert!(text.contains("queue       "), "{text}");
     run_printed_curl(&banner);
+    // The page's API: in queue mode the relay's transcript is the client's session (the
+    // delivery from the queue is the fake's side).
+    let web = text
+        .split("web page    ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .expect("the web page's address in the banner")
+        .to_string();
+    let (status, page) = curl_json(&format!("{web}api/v1/messages?to=bob@163.com&wait=10s"));
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["messages"][0]["subject"], "hello", "{page}");
+    // 163's ids may hold a `/` and a `+`: in a path, encoded.
+    let id = page["messages"][0]["id"]
+        .as_str()
+        .unwrap()
+        .replace('/', "%2F")
+        .replace('+', "%2B");
+    let (_, t) = curl_json(&format!("{web}api/v1/messages/{id}/transcript"));
+    let relay_lines: Vec<&str> = t["relay"]["lines"]
+        .as_array()
+        .unwrap_or_else(|| panic!("the relay's transcript: {t}"))
+        .iter()
+        .map(|l| l.as_str().unwrap())
+        .collect();
+    assert!(
+        relay_lines.iter().any(|l| l.starts_with("C: MAIL FROM")),
+        "{relay_lines:?}"
+    );
+    assert!(
+        relay_lines
+            .iter()
+            .any(|l| l.starts_with("S: 250 2.0.0 queued as")),
+        "{relay_lines:?}"
+    );
+    assert!(
+        !relay_lines.concat().contains("ALICEAUTHCODE163"),
+        "AUTH redacted"
+    );
+    assert!(
+        t["relay"]["record"]["id"].is_string(),
+        "the relay's spool record: {t}"
+    );
+    assert!(
+        t["upstream"]["lines"]
+            .as_array()
+            .is_some_and(|l| !l.is_empty()),
+        "{t}"
+    );
+    let (status, records) = curl_json(&format!("{web}api/v1/relay/records"));
+    assert_eq!(status, 200);
+    assert_eq!(
+        records["records"].as_array().map(Vec::len),
+        Some(1),
+        "{records}"
+    );
     let mailbox = dir.join("upstream/mailboxes/bob@163.com");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
     while std::fs::read_dir(&mailbox).map(|d| d.count()).unwrap_or(0) == 0 {

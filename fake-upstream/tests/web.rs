@@ -27,6 +27,11 @@ async fn web_for(h: &fake_upstream::Handle) -> Web {
     .unwrap()
 }
 
+/// A message id in a URL path: 163's ids may hold `/` and `+`.
+fn path_id(id: &str) -> String {
+    id.replace('/', "%2F").replace('+', "%2B")
+}
+
 fn http() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
@@ -121,7 +126,8 @@ async fn a_ci_script_waits_for_a_message_and_reads_it_decoded() {
     assert_eq!(m["subject"], "会议通知", "{m}");
     assert_eq!(m["rcpt_to"][0], "bob@163.com");
     assert_eq!(m["auth"], "alice@163.com");
-    let id = m["id"].as_str().unwrap().to_string();
+    // 163's ids may hold a `/` and a `+`: in a path, encoded.
+    let id = path_id(m["id"].as_str().unwrap());
 
     // Nobody has mail for carol: a wait ends in a 404 with a JSON error.
     let (status, err) = get(&w, "/api/v1/messages?to=carol@163.com&wait=200ms").await;
@@ -372,7 +378,7 @@ async fn the_event_stream_tells_of_each_message_as_it_arrives_and_deletes_remove
     assert_eq!(found, Ok(true), "{seen}");
 
     let (_, page) = get(&w, "/api/v1/messages").await;
-    let id = page["messages"][0]["id"].as_str().unwrap().to_string();
+    let id = path_id(page["messages"][0]["id"].as_str().unwrap());
     let eml = h.received()[0].files[0].clone();
     assert!(eml.exists());
     let r = http()
@@ -442,10 +448,14 @@ async fn an_earlier_runs_mailboxes_are_listed_and_pages_split_the_list() {
     assert_eq!(page["messages"][0]["from_disk"], true);
     let (_, page) = get(&w, "/api/v1/messages?subject=NUMBER%204").await;
     assert_eq!(page["total"], 1);
-    let id = page["messages"][0]["id"].as_str().unwrap().to_string();
-    let (status, v) = get(&w, &format!("/api/v1/messages/{id}")).await;
+    let raw_id = page["messages"][0]["id"].as_str().unwrap().to_string();
+    let (status, v) = get(&w, &format!("/api/v1/messages/{}", path_id(&raw_id))).await;
     assert_eq!(status, 200);
     assert_eq!(v["text"].as_str().unwrap().trim(), "body");
+    // The id as its file is named finds it too (`/` as `_`).
+    let stem = fake_upstream::store::file_stem(&raw_id).replace('+', "%2B");
+    let (status, v) = get(&w, &format!("/api/v1/messages/{stem}")).await;
+    assert_eq!((status, v["id"].as_str()), (200, Some(raw_id.as_str())));
     h.shutdown().await;
 }
 

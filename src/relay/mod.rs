@@ -51,14 +51,15 @@ use session::*;
 use spool::*;
 pub use spool::{Summary, summarize};
 
-/// A running relay.
+/// A running relay; clones are the same relay (the web page of `up` holds one).
+#[derive(Clone)]
 pub struct RelayHandle {
     shared: Arc<Shared>,
     addr: SocketAddr,
     metrics_addr: Option<SocketAddr>,
     tls_addr: Option<SocketAddr>,
-    shutdown: watch::Sender<bool>,
-    tasks: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    shutdown: Arc<watch::Sender<bool>>,
+    tasks: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
 
 impl RelayHandle {
@@ -88,6 +89,16 @@ impl RelayHandle {
             .collect();
         kept.sort_by_key(|(id, _)| *id);
         kept.into_iter().map(|(_, t)| t).collect()
+    }
+
+    /// The relay's counters in the Prometheus text format, as `--metrics` serves them.
+    pub fn metrics_text(&self) -> String {
+        metrics(&self.shared)()
+    }
+
+    /// The spool's directory.
+    pub fn spool_dir(&self) -> &std::path::Path {
+        &self.shared.config.spool_dir
     }
 
     /// Asks for a shutdown without waiting for it (see [`RelayHandle::shutdown`]).
@@ -314,8 +325,8 @@ pub async fn start(mut config: RelayConfig) -> std::io::Result<RelayHandle> {
         addr,
         metrics_addr,
         tls_addr,
-        shutdown,
-        tasks: std::sync::Mutex::new(Some(tasks)),
+        shutdown: Arc::new(shutdown),
+        tasks: Arc::new(std::sync::Mutex::new(Some(tasks))),
     })
 }
 

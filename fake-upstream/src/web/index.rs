@@ -226,17 +226,29 @@ impl Index {
         self.len() == 0
     }
 
-    /// The message `id` (on `server` when given; ids of different servers may repeat).
+    /// The message `id` (on `server` when given; ids of different servers may repeat). The
+    /// id as its file is named (`/` as `_`: 163's ids may hold a `/`) finds it too.
     pub fn get(&self, server: Option<&str>, id: &str) -> Option<Arc<Entry>> {
         let inner = self.read();
-        match server {
+        let exact = match server {
             Some(s) => inner
                 .by_id
                 .get(&(s.to_string(), id.to_string()))
                 .and_then(|seq| inner.by_seq.get(seq))
                 .cloned(),
             None => inner.by_seq.values().rev().find(|e| e.id == id).cloned(),
-        }
+        };
+        exact.or_else(|| {
+            inner
+                .by_seq
+                .values()
+                .rev()
+                .find(|e| {
+                    store::file_stem(&e.id) == id
+                        && server.is_none_or(|s| e.server.eq_ignore_ascii_case(s))
+                })
+                .cloned()
+        })
     }
 
     /// Newest first: the `limit` messages after the first `offset` that match.

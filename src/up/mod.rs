@@ -10,7 +10,10 @@ use fake_upstream::tls::TlsFiles;
 use fake_upstream::{Config as FakeConfig, FakeUpstream, Persona, User};
 
 use crate::relay::{self, AuthMode, RelayConfig};
+
+mod web;
 use crate::upstream::{Timeouts, TlsMode, UpstreamConfig};
+pub use web::{RelayPage, relay_id};
 
 /// The flags of `up`.
 #[derive(Debug, Clone, clap::Args)]
@@ -57,6 +60,18 @@ pub struct UpArgs {
     /// Write the relay's log (`<data-dir>/log/relay.log`) as JSON lines instead of text.
     #[arg(long)]
     pub log_json: bool,
+    /// The web page and HTTP API: every message the fakes accepted, decoded, with its
+    /// transcript and the relay's record; faults and quotas at run time. When the default
+    /// address is taken, `up` starts without the page and says so.
+    #[arg(long, value_name = "ADDR", default_value = fake_upstream::web::DEFAULT_LISTEN)]
+    pub web: SocketAddr,
+    /// No web page and no HTTP API.
+    #[arg(long, conflicts_with = "web_token")]
+    pub no_web: bool,
+    /// Want this token on every request to the page (one is made up when --web is not a
+    /// loopback address).
+    #[arg(long, value_name = "TOKEN")]
+    pub web_token: Option<String>,
 }
 
 /// What `up` started, for the banner and for tests.
@@ -78,6 +93,10 @@ pub struct Up {
     pub mailboxes: PathBuf,
     /// The queue, in store-and-forward mode.
     pub queue: Option<PathBuf>,
+    /// The web page, unless `--no-web` (or its default address was taken: `web_note`).
+    pub web: Option<fake_upstream::web::Web>,
+    /// Why there is no web page, when `up` could not start it on its default address.
+    pub web_note: Option<String>,
 }
 
 /// Starts the fake upstream and the relay.
@@ -158,7 +177,10 @@ pub async fn start(args: &UpArgs) -> Result<Up, String> {
     let relay = relay::start(config)
         .await
         .map_err(|e| format!("relay: {e}"))?;
+    let (web, web_note) = start_web(args, &fake, qq.as_ref(), &relay, data).await?;
     Ok(Up {
+        web,
+        web_note,
         queue: queue_dir,
         ca: client_tls.ca.clone(),
         ca_until: client_tls.not_after,
@@ -172,6 +194,46 @@ pub async fn start(args: &UpArgs) -> Result<Up, String> {
         relay,
         spool,
     })
+}
+
+/// The web page over the fakes, with the relay's view beside it.
+async fn start_web(
+    args: &UpArgs,
+    fake: &fake_upstream::Handle,
+    qq: Option<&fake_upstream::Handle>,
+    relay: &relay::RelayHandle,
+    data: &std::path::Path,
+) -> Result<(Option<fake_upstream::web::Web>, Option<String>), String> {
+    use fake_upstream::web::{Server, Web, WebConfig};
+    if args.no_web {
+        return Ok((None, None));
+    }
+    let mut servers = vec![Server {
+        name: args.persona.clone(),
+        handle: fake.clone(),
+    }];
+    if let Some(mx) = qq {
+        servers.push(Server {
+            name: "qq-mx".into(),
+            handle: mx.clone(),
+        });
+    }
+    let mut config = WebConfig::new(args.web, servers);
+    config.token = args.web_token.clone();
+    config.relay = Some(std::sync::Arc::new(RelayPage {
+        relay: relay.clone(),
+        log: data.join("log").join("relay.log"),
+    }));
+    match Web::start(config).await {
+        Ok(w) => Ok((Some(w), None)),
+        Err(e) if args.web.to_string() == fake_upstream::web::DEFAULT_LISTEN => Ok((
+            None,
+            Some(format!(
+                "not started: {e} (--web ADDR for another address, --no-web for none)"
+            )),
+        )),
+        Err(e) => Err(format!("web page: {e}")),
+    }
 }
 
 /// The fake qq.com MX beside the fake 163 (unless `--no-qq` or another persona), and the
@@ -291,6 +353,14 @@ pub fn banner(up: &Up) -> String {
             mx.addr(),
             mx.data_dir().join("mailboxes").display()
         ));
+    }
+    match (&up.web, &up.web_note) {
+        (Some(w), _) => s.push_str(&format!(
+            "  web page    {}  (every message the fakes accepted, decoded, with its transcript; faults at run time; API under /api/v1)\n",
+            w.url()
+        )),
+        (None, Some(note)) => s.push_str(&format!("  web page    {note}\n")),
+        (None, None) => {}
     }
     if let Some(q) = &up.queue {
         s.push_str(&format!(
