@@ -245,7 +245,7 @@ async fn faults_and_quotas_changed_through_the_api_change_what_the_next_session_
     assert_eq!(status, 201, "{f}");
     assert_eq!(
         f["faults"][0]["text"],
-        "RCPT bob@163.com: 451 4.7.1 busy, 1 times"
+        "RCPT bob@163.com: 451 4.7.1 busy, once"
     );
     let mut c = authed(&h).await;
     let msg = b"From: alice@163.com\r\nSubject: hi\r\n\r\nbody\r\n";

@@ -244,7 +244,11 @@ pub fn fault_text(f: &Fault) -> String {
     };
     s.push_str(&action);
     if let Some(n) = f.first {
-        s.push_str(&format!(", {n} times"));
+        match n {
+            1 => s.push_str(", once"),
+            2 => s.push_str(", twice"),
+            n => s.push_str(&format!(", {n} times")),
+        }
     } else if let Some(n) = f.nth {
         s.push_str(&format!(", time {n}"));
     } else if let Some(n) = f.every {
@@ -289,7 +293,9 @@ mod tests {
             assert!(parse_fault(bad).is_err(), "{bad}");
         }
         for text in [
-            "RCPT bob@163.com: 451 busy, 2 times",
+            "RCPT bob@163.com: 451 busy, twice",
+            "RCPT bob@163.com: 451 busy, once",
+            "MAIL: 451 busy, 3 times",
             "end of data: drop before",
             "DATA: delay 300ms then 451 later, time 2",
             "connect: tls failure, every 3",
