@@ -212,6 +212,12 @@ fn up_prints_a_command_that_works_and_stops_on_ctrl_c() {
         "AUTH redacted"
     );
     assert!(
+        t["relay"]["log"]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|l| l.as_str().unwrap().contains("delivered"))),
+        "the relay's log lines about the message: {t}"
+    );
+    assert!(
         t["relay"]["record"]["id"].is_string(),
         "the relay's spool record: {t}"
     );

@@ -519,3 +519,64 @@ async fn the_guard_wants_a_loopback_host_json_changes_and_the_token_when_set() {
     assert_eq!((status, err["status"].clone()), (404, Value::from(404)));
     h.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_message_over_the_view_limit_is_shown_by_its_headers_and_downloaded_whole() {
+    let h = start(config("163", "web-large")).await;
+    let mut cfg = WebConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        vec![Server {
+            name: "163".into(),
+            handle: h.clone(),
+        }],
+    );
+    // A small limit stands for the 16 MiB one: the same code path, without 16 MiB in a test.
+    cfg.view_max = 2048;
+    let w = Web::start(cfg).await.unwrap();
+    let mut c = authed(&h).await;
+    let mut msg =
+        b"From: alice@163.com\r\nSubject: big\r\nContent-Type: text/html\r\n\r\n".to_vec();
+    for _ in 0..100 {
+        msg.extend_from_slice(b"<p>0123456789012345678901234567890123456789</p>\r\n");
+    }
+    assert!(
+        deliver(&mut c, "bob@163.com", &msg)
+            .await
+            .starts_with("250")
+    );
+    let (_, page) = get(&w, "/api/v1/messages?wait=5s").await;
+    let id = path_id(page["messages"][0]["id"].as_str().unwrap());
+    let (status, v) = get(&w, &format!("/api/v1/messages/{id}")).await;
+    assert_eq!(status, 200);
+    assert!(
+        v["body_omitted"]
+            .as_str()
+            .unwrap()
+            .contains("more than this page decodes (2048)"),
+        "{v}"
+    );
+    assert!(v["text"].is_null() && v["html"] == false, "{v}");
+    assert!(
+        v["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["name"] == "Subject" && h["raw"] == "big")
+    );
+    let (status, err) = get(&w, &format!("/api/v1/messages/{id}/html")).await;
+    assert_eq!(status, 413, "{err}");
+    let raw = http()
+        .get(format!("http://{}/api/v1/messages/{id}/raw", w.addr()))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert!(
+        raw.len() > 5000 && raw.ends_with(b"</p>\r\n"),
+        "the whole message: {}",
+        raw.len()
+    );
+    h.shutdown().await;
+}

@@ -53,6 +53,16 @@ impl RelayView for RelayPage {
             .map(|t| t.lines().map(str::to_string).collect())
     }
 
+    fn log_for(&self, _received: &Received, head: &[u8]) -> Vec<String> {
+        let Some(id) = relay_id(head) else {
+            return Vec::new();
+        };
+        self.log(100_000)
+            .into_iter()
+            .filter(|l| l.contains(&id))
+            .collect()
+    }
+
     fn records(&self, limit: usize) -> Vec<Value> {
         let mut all = crate::spool::records(self.relay.spool_dir()).unwrap_or_default();
         all.reverse();

@@ -34,7 +34,8 @@ pub struct State {
     pub relay: Option<Arc<dyn RelayView>>,
     pub index: Arc<Index>,
     pub token: Option<String>,
-    pub port: u16,
+    /// Messages above this many octets are not decoded (headers and the raw download only).
+    pub view_max: u64,
 }
 
 type St = AxState<Arc<State>>;
@@ -310,7 +311,7 @@ async fn message(
     Query(on): Query<On>,
 ) -> ApiResult<Json<view::View>> {
     let e = st.entry(on.server.as_deref(), &id)?;
-    Ok(Json(view::view(&e).await))
+    Ok(Json(view::view(&e, st.view_max).await))
 }
 
 async fn delete_one(
@@ -431,7 +432,7 @@ const SANDBOX: &str =
 
 async fn html(st: St, Path(id): Path<String>, Query(on): Query<On>) -> ApiResult<Response> {
     let e = st.entry(on.server.as_deref(), &id)?;
-    if view::source_len(&e).await > view::VIEW_MAX {
+    if view::source_len(&e).await > st.view_max {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "the message is too large to show here: download its raw source",
@@ -462,7 +463,7 @@ async fn attachment(
     Query(on): Query<On>,
 ) -> ApiResult<Response> {
     let e = st.entry(on.server.as_deref(), &id)?;
-    if view::source_len(&e).await > view::VIEW_MAX {
+    if view::source_len(&e).await > st.view_max {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "the message is too large to take apart here: download its raw source",
@@ -569,7 +570,8 @@ async fn transcript(
             tokio::task::spawn_blocking(move || {
                 let lines = r.transcript(&e.received, &head);
                 let record = r.message(&e.received, &head);
-                json!({"lines": lines, "record": record})
+                let log = r.log_for(&e.received, &head);
+                json!({"lines": lines, "record": record, "log": log})
             })
             .await
             .ok()

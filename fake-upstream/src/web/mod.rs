@@ -35,6 +35,10 @@ pub trait RelayView: Send + Sync + 'static {
     /// The relay's two-hop transcript of the session that delivered it (client side and
     /// upstream side in time order, AUTH redacted).
     fn transcript(&self, received: &Received, content_head: &[u8]) -> Option<Vec<String>>;
+    /// The relay's log lines about that message.
+    fn log_for(&self, _received: &Received, _content_head: &[u8]) -> Vec<String> {
+        Vec::new()
+    }
     /// The latest spool records, newest first.
     fn records(&self, limit: usize) -> Vec<serde_json::Value>;
     /// The last lines of the relay's log.
@@ -60,6 +64,8 @@ pub struct WebConfig {
     pub token: Option<String>,
     pub servers: Vec<Server>,
     pub relay: Option<Arc<dyn RelayView>>,
+    /// Messages above this many octets are shown by their headers only ([`view::VIEW_MAX`]).
+    pub view_max: u64,
 }
 
 impl WebConfig {
@@ -69,6 +75,7 @@ impl WebConfig {
             token: None,
             servers,
             relay: None,
+            view_max: view::VIEW_MAX,
         }
     }
 }
@@ -108,7 +115,7 @@ impl Web {
             relay: config.relay,
             index: index.clone(),
             token: token.clone(),
-            port: addr.port(),
+            view_max: config.view_max,
         });
         let app = api::router(state);
         let task = tokio::spawn(async move {

@@ -79,10 +79,10 @@ pub async fn source_len(entry: &Entry) -> u64 {
     }
 }
 
-/// The view of a message; reads its file (or only its head, when it is large).
-pub async fn view(entry: &Entry) -> View {
+/// The view of a message; reads its file, or only its head when it is over `view_max` octets.
+pub async fn view(entry: &Entry, view_max: u64) -> View {
     let len = source_len(entry).await;
-    let (bytes, omitted) = if len > VIEW_MAX {
+    let (bytes, omitted) = if len > view_max {
         let head = match entry.received.files.first() {
             Some(p) => read_head(p).await,
             None => super::index::head_of(&entry.received.content).to_vec(),
@@ -90,7 +90,7 @@ pub async fn view(entry: &Entry) -> View {
         (
             Some(head),
             Some(format!(
-                "the message is {len} octets, more than this page decodes ({VIEW_MAX}): its headers are shown; download the raw source for the rest"
+                "the message is {len} octets, more than this page decodes ({view_max}): its headers are shown; download the raw source for the rest"
             )),
         )
     } else {
