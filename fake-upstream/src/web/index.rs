@@ -44,10 +44,14 @@ pub struct Entry {
     pub from_disk: bool,
     #[serde(skip)]
     pub received: Received,
+    /// Lower-cased once, for searches: recipients and To; sender and From; Subject; id.
+    #[serde(skip)]
+    search: [String; 4],
 }
 
 impl Entry {
-    fn new(server: &str, received: Received, head: &[u8], from_disk: bool) -> Entry {
+    /// An entry for `received`, its Subject, From and To read from `head` (its header block).
+    pub fn new(server: &str, received: Received, head: &[u8], from_disk: bool) -> Entry {
         let parsed = mail_parser::MessageParser::default().parse_headers(head);
         let address = |a: Option<&mail_parser::Address<'_>>| {
             a.map(|a| {
@@ -71,7 +75,14 @@ impl Entry {
             ),
             None => Default::default(),
         };
+        let search = [
+            format!("{} {}", received.rcpt_to.join(" "), to).to_lowercase(),
+            format!("{} {}", received.mail_from, from).to_lowercase(),
+            subject.to_lowercase(),
+            received.id.to_lowercase(),
+        ];
         Entry {
+            search,
             seq: 0,
             server: server.to_string(),
             id: received.id.clone(),
@@ -92,20 +103,20 @@ impl Entry {
 
     /// Whether it matches a search (each given field, case-insensitive, as a substring).
     pub fn matches(&self, f: &Filter) -> bool {
-        let has = |hay: &str, needle: &str| hay.to_lowercase().contains(needle);
-        let to_text = || format!("{} {}", self.rcpt_to.join(" "), self.to);
-        let from_text = || format!("{} {}", self.mail_from, self.from);
+        let [to, from, subject, id] = &self.search;
         f.server
             .as_ref()
             .is_none_or(|s| self.server.eq_ignore_ascii_case(s))
-            && f.to.as_ref().is_none_or(|t| has(&to_text(), t))
-            && f.from.as_ref().is_none_or(|t| has(&from_text(), t))
-            && f.subject.as_ref().is_none_or(|t| has(&self.subject, t))
+            && f.to.as_ref().is_none_or(|t| to.contains(t.as_str()))
+            && f.from.as_ref().is_none_or(|t| from.contains(t.as_str()))
+            && f.subject
+                .as_ref()
+                .is_none_or(|t| subject.contains(t.as_str()))
             && f.q.as_ref().is_none_or(|t| {
-                has(&to_text(), t)
-                    || has(&from_text(), t)
-                    || has(&self.subject, t)
-                    || has(&self.id, t)
+                to.contains(t.as_str())
+                    || from.contains(t.as_str())
+                    || subject.contains(t.as_str())
+                    || id.contains(t.as_str())
             })
     }
 }
