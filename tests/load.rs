@@ -11,6 +11,7 @@ use smtp_relay::load::{self, Model, Run, Workload};
 
 fn workload(target: std::net::SocketAddr, model: Model, messages: u64) -> Workload {
     Workload {
+        tick: std::time::Duration::from_secs(1),
         server: load::plain_server(target),
         from: "load@example.com".into(),
         to: "rcpt{r}-{n}@example.org".into(),
@@ -26,7 +27,7 @@ fn workload(target: std::net::SocketAddr, model: Model, messages: u64) -> Worklo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bounded_run_through_the_relay_adds_up() {
-    let setup = SelfSetup::start().await.unwrap();
+    let setup = SelfSetup::start(false).await.unwrap();
     let w = workload(setup.relay.addr(), Model::Closed { connections: 4 }, 200);
     let run = Run::new(&w.body);
     *setup.current.lock().unwrap() = Some(run.clone());
@@ -153,4 +154,149 @@ async fn refusals_and_errors_are_counted_by_code_never_swallowed() {
     let o = load::run(&w, Run::new(&w.body), false, None).await;
     assert_eq!(o.total.delivered, 0);
     assert_eq!(o.total.codes.get("error: connect"), Some(&20));
+}
+
+/// A sweep's step against our relay in front of the sink: while `end of data: delay 200ms`
+/// holds, four connections cannot pass five messages a second each and every message takes
+/// 200 ms more; once it clears the sink has no fault left and the load goes on at full
+/// speed. The baseline's figures are what the step is judged against.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_step_holds_its_fault_then_clears_it() {
+    use smtp_relay::load::sweep::{Baseline, FaultControl, StepSetup, run_step};
+    let setup = SelfSetup::start(false).await.unwrap();
+    let mut w = workload(setup.relay.addr(), Model::Closed { connections: 4 }, 0);
+    w.per_connection = 1;
+    let control = FaultControl::Local(setup.sink.clone());
+    let steps = StepSetup {
+        control: &control,
+        base: &[],
+        hold: Duration::from_millis(1500),
+        recovery: Duration::from_millis(1500),
+        queue_len: None,
+        observe: Some(setup.current.clone()),
+    };
+    let base = run_step(&w, "baseline", None, &steps, None, None)
+        .await
+        .unwrap();
+    assert!(base.recovery.is_none(), "the baseline is not judged");
+    let baseline = Baseline::of(&base, Duration::from_secs(3));
+    let fault = fake_upstream::faults::parse_fault("end of data: delay 200ms").unwrap();
+    let step = run_step(&w, "delay", Some(&fault), &steps, Some(&baseline), None)
+        .await
+        .unwrap();
+    assert!(setup.sink.faults().is_empty(), "cleared after the hold");
+    let held = &step.during;
+    let p50 = Duration::from_micros(held.total.phase(Phase::Message).value_at_quantile(0.5));
+    assert!(p50 >= Duration::from_millis(200), "{p50:?}");
+    // Four connections, 200 ms each at least: at most 20 a second while it held.
+    assert!(held.rate() <= 22.0, "{}", held.rate());
+    assert!(
+        base.during.rate() > 2.0 * held.rate(),
+        "{} vs {}",
+        base.during.rate(),
+        held.rate()
+    );
+    // After the clear, the messages are fast again (the last second's p99 well under 200 ms).
+    let late: Vec<_> = step
+        .outcome
+        .intervals
+        .iter()
+        .filter(|iv| {
+            iv.start >= step.cleared_at + Duration::from_millis(500)
+                && iv.start < Duration::from_millis(2750)
+        })
+        .collect();
+    assert!(!late.is_empty());
+    for iv in &late {
+        assert!(
+            iv.data.phase(Phase::Message).value_at_quantile(0.5) < 150_000,
+            "still slow at {:?}",
+            iv.start
+        );
+    }
+    assert!(step.cleared_at >= Duration::from_millis(1500));
+    assert_eq!(step.outcome.corrupted, 0);
+    assert_eq!(held.total.failed, 0, "{:?}", held.total.codes);
+    setup.relay.shutdown().await;
+    setup.sink.shutdown().await;
+}
+
+/// Store and forward under a refusing upstream: the clients hear 250 (queued) while the sink
+/// answers 451; the queue holds what it could not deliver, then empties once the fault clears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queue_absorbs_an_upstream_that_refuses_and_drains_after() {
+    use smtp_relay::load::sweep::{FaultControl, StepSetup, run_step};
+    let setup = SelfSetup::start(true).await.unwrap();
+    let mut w = workload(setup.relay.addr(), Model::Closed { connections: 4 }, 0);
+    w.per_connection = 1;
+    let control = FaultControl::Local(setup.sink.clone());
+    let relay = setup.relay.clone();
+    let steps = StepSetup {
+        control: &control,
+        base: &[],
+        hold: Duration::from_millis(1000),
+        recovery: Duration::from_millis(500),
+        queue_len: Some(std::sync::Arc::new(move || relay.queue_len())),
+        observe: Some(setup.current.clone()),
+    };
+    let fault =
+        fake_upstream::faults::parse_fault("end of data: 451 4.3.0 try again later").unwrap();
+    let step = run_step(&w, "refuse", Some(&fault), &steps, None, None)
+        .await
+        .unwrap();
+    let t = &step.during.total;
+    assert!(t.delivered > 0);
+    assert_eq!(
+        t.codes.keys().collect::<Vec<_>>(),
+        ["250"],
+        "the clients never see the upstream's 451"
+    );
+    assert!(
+        step.queued_peak.unwrap() > 0,
+        "the queue held the refused messages"
+    );
+    // Retried from 0.5 s on: the queue empties once the fault is gone.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while setup.relay.queue_len() != Some(0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?} still queued",
+            setup.relay.queue_len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    setup.relay.shutdown().await;
+    setup.sink.shutdown().await;
+}
+
+/// `--fake-api`: the faults of a fake behind some other relay, set through its page's API.
+#[tokio::test]
+async fn faults_reach_a_fake_through_its_http_api() {
+    use smtp_relay::load::sweep::FaultControl;
+    let sink =
+        fake_upstream::testing::start(fake_upstream::testing::config("sink", "load-api")).await;
+    let web = fake_upstream::web::Web::start(fake_upstream::web::WebConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        vec![fake_upstream::web::Server {
+            name: "sink".into(),
+            handle: sink.clone(),
+        }],
+    ))
+    .await
+    .unwrap();
+    let control = FaultControl::api(&format!("http://{}/", web.addr()), None, None);
+    let faults = vec![
+        fake_upstream::faults::parse_fault("end of data: delay 200ms, probability 0.1").unwrap(),
+        fake_upstream::faults::parse_fault("RCPT bob@163.com: 451 busy, twice").unwrap(),
+    ];
+    control.set(&faults).await.unwrap();
+    let set: Vec<_> = sink.faults().into_iter().map(|(f, _)| f).collect();
+    assert_eq!(set, faults);
+    control.set(&[]).await.unwrap();
+    assert!(sink.faults().is_empty());
+    // A fake that is not there: an error that names the address.
+    let gone = FaultControl::api("http://127.0.0.1:9", None, None);
+    let e = gone.set(&faults).await.unwrap_err();
+    assert!(e.contains("--fake-api http://127.0.0.1:9"), "{e}");
+    sink.shutdown().await;
 }

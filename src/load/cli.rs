@@ -87,6 +87,33 @@ pub struct LoadArgs {
     /// --self (the relay and the sink run in the same process).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// A fault for the fake upstream behind the relay, held for the whole run (the scenario
+    /// syntax: `end of data: delay 200ms, probability 0.1`); repeatable. With --self, on its
+    /// sink; with --target, through --fake-api.
+    #[arg(long = "fault", value_name = "FAULT")]
+    pub faults: Vec<String>,
+    /// Sweep a fault: one step per value of its `{a,b,...}` group, after a baseline step
+    /// without it (`'end of data: delay {0,50,200,1000}ms'`). Each step holds its fault for
+    /// --duration seconds (default 10), then clears it and goes on for --recovery seconds.
+    #[arg(long, value_name = "FAULT")]
+    pub sweep: Option<String>,
+    /// With --sweep: seconds of load after each step's fault cleared, to see the recovery.
+    #[arg(long, value_name = "SECS", default_value_t = 5.0)]
+    pub recovery: f64,
+    /// With --self: the relay stores and forwards (a 250 once queued): what its queue
+    /// absorbs while the upstream fails.
+    #[arg(long, requires = "self_test")]
+    pub queue: bool,
+    /// With --target: the HTTP API of the fake upstream behind the relay under test (the
+    /// page of `fake-upstream` or `smtp-relay up`, e.g. http://127.0.0.1:8025), where the
+    /// faults are set.
+    #[arg(long, value_name = "URL", conflicts_with = "self_test")]
+    pub fake_api: Option<String>,
+    /// With --fake-api: its token, and which of its servers (default: its first).
+    #[arg(long, value_name = "TOKEN", requires = "fake_api")]
+    pub fake_token: Option<String>,
+    #[arg(long, value_name = "NAME", requires = "fake_api")]
+    pub fake_server: Option<String>,
 }
 
 impl LoadArgs {
@@ -171,6 +198,7 @@ impl LoadArgs {
             model,
             messages: self.messages,
             duration,
+            tick: Duration::from_secs(1),
         })
     }
 }
@@ -257,10 +285,27 @@ pub async fn run(args: LoadArgs) -> ExitCode {
 }
 
 async fn run_inner(args: LoadArgs) -> Result<ExitCode, String> {
+    let base: Vec<fake_upstream::Fault> = args
+        .faults
+        .iter()
+        .map(|f| fake_upstream::faults::parse_fault(f).map_err(|e| format!("--fault {f:?}: {e}")))
+        .collect::<Result<_, _>>()?;
+    if (args.sweep.is_some() || !base.is_empty()) && !args.self_test && args.fake_api.is_none() {
+        return Err(
+            "--fault and --sweep need a fake upstream to put the faults on: --self, or --fake-api URL (the fake's page behind the relay under test)".into(),
+        );
+    }
+    if let Some(template) = &args.sweep {
+        return sweep(&args, template, base).await;
+    }
     let mut runs: Vec<(String, Outcome)> = Vec::new();
     let mut ratio = None;
+    let api = args.fake_api.as_ref().map(|url| {
+        super::sweep::FaultControl::api(url, args.fake_token.clone(), args.fake_server.clone())
+    });
     if args.self_test {
-        let setup = SelfSetup::start().await?;
+        let setup = SelfSetup::start(args.queue).await?;
+        setup.sink.set_faults(base.clone());
         let direct = args.workload(&setup.sink.addr().to_string())?;
         let relayed = args.workload(&setup.relay.addr().to_string())?;
         for (label, w) in [("direct", direct), ("relay", relayed)] {
@@ -282,8 +327,14 @@ async fn run_inner(args: LoadArgs) -> Result<ExitCode, String> {
     } else {
         let target = args.target.clone().expect("required by clap");
         let w = args.workload(&target)?;
+        if let Some(api) = &api {
+            api.set(&base).await?;
+        }
         let run = Run::new(&w.body);
         let o = measured("load", &w, run, false, args.quiet).await;
+        if let Some(api) = &api {
+            api.set(&[]).await?;
+        }
         smtp_net::say(&report::table(&describe(&w, &target), &o));
         runs.push((target, o));
     }
@@ -316,6 +367,123 @@ async fn run_inner(args: LoadArgs) -> Result<ExitCode, String> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// `--sweep`: the baseline and each step against the relay (with --self, ours in front of
+/// an in-process sink; else the target, the faults through --fake-api).
+async fn sweep(
+    args: &LoadArgs,
+    template: &str,
+    base: Vec<fake_upstream::Fault>,
+) -> Result<ExitCode, String> {
+    use super::sweep::{Baseline, FaultControl, StepSetup, expand, run_step};
+    let steps = expand(template)?;
+    if args.messages.is_some() {
+        return Err("--sweep runs each step for --duration seconds: no --messages".into());
+    }
+    let hold = Duration::from_secs_f64(args.duration.unwrap_or(10.0));
+    if !(args.recovery >= 0.0 && args.recovery.is_finite()) {
+        return Err("--recovery must be a number of seconds".into());
+    }
+    let recovery = Duration::from_secs_f64(args.recovery);
+    let self_setup = if args.self_test {
+        Some(SelfSetup::start(args.queue).await?)
+    } else {
+        None
+    };
+    let (target, control) = match &self_setup {
+        Some(s) => (
+            s.relay.addr().to_string(),
+            FaultControl::Local(s.sink.clone()),
+        ),
+        None => (
+            args.target.clone().expect("required by clap"),
+            FaultControl::api(
+                args.fake_api.as_deref().expect("checked above"),
+                args.fake_token.clone(),
+                args.fake_server.clone(),
+            ),
+        ),
+    };
+    let w = args.workload(&target)?;
+    let queue_len = self_setup.as_ref().filter(|_| args.queue).map(|s| {
+        let relay = s.relay.clone();
+        Arc::new(move || relay.queue_len()) as Arc<dyn Fn() -> Option<u64> + Send + Sync>
+    });
+    let setup = StepSetup {
+        control: &control,
+        base: &base,
+        hold,
+        recovery,
+        queue_len,
+        observe: self_setup.as_ref().map(|s| s.current.clone()),
+    };
+    let mut done: Vec<super::sweep::Step> = Vec::new();
+    let mut baseline: Option<Baseline> = None;
+    let all: Vec<(String, Option<fake_upstream::Fault>)> =
+        std::iter::once(("baseline".to_string(), None))
+            .chain(steps.into_iter().map(|(t, f)| (t, Some(f))))
+            .collect();
+    let n = all.len();
+    for (i, (label, fault)) in all.iter().enumerate() {
+        let mut pw = w.clone();
+        pw.duration = Some(hold + recovery);
+        pw.messages = None;
+        let (bar, update) = progress(&format!("{}/{n}", i + 1), &pw, args.quiet);
+        let step = run_step(
+            &w,
+            label,
+            fault.as_ref(),
+            &setup,
+            baseline.as_ref(),
+            Some(update),
+        )
+        .await;
+        bar.finish_and_clear();
+        let step = step?;
+        if baseline.is_none() {
+            baseline = Some(Baseline::of(&step, hold + recovery));
+        }
+        if !args.quiet {
+            smtp_net::say(&report::step_line(&step));
+        }
+        done.push(step);
+    }
+    let title = format!("{} under {template}", describe(&w, &target));
+    smtp_net::say(&report::sweep_table(&title, &done, hold, recovery));
+    if let Some(path) = &args.json {
+        std::fs::write(path, report::sweep_json(&title, &done, hold, recovery))
+            .map_err(|e| format!("--json {}: {e}", path.display()))?;
+    }
+    if let Some(path) = &args.html {
+        std::fs::write(path, report::sweep_html(&title, &done, hold, recovery))
+            .map_err(|e| format!("--html {}: {e}", path.display()))?;
+    }
+    if let Some(path) = &args.hlog {
+        let mut all = Vec::new();
+        for s in &done {
+            let log = stats::interval_log(
+                &s.outcome.intervals,
+                s.outcome.started_at,
+                &format!("smtp-relay load --sweep: {}", s.label),
+            )?;
+            all.extend_from_slice(&log);
+        }
+        std::fs::write(path, all).map_err(|e| format!("--hlog {}: {e}", path.display()))?;
+    }
+    control.set(&[]).await?;
+    if let Some(s) = self_setup {
+        s.relay.shutdown().await;
+        s.sink.shutdown().await;
+    }
+    let corrupted = done.iter().any(|s| s.outcome.corrupted > 0);
+    Ok(
+        if corrupted || done.iter().all(|s| s.outcome.total.delivered == 0) {
+            ExitCode::from(1)
+        } else {
+            ExitCode::SUCCESS
+        },
+    )
 }
 
 fn describe(w: &Workload, target: &str) -> String {
@@ -354,7 +522,8 @@ impl Drop for TempDir {
 }
 
 impl SelfSetup {
-    pub async fn start() -> Result<SelfSetup, String> {
+    /// The sink and the relay; with `queue`, the relay stores and forwards.
+    pub async fn start(queue: bool) -> Result<SelfSetup, String> {
         // SMTP_RELAY_LOAD_DIR: where the relay's spool goes (e.g. a tmpfs, to measure the
         // relay without the disk).
         let base = std::env::var_os("SMTP_RELAY_LOAD_DIR")
@@ -393,6 +562,21 @@ impl SelfSetup {
         relay_config.max_sessions_per_ip = 20_000;
         relay_config.max_recipients = 1000;
         relay_config.max_message_size = 1 << 30;
+        if queue {
+            relay_config.default_queue = true;
+            relay_config.queue = Some(crate::relay::QueueSettings {
+                dir: dir.join("queue"),
+                retry: crate::queue::deliver::Retry {
+                    first: Duration::from_millis(500),
+                    max: Duration::from_secs(5),
+                    ..crate::queue::deliver::Retry::default()
+                },
+                concurrency: 16,
+                tick: Duration::from_millis(100),
+                secrets: crate::queue::deliver::secrets_of(&[]),
+                route_limits: Default::default(),
+            });
+        }
         let relay = crate::relay::start(relay_config)
             .await
             .map_err(|e| format!("the relay: {e}"))?;

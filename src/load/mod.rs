@@ -11,6 +11,7 @@
 pub mod cli;
 pub mod report;
 pub mod stats;
+pub mod sweep;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -50,6 +51,9 @@ pub struct Workload {
     pub messages: Option<u64>,
     /// ...or after this long, whichever comes first.
     pub duration: Option<Duration>,
+    /// How often the run's figures are collected into an interval (1 s; a sweep's steps
+    /// use 250 ms, to see how fast the server recovers).
+    pub tick: Duration,
 }
 
 /// A run in progress, shared by its workers, its scheduler and (with `--self`) the fake
@@ -247,10 +251,10 @@ impl Outcome {
     }
 }
 
-/// Called once a second with the interval just collected and the totals so far.
+/// Called once a tick with the interval just collected and the totals so far.
 pub type Progress = Box<dyn FnMut(&Interval, &Recorder) + Send>;
 
-/// Runs a workload to its end (messages or duration), collecting once a second.
+/// Runs a workload to its end (messages or duration), collecting once a tick.
 pub async fn run(
     w: &Workload,
     run: Arc<Run>,
@@ -279,10 +283,8 @@ pub async fn run(
     let mut total = Recorder::default();
     let mut intervals = Vec::new();
     let mut last = run.started;
-    let mut tick = tokio::time::interval_at(
-        (run.started + Duration::from_secs(1)).into(),
-        Duration::from_secs(1),
-    );
+    let every = w.tick.max(Duration::from_millis(10));
+    let mut tick = tokio::time::interval_at((run.started + every).into(), every);
     loop {
         tokio::select! {
             joined = workers.join_next() => {

@@ -373,3 +373,276 @@ pub fn html(title: &str, runs: &[(&str, &Outcome)], ratio: Option<f64>) -> Strin
     s.push_str("</body></html>\n");
     s
 }
+
+/// One step of a sweep, as it finishes (on the terminal).
+pub fn step_line(s: &super::sweep::Step) -> String {
+    let d = &s.during;
+    let p99 = d.total.phase(Phase::Message).value_at_quantile(0.99);
+    format!(
+        "{}: {:.0} msgs/s while it held, p99 {:.1} ms, {}; {}\n",
+        s.label,
+        d.rate(),
+        ms(p99),
+        codes_line(&d.total),
+        recovery_text(s),
+    )
+}
+
+fn codes_line(t: &Recorder) -> String {
+    if t.codes.is_empty() {
+        return "no reply".into();
+    }
+    t.codes
+        .iter()
+        .map(|(c, n)| format!("{c}: {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn recovery_text(s: &super::sweep::Step) -> String {
+    if s.label == "baseline" {
+        return "the baseline".into();
+    }
+    match s.recovery {
+        Some(d) => format!("recovered {:.2} s after it cleared", d.as_secs_f64()),
+        None => "not recovered before the step ended".into(),
+    }
+}
+
+/// Replies by class: (2xx, 4xx, 5xx, other).
+fn classes(t: &Recorder) -> (u64, u64, u64, u64) {
+    let mut c = (0, 0, 0, 0);
+    for (code, n) in &t.codes {
+        match code.as_bytes().first() {
+            Some(b'2') => c.0 += n,
+            Some(b'4') => c.1 += n,
+            Some(b'5') => c.2 += n,
+            _ => c.3 += n,
+        }
+    }
+    c
+}
+
+/// The sweep's table: per step, while its fault held, throughput, whole-message p50, p99 and
+/// p99.9, replies by class, what the queue held, and the recovery.
+pub fn sweep_table(
+    title: &str,
+    steps: &[super::sweep::Step],
+    hold: std::time::Duration,
+    recovery: std::time::Duration,
+) -> String {
+    let mut s = format!(
+        "{title}\n  each step: the fault held {:.1} s, then {:.1} s without it; figures while it held (message latency, ms)\n",
+        hold.as_secs_f64(),
+        recovery.as_secs_f64()
+    );
+    let queue = steps.iter().any(|st| st.queued_peak.is_some());
+    let _ = write!(
+        s,
+        "  {:<40} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7}",
+        "step", "msgs/s", "p50", "p99", "p99.9", "4xx", "5xx", "failed"
+    );
+    if queue {
+        let _ = write!(s, " {:>8} {:>9}", "queued", "drained");
+    }
+    let _ = writeln!(s, " {:>10}", "recovered");
+    for st in steps {
+        let t = &st.during.total;
+        let h = t.phase(Phase::Message);
+        let (_, c4, c5, _) = classes(t);
+        let label: String = st.label.chars().take(40).collect();
+        let _ = write!(
+            s,
+            "  {:<40} {:>8.0} {:>8.1} {:>8.1} {:>8.1} {:>7} {:>7} {:>7}",
+            label,
+            st.during.rate(),
+            ms(h.value_at_quantile(0.5)),
+            ms(h.value_at_quantile(0.99)),
+            ms(h.value_at_quantile(0.999)),
+            c4,
+            c5,
+            t.failed
+        );
+        if queue {
+            let drained = match (st.label.as_str(), st.drained) {
+                ("baseline", _) => "-".to_string(),
+                (_, Some(d)) => format!("{:.2} s", d.as_secs_f64()),
+                (_, None) => "no".to_string(),
+            };
+            let _ = write!(
+                s,
+                " {:>8} {:>9}",
+                st.queued_peak.map_or("-".into(), |n| n.to_string()),
+                drained
+            );
+        }
+        let rec = match (st.label.as_str(), st.recovery) {
+            ("baseline", _) => "-".to_string(),
+            (_, Some(d)) => format!("{:.2} s", d.as_secs_f64()),
+            (_, None) => "no".to_string(),
+        };
+        let _ = writeln!(s, " {rec:>10}");
+    }
+    s.push_str("  recovered: after the fault cleared, throughput at least 0.9x the baseline's and p99 at most 2x (or +5 ms) from then on; queued: the most messages in the relay's queue; drained: back to the baseline's queue\n");
+    s
+}
+
+#[derive(Serialize)]
+struct StepJson<'a> {
+    step: &'a str,
+    cleared_at_s: f64,
+    during: RunJson<'a>,
+    whole: RunJson<'a>,
+    recovered_after_s: Option<f64>,
+    queued_at_clear: Option<u64>,
+    queued_peak: Option<u64>,
+    drained_after_s: Option<f64>,
+}
+
+/// `--json` for a sweep: per step, the figures while its fault held (every phase's
+/// percentiles, the replies by code), the whole step with its 250 ms intervals, the recovery.
+pub fn sweep_json(
+    title: &str,
+    steps: &[super::sweep::Step],
+    hold: std::time::Duration,
+    recovery: std::time::Duration,
+) -> String {
+    let all = serde_json::json!({
+        "title": title,
+        "hold_s": hold.as_secs_f64(),
+        "recovery_s": recovery.as_secs_f64(),
+        "steps": steps.iter().map(|st| StepJson {
+            step: &st.label,
+            cleared_at_s: st.cleared_at.as_secs_f64(),
+            during: run_json(&st.label, &st.during),
+            whole: run_json(&st.label, &st.outcome),
+            recovered_after_s: st.recovery.map(|d| d.as_secs_f64()),
+            queued_at_clear: st.queued_at_clear,
+            queued_peak: st.queued_peak,
+            drained_after_s: st.drained.map(|d| d.as_secs_f64()),
+        }).collect::<Vec<_>>(),
+    });
+    serde_json::to_string_pretty(&all).expect("serializable")
+}
+
+/// Throughput (bars) and p99 (a line, its own scale) per step, while its fault held.
+fn steps_svg(steps: &[super::sweep::Step]) -> String {
+    let (w, h, left, right, bottom) = (720.0, 300.0, 60.0, 60.0, 70.0);
+    let n = steps.len().max(1) as f64;
+    let max_rate = steps.iter().map(|s| s.during.rate()).fold(1.0f64, f64::max);
+    let p99 =
+        |s: &super::sweep::Step| ms(s.during.total.phase(Phase::Message).value_at_quantile(0.99));
+    let max_p99 = steps.iter().map(p99).fold(0.001f64, f64::max);
+    let slot = (w - left - right) / n;
+    let y_rate = |r: f64| h - bottom - (h - bottom - 20.0) * r / max_rate;
+    let y_p99 = |v: f64| h - bottom - (h - bottom - 20.0) * v / max_p99;
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"11\">\n"
+    );
+    let _ = writeln!(
+        s,
+        "<line x1=\"{left}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"#444\"/>",
+        h - bottom,
+        w - right,
+        h - bottom
+    );
+    let _ = writeln!(
+        s,
+        "<text x=\"12\" y=\"14\" fill=\"{}\">msgs/s (bars, max {max_rate:.0})</text>",
+        COLOURS[0]
+    );
+    let _ = writeln!(
+        s,
+        "<text x=\"{}\" y=\"14\" text-anchor=\"end\" fill=\"{}\">p99 ms (line, max {max_p99:.1})</text>",
+        w - 8.0,
+        COLOURS[1]
+    );
+    let mut points = Vec::new();
+    for (i, st) in steps.iter().enumerate() {
+        let x = left + slot * i as f64;
+        let y = y_rate(st.during.rate());
+        let _ = writeln!(
+            s,
+            "<rect x=\"{:.1}\" y=\"{y:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{}\" opacity=\"0.7\"/>",
+            x + slot * 0.15,
+            slot * 0.7,
+            h - bottom - y,
+            COLOURS[0]
+        );
+        let cx = x + slot / 2.0;
+        points.push(format!("{cx:.1},{:.1}", y_p99(p99(st))));
+        let label: String = st
+            .label
+            .rsplit(':')
+            .next()
+            .unwrap_or(&st.label)
+            .trim()
+            .chars()
+            .take(24)
+            .collect();
+        let _ = writeln!(
+            s,
+            "<text x=\"{cx:.1}\" y=\"{}\" text-anchor=\"middle\">{}</text>",
+            h - bottom + 16.0,
+            esc(&label)
+        );
+        let _ = writeln!(
+            s,
+            "<text x=\"{cx:.1}\" y=\"{}\" text-anchor=\"middle\" fill=\"#666\">{}</text>",
+            h - bottom + 32.0,
+            match (st.label.as_str(), st.recovery) {
+                ("baseline", _) => String::new(),
+                (_, Some(d)) => format!("recovered {:.2} s", d.as_secs_f64()),
+                (_, None) => "not recovered".into(),
+            }
+        );
+    }
+    let _ = writeln!(
+        s,
+        "<polyline fill=\"none\" stroke=\"{}\" stroke-width=\"2\" points=\"{}\"/>",
+        COLOURS[1],
+        points.join(" ")
+    );
+    s.push_str("</svg>\n");
+    s
+}
+
+/// `--html` for a sweep: throughput and p99 per step, latency by percentile per step (while
+/// the fault held), throughput over each step's whole run (the fault, then its clearing), and
+/// the table.
+pub fn sweep_html(
+    title: &str,
+    steps: &[super::sweep::Step],
+    hold: std::time::Duration,
+    recovery: std::time::Duration,
+) -> String {
+    let mut s = String::from("<!doctype html>\n<html><head><meta charset=\"utf-8\">\n");
+    let _ = writeln!(s, "<title>{}</title>", esc(title));
+    s.push_str("<style>body{font-family:sans-serif;max-width:780px;margin:2em auto}pre{background:#f6f6f6;padding:1em;overflow-x:auto}</style>\n</head><body>\n");
+    let _ = writeln!(s, "<h1>{}</h1>", esc(title));
+    s.push_str("<h2>Throughput and p99 per step, while the fault held</h2>\n");
+    s.push_str(&steps_svg(steps));
+    let during: Vec<(&str, &Outcome)> = steps
+        .iter()
+        .map(|st| (st.label.as_str(), &st.during))
+        .collect();
+    s.push_str("<h2>Whole-message latency by percentile, per step, while the fault held</h2>\n");
+    s.push_str(&percentile_svg(&during));
+    let whole: Vec<(&str, &Outcome)> = steps
+        .iter()
+        .map(|st| (st.label.as_str(), &st.outcome))
+        .collect();
+    let _ = writeln!(
+        s,
+        "<h2>Throughput over each step (the fault cleared at {:.1} s)</h2>",
+        hold.as_secs_f64()
+    );
+    s.push_str(&throughput_svg(&whole));
+    let _ = writeln!(
+        s,
+        "<pre>{}</pre>",
+        esc(&sweep_table(title, steps, hold, recovery))
+    );
+    s.push_str("</body></html>\n");
+    s
+}

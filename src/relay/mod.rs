@@ -96,6 +96,11 @@ impl RelayHandle {
         metrics(&self.shared)()
     }
 
+    /// How many messages the queue holds now (queue mode), from its index in memory.
+    pub fn queue_len(&self) -> Option<u64> {
+        self.shared.queue.as_ref().map(|q| q.summary().0)
+    }
+
     /// The spool's directory.
     pub fn spool_dir(&self) -> &std::path::Path {
         &self.shared.config.spool_dir
