@@ -64,7 +64,7 @@ pub struct Run {
     pub started: Instant,
     pub started_at: SystemTime,
     /// Per-worker recorders for the current interval.
-    slots: Mutex<Vec<Arc<Mutex<Recorder>>>>,
+    slots: Mutex<Vec<Arc<Mutex<stats::Samples>>>>,
     /// Messages started so far.
     pub started_count: AtomicU64,
     /// What the upstream observer saw (arrivals, integrity, end-to-end latency).
@@ -132,8 +132,8 @@ impl Run {
         })
     }
 
-    fn slot(&self) -> Arc<Mutex<Recorder>> {
-        let slot = Arc::new(Mutex::new(Recorder::default()));
+    fn slot(&self) -> Arc<Mutex<stats::Samples>> {
+        let slot = Arc::new(Mutex::new(stats::Samples::default()));
         self.slots
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -146,7 +146,7 @@ impl Run {
         let mut total = Recorder::default();
         for slot in self.slots.lock().unwrap_or_else(|e| e.into_inner()).iter() {
             let taken = std::mem::take(&mut *slot.lock().unwrap_or_else(|e| e.into_inner()));
-            total.merge(&taken);
+            total.absorb(taken);
         }
         let mut a = self.arrivals.lock().unwrap_or_else(|e| e.into_inner());
         let e2e = &mut total.phases[Phase::ALL
@@ -438,7 +438,7 @@ fn spawn_open(
 struct Worker {
     w: Arc<Workload>,
     run: Arc<Run>,
-    rec: Arc<Mutex<Recorder>>,
+    rec: Arc<Mutex<stats::Samples>>,
     up: Option<Upstream>,
     sent_here: u64,
     from: ReversePath,
@@ -460,7 +460,7 @@ impl Worker {
         }
     }
 
-    fn record(&self, f: impl FnOnce(&mut Recorder)) {
+    fn record(&self, f: impl FnOnce(&mut stats::Samples)) {
         f(&mut self.rec.lock().unwrap_or_else(|e| e.into_inner()));
     }
 
