@@ -357,6 +357,81 @@ with smtplib.SMTP("127.0.0.1", int(sys.argv[1]), timeout=20) as s:
     assert!(std::fs::read_dir(&mailbox).unwrap().count() >= 2);
 }
 
+/// `smtp-relay load --self --sweep`, bounded: the baseline and two steps in the table, the
+/// JSON and the HTML; and a sweep with no fake to put its faults on is refused, saying why.
+#[test]
+fn load_sweep_reports_each_step_and_wants_a_fake() {
+    let dir = fake_upstream::testing::temp_dir("cli-load-sweep");
+    let out = Command::new(env!("CARGO_BIN_EXE_smtp-relay"))
+        .args([
+            "load",
+            "--self",
+            "--connections",
+            "4",
+            "--sweep",
+            "end of data: delay {0,100}ms",
+            "--duration",
+            "0.75",
+            "--recovery",
+            "0.75",
+            "--quiet",
+        ])
+        .arg("--json")
+        .arg(dir.join("sweep.json"))
+        .arg("--html")
+        .arg(dir.join("sweep.html"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for step in [
+        "baseline",
+        "end of data: delay 0ms",
+        "end of data: delay 100ms",
+    ] {
+        assert!(stdout.contains(&format!("  {step} ")), "{step}: {stdout}");
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("sweep.json")).unwrap()).unwrap();
+    let steps = json["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 3);
+    let p50 = |i: usize| {
+        steps[i]["during"]["phases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["phase"] == "message")
+            .unwrap()["p50_ms"]
+            .as_f64()
+            .unwrap()
+    };
+    assert!(p50(2) >= 100.0 && p50(0) < 100.0, "{} {}", p50(0), p50(2));
+    let html = std::fs::read_to_string(dir.join("sweep.html")).unwrap();
+    assert!(html.contains("Throughput and p99 per step") && html.matches("<svg").count() == 3);
+
+    let out = Command::new(env!("CARGO_BIN_EXE_smtp-relay"))
+        .args([
+            "load",
+            "--target",
+            "127.0.0.1:9",
+            "--sweep",
+            "MAIL: 451 {a,b}",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--fake-api URL"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// `smtp-relay load --self`, bounded, with every report file: the table and the ratio on
 /// standard output, JSON that parses with both runs, an interval log, an HTML page.
 #[test]

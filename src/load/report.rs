@@ -183,7 +183,9 @@ fn esc(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
-const COLOURS: [&str; 4] = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"];
+const COLOURS: [&str; 8] = [
+    "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf",
+];
 
 /// The latency-percentile plot (x: percentile on a log scale of 1/(1-q), as HdrHistogram's
 /// plotter draws it; y: ms) of the whole-message latency of each run.
