@@ -452,7 +452,15 @@ pub fn sweep_table(
         let t = &st.during.total;
         let h = t.phase(Phase::Message);
         let (_, c4, c5, _) = classes(t);
-        let label: String = st.label.chars().take(40).collect();
+        // The swept value is at the end of a long step's text: keep the end.
+        let n = st.label.chars().count();
+        let label: String = if n > 40 {
+            std::iter::once('…')
+                .chain(st.label.chars().skip(n - 39))
+                .collect()
+        } else {
+            st.label.clone()
+        };
         let _ = write!(
             s,
             "  {:<40} {:>8.0} {:>8.1} {:>8.1} {:>8.1} {:>7} {:>7} {:>7}",
