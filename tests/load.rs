@@ -300,3 +300,115 @@ async fn faults_reach_a_fake_through_its_http_api() {
     assert!(e.contains("--fake-api http://127.0.0.1:9"), "{e}");
     sink.shutdown().await;
 }
+
+/// Two generators share one run against one relay (`--run-id`, `--share 1/2` and `2/2`, as
+/// two machines would): the sink counts both generators' messages as one run's (each number
+/// once, all intact), and `load report` merges their interval logs and JSON reports into the
+/// run's totals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_generators_make_one_run_and_one_report() {
+    let setup = SelfSetup::start(false).await.unwrap();
+    let id = 0x5eed_0000_0000_0042u64;
+    let run = Run::shared(Some(id), (0, 1), &load::generated_body(2000));
+    *setup.current.lock().unwrap() = Some(run.clone());
+    let dir = fake_upstream::testing::temp_dir("load-two-generators");
+    let relay = setup.relay.addr().to_string();
+    let generator = |i: u32| {
+        let (dir, relay) = (dir.clone(), relay.clone());
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_smtp-relay"))
+                .args(["load", "--target", &relay, "--run-id", "5eed000000000042"])
+                .args([
+                    "--share",
+                    &format!("{i}/2"),
+                    "--messages",
+                    "301",
+                    "--size",
+                    "2000",
+                ])
+                .args(["--connections", "3", "--per-connection", "10", "--quiet"])
+                .arg("--hlog")
+                .arg(dir.join(format!("g{i}.hlog")))
+                .arg("--json")
+                .arg(dir.join(format!("g{i}.json")))
+                .output()
+                .unwrap()
+        })
+    };
+    let (a, b) = tokio::join!(generator(1), generator(2));
+    for out in [a.unwrap(), b.unwrap()] {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // 301 split as 151 and 150; every number of 0..301 once, intact, at the one sink.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    {
+        let a = run.arrivals.lock().unwrap();
+        assert_eq!((a.intact, a.corrupted, a.duplicates), (301, 0, 0));
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_smtp-relay"))
+        .args(["load", "report"])
+        .arg(dir.join("g1.hlog"))
+        .arg(dir.join("g2.hlog"))
+        .arg(dir.join("g1.json"))
+        .arg(dir.join("g2.json"))
+        .arg("--json")
+        .arg(dir.join("merged.json"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("301 messages delivered, 0 failed"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("note:"),
+        "the logs and the reports agree: {stdout}"
+    );
+    let merged: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("merged.json")).unwrap()).unwrap();
+    let r = &merged["runs"][0];
+    assert_eq!(r["delivered"], 301);
+    assert_eq!(r["replies"]["250"], 301);
+    let message = r["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["phase"] == "message")
+        .unwrap();
+    assert_eq!(
+        message["count"], 301,
+        "every message's latency, from both logs"
+    );
+    // One log alone: half the messages, and the note that a log is missing.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_smtp-relay"))
+        .args(["load", "report"])
+        .arg(dir.join("g1.hlog"))
+        .arg(dir.join("g1.json"))
+        .arg(dir.join("g2.json"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("151 messages delivered")
+            && stdout.contains("note: the interval logs hold 151"),
+        "{stdout}"
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_smtp-relay"))
+        .args(["load", "report"])
+        .arg(dir.join("g1.json"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no interval log"));
+    setup.relay.shutdown().await;
+    setup.sink.shutdown().await;
+}

@@ -12,7 +12,10 @@ use super::{Model, Outcome, Run, Workload, report, stats};
 use crate::upstream::TlsMode;
 
 #[derive(Debug, Clone, clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct LoadArgs {
+    #[command(subcommand)]
+    pub command: Option<LoadCommand>,
     /// The SMTP server or relay to load (required unless --self).
     #[arg(long, value_name = "HOST:PORT", required_unless_present = "self_test")]
     pub target: Option<String>,
@@ -114,6 +117,48 @@ pub struct LoadArgs {
     pub fake_token: Option<String>,
     #[arg(long, value_name = "NAME", requires = "fake_api")]
     pub fake_server: Option<String>,
+    /// The run's id in every message's integrity header (16 hex digits): the same for every
+    /// generator of one run, so that a sink counts them together. Random by default.
+    #[arg(long, value_name = "HEX", value_parser = parse_run_id)]
+    pub run_id: Option<u64>,
+    /// This generator's share of a run several make together, I of N (`--share 2/3`): it
+    /// takes 1/N of --rate and of --messages, and numbers its messages apart from the others'.
+    #[arg(long, value_name = "I/N", value_parser = parse_share)]
+    pub share: Option<(u64, u64)>,
+}
+
+/// `smtp-relay load report`.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum LoadCommand {
+    /// Merge the interval logs (--hlog) and JSON reports (--json) of several generators of
+    /// one run into one report: the histograms added exactly, the counts summed.
+    Report(super::merge::ReportArgs),
+}
+
+fn parse_run_id(s: &str) -> Result<u64, String> {
+    u64::from_str_radix(s.trim_start_matches("0x"), 16)
+        .map_err(|_| format!("{s:?}: expected up to 16 hex digits"))
+}
+
+/// `I/N` with 1 <= I <= N, as (I - 1, N).
+fn parse_share(s: &str) -> Result<(u64, u64), String> {
+    let bad = || format!("{s:?}: expected I/N with 1 <= I <= N, e.g. 2/3");
+    let (i, n) = s.split_once('/').ok_or_else(bad)?;
+    let (i, n): (u64, u64) = (
+        i.trim().parse().map_err(|_| bad())?,
+        n.trim().parse().map_err(|_| bad())?,
+    );
+    if i == 0 || n == 0 || i > n {
+        return Err(bad());
+    }
+    Ok((i - 1, n))
+}
+
+impl LoadArgs {
+    /// This generator's run: the shared id and its share.
+    pub fn new_run(&self, body: &[u8]) -> Arc<Run> {
+        Run::shared(self.run_id, self.share.unwrap_or((0, 1)), body)
+    }
 }
 
 impl LoadArgs {
@@ -180,7 +225,7 @@ impl LoadArgs {
                 return Err("--rate must be a positive number of messages a second".into());
             }
             Some(rate) => Model::Open {
-                rate,
+                rate: rate / self.share.map_or(1, |s| s.1) as f64,
                 connections: self.connections,
             },
             None => Model::Closed {
@@ -196,7 +241,11 @@ impl LoadArgs {
             pipelining: self.pipelining,
             per_connection: self.per_connection,
             model,
-            messages: self.messages,
+            // Its share of the run's messages: the first `M mod N` generators one more.
+            messages: self.messages.map(|m| match self.share {
+                Some((i, n)) => m / n + u64::from(i < m % n),
+                None => m,
+            }),
             duration,
             tick: Duration::from_secs(1),
         })
@@ -285,6 +334,9 @@ pub async fn run(args: LoadArgs) -> ExitCode {
 }
 
 async fn run_inner(args: LoadArgs) -> Result<ExitCode, String> {
+    if let Some(LoadCommand::Report(r)) = &args.command {
+        return super::merge::run(r);
+    }
     let base: Vec<fake_upstream::Fault> = args
         .faults
         .iter()
@@ -309,7 +361,7 @@ async fn run_inner(args: LoadArgs) -> Result<ExitCode, String> {
         let direct = args.workload(&setup.sink.addr().to_string())?;
         let relayed = args.workload(&setup.relay.addr().to_string())?;
         for (label, w) in [("direct", direct), ("relay", relayed)] {
-            let run = Run::new(&w.body);
+            let run = args.new_run(&w.body);
             *setup.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(run.clone());
             let o = measured(label, &w, run, true, args.quiet).await;
             smtp_net::say(&report::table(&describe(&w, label), &o));
@@ -330,7 +382,7 @@ async fn run_inner(args: LoadArgs) -> Result<ExitCode, String> {
         if let Some(api) = &api {
             api.set(&base).await?;
         }
-        let run = Run::new(&w.body);
+        let run = args.new_run(&w.body);
         let o = measured("load", &w, run, false, args.quiet).await;
         if let Some(api) = &api {
             api.set(&[]).await?;

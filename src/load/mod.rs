@@ -9,6 +9,7 @@
 //! AUTH, pipelining, a dot-stuffing encoder, a timeout per phase.
 
 pub mod cli;
+pub mod merge;
 pub mod report;
 pub mod stats;
 pub mod sweep;
@@ -71,6 +72,9 @@ pub struct Run {
     pub arrivals: Mutex<Arrivals>,
     pub stop: AtomicBool,
     body_hash: u64,
+    /// This generator's share of a run several generators make together: it is number
+    /// `.0` (from 0) of `.1`, and its message `n` is the run's `n * .1 + .0`.
+    pub share: (u64, u64),
 }
 
 /// What arrived at the observed upstream.
@@ -114,8 +118,15 @@ pub fn generated_body(size: usize) -> Vec<u8> {
 
 impl Run {
     pub fn new(body: &[u8]) -> Arc<Run> {
+        Run::shared(None, (0, 1), body)
+    }
+
+    /// A run with a given id (`--run-id`, the same for every generator of one run) and this
+    /// generator's share of it (`--share I/N`: `(I - 1, N)`).
+    pub fn shared(id: Option<u64>, share: (u64, u64), body: &[u8]) -> Arc<Run> {
         Arc::new(Run {
-            id: fastrand_id(),
+            share: (share.0, share.1.max(1)),
+            id: id.unwrap_or_else(fastrand_id),
             started: Instant::now(),
             started_at: SystemTime::now(),
             slots: Mutex::new(Vec::new()),
@@ -160,6 +171,7 @@ impl Run {
 
     /// The header for message `n`, started `at`.
     fn header(&self, n: u64, at: Instant) -> String {
+        let n = n * self.share.1 + self.share.0;
         format!(
             "{CHECK_HEADER}: {:016x} {n} {} {:016x}\r\n",
             self.id,
