@@ -46,7 +46,7 @@ pub enum Command {
     /// Load an SMTP server or relay and measure throughput and latency per phase
     /// (HdrHistogram; open loop corrects coordinated omission). --self measures our relay
     /// against a direct-to-sink run.
-    Load(crate::load::cli::LoadArgs),
+    Load(Box<crate::load::cli::LoadArgs>),
     /// Look at and act on the store-and-forward queue (works while the relay runs).
     Queue(crate::queue::admin::QueueArgs),
     /// Connect to an SMTP server as the relay would (every address, STARTTLS or implicit
@@ -74,7 +74,7 @@ pub fn run(cli: Cli) -> ExitCode {
                 .enable_all()
                 .build()
             {
-                Ok(rt) => rt.block_on(crate::load::cli::run(args)),
+                Ok(rt) => rt.block_on(crate::load::cli::run(*args)),
                 Err(e) => {
                     eprintln!("smtp-relay load: cannot start the runtime: {e}");
                     ExitCode::from(1)

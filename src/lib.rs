@@ -68,11 +68,4 @@ pub mod users;
 
 /// FNV-1a, 64 bits: a cheap hash for the load generator's integrity check (enough to tell a
 /// corrupted body), the spool's subdirectories and the queue's retry jitter.
-pub fn fnv64(data: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in data {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
+pub use fake_upstream::loadstamp::fnv64;

@@ -412,3 +412,89 @@ async fn two_generators_make_one_run_and_one_report() {
     setup.relay.shutdown().await;
     setup.sink.shutdown().await;
 }
+
+/// Several machines' generators against a fake upstream that tallies load runs
+/// (`fake-upstream --tally-load`, as `up` does): `load report --fake-api` takes the fake's
+/// count of the run, across both generators, for the integrity line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fake_counts_a_run_across_generators_for_the_report() {
+    let mut config = fake_upstream::testing::config("sink", "load-tally");
+    config.tally_load = true;
+    config.transcripts = false;
+    let sink = fake_upstream::testing::start(config).await;
+    let web = fake_upstream::web::Web::start(fake_upstream::web::WebConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        vec![fake_upstream::web::Server {
+            name: "sink".into(),
+            handle: sink.clone(),
+        }],
+    ))
+    .await
+    .unwrap();
+    let dir = fake_upstream::testing::temp_dir("load-tally");
+    let target = sink.addr().to_string();
+    let generator = |i: u32| {
+        let (dir, target) = (dir.clone(), target.clone());
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_smtp-relay"))
+                .args(["load", "--target", &target, "--run-id", "00000000000000aa"])
+                .args(["--share", &format!("{i}/2"), "--messages", "200", "--quiet"])
+                .arg("--hlog")
+                .arg(dir.join(format!("g{i}.hlog")))
+                .arg("--json")
+                .arg(dir.join(format!("g{i}.json")))
+                .output()
+                .unwrap()
+        })
+    };
+    let (a, b) = tokio::join!(generator(1), generator(2));
+    for out in [a.unwrap(), b.unwrap()] {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let t = sink.load_tally(0xaa).unwrap();
+    assert_eq!(
+        (t.intact, t.corrupted, t.duplicates, t.unique),
+        (200, 0, 0, 200)
+    );
+    let api = format!("http://{}", web.addr());
+    let out = tokio::task::spawn_blocking({
+        let (api, dir) = (api.clone(), dir.clone());
+        move || {
+            let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_smtp-relay"));
+            c.args(["load", "report", "--fake-api", &api, "--run-id", "aa"]);
+            for f in ["g1.hlog", "g2.hlog", "g1.json", "g2.json"] {
+                c.arg(dir.join(f));
+            }
+            c.output().unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("integrity    200 intact, 0 corrupted, 0 lost, 0 duplicated"),
+        "{stdout}"
+    );
+    // A run the fake never saw: an error that says so.
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_smtp-relay"))
+            .args(["load", "report", "--fake-api", &api, "--run-id", "bb"])
+            .arg(dir.join("g1.hlog"))
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no message of run 00000000000000bb"));
+    sink.shutdown().await;
+}

@@ -62,6 +62,10 @@ pub struct Args {
     /// When the default address is taken, the server starts without it and says so.
     #[arg(long, value_name = "ADDR", default_value = crate::web::DEFAULT_LISTEN)]
     pub web: SocketAddr,
+    /// Tally the messages of `smtp-relay load` runs (their integrity stamps) per run, for
+    /// `GET /api/v1/load/<run>`: several generators of one run checked together.
+    #[arg(long)]
+    pub tally_load: bool,
     /// No web page and no HTTP API.
     #[arg(long, conflicts_with = "web_token")]
     pub no_web: bool,
@@ -132,6 +136,7 @@ impl Args {
         if self.no_limits {
             config = config.no_limits();
         }
+        config.tally_load |= self.tally_load;
         if let Some(kind) = self.cert {
             let files = crate::tls::TlsFiles::in_dir(
                 &config.data_dir.join(format!("tls-{}", kind.as_str())),

@@ -96,6 +96,9 @@ pub struct Config {
     /// Told of every accepted message as it is accepted (its content after dot-unstuffing),
     /// e.g. by a load generator checking integrity and end-to-end latency.
     pub observer: Option<Observer>,
+    /// Tally the load generator's stamped messages per run (`GET /api/v1/load/<run>`): the
+    /// content of each message is kept long enough to hash its body.
+    pub tally_load: bool,
 }
 
 /// What an observer is called with: an accepted message's content.
@@ -130,6 +133,7 @@ impl Config {
             write_transcripts: transcripts,
             history: 100_000,
             observer: None,
+            tally_load: false,
         }
     }
 

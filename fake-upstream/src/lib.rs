@@ -24,6 +24,7 @@
 //! - [`web`]: the web page and the HTTP API (messages, transcripts, faults at run time).
 //! - [`cli`]: the `fake-upstream` command line.
 //! - [`testing`]: a raw SMTP client and helpers for tests against any SMTP server.
+//! - [`loadstamp`]: the load generator's integrity stamp, read and tallied per run.
 //! - [`dates`]: RFC 5322 dates found in text, for the transcript normalisers.
 
 pub mod cli;
@@ -31,6 +32,7 @@ pub mod config;
 pub mod dates;
 pub mod error;
 pub mod faults;
+pub mod loadstamp;
 pub mod persona;
 pub mod server;
 pub mod store;

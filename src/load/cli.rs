@@ -135,7 +135,7 @@ pub enum LoadCommand {
     Report(super::merge::ReportArgs),
 }
 
-fn parse_run_id(s: &str) -> Result<u64, String> {
+pub(super) fn parse_run_id(s: &str) -> Result<u64, String> {
     u64::from_str_radix(s.trim_start_matches("0x"), 16)
         .map_err(|_| format!("{s:?}: expected up to 16 hex digits"))
 }
@@ -335,7 +335,7 @@ pub async fn run(args: LoadArgs) -> ExitCode {
 
 async fn run_inner(args: LoadArgs) -> Result<ExitCode, String> {
     if let Some(LoadCommand::Report(r)) = &args.command {
-        return super::merge::run(r);
+        return super::merge::run(r).await;
     }
     let base: Vec<fake_upstream::Fault> = args
         .faults
@@ -383,9 +383,20 @@ async fn run_inner(args: LoadArgs) -> Result<ExitCode, String> {
             api.set(&base).await?;
         }
         let run = args.new_run(&w.body);
-        let o = measured("load", &w, run, false, args.quiet).await;
+        let run_id = run.id;
+        let mut o = measured("load", &w, run, false, args.quiet).await;
         if let Some(api) = &api {
             api.set(&[]).await?;
+            // The fake's count of this run (all its generators so far), when it keeps one.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if args.share.is_none()
+                && let Some(t) = api.tally(run_id).await?
+            {
+                o.intact = t.intact;
+                o.corrupted = t.corrupted;
+                o.duplicates = t.duplicates;
+                o.observed = true;
+            }
         }
         smtp_net::say(&report::table(&describe(&w, &target), &o));
         runs.push((target, o));

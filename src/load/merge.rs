@@ -29,6 +29,18 @@ pub struct ReportArgs {
     /// Write the merged report as a self-contained HTML page.
     #[arg(long, value_name = "FILE")]
     pub html: Option<PathBuf>,
+    /// The HTTP API of the fake upstream behind the relay (started with --tally-load, or
+    /// `smtp-relay up`): its count of the run's messages, across every generator, gives the
+    /// integrity line (intact, corrupted, lost, duplicated).
+    #[arg(long, value_name = "URL", requires = "run_id")]
+    pub fake_api: Option<String>,
+    /// The run's id, as given to every generator (`--run-id`).
+    #[arg(long, value_name = "HEX", value_parser = super::cli::parse_run_id)]
+    pub run_id: Option<u64>,
+    #[arg(long, value_name = "TOKEN", requires = "fake_api")]
+    pub fake_token: Option<String>,
+    #[arg(long, value_name = "NAME", requires = "fake_api")]
+    pub fake_server: Option<String>,
 }
 
 /// What the files added up to.
@@ -197,9 +209,20 @@ impl Merged {
     }
 }
 
-pub fn run(args: &ReportArgs) -> Result<ExitCode, String> {
+pub async fn run(args: &ReportArgs) -> Result<ExitCode, String> {
     let m = merge(&args.files)?;
-    let o = m.outcome();
+    let mut o = m.outcome();
+    if let (Some(url), Some(run)) = (&args.fake_api, args.run_id) {
+        let api =
+            super::sweep::FaultControl::api(url, args.fake_token.clone(), args.fake_server.clone());
+        let t = api.tally(run).await?.ok_or_else(|| {
+            format!("--fake-api {url}: the fake has no message of run {run:016x} (or does not tally load runs: fake-upstream --tally-load)")
+        })?;
+        o.intact = t.intact;
+        o.corrupted = t.corrupted;
+        o.duplicates = t.duplicates;
+        o.observed = true;
+    }
     let title = format!(
         "merged: {} interval log(s), {} JSON report(s)",
         m.logs, m.reports
@@ -214,6 +237,7 @@ pub fn run(args: &ReportArgs) -> Result<ExitCode, String> {
         ));
     }
     smtp_net::say(&text);
+    let failed = o.observed && (o.corrupted > 0 || o.lost() > 0);
     let named = [("merged", &o)];
     if let Some(path) = &args.json {
         std::fs::write(path, report::json(&named, None))
@@ -223,5 +247,9 @@ pub fn run(args: &ReportArgs) -> Result<ExitCode, String> {
         std::fs::write(path, report::html("smtp-relay load report", &named, None))
             .map_err(|e| format!("--html {}: {e}", path.display()))?;
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }

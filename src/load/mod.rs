@@ -93,7 +93,7 @@ pub struct Arrivals {
 
 /// The integrity header every message carries: the run, the message number, when it was
 /// started (µs from the run's start) and a hash of the body.
-pub const CHECK_HEADER: &str = "X-Smtp-Relay-Load";
+pub const CHECK_HEADER: &str = fake_upstream::loadstamp::HEADER;
 
 pub use crate::fnv64;
 
@@ -184,33 +184,17 @@ impl Run {
     /// body, and records its end-to-end latency.
     pub fn observe(&self, message: &[u8]) {
         let now = Instant::now();
-        let head_end = memchr::memmem::find(message, b"\r\n\r\n").map_or(message.len(), |i| i);
-        let head = &message[..head_end];
-        let needle = format!("{CHECK_HEADER}: ");
-        let Some(at) = memchr::memmem::find(head, needle.as_bytes()) else {
+        let Some(stamp) = fake_upstream::loadstamp::read(message) else {
             return;
         };
-        let line = &head[at + needle.len()..];
-        let line = &line[..memchr::memchr(b'\r', line).unwrap_or(line.len())];
-        let fields: Vec<&str> = std::str::from_utf8(line).unwrap_or("").split(' ').collect();
-        let [run, n, started_us, hash] = fields.as_slice() else {
-            return;
-        };
-        if u64::from_str_radix(run, 16).ok() != Some(self.id) {
+        if stamp.run != self.id {
             return;
         }
-        let (Ok(n), Ok(started_us), Ok(hash)) = (
-            n.parse::<u64>(),
-            started_us.parse::<u64>(),
-            u64::from_str_radix(hash, 16),
-        ) else {
-            return;
-        };
-        let body = message.get(head_end + 4..).unwrap_or(&[]);
-        let intact = hash == self.body_hash && fnv64(body) == hash;
-        let e2e = now.saturating_duration_since(self.started + Duration::from_micros(started_us));
+        let intact = stamp.intact && stamp.hash == self.body_hash;
+        let e2e =
+            now.saturating_duration_since(self.started + Duration::from_micros(stamp.started_us));
         let mut a = self.arrivals.lock().unwrap_or_else(|e| e.into_inner());
-        if !a.seen.insert(n) {
+        if !a.seen.insert(stamp.n) {
             a.duplicates += 1;
         }
         if intact {

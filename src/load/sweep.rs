@@ -112,6 +112,50 @@ impl FaultControl {
     }
 }
 
+impl FaultControl {
+    /// What the fake received of load run `run` (its tally of stamped messages), when it
+    /// tallies them and has seen the run.
+    pub async fn tally(&self, run: u64) -> Result<Option<fake_upstream::loadstamp::Tally>, String> {
+        match self {
+            FaultControl::Local(h) => Ok(h.load_tally(run)),
+            FaultControl::Api {
+                base,
+                token,
+                server,
+                client,
+            } => {
+                let mut r = client.get(format!("{base}/api/v1/load/{run:016x}"));
+                if let Some(s) = server {
+                    r = r.query(&[("server", s)]);
+                }
+                if let Some(t) = token {
+                    r = r.bearer_auth(t);
+                }
+                let r = r
+                    .send()
+                    .await
+                    .map_err(|e| format!("--fake-api {base}: the load tally: {e}"))?;
+                if r.status() == reqwest::StatusCode::NOT_FOUND {
+                    return Ok(None);
+                }
+                if !r.status().is_success() {
+                    return Err(format!(
+                        "--fake-api {base}: the load tally: HTTP {}",
+                        r.status()
+                    ));
+                }
+                let v: serde_json::Value = r
+                    .json()
+                    .await
+                    .map_err(|e| format!("--fake-api {base}: the load tally: {e}"))?;
+                serde_json::from_value(v["tally"].clone())
+                    .map(Some)
+                    .map_err(|e| format!("--fake-api {base}: the load tally: {e}"))
+            }
+        }
+    }
+}
+
 /// The steps of a sweep: each `{a,b,...}` group in `template` taken in turn (several groups:
 /// every combination, the first group slowest), each result read as a fault.
 pub fn expand(template: &str) -> Result<Vec<(String, Fault)>, String> {

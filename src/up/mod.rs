@@ -116,6 +116,7 @@ pub async fn start(args: &UpArgs) -> Result<Up, String> {
     fake.listen = args.upstream_listen;
     fake.listen_tls = Some(args.upstream_listen_tls);
     fake.tls_files = Some(files.clone());
+    fake.tally_load = true;
     if !args.users.is_empty() {
         fake.users = args
             .users

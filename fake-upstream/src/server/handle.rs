@@ -105,6 +105,21 @@ impl Handle {
         all
     }
 
+    /// What the fake received of load run `run` (`Config::tally_load`): intact, corrupted,
+    /// duplicated and distinct messages.
+    pub fn load_tally(&self, run: u64) -> Option<crate::loadstamp::Tally> {
+        self.shared
+            .load
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(run)
+    }
+
+    /// Whether load runs are tallied ([`crate::Config::tally_load`]).
+    pub fn tallies_load(&self) -> bool {
+        self.shared.config.tally_load
+    }
+
     /// Whether sessions are recorded ([`crate::Config::transcripts`]).
     pub fn keeps_transcripts(&self) -> bool {
         self.shared.config.transcripts

@@ -78,6 +78,8 @@ pub(crate) struct Shared {
     /// The persona's limits as they stand: [`Handle::set_limit`] and
     /// [`Handle::set_quotas`] change them while the server runs.
     limits: std::sync::RwLock<Arc<Limits>>,
+    /// The load generator's stamped messages, per run (`Config::tally_load`).
+    load: Mutex<crate::loadstamp::Tallies>,
     /// Each accepted message, as it is accepted, to whoever subscribed
     /// ([`Handle::subscribe`]: the web page's live list).
     arrivals: tokio::sync::broadcast::Sender<Received>,
@@ -163,6 +165,7 @@ impl FakeUpstream {
             ))),
             limits: std::sync::RwLock::new(Arc::new(config.persona.limits.clone())),
             arrivals: tokio::sync::broadcast::channel(1024).0,
+            load: Mutex::default(),
             config,
             tls,
             state: Mutex::new(State::default()),

@@ -287,6 +287,15 @@ impl Session {
         if let Some(observer) = &shared.config.observer {
             (observer.0)(&message);
         }
+        if shared.config.tally_load
+            && let Some(stamp) = crate::loadstamp::read(&message)
+        {
+            shared
+                .load
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .record(&stamp);
+        }
         let mut received = Received {
             id: vars.transid.clone(),
             mail_from: env

@@ -78,6 +78,7 @@ impl Session {
                     if rules.keep_messages
                         || rules.inspects_content()
                         || self.shared.config.observer.is_some()
+                        || self.shared.config.tally_load
                     {
                         self.message.extend_from_slice(data);
                     }

@@ -135,6 +135,7 @@ pub fn router(state: Arc<State>) -> axum::Router {
         .route("/api/v1/faults/{index}", delete(remove_fault))
         .route("/api/v1/limits", get(limits).put(set_limits))
         .route("/api/v1/accounts", get(accounts))
+        .route("/api/v1/load/{run}", get(load_tally))
         .route("/api/v1/relay/records", get(relay_records))
         .route("/api/v1/relay/log", get(relay_log))
         .route("/api/v1/relay/metrics", get(relay_metrics))
@@ -738,6 +739,30 @@ async fn accounts(st: St) -> Json<Value> {
         })
         .collect();
     Json(json!({"accounts": list}))
+}
+
+/// What a server received of a load run (`smtp-relay load --run-id`): the integrity count
+/// across every generator of the run.
+async fn load_tally(
+    st: St,
+    Path(run): Path<String>,
+    Query(on): Query<On>,
+) -> ApiResult<Json<Value>> {
+    let s = st.server(on.server.as_deref())?;
+    let id = u64::from_str_radix(run.trim_start_matches("0x"), 16)
+        .map_err(|_| ApiError::bad(format!("{run:?}: a run id is up to 16 hex digits")))?;
+    if !s.handle.tallies_load() {
+        return Err(ApiError::not_found(format!(
+            "{} does not tally load runs (fake-upstream --tally-load; smtp-relay up does)",
+            s.name
+        )));
+    }
+    let t = s.handle.load_tally(id).ok_or_else(|| {
+        ApiError::not_found(format!("{} has no message of run {id:016x}", s.name))
+    })?;
+    Ok(Json(
+        json!({"server": s.name, "run": format!("{id:016x}"), "tally": t}),
+    ))
 }
 
 #[derive(Deserialize)]
