@@ -498,6 +498,8 @@ impl Persona {
             eight_bit_mime: caps.eightbitmime(),
             smtputf8: caps.smtputf8(),
             chunking: caps.chunking(),
+            binarymime: caps.chunking()
+                && caps.extensions.contains(&smtp_wire::Extension::BinaryMime),
             dsn: caps.dsn(),
             starttls: starttls && caps.starttls(),
             auth_mechanisms,

@@ -20,7 +20,7 @@
 
 use crate::auth::MAX_AUTH_LINE;
 use crate::catalogue::ReplyKind;
-use crate::data::{BareLineEnding, DataDecoder, DataOutcome, DataProgress};
+use crate::data::{BareLineEnding, ChunkScan, DataDecoder, DataOutcome, DataProgress};
 use crate::line::{Decoded, LineDecoder, LineEndings};
 use crate::reply::Reply;
 use crate::server::{Decision, Input, ServerConfig, ServerSession, Step, Transport, Verdict};
@@ -57,6 +57,8 @@ pub struct ServerConnection {
     decoded: Vec<u8>,
     /// Octets of the current BDAT chunk still to come.
     chunk_left: u64,
+    /// Bare line ends and NUL in this transaction's BDAT content (see [`ChunkScan`]).
+    chunk_scan: ChunkScan,
     /// Steps to report before reading more input.
     queued: std::collections::VecDeque<QueuedEvent>,
     /// Content was handed out for the transaction in progress.
@@ -91,6 +93,7 @@ impl ServerConnection {
             data: None,
             decoded: Vec::new(),
             chunk_left: 0,
+            chunk_scan: ChunkScan::default(),
             queued: Default::default(),
             content_given: false,
             closed: false,
@@ -286,8 +289,11 @@ impl ServerConnection {
                     raw: &self.input[..raw_len],
                 })
             }
-            Input::Chunk { .. } => {
+            Input::Chunk { last, .. } => {
                 if self.chunk_left == 0 {
+                    if last {
+                        self.check_chunked_content();
+                    }
                     let step = self.session.handle_chunk_end();
                     return self.step_event(step);
                 }
@@ -296,6 +302,7 @@ impl ServerConnection {
                 }
                 let take = (self.input.len() as u64).min(self.chunk_left) as usize;
                 self.chunk_left -= take as u64;
+                self.chunk_scan.feed(&self.input[..take]);
                 self.consumed = take;
                 self.content_given = true;
                 Some(Event::Content {
@@ -304,6 +311,22 @@ impl ServerConnection {
                 })
             }
             Input::Paused | Input::Closed => None,
+        }
+    }
+
+    /// After a transaction's last chunk: under the `Reject` policy, content with bare line
+    /// ends or NUL is refused as DATA would be (`550 5.6.0`), unless it was announced as
+    /// `BODY=BINARYMIME` (then it need not be lines at all).
+    fn check_chunked_content(&mut self) {
+        self.chunk_scan.finish();
+        let binary = self.session.envelope().mail_params.body == Some(crate::Body::BinaryMime);
+        if self.bare == BareLineEnding::Reject && !binary && !self.chunk_scan.clean() {
+            let bare = self.chunk_scan.bare_cr + self.chunk_scan.bare_lf > 0;
+            self.session.refuse_chunks(if bare {
+                ReplyKind::BareLineEnding
+            } else {
+                ReplyKind::NulInData
+            });
         }
     }
 
@@ -342,6 +365,10 @@ impl ServerConnection {
             }
             Step::Decide(d) => Event::Decide(d),
             Step::ReceiveChunk { size, .. } => {
+                if self.session.chunked() == size {
+                    // The transaction's first chunk with content: a new scan.
+                    self.chunk_scan = ChunkScan::default();
+                }
                 self.chunk_left = size;
                 return self.next_event();
             }

@@ -83,6 +83,59 @@ impl DataOutcome {
     }
 }
 
+/// Bare CR, bare LF and NUL counted across the chunks of one BDAT transaction (RFC 3030: the
+/// content is not dot-stuffed, but unless it is `BODY=BINARYMIME` it is still a message whose
+/// lines end in CRLF, and a relay sends it on as DATA to a next hop that may read a bare line
+/// end differently). A CR that ends one chunk and an LF that starts the next are one CRLF.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ChunkScan {
+    pending_cr: bool,
+    pub bare_cr: u64,
+    pub bare_lf: u64,
+    pub nul: u64,
+}
+
+impl ChunkScan {
+    /// Counts the next bytes of the transaction's content.
+    pub fn feed(&mut self, bytes: &[u8]) {
+        let mut i = 0;
+        if self.pending_cr {
+            match bytes.first() {
+                None => return,
+                Some(b'\n') => i = 1,
+                Some(_) => self.bare_cr += 1,
+            }
+            self.pending_cr = false;
+        }
+        while let Some(p) = memchr3(b'\r', b'\n', 0, &bytes[i..]) {
+            let at = i + p;
+            i = at + 1;
+            match bytes[at] {
+                b'\r' => match bytes.get(at + 1) {
+                    Some(b'\n') => i = at + 2,
+                    Some(_) => self.bare_cr += 1,
+                    None => self.pending_cr = true,
+                },
+                b'\n' => self.bare_lf += 1,
+                _ => self.nul += 1,
+            }
+        }
+    }
+
+    /// The content ended: a CR at its very end was bare.
+    pub fn finish(&mut self) {
+        if self.pending_cr {
+            self.bare_cr += 1;
+            self.pending_cr = false;
+        }
+    }
+
+    /// No bare CR, bare LF or NUL so far.
+    pub fn clean(&self) -> bool {
+        self.bare_cr == 0 && self.bare_lf == 0 && self.nul == 0
+    }
+}
+
 /// Server-side DATA decoder.
 #[derive(Clone, Debug)]
 pub struct DataDecoder {
@@ -406,5 +459,37 @@ mod tests {
         assert!(d.outcome().too_large);
         assert_eq!(d.outcome().size, 8);
         assert_eq!(out, b"abcd");
+    }
+
+    #[test]
+    fn chunk_scans_count_bare_line_ends_across_chunks() {
+        let scan = |chunks: &[&[u8]]| {
+            let mut s = ChunkScan::default();
+            for c in chunks {
+                s.feed(c);
+            }
+            s.finish();
+            (s.bare_cr, s.bare_lf, s.nul)
+        };
+        assert_eq!(scan(&[b"a\r\nb\r\n"]), (0, 0, 0));
+        assert_eq!(
+            scan(&[b"a\r", b"\nb"]),
+            (0, 0, 0),
+            "CRLF split over two chunks"
+        );
+        assert_eq!(
+            scan(&[b"a\r", b"", b"\nb"]),
+            (0, 0, 0),
+            "an empty chunk between"
+        );
+        assert_eq!(scan(&[b"a\nb\r\n.\n"]), (0, 2, 0));
+        assert_eq!(
+            scan(&[b"a\rb", b"c\r"]),
+            (2, 0, 0),
+            "a CR at the very end is bare"
+        );
+        assert_eq!(scan(&[b"a\r", b"b"]), (1, 0, 0));
+        assert_eq!(scan(&[b"\x00.\r\n"]), (0, 0, 1));
+        assert_eq!(scan(&[b"\r\r\n\n"]), (1, 1, 0));
     }
 }

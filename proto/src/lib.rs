@@ -65,7 +65,7 @@ pub use client::{ClientConfig, ClientError, ClientEvent, ClientSession, ClientTl
 pub use client_connection::{ClientConnection, ReplyReadError};
 pub use command::{Command, CommandError, Verb};
 pub use connection::{Event, ServerConnection};
-pub use data::{BareLineEnding, DataDecoder, DataEncoder, DataOutcome, DataProgress};
+pub use data::{BareLineEnding, ChunkScan, DataDecoder, DataEncoder, DataOutcome, DataProgress};
 pub use line::{Decoded, LineDecoder, LineEndings, LineError};
 pub use params::{Body, MailParams, Notify, Param, ParamError, RcptParams, Ret};
 pub use reply::{Capabilities, Extension, Reply, ReplyError, ReplyParser, Severity};

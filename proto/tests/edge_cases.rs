@@ -1285,6 +1285,7 @@ fn j102_sender_not_owned_by_the_authenticated_user_is_a_policy_decision() {
 fn bdat_chunks_are_delivered_byte_exact() {
     let mut h = Harness::new(ServerConfig {
         chunking: true,
+        binarymime: true,
         ..open_config()
     })
     .ehlo();
@@ -1306,6 +1307,116 @@ fn bdat_without_recipients_is_read_then_refused() {
     h.feed(b"BDAT 9 LAST\r\nNOOP\r\nxyzNOOP\r\n");
     assert_eq!(h.codes(), [554, 250]);
     assert!(h.delivered.is_empty());
+}
+
+fn chunking() -> ServerConfig {
+    ServerConfig {
+        chunking: true,
+        ..open_config()
+    }
+}
+
+/// Without BINARYMIME (a relay's setting: the message goes on as DATA), a BDAT message is
+/// still lines: bare CR, bare LF or NUL anywhere in its chunks is refused after the last one,
+/// as DATA would be (the smuggling shapes of smtp-edge-cases 70-76, sent as BDAT); a CRLF
+/// split over two chunks is one line end.
+#[test]
+fn bdat_content_with_bare_line_ends_is_refused_without_binarymime() {
+    for (chunks, want) in [
+        (&b"BDAT 7\r\nab\n.\ncdBDAT 2 LAST\r\nx\n"[..], [250, 550]),
+        (b"BDAT 3\r\nab\rBDAT 3 LAST\r\n\nc\r", [250, 550]),
+        (b"BDAT 4\r\na\x00.\nBDAT 2 LAST\r\n\r\n", [250, 550]),
+        (b"BDAT 3\r\nab\rBDAT 3 LAST\r\n\nc\n", [250, 550]),
+    ] {
+        let mut h = Harness::new(chunking()).ehlo();
+        assert_eq!(h.code("MAIL FROM:<a@x.example>"), 250);
+        assert_eq!(h.code("RCPT TO:<b@y.example>"), 250);
+        h.feed(chunks);
+        assert_eq!(h.codes(), want, "{:?}", String::from_utf8_lossy(chunks));
+        assert!(h.delivered.is_empty());
+        assert_eq!(
+            h.code("NOOP"),
+            250,
+            "the chunks were read, not taken as commands"
+        );
+    }
+    let mut h = Harness::new(chunking()).ehlo();
+    h.cmd("MAIL FROM:<a@x.example>");
+    h.cmd("RCPT TO:<b@y.example>");
+    h.feed(b"BDAT 3\r\nab\rBDAT 4 LAST\r\n\nc\r\n");
+    assert_eq!(h.codes(), [250, 250]);
+    assert_eq!(h.delivered[0].1, b"ab\r\nc\r\n");
+    // NUL alone: its own reply.
+    let mut h = Harness::new(chunking()).ehlo();
+    h.cmd("MAIL FROM:<a@x.example>");
+    h.cmd("RCPT TO:<b@y.example>");
+    h.feed(b"BDAT 3 LAST\r\na\x00b");
+    let r = h.take().last().unwrap().to_string();
+    assert!(r.starts_with("550 5.6.0 Message contains NUL"), "{r}");
+}
+
+/// Under the Normalize policy the content passes as it came (the DATA encoder of the next
+/// hop turns each bare line end into CRLF).
+#[test]
+fn bdat_content_passes_as_it_came_under_normalize() {
+    let mut h = Harness::build(
+        chunking(),
+        Transport::Plain,
+        LineEndings::CrlfOnly,
+        BareLineEnding::Normalize,
+        common::accept_all(),
+    )
+    .ehlo();
+    h.cmd("MAIL FROM:<a@x.example>");
+    h.cmd("RCPT TO:<b@y.example>");
+    h.feed(b"BDAT 4 LAST\r\na\n.\n");
+    assert_eq!(h.codes(), [250]);
+    assert_eq!(h.delivered[0].1, b"a\n.\n");
+}
+
+/// BINARYMIME is offered only with its own switch, and refused without it.
+#[test]
+fn binarymime_needs_its_own_switch() {
+    let mut h = Harness::new(chunking());
+    h.take();
+    let ehlo = format!("{:?}", h.cmd("EHLO c.example"));
+    assert!(
+        ehlo.contains("CHUNKING") && !ehlo.contains("BINARYMIME"),
+        "{ehlo}"
+    );
+    assert_eq!(h.code("MAIL FROM:<a@x.example> BODY=BINARYMIME"), 555);
+}
+
+/// The first BDAT of a transaction asks the driver to begin the message (a relay opens its
+/// upstream DATA there), once; a refusal answers that chunk after it is read, and the
+/// transaction's later chunks too, until the last.
+#[test]
+fn the_first_bdat_begins_the_message_and_a_refusal_answers_its_chunks() {
+    let mut h = Harness::new(chunking()).ehlo();
+    h.cmd("MAIL FROM:<a@x.example>");
+    h.cmd("RCPT TO:<b@y.example>");
+    h.feed(b"BDAT 2\r\nabBDAT 0\r\nBDAT 2 LAST\r\ncd");
+    assert_eq!(h.codes(), [250, 250, 250]);
+    let begins = h
+        .decisions
+        .iter()
+        .filter(|d| matches!(d, Decision::BeginData))
+        .count();
+    assert_eq!(begins, 1);
+    assert_eq!(h.delivered[0].1, b"abcd");
+
+    let refuse: common::Policy = Box::new(|_, d| match d {
+        Decision::BeginData => Verdict::Reply(Reply::new(451, (4, 3, 0), "upstream busy")),
+        _ => Verdict::Accept,
+    });
+    let mut h = Harness::with(chunking(), Transport::Plain, LineEndings::CrlfOnly, refuse).ehlo();
+    h.cmd("MAIL FROM:<a@x.example>");
+    h.cmd("RCPT TO:<b@y.example>");
+    h.feed(b"BDAT 4\r\nNOOPBDAT 5 LAST\r\nRSET\r");
+    let got: Vec<String> = h.take().iter().map(|r| r.to_string()).collect();
+    assert_eq!(got, ["451 4.3.0 upstream busy", "451 4.3.0 upstream busy"]);
+    assert!(h.delivered.is_empty());
+    assert_eq!(h.code("NOOP"), 250);
 }
 
 #[test]

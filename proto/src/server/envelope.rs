@@ -45,7 +45,7 @@ impl ServerSession {
         if p.body == Some(Body::EightBitMime) && !self.config.eight_bit_mime {
             return Some(self.unsupported("BODY=8BITMIME"));
         }
-        if p.body == Some(Body::BinaryMime) && !self.config.chunking {
+        if p.body == Some(Body::BinaryMime) && !(self.config.chunking && self.config.binarymime) {
             return Some(self.unsupported("BODY=BINARYMIME"));
         }
         if (p.ret.is_some() || p.envid.is_some()) && !self.config.dsn {

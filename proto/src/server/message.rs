@@ -35,8 +35,29 @@ impl ServerSession {
         if self.chunk_error.is_none() && self.chunked > self.config.max_message_size {
             self.chunk_error = Some(self.reply(ReplyKind::SizeExceeded));
         }
+        // The transaction's first chunk: the driver begins the message (as for DATA, without
+        // the 354) before its content comes; its refusal answers the chunk once it is read.
+        if self.chunk_error.is_none() && !self.chunks_begun {
+            self.chunks_begun = true;
+            self.phase = Phase::Pending(Box::new(Pending::BeginChunks { size, last }));
+            return Step::Decide(Decision::BeginData);
+        }
         self.phase = Phase::Chunk { size, last };
         Step::ReceiveChunk { size, last }
+    }
+
+    /// The transaction's content, read so far, may not be passed on (bare line ends or NUL
+    /// under the `Reject` policy, found by the driver's [`crate::ChunkScan`]): its last chunk
+    /// is answered with `kind` and nothing is delivered.
+    pub fn refuse_chunks(&mut self, kind: ReplyKind) {
+        if self.chunk_error.is_none() {
+            self.chunk_error = Some(self.reply(kind));
+        }
+    }
+
+    /// Octets announced by this transaction's BDATs so far.
+    pub fn chunked(&self) -> u64 {
+        self.chunked
     }
 
     /// The chunk announced by the last BDAT was read (and kept by the driver unless this
@@ -126,6 +147,14 @@ impl ServerSession {
                     self.phase = Phase::Data;
                 }
                 Step::Reply(r)
+            }
+            Pending::BeginChunks { size, last } => {
+                if !accepted {
+                    // A refusal always carries the driver's reply.
+                    self.chunk_error = Some(reply(ReplyKind::DataStart));
+                }
+                self.phase = Phase::Chunk { size, last };
+                Step::ReceiveChunk { size, last }
             }
             Pending::Deliver => {
                 let r = reply(ReplyKind::MessageAccepted);

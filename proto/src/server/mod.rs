@@ -60,8 +60,11 @@ pub struct ServerConfig {
     pub smtputf8: bool,
     /// Offer 8BITMIME (RFC 6152); without it `BODY=8BITMIME` gets `555 5.5.4`.
     pub eight_bit_mime: bool,
-    /// Offer CHUNKING (BDAT) and BINARYMIME.
+    /// Offer CHUNKING (BDAT, RFC 3030).
     pub chunking: bool,
+    /// Offer BINARYMIME too (with `chunking`): content that need not be lines. Off where the
+    /// message goes on as DATA to a next hop (a relay): it could not be passed on as it came.
+    pub binarymime: bool,
     /// Offer DSN (only when the driver can generate DSNs itself).
     pub dsn: bool,
     /// Offer STARTTLS: the driver has a TLS configuration for this listener.
@@ -103,6 +106,7 @@ impl Default for ServerConfig {
             smtputf8: false,
             eight_bit_mime: true,
             chunking: false,
+            binarymime: false,
             dsn: false,
             starttls: false,
             auth_mechanisms: vec![Mechanism::Plain, Mechanism::Login],
@@ -234,6 +238,11 @@ enum Pending {
         params: RcptParams,
     },
     BeginData,
+    /// The first BDAT of a transaction, waiting for the driver's [`Decision::BeginData`].
+    BeginChunks {
+        size: u64,
+        last: bool,
+    },
     Deliver,
 }
 
@@ -255,6 +264,8 @@ pub struct ServerSession {
     /// Size of BDAT chunks received in this transaction, and whether one was refused.
     chunked: u64,
     chunk_error: Option<Reply>,
+    /// The driver was asked to begin this transaction's content (its first BDAT).
+    chunks_begun: bool,
     /// RCPT commands in this transaction, whatever their answer.
     rcpt_commands: usize,
     errors: u32,
@@ -273,6 +284,7 @@ impl ServerSession {
             authenticated: None,
             envelope: None,
             chunked: 0,
+            chunks_begun: false,
             chunk_error: None,
             rcpt_commands: 0,
             errors: 0,
@@ -424,7 +436,9 @@ impl ServerSession {
         }
         if c.chunking {
             ext.push(Extension::Chunking);
-            ext.push(Extension::BinaryMime);
+            if c.binarymime {
+                ext.push(Extension::BinaryMime);
+            }
         }
         if c.dsn {
             ext.push(Extension::Dsn);
@@ -466,6 +480,7 @@ impl ServerSession {
         self.envelope = None;
         self.chunked = 0;
         self.chunk_error = None;
+        self.chunks_begun = false;
         self.rcpt_commands = 0;
     }
 
