@@ -202,6 +202,108 @@ async fn smuggled_end_of_data_is_refused_and_nothing_is_relayed() {
     s.relay.shutdown().await;
 }
 
+/// BDAT from the client (RFC 3030), DATA towards 163 (which offers no CHUNKING): the chunks
+/// pipelined, each answered, a CRLF split over two chunks, a line that starts with a dot;
+/// 163 gets the message byte for byte, dot-stuffed on the wire and unstuffed at its end.
+#[tokio::test]
+async fn bdat_from_the_client_goes_on_as_data() {
+    let s = setup("bdat", vec![]).await;
+    let (mut c, _) = s.login("ALICEAUTHCODE163").await;
+    let body: &[u8] =
+        b"From: alice@163.com\r\nTo: bob@163.com\r\nSubject: chunks\r\n\r\nHi.\r\n.a dot line\r\n";
+    let (a, b) = body.split_at(body.len() - 14);
+    let (a, b) = (a.to_vec(), b.to_vec());
+    // The first chunk ends inside "\r\n": its CR ends one chunk, its LF starts the next.
+    let cut = a.len() - 1;
+    let mut wire = b"MAIL FROM:<alice@163.com>\r\nRCPT TO:<bob@163.com>\r\n".to_vec();
+    wire.extend_from_slice(format!("BDAT {cut}\r\n").as_bytes());
+    wire.extend_from_slice(&a[..cut]);
+    let rest: Vec<u8> = [&a[cut..], &b[..]].concat();
+    wire.extend_from_slice(format!("BDAT {} LAST\r\n", rest.len()).as_bytes());
+    wire.extend_from_slice(&rest);
+    c.send_raw(&wire).await;
+    let replies: Vec<String> = [
+        c.reply().await,
+        c.reply().await,
+        c.reply().await,
+        c.reply().await,
+    ]
+    .iter()
+    .map(|r| r.to_string())
+    .collect();
+    assert_eq!(replies[0], "250 Mail OK");
+    assert_eq!(replies[1], "250 Mail OK");
+    assert!(replies[2].starts_with("250 2.0.0"), "{replies:?}");
+    assert!(
+        replies[3].starts_with("250 Mail OK queued as"),
+        "163's words: {replies:?}"
+    );
+    c.cmd("QUIT").await;
+    let got = s.fake.wait_for(1, Duration::from_secs(10)).await.unwrap();
+    let content = &got[0].content;
+    assert!(
+        content.ends_with(body),
+        "{}",
+        String::from_utf8_lossy(content)
+    );
+    let upstream: String = s.fake.transcripts().iter().map(|t| t.text()).collect();
+    assert!(upstream.contains("C: DATA"), "{upstream}");
+    let raw = &s
+        .fake
+        .transcripts()
+        .iter()
+        .flat_map(|t| t.data.clone())
+        .next()
+        .unwrap();
+    assert!(
+        raw.contains(b"\r\n..a dot line\r\n"),
+        "dot-stuffed on the wire"
+    );
+    s.stop().await;
+}
+
+/// The smuggling shapes as BDAT content (no BINARYMIME offered): a bare LF line with a dot,
+/// then commands, refused after the last chunk with 550 5.6.0; nothing reaches 163, and the
+/// session goes on.
+#[tokio::test]
+async fn bdat_content_with_a_smuggled_end_is_refused() {
+    let s = setup("bdat-smuggle", vec![]).await;
+    let (mut c, _) = s.login("ALICEAUTHCODE163").await;
+    let ehlo = c.cmd("EHLO foxmail.example").await;
+    assert!(
+        ehlo.contains("CHUNKING") && !ehlo.contains("BINARYMIME"),
+        "{ehlo}"
+    );
+    assert!(
+        c.cmd("MAIL FROM:<alice@163.com> BODY=BINARYMIME")
+            .await
+            .starts_with("555"),
+    );
+    c.cmd("MAIL FROM:<alice@163.com>").await;
+    c.cmd("RCPT TO:<bob@163.com>").await;
+    let smuggled: &[u8] = b"From: alice@163.com\r\n\r\nbody\n.\nMAIL FROM:<boss@163.com>\r\nRCPT TO:<victim@163.com>\r\nDATA\r\n\r\nsmuggled\r\n";
+    c.send_raw(format!("BDAT {} LAST\r\n", smuggled.len()).as_bytes())
+        .await;
+    c.send_raw(smuggled).await;
+    let r = c.reply().await;
+    assert_eq!((r.code, r.enhanced), (550, Some((5, 6, 0))), "{r}");
+    assert!(c.cmd("NOOP").await.starts_with("250"));
+    // Too large for the relay's limit: 552 once the chunk is read, nothing sent on.
+    c.cmd("MAIL FROM:<alice@163.com>").await;
+    c.cmd("RCPT TO:<bob@163.com>").await;
+    let big = vec![b'a'; 11 * 1024 * 1024];
+    c.send_raw(format!("BDAT {} LAST\r\n", big.len()).as_bytes())
+        .await;
+    c.send_raw(&big).await;
+    assert_eq!(c.reply().await.code, 552);
+    c.cmd("QUIT").await;
+    s.fake.shutdown().await;
+    assert!(s.fake.received().is_empty());
+    let upstream_saw: String = s.fake.transcripts().iter().map(|t| t.text()).collect();
+    assert!(!upstream_saw.contains("boss@163.com"), "{upstream_saw}");
+    s.relay.shutdown().await;
+}
+
 #[tokio::test]
 async fn starttls_and_implicit_tls_towards_the_relay() {
     let s = setup("tls", vec![]).await;

@@ -592,7 +592,11 @@ impl SelfSetup {
         let base = std::env::var_os("SMTP_RELAY_LOAD_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(std::env::temp_dir);
-        let dir = base.join(format!("smtp-relay-load-{}", std::process::id()));
+        // One directory per setup: several in one process (tests) must not share a spool,
+        // a queue or TLS files.
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = base.join(format!("smtp-relay-load-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let current: Arc<Mutex<Option<Arc<Run>>>> = Arc::default();
         let persona = fake_upstream::Persona::load("sink").map_err(|e| e.to_string())?;

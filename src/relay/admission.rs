@@ -159,6 +159,7 @@ impl ConfigKind {
             auth_required: !self.trusted,
             smtputf8: self.smtputf8,
             eight_bit_mime: self.eight_bit_mime,
+            chunking: cfg.chunking,
             ..ServerConfig::default()
         }
     }

@@ -61,6 +61,9 @@ pub struct RelayConfig {
     pub max_recipients: usize,
     /// RCPT commands per transaction, accepted or not; more get `452 4.5.3`, never the upstream.
     pub max_rcpt_commands: usize,
+    /// Offer CHUNKING (RFC 3030 BDAT) to clients; the message goes on upstream as DATA
+    /// (dot-stuffed, line ends made CRLF), so BINARYMIME is not offered.
+    pub chunking: bool,
     pub max_sessions: usize,
     /// Sessions at once from one IP address; more get `421 4.7.0`.
     pub max_sessions_per_ip: usize,
@@ -168,6 +171,7 @@ impl RelayConfig {
             max_message_size: 50 * 1024 * 1024,
             max_recipients: 100,
             max_rcpt_commands: 200,
+            chunking: true,
             max_sessions: 200,
             max_sessions_per_ip: 20,
             auth_failure_delay: Duration::from_secs(1),

@@ -114,6 +114,8 @@ pub(super) struct FileLimits {
     pub(super) max_message_size: u64,
     pub(super) max_recipients: usize,
     pub(super) max_rcpt_commands: usize,
+    /// Offer CHUNKING (BDAT) to clients.
+    pub(super) chunking: bool,
     pub(super) max_sessions: usize,
     pub(super) max_sessions_per_ip: usize,
     pub(super) auth_failure_delay_ms: u64,
@@ -171,6 +173,7 @@ impl Default for FileLimits {
             max_message_size: 50 * 1024 * 1024,
             max_recipients: 100,
             max_rcpt_commands: 200,
+            chunking: true,
             max_sessions: 200,
             max_sessions_per_ip: 20,
             auth_failure_delay_ms: 1000,

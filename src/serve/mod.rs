@@ -126,6 +126,7 @@ pub fn parse(text: &str, origin: &str, base: &Path) -> Result<Loaded, String> {
         max_message_size: l.max_message_size,
         max_recipients: l.max_recipients,
         max_rcpt_commands: l.max_rcpt_commands,
+        chunking: l.chunking,
         max_sessions: l.max_sessions,
         max_sessions_per_ip: l.max_sessions_per_ip,
         auth_failure_delay: Duration::from_millis(l.auth_failure_delay_ms),

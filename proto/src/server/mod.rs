@@ -425,6 +425,14 @@ impl ServerSession {
         if c.enhanced_status_codes {
             ext.push(Extension::EnhancedStatusCodes);
         }
+        // Before STARTTLS and AUTH: what a session can do, then how to get in (scenario
+        // files match a reply that ends in the AUTH line).
+        if c.chunking {
+            ext.push(Extension::Chunking);
+            if c.binarymime {
+                ext.push(Extension::BinaryMime);
+            }
+        }
         if c.starttls && self.transport == Transport::Plain {
             ext.push(Extension::StartTls);
         }
@@ -433,12 +441,6 @@ impl ServerSession {
         }
         if c.smtputf8 {
             ext.push(Extension::SmtpUtf8);
-        }
-        if c.chunking {
-            ext.push(Extension::Chunking);
-            if c.binarymime {
-                ext.push(Extension::BinaryMime);
-            }
         }
         if c.dsn {
             ext.push(Extension::Dsn);
