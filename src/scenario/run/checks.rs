@@ -282,7 +282,7 @@ impl<'a> Seen<'a> {
             let body = strip_trace(&r.content);
             if !self.client.sent.iter().any(|m| strip_trace(m) == body) {
                 return Err(format!(
-                    "upstream {label} got a message that is not byte for byte one the self.client sent; {}",
+                    "upstream {label} got a message that is not byte for byte one the client sent; {}",
                     difference(body, &self.client.sent)
                 ));
             }
@@ -342,7 +342,7 @@ impl<'a> Seen<'a> {
             let body = strip_trace(&r.content);
             if !self.client.sent.iter().any(|m| same_message(body, m)) {
                 return Err(format!(
-                    "upstream {label} got a message ({} octets after the trace headers) that is not byte for byte one the self.client sent ({} sent); {}",
+                    "upstream {label} got a message ({} octets after the trace headers) that is not byte for byte one the client sent ({} sent); {}",
                     body.len(),
                     self.client.sent.len(),
                     difference(body, &self.client.sent)
@@ -513,7 +513,7 @@ impl<'a> Seen<'a> {
                     continue;
                 }
                 return Err(format!(
-                    "upstream {label} got a message that the self.client never sent; {}",
+                    "upstream {label} got a message that the client never sent; {}",
                     difference(body, &self.client.sent)
                 ));
             };
@@ -521,7 +521,7 @@ impl<'a> Seen<'a> {
                 && !reply.is_positive()
             {
                 return Err(format!(
-                    "upstream {label} got message {} although the self.client was told {reply}",
+                    "upstream {label} got message {} although the client was told {reply}",
                     i + 1
                 ));
             }
@@ -536,7 +536,7 @@ impl<'a> Seen<'a> {
                     .any(|(_, r)| same_message(strip_trace(&r.content), m));
             if reply.severity() == smtp_wire::Severity::Completion && !arrived && !bounced {
                 return Err(format!(
-                    "the self.client was told {reply} for message {}, but no upstream got it and no bounce went out",
+                    "the client was told {reply} for message {}, but no upstream got it and no bounce went out",
                     i + 1
                 ));
             }
