@@ -543,6 +543,7 @@ async fn check_address(o: &Options, addr: SocketAddr, now: UnixTime) -> AddressR
             data_end: t,
         },
         transcript: true,
+        bdat: None,
     };
     match Upstream::connect(&config).await {
         Ok(up) => {

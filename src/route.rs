@@ -147,6 +147,7 @@ mod tests {
                 credentials: None,
                 timeouts: Timeouts::default(),
                 transcript: true,
+                bdat: None,
             },
             passthrough: false,
             queue: false,

@@ -78,6 +78,7 @@ fn relay_config(h: &Handle, server_name: &str, policy: TlsPolicy, trust: Trust) 
         credentials: None,
         timeouts: Timeouts::default(),
         transcript: false,
+        bdat: None,
     }
 }
 

@@ -27,7 +27,7 @@ fn workload(target: std::net::SocketAddr, model: Model, messages: u64) -> Worklo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bounded_run_through_the_relay_adds_up() {
-    let setup = SelfSetup::start(false).await.unwrap();
+    let setup = SelfSetup::start(false, None).await.unwrap();
     let w = workload(setup.relay.addr(), Model::Closed { connections: 4 }, 200);
     let run = Run::new(&w.body);
     *setup.current.lock().unwrap() = Some(run.clone());
@@ -163,7 +163,7 @@ async fn refusals_and_errors_are_counted_by_code_never_swallowed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sweep_step_holds_its_fault_then_clears_it() {
     use smtp_relay::load::sweep::{Baseline, FaultControl, StepSetup, run_step};
-    let setup = SelfSetup::start(false).await.unwrap();
+    let setup = SelfSetup::start(false, None).await.unwrap();
     let mut w = workload(setup.relay.addr(), Model::Closed { connections: 4 }, 0);
     w.per_connection = 1;
     let control = FaultControl::Local(setup.sink.clone());
@@ -226,7 +226,7 @@ async fn a_sweep_step_holds_its_fault_then_clears_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_queue_absorbs_an_upstream_that_refuses_and_drains_after() {
     use smtp_relay::load::sweep::{FaultControl, StepSetup, run_step};
-    let setup = SelfSetup::start(true).await.unwrap();
+    let setup = SelfSetup::start(true, None).await.unwrap();
     let mut w = workload(setup.relay.addr(), Model::Closed { connections: 4 }, 0);
     w.per_connection = 1;
     let control = FaultControl::Local(setup.sink.clone());
@@ -307,7 +307,7 @@ async fn faults_reach_a_fake_through_its_http_api() {
 /// run's totals.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_generators_make_one_run_and_one_report() {
-    let setup = SelfSetup::start(false).await.unwrap();
+    let setup = SelfSetup::start(false, None).await.unwrap();
     let id = 0x5eed_0000_0000_0042u64;
     let run = Run::shared(Some(id), (0, 1), &load::generated_body(2000));
     *setup.current.lock().unwrap() = Some(run.clone());
@@ -497,4 +497,28 @@ async fn the_fake_counts_a_run_across_generators_for_the_report() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no message of run 00000000000000bb"));
     sink.shutdown().await;
+}
+
+/// BDAT on both hops (`--bdat`): the generator's chunks to our relay, the relay's to the sink;
+/// every message intact at the sink, none lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bounded_run_in_bdat_through_the_relay_arrives_intact() {
+    let setup = SelfSetup::start(false, Some(700)).await.unwrap();
+    let mut w = workload(setup.relay.addr(), Model::Closed { connections: 4 }, 120);
+    w.server.bdat = Some(500);
+    let run = Run::new(&w.body);
+    *setup.current.lock().unwrap() = Some(run.clone());
+    let o = load::run(&w, run, true, None).await;
+    assert_eq!(
+        (o.total.delivered, o.total.failed),
+        (120, 0),
+        "{:?}",
+        o.total.codes
+    );
+    assert_eq!(
+        (o.intact, o.corrupted, o.lost(), o.duplicates),
+        (120, 0, 0, 0)
+    );
+    setup.relay.shutdown().await;
+    setup.sink.shutdown().await;
 }

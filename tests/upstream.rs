@@ -44,6 +44,7 @@ fn upstream(h: &Handle, tls: TlsMode, creds: Option<(&str, &str)>) -> UpstreamCo
         credentials: creds.map(|(u, p)| Credentials::new(u, p)),
         timeouts: Timeouts::default(),
         transcript: true,
+        bdat: None,
     }
 }
 
@@ -115,6 +116,119 @@ async fn delivers_over_both_tls_modes_byte_exact() {
             b"From: alice@163.com\r\nSubject: x\r\n\r\n.dot\r\nbare\r\n..two\r\n"
         );
     }
+    h.shutdown().await;
+}
+
+/// An upstream that offers CHUNKING gets the content in BDAT chunks (RFC 3030): pipelined,
+/// line ends made CRLF as with DATA, dots not stuffed, `BDAT n LAST` at the end; one that does
+/// not (163) gets DATA all the same.
+#[tokio::test]
+async fn bdat_when_the_upstream_offers_chunking_data_when_not() {
+    let mut config = Config::new(Persona::load("sink").unwrap(), temp_dir("bdat"));
+    config.persona.rules.keep_messages = true;
+    config.transcripts = true;
+    let h = FakeUpstream::start(config).await.unwrap();
+    let mut cfg = upstream(&h, TlsMode::StartTls, None);
+    cfg.bdat = Some(16);
+    let mut up = Upstream::connect(&cfg).await.unwrap();
+    assert!(up.capabilities().chunking());
+    up.envelope(
+        &from("a@x.example"),
+        &MailParams::default(),
+        &[to("b@y.example")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(up.data().await.unwrap().code, 354);
+    for chunk in [
+        &b"Subject: x\r\n\r\n."[..],
+        b"dot\nbare\r",
+        b"\n..two\r\nand a longer line to make a second chunk\r\n",
+    ] {
+        up.body(chunk).await.unwrap();
+    }
+    let reply = up.end_of_data().await.unwrap();
+    assert!(reply.to_string().starts_with("250 2.0.0"), "{reply}");
+    let t = up.transcript();
+    let bdats: Vec<&String> = t.iter().filter(|l| l.starts_with("C: BDAT")).collect();
+    assert!(bdats.len() >= 2, "{t:?}");
+    assert!(bdats.last().unwrap().ends_with(" LAST"), "{t:?}");
+    assert!(!t.iter().any(|l| l == "C: DATA"), "{t:?}");
+    // A second message on the session, and the session still in step.
+    up.envelope(
+        &from("a@x.example"),
+        &MailParams::default(),
+        &[to("c@y.example")],
+    )
+    .await
+    .unwrap();
+    up.data().await.unwrap();
+    up.body(b"Subject: y\r\n\r\nsmall\r\n").await.unwrap();
+    assert!(up.end_of_data().await.unwrap().is_positive());
+    up.quit().await;
+    let got = h.wait_for(2, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(
+        got[0].content.as_slice(),
+        b"Subject: x\r\n\r\n.dot\r\nbare\r\n..two\r\nand a longer line to make a second chunk\r\n"
+    );
+    assert_eq!(got[1].content.as_slice(), b"Subject: y\r\n\r\nsmall\r\n");
+    // On the wire: not stuffed.
+    let raw = &h.transcripts()[0].data[0];
+    assert!(raw.contains(b"\r\n.dot\r\n") && !raw.contains(b"\r\n..dot"));
+    h.shutdown().await;
+
+    let h = fake("163", "bdat-163", vec![]).await;
+    let mut cfg = upstream(&h, TlsMode::Implicit, alice());
+    cfg.bdat = Some(16);
+    let mut up = Upstream::connect(&cfg).await.unwrap();
+    up.envelope(
+        &from("alice@163.com"),
+        &MailParams::default(),
+        &[to("bob@163.com")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(up.data().await.unwrap().code, 354);
+    up.body(b"From: alice@163.com\r\n\r\nhi\r\n").await.unwrap();
+    assert!(up.end_of_data().await.unwrap().is_positive());
+    assert!(up.transcript().iter().any(|l| l == "C: DATA"));
+    up.quit().await;
+    h.shutdown().await;
+}
+
+/// A chunk the upstream refuses (the message grew past its size limit): the refusal is the
+/// message's verdict, and the session goes on after it.
+#[tokio::test]
+async fn a_refused_chunk_is_the_verdict() {
+    let mut config = Config::new(Persona::load("sink").unwrap(), temp_dir("bdat-refused"));
+    config.persona.limits.max_message_size = 40;
+    let h = FakeUpstream::start(config).await.unwrap();
+    let mut cfg = upstream(&h, TlsMode::StartTls, None);
+    cfg.bdat = Some(32);
+    let mut up = Upstream::connect(&cfg).await.unwrap();
+    up.envelope(
+        &from("a@x.example"),
+        &MailParams::default(),
+        &[to("b@y.example")],
+    )
+    .await
+    .unwrap();
+    up.data().await.unwrap();
+    up.body(&[b'a'; 100]).await.unwrap();
+    let reply = up.end_of_data().await.unwrap();
+    assert_eq!(reply.code, 552, "{reply}");
+    up.rset().await.unwrap();
+    up.envelope(
+        &from("a@x.example"),
+        &MailParams::default(),
+        &[to("b@y.example")],
+    )
+    .await
+    .unwrap();
+    up.data().await.unwrap();
+    up.body(b"ok\r\n").await.unwrap();
+    assert!(up.end_of_data().await.unwrap().is_positive());
+    up.quit().await;
     h.shutdown().await;
 }
 
@@ -199,6 +313,7 @@ async fn upstream_down_is_a_451_naming_it() {
         credentials: None,
         timeouts: Timeouts::default(),
         transcript: true,
+        bdat: None,
     };
     let err = Upstream::connect(&config).await.unwrap_err();
     let r = err.client_reply();

@@ -89,6 +89,8 @@ pub enum ClientEvent {
     },
     /// The reply to DATA: on 354 send the body, then call [`ClientSession::data_sent`].
     Data(Reply),
+    /// The reply to a BDAT chunk that was not the last.
+    Chunk(Reply),
     /// The final reply after the end of data.
     Message(Reply),
     Rset(Reply),
@@ -181,6 +183,7 @@ enum Expect {
     Mail,
     Rcpt(usize),
     Data,
+    Chunk,
     Message,
     Rset,
     Noop,
@@ -382,6 +385,7 @@ impl ClientSession {
             Expect::Mail => ClientEvent::Mail(reply),
             Expect::Rcpt(index) => ClientEvent::Rcpt { index, reply },
             Expect::Data => ClientEvent::Data(reply),
+            Expect::Chunk => ClientEvent::Chunk(reply),
             Expect::Message => ClientEvent::Message(reply),
             Expect::Rset => ClientEvent::Rset(reply),
             Expect::Noop => ClientEvent::Noop(reply),
@@ -415,6 +419,19 @@ impl ClientSession {
 
     pub fn data(&mut self) -> Result<Outgoing, ClientError> {
         self.issue(Expect::Data, Command::Data)
+    }
+
+    /// Whether the server takes BDAT (RFC 3030 CHUNKING).
+    pub fn can_chunk(&self) -> bool {
+        self.caps.chunking()
+    }
+
+    /// `BDAT size [LAST]`: the driver writes exactly `size` octets after it. The last chunk's
+    /// reply is the message's final reply ([`ClientEvent::Message`]); the others'
+    /// [`ClientEvent::Chunk`].
+    pub fn bdat(&mut self, size: u64, last: bool) -> Result<Outgoing, ClientError> {
+        let expect = if last { Expect::Message } else { Expect::Chunk };
+        self.issue(expect, Command::Bdat { size, last })
     }
 
     /// The body and its terminator were sent (after a 354): the final reply is owed.

@@ -305,16 +305,21 @@ enum EncodeState {
     Cr,
 }
 
-/// Client-side DATA encoder: CRLF normalisation and dot-stuffing, then `.CRLF`.
+/// Client-side DATA encoder: CRLF normalisation and dot-stuffing, then `.CRLF`. For BDAT
+/// ([`DataEncoder::for_chunks`]) the same normalisation without the stuffing and the
+/// terminator: a message sent in chunks reads the same as one sent in DATA.
 #[derive(Clone, Debug)]
 pub struct DataEncoder {
     state: EncodeState,
+    /// Dot-stuffing and the `.CRLF` terminator (DATA); off for BDAT chunks.
+    stuff: bool,
 }
 
 impl Default for DataEncoder {
     fn default() -> Self {
         DataEncoder {
             state: EncodeState::LineStart,
+            stuff: true,
         }
     }
 }
@@ -322,6 +327,15 @@ impl Default for DataEncoder {
 impl DataEncoder {
     pub fn new() -> DataEncoder {
         DataEncoder::default()
+    }
+
+    /// For BDAT content: line ends made CRLF and NUL left out, no dot-stuffing, and
+    /// [`DataEncoder::finish`] only completes the last line.
+    pub fn for_chunks() -> DataEncoder {
+        DataEncoder {
+            state: EncodeState::LineStart,
+            stuff: false,
+        }
     }
 
     /// Encodes a chunk of message content, appending wire bytes to `out`.
@@ -338,7 +352,7 @@ impl DataEncoder {
                     run = i;
                 }
                 EncodeState::LineStart => {
-                    if input[i] == b'.' {
+                    if input[i] == b'.' && self.stuff {
                         out.extend_from_slice(&input[run..i]);
                         out.push(b'.');
                         run = i;
@@ -385,14 +399,17 @@ impl DataEncoder {
         out.extend_from_slice(&input[run..]);
     }
 
-    /// Ends the message: a CRLF if the content did not end with one, then `.CRLF`.
+    /// Ends the message: a CRLF if the content did not end with one, then `.CRLF` (not for
+    /// chunks).
     pub fn finish(&mut self, out: &mut Vec<u8>) {
         match self.state {
             EncodeState::LineStart => {}
             EncodeState::Mid => out.extend_from_slice(b"\r\n"),
             EncodeState::Cr => out.push(b'\n'),
         }
-        out.extend_from_slice(b".\r\n");
+        if self.stuff {
+            out.extend_from_slice(b".\r\n");
+        }
         self.state = EncodeState::LineStart;
     }
 
@@ -491,5 +508,19 @@ mod tests {
         assert_eq!(scan(&[b"a\r", b"b"]), (1, 0, 0));
         assert_eq!(scan(&[b"\x00.\r\n"]), (0, 0, 1));
         assert_eq!(scan(&[b"\r\r\n\n"]), (1, 1, 0));
+    }
+
+    #[test]
+    fn chunk_encoding_normalises_without_stuffing() {
+        let mut e = DataEncoder::for_chunks();
+        let mut out = Vec::new();
+        e.encode(b".a\nb\r", &mut out);
+        e.encode(b"c\x00.d", &mut out);
+        e.finish(&mut out);
+        assert_eq!(out, b".a\r\nb\r\nc.d\r\n");
+        let mut out = Vec::new();
+        let mut e = DataEncoder::for_chunks();
+        e.finish(&mut out);
+        assert!(out.is_empty(), "no terminator for an empty chunked message");
     }
 }

@@ -125,6 +125,11 @@ pub struct LoadArgs {
     /// takes 1/N of --rate and of --messages, and numbers its messages apart from the others'.
     #[arg(long, value_name = "I/N", value_parser = parse_share)]
     pub share: Option<(u64, u64)>,
+    /// Send each message in BDAT chunks of this many octets (RFC 3030; 262144 when no size
+    /// is given) when the server offers CHUNKING, not DATA. With --self, the relay sends
+    /// BDAT to the sink too.
+    #[arg(long, value_name = "OCTETS", num_args = 0..=1, default_missing_value = "262144")]
+    pub bdat: Option<usize>,
 }
 
 /// `smtp-relay load report`.
@@ -189,6 +194,7 @@ impl LoadArgs {
                 None => crate::upstream_tls::public_roots(),
             });
         }
+        server.bdat = self.bdat.map(|n| n.max(1));
         if let Some(auth) = &self.auth {
             let (user, code) = auth
                 .split_once(':')
@@ -356,7 +362,7 @@ async fn run_inner(args: LoadArgs) -> Result<ExitCode, String> {
         super::sweep::FaultControl::api(url, args.fake_token.clone(), args.fake_server.clone())
     });
     if args.self_test {
-        let setup = SelfSetup::start(args.queue).await?;
+        let setup = SelfSetup::start(args.queue, args.bdat).await?;
         setup.sink.set_faults(base.clone());
         let direct = args.workload(&setup.sink.addr().to_string())?;
         let relayed = args.workload(&setup.relay.addr().to_string())?;
@@ -450,7 +456,7 @@ async fn sweep(
     }
     let recovery = Duration::from_secs_f64(args.recovery);
     let self_setup = if args.self_test {
-        Some(SelfSetup::start(args.queue).await?)
+        Some(SelfSetup::start(args.queue, args.bdat).await?)
     } else {
         None
     };
@@ -585,8 +591,9 @@ impl Drop for TempDir {
 }
 
 impl SelfSetup {
-    /// The sink and the relay; with `queue`, the relay stores and forwards.
-    pub async fn start(queue: bool) -> Result<SelfSetup, String> {
+    /// The sink and the relay; with `queue`, the relay stores and forwards; with `bdat`, it
+    /// sends the sink BDAT chunks of that size.
+    pub async fn start(queue: bool, bdat: Option<usize>) -> Result<SelfSetup, String> {
         // SMTP_RELAY_LOAD_DIR: where the relay's spool goes (e.g. a tmpfs, to measure the
         // relay without the disk).
         let base = std::env::var_os("SMTP_RELAY_LOAD_DIR")
@@ -618,6 +625,7 @@ impl SelfSetup {
             .map_err(|e| format!("the sink: {e}"))?;
         let mut upstream = super::plain_server(sink.addr());
         upstream.name = format!("sink {}", sink.addr());
+        upstream.bdat = bdat;
         let listen: SocketAddr = "127.0.0.1:0".parse().expect("an address");
         let mut relay_config =
             crate::relay::RelayConfig::new("relay.load", listen, dir.join("spool"), upstream);

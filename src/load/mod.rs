@@ -623,6 +623,7 @@ pub fn plain_server(addr: std::net::SocketAddr) -> UpstreamConfig {
             data_end: Duration::from_secs(60),
         },
         transcript: false,
+        bdat: None,
     }
 }
 

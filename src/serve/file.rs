@@ -241,4 +241,11 @@ pub(super) struct FileUpstream {
     pub(super) password_env: Option<String>,
     /// ...or in this file (first line).
     pub(super) password_file: Option<PathBuf>,
+    /// BDAT (RFC 3030) when the upstream offers CHUNKING; `false`: always DATA.
+    #[serde(default = "yes")]
+    pub(super) bdat: bool,
+}
+
+fn yes() -> bool {
+    true
 }

@@ -180,6 +180,7 @@ pub(super) fn upstream_config(
         credentials,
         timeouts: ctx.timeouts,
         transcript: true,
+        bdat: u.bdat.then_some(crate::upstream::BDAT_CHUNK),
     })
 }
 

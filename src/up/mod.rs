@@ -158,6 +158,7 @@ pub async fn start(args: &UpArgs) -> Result<Up, String> {
             ..Timeouts::default()
         },
         transcript: true,
+        bdat: Some(crate::upstream::BDAT_CHUNK),
     };
     let (qq, routes) = qq_mx(args, data, &files, &upstream).await?;
     let mut config = RelayConfig {

@@ -70,7 +70,14 @@ pub struct UpstreamConfig {
     /// Record `C:`/`S:` lines (off for load runs and relays without transcripts: no
     /// allocation per command).
     pub transcript: bool,
+    /// Send the content in BDAT chunks of (at least) this many octets when the upstream
+    /// offers CHUNKING (RFC 3030: no dot-stuffing, no terminator scan on its side); `None`:
+    /// always DATA.
+    pub bdat: Option<usize>,
 }
+
+/// The chunk size the relay uses towards an upstream that offers CHUNKING.
+pub const BDAT_CHUNK: usize = 256 * 1024;
 
 impl fmt::Debug for UpstreamConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -82,6 +82,8 @@ impl Upstream {
             tls_info,
             messages: 0,
             slot: None,
+            bdat: config.bdat,
+            chunks: None,
         };
         up.handshake_times.push((Phase::Connect, connected));
         if let Some(tls) = tls_time {

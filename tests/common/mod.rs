@@ -29,6 +29,7 @@ pub fn upstream_config(fake: &Handle, name: &str, server_name: &str) -> Upstream
             ..Timeouts::default()
         },
         transcript: true,
+        bdat: None,
     }
 }
 

@@ -533,6 +533,7 @@ pub(super) fn upstream_config(
             ..Timeouts::default()
         },
         transcript: true,
+        bdat: None,
     })
 }
 
