@@ -37,6 +37,31 @@ pub(super) struct Client {
     pub(super) data_written: bool,
     pub(super) at_line: usize,
     pub(super) at_step: String,
+    /// A message going in BDAT chunks (RFC 3030), followed from the bytes written.
+    pub(super) bdat: Option<BdatSend>,
+    /// A command line written in part (the rest comes with a later write).
+    pub(super) partial: Vec<u8>,
+    /// What each command written and not yet answered is (to know which reply is a BDAT
+    /// message's final one); a DATA message's final reply is `awaiting_final`'s.
+    pub(super) owed: std::collections::VecDeque<Owed>,
+}
+
+/// A BDAT message as the client sends it.
+#[derive(Default)]
+pub(super) struct BdatSend {
+    /// Octets of the chunk under way still to come, and whether it is the last.
+    left: u64,
+    last: bool,
+    msg: Vec<u8>,
+    scan: smtp_wire::ChunkScan,
+}
+
+/// A reply the relay owes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Owed {
+    Other,
+    /// The final reply to message `sent[i]`, sent in BDAT.
+    Final(usize),
 }
 
 pub(super) struct Conn {
@@ -71,6 +96,9 @@ impl Client {
             data_written: false,
             at_line: 0,
             at_step: String::new(),
+            bdat: None,
+            partial: Vec::new(),
+            owed: Default::default(),
         }
     }
 
@@ -106,7 +134,8 @@ impl Client {
             };
             self.note(format!("C: {shown}"));
         }
-        self.track_data(&bytes);
+        let content = self.track_data(&bytes);
+        self.track_commands(&bytes[content..]);
         self.data_written = bytes.to_ascii_uppercase().ends_with(b"DATA\r\n");
         let conn = self.conn()?;
         match tokio::time::timeout(STEP_WAIT, conn.io.write_all(&bytes)).await {
@@ -119,8 +148,82 @@ impl Client {
         }
     }
 
-    /// Follows the DATA content the client sends after a 354, to know each message.
-    pub(super) fn track_data(&mut self, mut bytes: &[u8]) {
+    /// Follows the commands written (each owes a reply) and the BDAT chunks among them, to
+    /// know each message sent in chunks and which reply is its final one. After a DATA line
+    /// the rest of the write may be content sent ahead of the 354: not counted.
+    pub(super) fn track_commands(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            if let Some(b) = self.bdat.as_mut().filter(|b| b.left > 0) {
+                let take = (b.left as usize).min(bytes.len());
+                b.scan.feed(&bytes[..take]);
+                b.msg.extend_from_slice(&bytes[..take]);
+                b.left -= take as u64;
+                bytes = &bytes[take..];
+                if b.left == 0 && b.last {
+                    self.end_bdat_message();
+                }
+                continue;
+            }
+            let Some(nl) = memchr::memchr(b'\n', bytes) else {
+                self.partial.extend_from_slice(bytes);
+                return;
+            };
+            let mut line = std::mem::take(&mut self.partial);
+            line.extend_from_slice(&bytes[..=nl]);
+            bytes = &bytes[nl + 1..];
+            let text = String::from_utf8_lossy(&line)
+                .trim_end()
+                .to_ascii_uppercase();
+            let mut words = text.split_ascii_whitespace();
+            if words.next() == Some("BDAT")
+                && let Some(size) = words.next().and_then(|n| n.parse::<u64>().ok())
+            {
+                let last = words.next() == Some("LAST");
+                self.owed.push_back(if last {
+                    Owed::Final(self.sent.len())
+                } else {
+                    Owed::Other
+                });
+                let b = self.bdat.get_or_insert_with(BdatSend::default);
+                b.left = size;
+                b.last = last;
+                if size == 0 && last {
+                    self.end_bdat_message();
+                }
+                continue;
+            }
+            self.owed.push_back(Owed::Other);
+            match text.as_str() {
+                "DATA" => return,
+                "RSET" => self.bdat = None,
+                _ => {}
+            }
+        }
+    }
+
+    /// The last chunk of a BDAT message was written: the message is the client's.
+    fn end_bdat_message(&mut self) {
+        let Some(mut b) = self.bdat.take() else {
+            return;
+        };
+        b.scan.finish();
+        self.bare.push(b.scan.bare_cr + b.scan.bare_lf > 0);
+        self.sent.push(b.msg);
+        self.finals.push(None);
+    }
+
+    /// A new connection: what the old one owed is not coming; the greeting is.
+    pub(super) fn connected(&mut self) {
+        self.owed.clear();
+        self.owed.push_back(Owed::Other);
+        self.partial.clear();
+        self.bdat = None;
+    }
+
+    /// Follows the DATA content the client sends after a 354, to know each message; how many
+    /// leading octets of `bytes` were that content.
+    pub(super) fn track_data(&mut self, mut bytes: &[u8]) -> usize {
+        let all = bytes.len();
         let scan = |seen: &mut (bool, u8), part: &[u8]| {
             for &b in part {
                 seen.0 |= (seen.1 == b'\r' && b != b'\n') || (b == b'\n' && seen.1 != b'\r');
@@ -131,7 +234,7 @@ impl Client {
             match decoder.decode(bytes, out) {
                 DataProgress::NeedMore => {
                     scan(&mut self.bare_now, bytes);
-                    return;
+                    return all;
                 }
                 DataProgress::Done { consumed } => {
                     scan(&mut self.bare_now, &bytes[..consumed]);
@@ -148,6 +251,7 @@ impl Client {
                 }
             }
         }
+        all - bytes.len()
     }
 
     pub(super) async fn read_reply(&mut self) -> Result<Reply, String> {
@@ -164,6 +268,10 @@ impl Client {
                         if let Some(last) = self.finals.last_mut() {
                             *last = Some(reply.clone());
                         }
+                    } else if let Some(Owed::Final(i)) = self.owed.pop_front()
+                        && let Some(f) = self.finals.get_mut(i)
+                    {
+                        *f = Some(reply.clone());
                     }
                     if reply.code == 354 && self.data.is_none() {
                         self.data = Some((

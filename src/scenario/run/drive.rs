@@ -233,6 +233,7 @@ async fn connect(env: &Env, c: &mut Client, tls: bool) -> Result<(), String> {
         replies: ClientConnection::keeping_bare_line_ends(MAX_REPLY_LINE),
         eof: false,
     });
+    c.connected();
     c.note(format!(
         "* connected to the relay{}",
         if tls { " (implicit TLS)" } else { "" }
