@@ -28,6 +28,9 @@ enum Action {
     Auth(bool),
     /// DATA, then a body in two writes split at a point, then the terminator.
     Message(Vec<String>, usize),
+    /// The body in BDAT chunks cut at these points (RFC 3030), the last with LAST, or all
+    /// without and then `BDAT 0 LAST`; pipelined in one write or each chunk on its own.
+    Chunks(Vec<String>, Vec<usize>, bool, bool),
 }
 
 fn command() -> impl Strategy<Value = String> {
@@ -81,6 +84,13 @@ fn action() -> impl Strategy<Value = Action> {
         1 => any::<bool>().prop_map(Action::Auth),
         2 => (prop::collection::vec(body_line(), 0..8), 0usize..400)
             .prop_map(|(b, split)| Action::Message(b, split)),
+        2 => (
+            prop::collection::vec(body_line(), 0..8),
+            prop::collection::vec(0usize..400, 0..4),
+            any::<bool>(),
+            any::<bool>(),
+        )
+            .prop_map(|(b, cuts, zero_last, pipelined)| Action::Chunks(b, cuts, zero_last, pipelined)),
     ]
 }
 
@@ -153,6 +163,44 @@ fn scenario() -> impl Strategy<Value = Scenario> {
                             }
                             .into(),
                         });
+                        push(Step::Drain);
+                    }
+                    Action::Chunks(lines, cuts, zero_last, pipelined) => {
+                        let mut body = b"From: alice@163.com\r\n".to_vec();
+                        for l in lines {
+                            body.extend(unescaped(&l));
+                            body.extend_from_slice(b"\r\n");
+                        }
+                        let mut cuts: Vec<usize> =
+                            cuts.into_iter().map(|c| c.min(body.len())).collect();
+                        cuts.sort_unstable();
+                        cuts.dedup();
+                        let mut pieces = Vec::new();
+                        let mut at = 0;
+                        for c in cuts.into_iter().chain([body.len()]) {
+                            if c > at || pieces.is_empty() {
+                                pieces.push(&body[at..c]);
+                                at = c;
+                            }
+                        }
+                        let n = pieces.len();
+                        for (i, piece) in pieces.iter().enumerate() {
+                            let last = i + 1 == n && !zero_last;
+                            let mut bytes = format!(
+                                "BDAT {}{}\r\n",
+                                piece.len(),
+                                if last { " LAST" } else { "" }
+                            )
+                            .into_bytes();
+                            bytes.extend_from_slice(piece);
+                            push(Step::Send(bytes));
+                            if !pipelined {
+                                push(Step::Drain);
+                            }
+                        }
+                        if zero_last {
+                            push(Step::Send(b"BDAT 0 LAST\r\n".to_vec()));
+                        }
                         push(Step::Drain);
                     }
                     Action::Message(lines, split) => {

@@ -164,13 +164,34 @@ impl Client {
                 }
                 continue;
             }
-            let Some(nl) = memchr::memchr(b'\n', bytes) else {
-                self.partial.extend_from_slice(bytes);
-                return;
+            // Lines end at CRLF only, as the relay frames them (a bare LF is inside a line);
+            // a CR that ends one write and an LF that starts the next are one line end.
+            let line = if self.partial.is_empty() {
+                let Some(end) = memchr::memmem::find(bytes, b"\r\n") else {
+                    self.partial.extend_from_slice(bytes);
+                    return;
+                };
+                let line = bytes[..end + 2].to_vec();
+                bytes = &bytes[end + 2..];
+                line
+            } else {
+                // The end of a line begun in an earlier write (its CR may end that write).
+                let cr_before =
+                    self.partial.last() == Some(&b'\r') && bytes.first() == Some(&b'\n');
+                let end = if cr_before {
+                    Some(1)
+                } else {
+                    memchr::memmem::find(bytes, b"\r\n").map(|e| e + 2)
+                };
+                let Some(end) = end else {
+                    self.partial.extend_from_slice(bytes);
+                    return;
+                };
+                let mut line = std::mem::take(&mut self.partial);
+                line.extend_from_slice(&bytes[..end]);
+                bytes = &bytes[end..];
+                line
             };
-            let mut line = std::mem::take(&mut self.partial);
-            line.extend_from_slice(&bytes[..=nl]);
-            bytes = &bytes[nl + 1..];
             let text = String::from_utf8_lossy(&line)
                 .trim_end()
                 .to_ascii_uppercase();
