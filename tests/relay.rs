@@ -304,6 +304,31 @@ async fn bdat_content_with_a_smuggled_end_is_refused() {
     s.relay.shutdown().await;
 }
 
+/// The data timeout holds inside a BDAT chunk as inside DATA: a client that announces 100
+/// octets and sends 10 is closed with `421 4.4.2` after the data timeout (1 s here), not the
+/// command timeout (30 s); nothing reaches the upstream.
+#[tokio::test]
+async fn a_stalled_bdat_chunk_ends_at_the_data_timeout() {
+    let s = setup_with("bdat-stall", vec![], |c| {
+        c.data_timeout = Duration::from_secs(1);
+        c.command_timeout = Duration::from_secs(30);
+        c.min_data_rate = 0;
+    })
+    .await;
+    let (mut c, _) = s.login("ALICEAUTHCODE163").await;
+    c.cmd("MAIL FROM:<alice@163.com>").await;
+    c.cmd("RCPT TO:<bob@163.com>").await;
+    let t = std::time::Instant::now();
+    c.send_raw(b"BDAT 100 LAST\r\nFrom: a\r\n").await;
+    let r = c.reply().await;
+    assert_eq!((r.code, r.enhanced), (421, Some((4, 4, 2))), "{r}");
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    assert!(c.closed().await);
+    s.fake.shutdown().await;
+    assert!(s.fake.received().is_empty());
+    s.relay.shutdown().await;
+}
+
 #[tokio::test]
 async fn starttls_and_implicit_tls_towards_the_relay() {
     let s = setup("tls", vec![]).await;
