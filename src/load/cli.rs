@@ -520,26 +520,7 @@ async fn sweep(
     }
     let title = format!("{} under {template}", describe(&w, &target));
     smtp_net::say(&report::sweep_table(&title, &done, hold, recovery));
-    if let Some(path) = &args.json {
-        std::fs::write(path, report::sweep_json(&title, &done, hold, recovery))
-            .map_err(|e| format!("--json {}: {e}", path.display()))?;
-    }
-    if let Some(path) = &args.html {
-        std::fs::write(path, report::sweep_html(&title, &done, hold, recovery))
-            .map_err(|e| format!("--html {}: {e}", path.display()))?;
-    }
-    if let Some(path) = &args.hlog {
-        let mut all = Vec::new();
-        for s in &done {
-            let log = stats::interval_log(
-                &s.outcome.intervals,
-                s.outcome.started_at,
-                &format!("smtp-relay load --sweep: {}", s.label),
-            )?;
-            all.extend_from_slice(&log);
-        }
-        std::fs::write(path, all).map_err(|e| format!("--hlog {}: {e}", path.display()))?;
-    }
+    write_sweep_reports(args, &title, &done, hold, recovery)?;
     control.set(&[]).await?;
     if let Some(s) = self_setup {
         s.relay.shutdown().await;
@@ -553,6 +534,37 @@ async fn sweep(
             ExitCode::SUCCESS
         },
     )
+}
+
+/// `--json`, `--html` and `--hlog` for a sweep.
+fn write_sweep_reports(
+    args: &LoadArgs,
+    title: &str,
+    done: &[super::sweep::Step],
+    hold: Duration,
+    recovery: Duration,
+) -> Result<(), String> {
+    if let Some(path) = &args.json {
+        std::fs::write(path, report::sweep_json(title, done, hold, recovery))
+            .map_err(|e| format!("--json {}: {e}", path.display()))?;
+    }
+    if let Some(path) = &args.html {
+        std::fs::write(path, report::sweep_html(title, done, hold, recovery))
+            .map_err(|e| format!("--html {}: {e}", path.display()))?;
+    }
+    if let Some(path) = &args.hlog {
+        let mut all = Vec::new();
+        for s in done {
+            let log = stats::interval_log(
+                &s.outcome.intervals,
+                s.outcome.started_at,
+                &format!("smtp-relay load --sweep: {}", s.label),
+            )?;
+            all.extend_from_slice(&log);
+        }
+        std::fs::write(path, all).map_err(|e| format!("--hlog {}: {e}", path.display()))?;
+    }
+    Ok(())
 }
 
 fn describe(w: &Workload, target: &str) -> String {

@@ -9,6 +9,7 @@
 //! AUTH, pipelining, a dot-stuffing encoder, a timeout per phase.
 
 pub mod cli;
+pub mod control;
 pub mod merge;
 pub mod report;
 pub mod stats;

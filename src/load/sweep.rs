@@ -6,14 +6,16 @@
 //! code, what a store-and-forward relay's queue absorbed), and how long after it cleared the
 //! relay was itself again.
 //!
-//! The faults go to a fake upstream of ours: in-process with `--self`, or through its HTTP API
-//! (`--fake-api`, the page of `fake-upstream` or `smtp-relay up`) in front of any relay.
+//! The faults go to a fake upstream of ours ([`FaultControl`]): in-process with `--self`, or
+//! through its HTTP API (`--fake-api`) in front of any relay.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use fake_upstream::Fault;
-use fake_upstream::faults::{fault_text, parse_fault};
+use fake_upstream::faults::parse_fault;
+
+pub use super::control::FaultControl;
 
 use super::stats::{Interval, Phase, Recorder};
 use super::{Outcome, Progress, Run, Workload};
@@ -31,130 +33,6 @@ pub const RECOVERED_RATE: f64 = 0.9;
 /// [`RECOVERED_SLACK`], whichever is more: a sub-millisecond p99 doubles on noise alone).
 pub const RECOVERED_P99: f64 = 2.0;
 pub const RECOVERED_SLACK: Duration = Duration::from_millis(5);
-
-/// Where the faults are set.
-pub enum FaultControl {
-    /// A fake upstream in this process (`--self`).
-    Local(fake_upstream::Handle),
-    /// A fake upstream's HTTP API (`--fake-api http://127.0.0.1:8025`), on its first server
-    /// or the one named.
-    Api {
-        base: String,
-        token: Option<String>,
-        server: Option<String>,
-        client: reqwest::Client,
-    },
-}
-
-impl FaultControl {
-    /// The fake's API at `base` (`http://HOST:PORT`, with or without a trailing `/`).
-    pub fn api(base: &str, token: Option<String>, server: Option<String>) -> FaultControl {
-        FaultControl::Api {
-            base: base.trim_end_matches('/').to_string(),
-            token,
-            server,
-            client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .expect("an HTTP client"),
-        }
-    }
-
-    /// Replaces the fake's scripted faults with `faults`.
-    pub async fn set(&self, faults: &[Fault]) -> Result<(), String> {
-        match self {
-            FaultControl::Local(h) => {
-                h.set_faults(faults.to_vec());
-                Ok(())
-            }
-            FaultControl::Api {
-                base,
-                token,
-                server,
-                client,
-            } => {
-                let with = |r: reqwest::RequestBuilder| {
-                    let r = match server {
-                        Some(s) => r.query(&[("server", s)]),
-                        None => r,
-                    };
-                    match token {
-                        Some(t) => r.bearer_auth(t),
-                        None => r,
-                    }
-                };
-                let url = format!("{base}/api/v1/faults");
-                let check = |what: &str, r: Result<reqwest::Response, reqwest::Error>| {
-                    let r = r.map_err(|e| format!("--fake-api {base}: {what}: {e}"))?;
-                    if r.status().is_success() {
-                        Ok(())
-                    } else {
-                        Err(format!("--fake-api {base}: {what}: HTTP {}", r.status()))
-                    }
-                };
-                check(
-                    "clearing the faults",
-                    with(client.delete(&url)).send().await,
-                )?;
-                for f in faults {
-                    let text = fault_text(f);
-                    check(
-                        &format!("adding {text:?}"),
-                        with(client.post(&url))
-                            .json(&serde_json::json!({ "fault": text }))
-                            .send()
-                            .await,
-                    )?;
-                }
-                Ok(())
-            }
-        }
-    }
-}
-
-impl FaultControl {
-    /// What the fake received of load run `run` (its tally of stamped messages), when it
-    /// tallies them and has seen the run.
-    pub async fn tally(&self, run: u64) -> Result<Option<fake_upstream::loadstamp::Tally>, String> {
-        match self {
-            FaultControl::Local(h) => Ok(h.load_tally(run)),
-            FaultControl::Api {
-                base,
-                token,
-                server,
-                client,
-            } => {
-                let mut r = client.get(format!("{base}/api/v1/load/{run:016x}"));
-                if let Some(s) = server {
-                    r = r.query(&[("server", s)]);
-                }
-                if let Some(t) = token {
-                    r = r.bearer_auth(t);
-                }
-                let r = r
-                    .send()
-                    .await
-                    .map_err(|e| format!("--fake-api {base}: the load tally: {e}"))?;
-                if r.status() == reqwest::StatusCode::NOT_FOUND {
-                    return Ok(None);
-                }
-                if !r.status().is_success() {
-                    return Err(format!(
-                        "--fake-api {base}: the load tally: HTTP {}",
-                        r.status()
-                    ));
-                }
-                let v: serde_json::Value = r
-                    .json()
-                    .await
-                    .map_err(|e| format!("--fake-api {base}: the load tally: {e}"))?;
-                serde_json::from_value(v["tally"].clone())
-                    .map(Some)
-                    .map_err(|e| format!("--fake-api {base}: the load tally: {e}"))
-            }
-        }
-    }
-}
 
 /// The steps of a sweep: each `{a,b,...}` group in `template` taken in turn (several groups:
 /// every combination, the first group slowest), each result read as a fault.
