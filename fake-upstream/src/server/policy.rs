@@ -388,12 +388,14 @@ impl Session {
             if st.received.len() >= self.shared.config.history.max(1) {
                 st.received.pop_front();
             }
-            st.received.push_back(received.clone());
+            // A copy for the page's list only when a page listens (a load run's sink has none).
+            if self.shared.arrivals.receiver_count() > 0 {
+                let _ = self.shared.arrivals.send(received.clone());
+            }
+            st.received.push_back(received);
             st.received_total += 1;
         }
         self.shared.received_notify.notify_waiters();
-        // Nobody listening is not an error.
-        let _ = self.shared.arrivals.send(received);
     }
 }
 
