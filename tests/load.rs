@@ -313,36 +313,22 @@ async fn two_generators_make_one_run_and_one_report() {
     *setup.current.lock().unwrap() = Some(run.clone());
     let dir = fake_upstream::testing::temp_dir("load-two-generators");
     let relay = setup.relay.addr().to_string();
-    let generator = |i: u32| {
-        let (dir, relay) = (dir.clone(), relay.clone());
-        tokio::task::spawn_blocking(move || {
-            std::process::Command::new(env!("CARGO_BIN_EXE_smtp-relay"))
-                .args(["load", "--target", &relay, "--run-id", "5eed000000000042"])
-                .args([
-                    "--share",
-                    &format!("{i}/2"),
-                    "--messages",
-                    "301",
-                    "--size",
-                    "2000",
-                ])
-                .args(["--connections", "3", "--per-connection", "10", "--quiet"])
-                .arg("--hlog")
-                .arg(dir.join(format!("g{i}.hlog")))
-                .arg("--json")
-                .arg(dir.join(format!("g{i}.json")))
-                .output()
-                .unwrap()
-        })
-    };
-    let (a, b) = tokio::join!(generator(1), generator(2));
-    for out in [a.unwrap(), b.unwrap()] {
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    two_generators(
+        &dir,
+        &relay,
+        "5eed000000000042",
+        &[
+            "--messages",
+            "301",
+            "--size",
+            "2000",
+            "--connections",
+            "3",
+            "--per-connection",
+            "10",
+        ],
+    )
+    .await;
     // 301 split as 151 and 150; every number of 0..301 once, intact, at the one sink.
     tokio::time::sleep(Duration::from_millis(300)).await;
     {
@@ -433,28 +419,7 @@ async fn the_fake_counts_a_run_across_generators_for_the_report() {
     .unwrap();
     let dir = fake_upstream::testing::temp_dir("load-tally");
     let target = sink.addr().to_string();
-    let generator = |i: u32| {
-        let (dir, target) = (dir.clone(), target.clone());
-        tokio::task::spawn_blocking(move || {
-            std::process::Command::new(env!("CARGO_BIN_EXE_smtp-relay"))
-                .args(["load", "--target", &target, "--run-id", "00000000000000aa"])
-                .args(["--share", &format!("{i}/2"), "--messages", "200", "--quiet"])
-                .arg("--hlog")
-                .arg(dir.join(format!("g{i}.hlog")))
-                .arg("--json")
-                .arg(dir.join(format!("g{i}.json")))
-                .output()
-                .unwrap()
-        })
-    };
-    let (a, b) = tokio::join!(generator(1), generator(2));
-    for out in [a.unwrap(), b.unwrap()] {
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    two_generators(&dir, &target, "00000000000000aa", &["--messages", "200"]).await;
     let t = sink.load_tally(0xaa).unwrap();
     assert_eq!(
         (t.intact, t.corrupted, t.duplicates, t.unique),
@@ -521,4 +486,33 @@ async fn a_bounded_run_in_bdat_through_the_relay_arrives_intact() {
     );
     setup.relay.shutdown().await;
     setup.sink.shutdown().await;
+}
+
+/// Two `smtp-relay load` processes at once against `target`, sharing run `run_id` (1/2 and
+/// 2/2), each writing `g<i>.hlog` and `g<i>.json` into `dir`; both must succeed.
+async fn two_generators(dir: &std::path::Path, target: &str, run_id: &str, extra: &[&str]) {
+    let generator = |i: u32| {
+        let (dir, target, run_id) = (dir.to_path_buf(), target.to_string(), run_id.to_string());
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_smtp-relay"))
+                .args(["load", "--target", &target, "--run-id", &run_id, "--quiet"])
+                .args(["--share", &format!("{i}/2")])
+                .args(&extra)
+                .arg("--hlog")
+                .arg(dir.join(format!("g{i}.hlog")))
+                .arg("--json")
+                .arg(dir.join(format!("g{i}.json")))
+                .output()
+                .unwrap()
+        })
+    };
+    let (a, b) = tokio::join!(generator(1), generator(2));
+    for out in [a.unwrap(), b.unwrap()] {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
