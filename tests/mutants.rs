@@ -55,5 +55,20 @@ async fn every_mutant_is_caught_and_the_correct_relay_passes() {
         why.contains("MAIL FROM:<ceo@bank.example>") && why.contains("still open"),
         "{why}"
     );
+    // A relay that writes BDAT content out in DATA unstuffed: the dot line inside the chunk
+    // ends the message at the next hop, which reads the rest as a second transaction.
+    let chunks = scores
+        .iter()
+        .find(|s| s.defect == Defect::ChunksNotStuffed)
+        .unwrap();
+    let smuggled = chunks
+        .outcomes
+        .iter()
+        .find(|o| o.name == "bdat-smuggle-crlf-dot-crlf")
+        .unwrap();
+    let Verdict::Fail(why) = &smuggled.verdict else {
+        panic!("{:?}", smuggled.verdict)
+    };
+    assert!(why.contains("boss@example.com"), "{why}");
     let _ = std::fs::remove_dir_all(&work);
 }

@@ -185,21 +185,19 @@ fn scenario() -> impl Strategy<Value = Scenario> {
                         }
                         let n = pieces.len();
                         for (i, piece) in pieces.iter().enumerate() {
-                            let last = i + 1 == n && !zero_last;
-                            let mut bytes = format!(
-                                "BDAT {}{}\r\n",
-                                piece.len(),
-                                if last { " LAST" } else { "" }
-                            )
-                            .into_bytes();
-                            bytes.extend_from_slice(piece);
-                            push(Step::Send(bytes));
+                            push(Step::Bdat {
+                                content: piece.to_vec(),
+                                last: i + 1 == n && !zero_last,
+                            });
                             if !pipelined {
                                 push(Step::Drain);
                             }
                         }
                         if zero_last {
-                            push(Step::Send(b"BDAT 0 LAST\r\n".to_vec()));
+                            push(Step::Bdat {
+                                content: Vec::new(),
+                                last: true,
+                            });
                         }
                         push(Step::Drain);
                     }

@@ -161,6 +161,13 @@ impl ServerConnection {
         )
     }
 
+    /// Whether a message is under way: DATA content, a BDAT chunk, or the BDAT command lines
+    /// between the chunks of one message. A driver's minimum data rate holds over all of it
+    /// (small chunks with pauses between them earn no fresh allowance each).
+    pub fn in_message(&self) -> bool {
+        self.in_data() || self.session.in_chunked_message()
+    }
+
     /// Takes bytes read from the client.
     pub fn receive(&mut self, bytes: &[u8]) {
         self.compact();

@@ -1419,6 +1419,29 @@ fn the_first_bdat_begins_the_message_and_a_refusal_answers_its_chunks() {
     assert_eq!(h.code("NOOP"), 250);
 }
 
+/// Between the chunks of one message the session is still inside it (a driver's minimum data
+/// rate holds over the whole message); before the first BDAT, after the last, and after RSET
+/// it is not.
+#[test]
+fn a_chunked_message_lasts_from_its_first_bdat_to_its_last() {
+    let mut h = Harness::new(chunking()).ehlo();
+    h.cmd("MAIL FROM:<a@x.example>");
+    h.cmd("RCPT TO:<b@y.example>");
+    assert!(!h.session().in_chunked_message());
+    h.feed(b"BDAT 2\r\nab");
+    assert!(h.session().in_chunked_message());
+    h.feed(b"BDAT 2 LAST\r\ncd");
+    assert_eq!(h.codes(), [250, 250]);
+    assert!(!h.session().in_chunked_message());
+    h.cmd("MAIL FROM:<a@x.example>");
+    h.cmd("RCPT TO:<b@y.example>");
+    h.feed(b"BDAT 0\r\n");
+    assert_eq!(h.codes(), [250]);
+    assert!(h.session().in_chunked_message());
+    assert_eq!(h.code("RSET"), 250);
+    assert!(!h.session().in_chunked_message());
+}
+
 #[test]
 fn forward_path_equality_for_postmaster() {
     let a = ForwardPath::Postmaster("Postmaster".into());

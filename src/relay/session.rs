@@ -343,7 +343,8 @@ impl Session {
 }
 
 /// The relay's session under the shared driver ([`smtp_net::server::serve`]): its pace decides
-/// each wait, a message inside DATA finishes before a shutdown takes the session.
+/// each wait, a message under way (DATA, or BDAT chunks) finishes before a shutdown takes the
+/// session.
 impl smtp_net::server::Session for Session {
     fn conn(&mut self) -> &mut ServerConnection {
         &mut self.conn
@@ -359,12 +360,12 @@ impl smtp_net::server::Session for Session {
     async fn process(&mut self, wire: &mut Wire<'_>) -> std::io::Result<Next> {
         let lines_before = self.conn.lines_handled();
         let next = self.events(wire).await;
-        let in_data = self.conn.in_data();
+        let in_message = self.conn.in_message();
         self.pace.processed(
             Instant::now(),
-            in_data,
+            in_message,
             self.conn.lines_handled() != lines_before,
-            !in_data && self.conn.buffered() > 0,
+            !in_message && self.conn.buffered() > 0,
         );
         Ok(next)
     }
@@ -377,7 +378,7 @@ impl smtp_net::server::Session for Session {
     }
 
     fn wait(&mut self) -> Duration {
-        let (wait, limit) = self.pace.wait(Instant::now(), self.conn.in_data());
+        let (wait, limit) = self.pace.wait(Instant::now(), self.conn.in_message());
         self.waiting = (wait, limit);
         wait
     }
@@ -401,10 +402,10 @@ impl smtp_net::server::Session for Session {
     }
 
     fn received(&mut self, n: usize) {
-        self.pace.received(Instant::now(), n, self.conn.in_data());
+        self.pace.received(Instant::now(), n, self.conn.in_message());
     }
 
     fn stops_on_shutdown(&mut self) -> bool {
-        !self.conn.in_data()
+        !self.conn.in_message()
     }
 }

@@ -143,6 +143,16 @@ pub enum Step {
     /// A generated message of this many octets (headers, then 76-character lines of text),
     /// sent as DATA content like `message:`.
     GeneratedMessage(usize),
+    /// One BDAT chunk (RFC 3030): `BDAT <size>` (with ` LAST` when `last`) and the octets,
+    /// the size counted by the runner. Against another relay the scenario's token goes first
+    /// in a message's first chunk (and is counted in its size).
+    Bdat { content: Vec<u8>, last: bool },
+    /// A whole message in BDAT chunks of at most `chunk` octets (one chunk when `None`), the
+    /// last with LAST: a file from `messages/` (CRLF line ends, not dot-stuffed) or generated.
+    BdatMessage {
+        message: MessageSource,
+        chunk: Option<usize>,
+    },
     /// `C: QUIT`, expect 221, expect the close.
     Quit,
     /// Tell the relay to shut down (smtp-relay only), without waiting for it.
@@ -156,6 +166,15 @@ pub enum Step {
     /// `upstream clock +15m`: the fake upstreams' policy clock moves ahead (quotas refill,
     /// bans and `for` faults end) without the scenario waiting for it.
     AdvanceClock(Duration),
+}
+
+/// The content of a `bdat message` step.
+#[derive(Clone, Debug, PartialEq)]
+pub enum MessageSource {
+    /// A file, as `message:` reads it.
+    File(PathBuf),
+    /// A generated message of this many octets, as `message size N` makes it.
+    Generated(usize),
 }
 
 /// What a reply must look like.

@@ -49,11 +49,15 @@ pub enum Defect {
     NoSyntaxCheck,
     /// Adds no `Received:` line (RFC 5321 4.4 says a relay MUST).
     NoTrace,
+    /// Sends a message that came in BDAT chunks on in DATA without dot-stuffing it (BDAT
+    /// content is not stuffed, RFC 3030 2; DATA content must be, RFC 5321 4.5.2): a line
+    /// `.` in a chunk ends the message at the next hop and what follows is read as commands.
+    ChunksNotStuffed,
 }
 
 impl Defect {
     /// Every defect, the correct relay excluded.
-    pub const ALL: [Defect; 11] = [
+    pub const ALL: [Defect; 12] = [
         Defect::LfDotLf,
         Defect::PassesBareLineEnds,
         Defect::Unstuffs,
@@ -65,6 +69,7 @@ impl Defect {
         Defect::DropsBodyParameter,
         Defect::NoSyntaxCheck,
         Defect::NoTrace,
+        Defect::ChunksNotStuffed,
     ];
 
     pub fn name(self) -> &'static str {
@@ -81,6 +86,7 @@ impl Defect {
             Defect::DropsBodyParameter => "drops-body-parameter",
             Defect::NoSyntaxCheck => "no-syntax-check",
             Defect::NoTrace => "no-trace",
+            Defect::ChunksNotStuffed => "chunks-not-stuffed",
         }
     }
 
@@ -101,6 +107,9 @@ impl Defect {
             Defect::DropsBodyParameter => "leaves BODY=8BITMIME out of the MAIL sent upstream",
             Defect::NoSyntaxCheck => "passes bad EHLO names and paths on instead of refusing them",
             Defect::NoTrace => "adds no Received: line",
+            Defect::ChunksNotStuffed => {
+                "sends BDAT content on in DATA without dot-stuffing it (smuggling)"
+            }
         }
     }
 }
@@ -216,6 +225,19 @@ impl Input {
                 return Ok(None);
             }
         }
+    }
+
+    /// Exactly `n` octets (a BDAT chunk).
+    async fn exact(&mut self, n: usize) -> std::io::Result<Vec<u8>> {
+        while self.buf.len() < n {
+            if !self.more().await? {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "closed in a BDAT chunk",
+                ));
+            }
+        }
+        Ok(self.buf.drain(..n).collect())
     }
 
     /// The message content up to its terminator (taken off too), and the content's length
@@ -382,6 +404,8 @@ async fn drive(
     out.write_all(format!("220 mutant.test ESMTP ({})\r\n", defect.name()).as_bytes())
         .await?;
     let (mut mail_ok, mut rcpts) = (false, 0u32);
+    // The chunks of a message in BDAT so far (RFC 3030), or `None` when one was refused.
+    let mut chunks: Option<Vec<u8>> = Some(Vec::new());
     while let Some(line) = input.line().await? {
         let text = String::from_utf8_lossy(&line);
         let verb = text
@@ -412,8 +436,9 @@ async fn drive(
                     up.command(b"RSET\r\n").await?;
                     (mail_ok, rcpts) = (false, 0);
                 }
+                chunks = Some(Vec::new());
                 out.write_all(
-                    b"250-mutant.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 67108864\r\n",
+                    b"250-mutant.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-CHUNKING\r\n250 SIZE 67108864\r\n",
                 )
                 .await?
             }
@@ -437,6 +462,48 @@ async fn drive(
                 if !data(input, out, up, defect).await? {
                     return Ok(());
                 }
+            }
+            // RFC 3030 2: the chunk is read whatever the verdict; the message goes on in DATA
+            // when its last chunk came.
+            "BDAT" => {
+                let mut words = text.split_whitespace().skip(1);
+                let size = words.next().and_then(|n| n.parse::<usize>().ok());
+                let last = words
+                    .next()
+                    .is_some_and(|w| w.eq_ignore_ascii_case("LAST"));
+                let Some(size) = size.filter(|n| *n <= MAX_MESSAGE) else {
+                    out.write_all(b"501 5.5.4 BDAT needs a size\r\n").await?;
+                    return Ok(());
+                };
+                let chunk = input.exact(size).await?;
+                let taken = chunks.as_mut().filter(|c| c.len() + size <= MAX_MESSAGE);
+                match taken {
+                    _ if !(mail_ok && rcpts > 0) => {
+                        out.write_all(b"503 5.5.1 MAIL and RCPT first\r\n").await?
+                    }
+                    None => {
+                        chunks = None;
+                        out.write_all(b"552 5.3.4 message refused\r\n").await?
+                    }
+                    Some(c) if !last => {
+                        c.extend_from_slice(&chunk);
+                        let said = format!("250 2.0.0 {} octets\r\n", c.len());
+                        out.write_all(said.as_bytes()).await?
+                    }
+                    Some(c) => {
+                        c.extend_from_slice(&chunk);
+                        let content = std::mem::take(c);
+                        (mail_ok, rcpts) = (false, 0);
+                        deliver(content, true, out, up, defect).await?;
+                    }
+                }
+                if last {
+                    chunks = Some(Vec::new());
+                }
+            }
+            "RSET" | "MAIL" => {
+                chunks = Some(Vec::new());
+                forward(&line, &verb, out, up, defect, (&mut mail_ok, &mut rcpts)).await?
             }
             "RCPT" if defect == Defect::DropsRecipient && rcpts > 0 => {
                 rcpts += 1;
@@ -468,16 +535,32 @@ async fn data(
 ) -> std::io::Result<bool> {
     out.write_all(b"354 End data with <CR><LF>.<CR><LF>\r\n")
         .await?;
-    let Some(mut content) = input.content(defect == Defect::LfDotLf).await? else {
+    let Some(content) = input.content(defect == Defect::LfDotLf).await? else {
         out.write_all(b"552 5.3.4 message too big\r\n").await?;
         return Ok(false);
     };
+    deliver(content, false, out, up, defect).await?;
+    Ok(true)
+}
+
+/// A message to the upstream in DATA: `content` as DATA content came (dot-stuffed), or as
+/// BDAT chunks did (`chunked`: to be stuffed here), checked and changed as the defect has it.
+async fn deliver(
+    mut content: Vec<u8>,
+    chunked: bool,
+    out: &mut OwnedWriteHalf,
+    up: &mut Upstream,
+    defect: Defect,
+) -> std::io::Result<()> {
     let lenient = matches!(defect, Defect::LfDotLf | Defect::PassesBareLineEnds);
     if !lenient && unclean(&content) {
         out.write_all(b"550 5.6.0 bare CR, bare LF or NUL in the message\r\n")
             .await?;
         up.command(b"RSET\r\n").await?;
-        return Ok(true);
+        return Ok(());
+    }
+    if chunked && defect != Defect::ChunksNotStuffed {
+        content = stuff(&content);
     }
     if defect == Defect::Unstuffs {
         content = unstuff(&content);
@@ -496,7 +579,7 @@ async fn data(
     let r = up.command(b"DATA\r\n").await?;
     if code(&r) != 354 {
         out.write_all(&r).await?;
-        return Ok(true);
+        return Ok(());
     }
     if defect == Defect::AnswersEarly {
         out.write_all(b"250 2.0.0 OK (answered early)\r\n").await?;
@@ -513,7 +596,7 @@ async fn data(
         }
         _ => out.write_all(&r).await?,
     }
-    Ok(true)
+    Ok(())
 }
 
 /// A command the upstream answers: forwarded (changed as the defect has it), its reply
@@ -573,6 +656,20 @@ fn without_source_route(line: &[u8]) -> Vec<u8> {
         Some(colon) => [&line[..=open], &line[open + colon + 1..]].concat(),
         None => line.to_vec(),
     }
+}
+
+/// Content dot-stuffed for DATA (a line starting with `.` gets another).
+fn stuff(content: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(content.len() + 16);
+    let mut at_line_start = true;
+    for &b in content {
+        if at_line_start && b == b'.' {
+            out.push(b'.');
+        }
+        out.push(b);
+        at_line_start = b == b'\n';
+    }
+    out
 }
 
 fn unstuff(content: &[u8]) -> Vec<u8> {

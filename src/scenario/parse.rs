@@ -79,7 +79,9 @@ impl<'a> Parser<'a> {
         // `C:` and `raw:` keep their text as is (a `#` there is content).
         let line = raw.trim_end_matches('\r');
         let trimmed = line.trim_start();
-        let is_data = trimmed.starts_with("C:") || trimmed.starts_with("raw:");
+        let is_data = ["C:", "raw:", "bdat:", "bdat last:"]
+            .iter()
+            .any(|p| trimmed.starts_with(p));
         let line = if is_data {
             trimmed
         } else {
@@ -114,9 +116,18 @@ impl<'a> Parser<'a> {
             self.sc.steps.push(step(Step::Send(bytes)));
             return Ok(());
         }
+        for (prefix, last) in [("bdat:", false), ("bdat last:", true)] {
+            if let Some(rest) = line.strip_prefix(prefix) {
+                let rest = rest.strip_prefix(' ').unwrap_or(rest);
+                let content = unescape(rest).map_err(|m| self.error(n, m))?;
+                self.sc.steps.push(step(Step::Bdat { content, last }));
+                return Ok(());
+            }
+        }
         let (key, value) = match line.split_once(':') {
             Some((k, v))
                 if !k.contains(' ')
+                    || k == "bdat message"
                     || k.starts_with("fault ")
                     || k.starts_with("route ")
                     || k.starts_with("expect ") =>
@@ -139,7 +150,7 @@ impl<'a> Parser<'a> {
             Ok(false) => Err(self.error(
                 n,
                 format!(
-                    "{key:?}: not a scenario line (see scenarios/README.md: C:, S:, raw:, connect, starttls, auth, message, quit, expect ..., upstream, fault, route, relay)"
+                    "{key:?}: not a scenario line (see scenarios/README.md: C:, S:, raw:, bdat:, connect, starttls, auth, message, quit, expect ..., upstream, fault, route, relay)"
                 ),
             )),
             Err(m) => Err(self.error(n, m)),
@@ -364,6 +375,25 @@ impl<'a> Parser<'a> {
                 .sc
                 .steps
                 .push(step(Step::Message(PathBuf::from(value)))),
+            k if k.starts_with("bdat message size ") => {
+                let (n, chunk) = chunked(&k[18..])?;
+                let n = n
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| *n <= 512 * 1024 * 1024)
+                    .ok_or_else(|| format!("{n:?}: expected a size in octets (at most 512 MiB)"))?;
+                self.sc.steps.push(step(Step::BdatMessage {
+                    message: MessageSource::Generated(n),
+                    chunk,
+                }))
+            }
+            "bdat message" => {
+                let (file, chunk) = chunked(value)?;
+                self.sc.steps.push(step(Step::BdatMessage {
+                    message: MessageSource::File(PathBuf::from(file)),
+                    chunk,
+                }))
+            }
             k if k.starts_with("sleep ") => self.sc.steps.push(step(Step::Sleep(
                 parse_duration(&k[6..]).map_err(|e| e.to_string())?,
             ))),
@@ -470,5 +500,22 @@ impl<'a> Parser<'a> {
             _ => return Ok(false),
         }
         Ok(true)
+    }
+}
+
+/// `WHAT` or `WHAT chunks N` (a `bdat message` step): WHAT, and the chunk size.
+fn chunked(text: &str) -> Result<(&str, Option<usize>), String> {
+    let text = text.trim();
+    match text.rsplit_once(" chunks ") {
+        Some((what, n)) => {
+            let n = n
+                .trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=512 * 1024 * 1024).contains(n))
+                .ok_or_else(|| format!("{n:?}: expected a chunk size in octets (1 to 512 MiB)"))?;
+            Ok((what.trim(), Some(n)))
+        }
+        None => Ok((text, None)),
     }
 }

@@ -307,3 +307,50 @@ fn a_quota_that_refills_and_the_upstream_clock() {
         assert!(e.message.contains(says), "{bad:?}: {e}");
     }
 }
+
+#[test]
+fn bdat_steps_count_their_own_sizes() {
+    let text = "connect\nbdat: Subject: x\\r\\n #not a comment\nbdat last:\nbdat last:  lead\nbdat message: hello.eml chunks 64\nbdat message size 5000 chunks 1000\nbdat message: two words.eml\n";
+    let sc = Scenario::parse(text, Path::new("bdat.scn")).unwrap();
+    let items: Vec<Step> = sc.steps.iter().map(|l| l.item.clone()).collect();
+    assert_eq!(
+        items[1..],
+        [
+            Step::Bdat {
+                content: b"Subject: x\r\n #not a comment".to_vec(),
+                last: false
+            },
+            Step::Bdat {
+                content: Vec::new(),
+                last: true
+            },
+            Step::Bdat {
+                content: b" lead".to_vec(),
+                last: true
+            },
+            Step::BdatMessage {
+                message: MessageSource::File("hello.eml".into()),
+                chunk: Some(64)
+            },
+            Step::BdatMessage {
+                message: MessageSource::Generated(5000),
+                chunk: Some(1000)
+            },
+            Step::BdatMessage {
+                message: MessageSource::File("two words.eml".into()),
+                chunk: None
+            },
+        ]
+    );
+    let again = Scenario::parse(&sc.to_text(), Path::new("bdat.scn")).unwrap();
+    let again: Vec<Step> = again.steps.iter().map(|l| l.item.clone()).collect();
+    assert_eq!(again, items);
+    for (bad, says) in [
+        ("connect\nbdat message size 10 chunks 0\n", "a chunk size"),
+        ("connect\nbdat message: a.eml chunks x\n", "a chunk size"),
+        ("connect\nbdat: \\q\n", "escape"),
+    ] {
+        let e = Scenario::parse(bad, Path::new("bad.scn")).unwrap_err();
+        assert!(e.message.contains(says), "{bad}: {e}");
+    }
+}

@@ -97,6 +97,22 @@ pub(super) fn step_text(step: &Step, s: &mut String) {
         Step::Shutdown => s.push_str("shutdown\n"),
         Step::Drain => s.push_str("drain\n"),
         Step::GeneratedMessage(n) => s.push_str(&format!("message size {n}\n")),
+        Step::Bdat { content, last } => s.push_str(&format!(
+            "bdat{}: {}\n",
+            if *last { " last" } else { "" },
+            escape(content)
+        )),
+        Step::BdatMessage { message, chunk } => {
+            let chunks = chunk.map(|n| format!(" chunks {n}")).unwrap_or_default();
+            match message {
+                MessageSource::File(p) => {
+                    s.push_str(&format!("bdat message: {}{chunks}\n", p.display()))
+                }
+                MessageSource::Generated(n) => {
+                    s.push_str(&format!("bdat message size {n}{chunks}\n"))
+                }
+            }
+        }
     }
 }
 

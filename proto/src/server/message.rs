@@ -60,6 +60,12 @@ impl ServerSession {
         self.chunked
     }
 
+    /// Whether a message is coming in BDAT chunks: its transaction's first BDAT was taken
+    /// and its last one not yet (a driver's data rate holds between the chunks too).
+    pub fn in_chunked_message(&self) -> bool {
+        self.chunks_begun || self.chunked > 0
+    }
+
     /// The chunk announced by the last BDAT was read (and kept by the driver unless this
     /// returns a refusal).
     pub fn handle_chunk_end(&mut self) -> Step {

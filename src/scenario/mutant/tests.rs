@@ -35,6 +35,8 @@ fn unclean_and_unstuff() {
     assert!(unclean(b"a\rb"));
     assert!(unclean(b"a\0"));
     assert_eq!(unstuff(b"..a\r\nb..\r\n..\r\n"), b".a\r\nb..\r\n.\r\n");
+    assert_eq!(stuff(b".a\r\nb.\r\n.\r\n"), b"..a\r\nb.\r\n..\r\n");
+    assert_eq!(unstuff(&stuff(b".\r\n..x\r\n")), b".\r\n..x\r\n");
 }
 
 #[test]

@@ -44,6 +44,9 @@ pub(super) struct Client {
     /// What each command written and not yet answered is (to know which reply is a BDAT
     /// message's final one); a DATA message's final reply is `awaiting_final`'s.
     pub(super) owed: std::collections::VecDeque<Owed>,
+    /// A message begun by `bdat` steps has not had its last chunk: its first chunk carried
+    /// the token (against another relay), the next ones do not.
+    pub(super) bdat_open: bool,
 }
 
 /// A BDAT message as the client sends it.
@@ -99,6 +102,7 @@ impl Client {
             bdat: None,
             partial: Vec::new(),
             owed: Default::default(),
+            bdat_open: false,
         }
     }
 
@@ -222,6 +226,33 @@ impl Client {
         }
     }
 
+    /// Buffers a BDAT chunk, its size counted: `BDAT <size>[ LAST]` and the octets. Against
+    /// another relay the scenario's token goes first in a message's first chunk.
+    pub(super) fn bdat_chunk(&mut self, content: &[u8], last: bool) {
+        let token = match &self.token {
+            Some(t) if !self.bdat_open => t.as_bytes(),
+            _ => &[],
+        };
+        let size = token.len() + content.len();
+        let command = format!("BDAT {size}{}\r\n", if last { " LAST" } else { "" });
+        self.pending.extend_from_slice(command.as_bytes());
+        self.pending.extend_from_slice(token);
+        self.pending.extend_from_slice(content);
+        self.bdat_open = !last;
+    }
+
+    /// A command line the scenario sends: one that begins a transaction (or ends one) ends
+    /// a message of `bdat` steps left without its last chunk.
+    pub(super) fn command_sent(&mut self, bytes: &[u8]) {
+        let upper = bytes.to_ascii_uppercase();
+        if [&b"RSET"[..], b"MAIL", b"EHLO", b"HELO"]
+            .iter()
+            .any(|verb| upper.starts_with(verb))
+        {
+            self.bdat_open = false;
+        }
+    }
+
     /// The last chunk of a BDAT message was written: the message is the client's.
     fn end_bdat_message(&mut self) {
         let Some(mut b) = self.bdat.take() else {
@@ -229,7 +260,11 @@ impl Client {
         };
         b.scan.finish();
         self.bare.push(b.scan.bare_cr + b.scan.bare_lf > 0);
-        self.sent.push(b.msg);
+        let msg = match &self.token {
+            Some(_) => without_token(&b.msg),
+            None => b.msg,
+        };
+        self.sent.push(msg);
         self.finals.push(None);
     }
 
@@ -239,6 +274,7 @@ impl Client {
         self.owed.push_back(Owed::Other);
         self.partial.clear();
         self.bdat = None;
+        self.bdat_open = false;
     }
 
     /// Follows the DATA content the client sends after a 354, to know each message; how many

@@ -88,10 +88,10 @@ pub(super) async fn drive(sc: &Scenario, env: &Env, c: &mut Client) -> Result<()
             continue;
         }
         let deadline = match step.item {
-            Step::Send(_) | Step::Flush => None,
+            Step::Send(_) | Step::Bdat { .. } | Step::Flush => None,
             _ => within.take(),
         };
-        if !matches!(step.item, Step::Send(_)) {
+        if !matches!(step.item, Step::Send(_) | Step::Bdat { .. }) {
             c.flush().await.map_err(at)?;
         }
         // After a close that a `drain` saw, what would talk to the relay is skipped.
@@ -104,6 +104,7 @@ pub(super) async fn drive(sc: &Scenario, env: &Env, c: &mut Client) -> Result<()
                     | Step::Tls
                     | Step::Message(_)
                     | Step::GeneratedMessage(_)
+                    | Step::BdatMessage { .. }
                     | Step::Quit
             )
         {
@@ -138,7 +139,12 @@ async fn play(env: &Env, c: &mut Client, item: &Step) -> Result<(), String> {
     match item {
         Step::Within(_) => {}
         Step::Connect { tls } => connect(env, c, *tls).await?,
-        Step::Send(bytes) => c.pending.extend_from_slice(bytes),
+        Step::Send(bytes) => {
+            c.command_sent(bytes);
+            c.pending.extend_from_slice(bytes)
+        }
+        Step::Bdat { content, last } => c.bdat_chunk(content, *last),
+        Step::BdatMessage { message, chunk } => bdat_message(env, c, message, *chunk).await?,
         Step::Flush => {}
         Step::Expect(e) => {
             let reply = c
@@ -276,8 +282,8 @@ async fn auth(c: &mut Client, mechanism: &str, user: &str, secret: &str) -> Resu
     Ok(())
 }
 
-/// A message from a file (the scenario's messages/ first), dot-stuffed, noted as one line.
-async fn message_file(env: &Env, c: &mut Client, file: &Path) -> Result<(), String> {
+/// A message file's content (the scenario's messages/ first, then its own folder).
+fn read_message(env: &Env, file: &Path) -> Result<Vec<u8>, String> {
     let path = if file.is_absolute() {
         file.to_path_buf()
     } else if env.messages_dir.join(file).exists() {
@@ -285,7 +291,51 @@ async fn message_file(env: &Env, c: &mut Client, file: &Path) -> Result<(), Stri
     } else {
         env.scenario_dir.join(file)
     };
-    let content = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// A whole message in BDAT chunks (CRLF line ends, not dot-stuffed), in one write, noted as
+/// one line.
+async fn bdat_message(
+    env: &Env,
+    c: &mut Client,
+    message: &MessageSource,
+    chunk: Option<usize>,
+) -> Result<(), String> {
+    let (content, what) = match message {
+        MessageSource::File(file) => (
+            read_message(env, file)?,
+            format!("message {}", file.display()),
+        ),
+        MessageSource::Generated(size) => (generated_message(*size), "generated message".into()),
+    };
+    let mut wire = Vec::with_capacity(content.len() + content.len() / 32);
+    let mut encoder = smtp_wire::DataEncoder::for_chunks();
+    encoder.encode(&content, &mut wire);
+    encoder.finish(&mut wire);
+    let pieces: Vec<&[u8]> = match chunk {
+        Some(n) if !wire.is_empty() => wire.chunks(n).collect(),
+        _ => vec![&wire[..]],
+    };
+    let n = pieces.len();
+    for (i, piece) in pieces.iter().enumerate() {
+        c.bdat_chunk(piece, i + 1 == n);
+    }
+    let at = c.events.len();
+    c.flush().await?;
+    c.events.truncate(at);
+    c.note(format!(
+        "C: <{what}: {} octets in {n} BDAT chunk{}{}>",
+        wire.len(),
+        if n == 1 { "" } else { "s" },
+        chunk.map(|k| format!(" of {k}")).unwrap_or_default()
+    ));
+    Ok(())
+}
+
+/// A message from a file (the scenario's messages/ first), dot-stuffed, noted as one line.
+async fn message_file(env: &Env, c: &mut Client, file: &Path) -> Result<(), String> {
+    let content = read_message(env, file)?;
     let wire = stuff(&content);
     c.pending.extend_from_slice(&wire);
     let n = c.events.len();

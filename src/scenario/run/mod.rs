@@ -16,7 +16,7 @@ use smtp_wire::{BareLineEnding, ClientConnection, DataDecoder, DataProgress, Rep
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::{Check, CodePattern, ExpectReply, Scenario, Step, Upstream};
+use super::{Check, CodePattern, ExpectReply, MessageSource, Scenario, Step, Upstream};
 use crate::relay::{self, AuthMode, RelayConfig, RelayHandle};
 use crate::route::Route;
 use crate::upstream::{Timeouts, TlsMode, UpstreamConfig};
