@@ -221,6 +221,63 @@ async fn a_sweep_step_holds_its_fault_then_clears_it() {
     setup.sink.shutdown().await;
 }
 
+/// A step's latencies are those of the messages meant to start while its fault held, however
+/// late they finished: here every one of them ends after the clear (a 1.5 s end of data held
+/// 0.6 s), so judged by completion time the step would show nothing at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_counts_the_messages_meant_while_it_held_wherever_they_finish() {
+    use smtp_relay::load::sweep::{FaultControl, StepSetup, run_step};
+    let setup = SelfSetup::start(false, None).await.unwrap();
+    let mut w = workload(
+        setup.relay.addr(),
+        Model::Open {
+            rate: 40.0,
+            connections: 80,
+        },
+        0,
+    );
+    w.per_connection = 1;
+    let control = FaultControl::Local(setup.sink.clone());
+    let steps = StepSetup {
+        control: &control,
+        base: &[],
+        hold: Duration::from_millis(600),
+        recovery: Duration::from_millis(2500),
+        queue_len: None,
+        observe: Some(setup.current.clone()),
+    };
+    let fault = fake_upstream::faults::parse_fault("end of data: delay 1500ms").unwrap();
+    let step = run_step(&w, "delay", Some(&fault), &steps, None, None)
+        .await
+        .unwrap();
+    assert_eq!(step.during.total.delivered, 0, "none done while it held");
+    let started = &step.started.total;
+    // 40 a second for 0.6 s: 24 meant (the scheduler's first may come at 0).
+    assert!(
+        (20..=26).contains(&started.delivered),
+        "{} meant while it held",
+        started.delivered
+    );
+    assert_eq!(started.failed, 0, "{:?}", started.codes);
+    let p50 = Duration::from_micros(started.phase(Phase::Message).value_at_quantile(0.5));
+    assert!(p50 >= Duration::from_millis(1500), "{p50:?}");
+    // The table's p99 is theirs.
+    let table = smtp_relay::load::report::sweep_table(
+        "t",
+        std::slice::from_ref(&step),
+        steps.hold,
+        steps.recovery,
+    );
+    let row = table
+        .lines()
+        .find(|l| l.trim_start().starts_with("delay"))
+        .unwrap();
+    let p99: f64 = row.split_whitespace().nth(3).unwrap().parse().unwrap();
+    assert!(p99 >= 1500.0, "{row}");
+    setup.relay.shutdown().await;
+    setup.sink.shutdown().await;
+}
+
 /// Store and forward under a refusing upstream: the clients hear 250 (queued) while the sink
 /// answers 451; the queue holds what it could not deliver, then empties once the fault clears.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

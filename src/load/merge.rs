@@ -196,6 +196,7 @@ impl Merged {
             .last()
             .map_or(Duration::from_secs(1), |i| i.start + i.length);
         Outcome {
+            before_cut: None,
             total: self.total.clone(),
             intervals,
             elapsed,

@@ -76,6 +76,10 @@ pub struct Run {
     /// This generator's share of a run several generators make together: it is number
     /// `.0` (from 0) of `.1`, and its message `n` is the run's `n * .1 + .0`.
     pub share: (u64, u64),
+    /// A sweep step's fault holds until this (from the start): the messages meant to start
+    /// before it are recorded apart as well, however late they finish ([`Outcome::before_cut`]).
+    cut: Option<Duration>,
+    before_cut: Mutex<Recorder>,
 }
 
 /// What arrived at the observed upstream.
@@ -122,10 +126,21 @@ impl Run {
         Run::shared(None, (0, 1), body)
     }
 
+    /// A run whose messages meant to start before `cut` are also recorded apart.
+    pub fn with_cut(body: &[u8], cut: Duration) -> Arc<Run> {
+        let mut run = Run::make(None, (0, 1), body);
+        run.cut = Some(cut);
+        Arc::new(run)
+    }
+
     /// A run with a given id (`--run-id`, the same for every generator of one run) and this
     /// generator's share of it (`--share I/N`: `(I - 1, N)`).
     pub fn shared(id: Option<u64>, share: (u64, u64), body: &[u8]) -> Arc<Run> {
-        Arc::new(Run {
+        Arc::new(Run::make(id, share, body))
+    }
+
+    fn make(id: Option<u64>, share: (u64, u64), body: &[u8]) -> Run {
+        Run {
             share: (share.0, share.1.max(1)),
             id: id.unwrap_or_else(fastrand_id),
             started: Instant::now(),
@@ -141,7 +156,9 @@ impl Run {
             }),
             stop: AtomicBool::new(false),
             body_hash: fnv64(body),
-        })
+            cut: None,
+            before_cut: Mutex::new(Recorder::default()),
+        }
     }
 
     fn slot(&self) -> Arc<Mutex<stats::Samples>> {
@@ -157,7 +174,13 @@ impl Run {
     pub fn collect(&self) -> Recorder {
         let mut total = Recorder::default();
         for slot in self.slots.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-            let taken = std::mem::take(&mut *slot.lock().unwrap_or_else(|e| e.into_inner()));
+            let mut taken = std::mem::take(&mut *slot.lock().unwrap_or_else(|e| e.into_inner()));
+            if let Some(early) = taken.before_cut.take() {
+                self.before_cut
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .absorb(*early);
+            }
             total.absorb(taken);
         }
         let mut a = self.arrivals.lock().unwrap_or_else(|e| e.into_inner());
@@ -230,6 +253,9 @@ pub struct Outcome {
     pub corrupted: u64,
     pub duplicates: u64,
     pub observed: bool,
+    /// With a cut ([`Run::with_cut`]): every message meant to start before it, however late
+    /// it finished (its latencies from its intended start, its replies, its failures).
+    pub before_cut: Option<Recorder>,
 }
 
 impl Outcome {
@@ -339,6 +365,12 @@ pub async fn run(
         corrupted: a.corrupted,
         duplicates: a.duplicates,
         observed,
+        before_cut: run.cut.map(|_| {
+            run.before_cut
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+        }),
     }
 }
 
@@ -457,12 +489,17 @@ impl Worker {
         }
     }
 
-    fn record(&self, f: impl FnOnce(&mut stats::Samples)) {
-        f(&mut self.rec.lock().unwrap_or_else(|e| e.into_inner()));
+    /// Records for the message meant to start at `start` (also apart when before the cut).
+    fn record(&self, start: Instant, f: impl Fn(&mut stats::Samples)) {
+        let mut rec = self.rec.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut rec);
+        if self.run.cut.is_some_and(|c| start < self.run.started + c) {
+            f(rec.before_cut.get_or_insert_with(Default::default));
+        }
     }
 
-    fn fail(&mut self, code: &str) {
-        self.record(|r| {
+    fn fail(&mut self, start: Instant, code: &str) {
+        self.record(start, |r| {
             r.failed += 1;
             r.count(code);
         });
@@ -474,8 +511,8 @@ impl Worker {
             match Upstream::connect(&self.w.server).await {
                 Ok(up) => {
                     let times: Vec<_> = up.handshake_times().to_vec();
-                    self.record(|r| {
-                        for (p, d) in times {
+                    self.record(start, |r| {
+                        for &(p, d) in &times {
                             if let Some(p) = Phase::from_upstream(p) {
                                 r.record(p, d);
                             }
@@ -486,7 +523,7 @@ impl Worker {
                 }
                 Err(e) => {
                     let code = error_code(&e);
-                    self.fail(&code);
+                    self.fail(start, &code);
                     // Not a busy loop against a server that refuses connections.
                     tokio::time::sleep(Duration::from_millis(10)).await;
                     return;
@@ -497,21 +534,21 @@ impl Worker {
         let up_ok = match result {
             Ok(code) => {
                 if code / 100 == 2 {
-                    let size = self.w.body.len() as u64;
-                    self.record(|r| {
+                    let (size, took) = (self.w.body.len() as u64, start.elapsed());
+                    self.record(start, |r| {
                         r.delivered += 1;
                         r.bytes += size;
                         r.count(&code.to_string());
-                        r.record(Phase::Message, start.elapsed());
+                        r.record(Phase::Message, took);
                     });
                 } else {
-                    self.fail(&code.to_string());
+                    self.fail(start, &code.to_string());
                 }
                 true
             }
             Err(e) => {
                 let code = error_code(&e);
-                self.fail(&code);
+                self.fail(start, &code);
                 false
             }
         };
@@ -559,6 +596,7 @@ impl Worker {
         };
         let up = self.up.as_mut().expect("connected");
         let rec = &self.rec;
+        let early = self.run.cut.is_some_and(|c| start < self.run.started + c);
         let mut timing = |step: crate::upstream::Step, took: Duration| {
             let phase = match step {
                 crate::upstream::Step::Envelope => Phase::Envelope,
@@ -567,9 +605,13 @@ impl Worker {
                 crate::upstream::Step::Data => Phase::Data,
                 crate::upstream::Step::EndOfData => Phase::EndOfData,
             };
-            rec.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .record(phase, took);
+            let mut rec = rec.lock().unwrap_or_else(|e| e.into_inner());
+            rec.record(phase, took);
+            if early {
+                rec.before_cut
+                    .get_or_insert_with(Default::default)
+                    .record(phase, took);
+            }
         };
         let sent = up.send_message(&msg, &mut timing).await?;
         if !sent.reusable

@@ -101,6 +101,9 @@ pub struct Samples {
     pub delivered: u64,
     pub failed: u64,
     pub bytes: u64,
+    /// The same again for the messages meant to start before the run's cut (a sweep step's
+    /// fault held until then), wherever they finish.
+    pub before_cut: Option<Box<Samples>>,
 }
 
 impl Samples {

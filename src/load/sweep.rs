@@ -89,8 +89,14 @@ pub struct Step {
     pub label: String,
     /// The whole step: the fault held, then cleared.
     pub outcome: Outcome,
-    /// The intervals while the fault held, merged.
+    /// The intervals while the fault held, merged: what was done while it held (the
+    /// throughput).
     pub during: Outcome,
+    /// Every message meant to start while the fault held, however late it finished (open
+    /// loop: latency from its intended start): the step's latencies, replies and failures.
+    /// Judged by completion time instead, a step whose messages all wait past the clear
+    /// would show only the few that got through.
+    pub started: Outcome,
     /// When the fault was cleared, from the step's start.
     pub cleared_at: Duration,
     /// How long after it cleared the clients' throughput and p99 were the baseline's again
@@ -240,6 +246,7 @@ fn window(o: &Outcome, until: Duration) -> Outcome {
         corrupted: 0,
         duplicates: 0,
         observed: false,
+        before_cut: None,
     }
 }
 
@@ -260,7 +267,7 @@ pub async fn run_step(
     w.duration = Some(setup.hold + setup.recovery);
     w.messages = None;
     w.tick = STEP_TICK;
-    let run = Run::new(&w.body);
+    let run = Run::with_cut(&w.body, setup.hold);
     if let Some(current) = &setup.observe {
         *current.lock().unwrap_or_else(|e| e.into_inner()) = Some(run.clone());
     }
@@ -319,6 +326,12 @@ pub async fn run_step(
     Ok(Step {
         label: label.to_string(),
         during: window(&outcome, cleared_at),
+        started: Outcome {
+            total: outcome.before_cut.clone().unwrap_or_default(),
+            intervals: Vec::new(),
+            elapsed: setup.hold,
+            ..window(&outcome, Duration::ZERO)
+        },
         outcome,
         cleared_at,
         recovery,

@@ -402,7 +402,8 @@ impl smtp_net::server::Session for Session {
     }
 
     fn received(&mut self, n: usize) {
-        self.pace.received(Instant::now(), n, self.conn.in_message());
+        self.pace
+            .received(Instant::now(), n, self.conn.in_message());
     }
 
     fn stops_on_shutdown(&mut self) -> bool {

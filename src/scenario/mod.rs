@@ -146,7 +146,10 @@ pub enum Step {
     /// One BDAT chunk (RFC 3030): `BDAT <size>` (with ` LAST` when `last`) and the octets,
     /// the size counted by the runner. Against another relay the scenario's token goes first
     /// in a message's first chunk (and is counted in its size).
-    Bdat { content: Vec<u8>, last: bool },
+    Bdat {
+        content: Vec<u8>,
+        last: bool,
+    },
     /// A whole message in BDAT chunks of at most `chunk` octets (one chunk when `None`), the
     /// last with LAST: a file from `messages/` (CRLF line ends, not dot-stuffed) or generated.
     BdatMessage {

@@ -468,9 +468,7 @@ async fn drive(
             "BDAT" => {
                 let mut words = text.split_whitespace().skip(1);
                 let size = words.next().and_then(|n| n.parse::<usize>().ok());
-                let last = words
-                    .next()
-                    .is_some_and(|w| w.eq_ignore_ascii_case("LAST"));
+                let last = words.next().is_some_and(|w| w.eq_ignore_ascii_case("LAST"));
                 let Some(size) = size.filter(|n| *n <= MAX_MESSAGE) else {
                     out.write_all(b"501 5.5.4 BDAT needs a size\r\n").await?;
                     return Ok(());
