@@ -400,7 +400,7 @@ fn load_sweep_reports_each_step_and_wants_a_fake() {
     let steps = json["steps"].as_array().unwrap();
     assert_eq!(steps.len(), 3);
     let p50 = |i: usize| {
-        steps[i]["during"]["phases"]
+        steps[i]["started_during"]["phases"]
             .as_array()
             .unwrap()
             .iter()
@@ -411,7 +411,10 @@ fn load_sweep_reports_each_step_and_wants_a_fake() {
     };
     assert!(p50(2) >= 100.0 && p50(0) < 100.0, "{} {}", p50(0), p50(2));
     let html = std::fs::read_to_string(dir.join("sweep.html")).unwrap();
-    assert!(html.contains("Throughput and p99 per step") && html.matches("<svg").count() == 3);
+    assert!(
+        html.contains("Throughput per step while the fault held")
+            && html.matches("<svg").count() == 3
+    );
 
     let out = Command::new(env!("CARGO_BIN_EXE_smtp-relay"))
         .args([

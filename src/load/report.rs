@@ -434,7 +434,7 @@ pub fn sweep_table(
     recovery: std::time::Duration,
 ) -> String {
     let mut s = format!(
-        "{title}\n  each step: the fault held {:.1} s, then {:.1} s without it; figures while it held (message latency, ms)\n",
+        "{title}\n  each step: the fault held {:.1} s, then {:.1} s without it; latency of the whole message, ms\n",
         hold.as_secs_f64(),
         recovery.as_secs_f64()
     );
@@ -638,7 +638,7 @@ pub fn sweep_html(
     let _ = writeln!(s, "<title>{}</title>", esc(title));
     s.push_str("<style>body{font-family:sans-serif;max-width:780px;margin:2em auto}pre{background:#f6f6f6;padding:1em;overflow-x:auto}</style>\n</head><body>\n");
     let _ = writeln!(s, "<h1>{}</h1>", esc(title));
-    s.push_str("<h2>Throughput and p99 per step, while the fault held</h2>\n");
+    s.push_str("<h2>Throughput per step while the fault held, and the p99 of the messages meant to start then</h2>\n");
     s.push_str(&steps_svg(steps));
     let during: Vec<(&str, &Outcome)> = steps
         .iter()

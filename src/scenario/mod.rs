@@ -630,6 +630,10 @@ pub fn find(paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
             return Err(format!("{}: no such file or directory", p.display()));
         }
     }
+    // A file named twice (`scenarios/a.scn scenarios/*.scn`, or a folder and a file in it)
+    // runs once, where it was first named.
+    let mut seen = std::collections::HashSet::new();
+    out.retain(|f| seen.insert(std::fs::canonicalize(f).unwrap_or_else(|_| f.clone())));
     Ok(out)
 }
 

@@ -354,3 +354,21 @@ fn bdat_steps_count_their_own_sizes() {
         assert!(e.message.contains(says), "{bad}: {e}");
     }
 }
+
+#[test]
+fn a_file_named_twice_runs_once() {
+    let dir = std::env::temp_dir().join(format!("scn-find-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for name in ["b.scn", "a.scn", "notes.txt"] {
+        std::fs::write(dir.join(name), "").unwrap();
+    }
+    let found = find(&[dir.join("b.scn"), dir.clone(), dir.join("./a.scn")]).unwrap();
+    assert_eq!(found, [dir.join("b.scn"), dir.join("a.scn")]);
+    assert!(
+        find(&[dir.join("none.scn")])
+            .unwrap_err()
+            .contains("no such file")
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
