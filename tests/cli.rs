@@ -805,10 +805,10 @@ fn a_scenario_requiring_what_the_relay_lacks_is_skipped_with_the_reason() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let body = "upstream: sink\nrelay: auth=none\n\nconnect\nS: 220 *\nquit\n";
-    // smtp-relay offers PIPELINING, not BINARYMIME.
+    // smtp-relay offers PIPELINING, not DSN.
     std::fs::write(
-        dir.join("needs-binarymime.scn"),
-        format!("description: x\nrequires: BINARYMIME\n{body}"),
+        dir.join("needs-dsn.scn"),
+        format!("description: x\nrequires: DSN\n{body}"),
     )
     .unwrap();
     std::fs::write(
@@ -832,10 +832,10 @@ fn a_scenario_requiring_what_the_relay_lacks_is_skipped_with_the_reason() {
     );
     let j: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    assert_eq!(j["scenarios"][0]["name"], "needs-binarymime");
+    assert_eq!(j["scenarios"][0]["name"], "needs-dsn");
     assert_eq!(
         j["scenarios"][0]["reason"],
-        "requires BINARYMIME, which the relay does not advertise"
+        "requires DSN, which the relay does not advertise"
     );
     assert_eq!(j["scenarios"][1]["verdict"], "pass");
     let _ = std::fs::remove_dir_all(&dir);

@@ -196,6 +196,70 @@ async fn bdat_when_the_upstream_offers_chunking_data_when_not() {
     h.shutdown().await;
 }
 
+/// `BODY=BINARYMIME` (RFC 3030 3): the content goes in BDAT chunks as it came (bare line
+/// ends, NUL and all, no CRLF added at its end), even with BDAT not configured; to an upstream
+/// that offers no BINARYMIME (163) the MAIL is not sent, and 554 5.6.3 is the answer.
+#[tokio::test]
+async fn binary_content_goes_in_bdat_as_it_came() {
+    let mut config = Config::new(Persona::load("sink").unwrap(), temp_dir("binarymime"));
+    config.persona.rules.keep_messages = true;
+    config.transcripts = true;
+    let h = FakeUpstream::start(config).await.unwrap();
+    let mut cfg = upstream(&h, TlsMode::StartTls, None);
+    cfg.bdat = None;
+    let mut up = Upstream::connect(&cfg).await.unwrap();
+    assert!(up.capabilities().binarymime());
+    let binary: MailParams = " BODY=BINARYMIME".parse().unwrap();
+    let replies = up
+        .envelope(&from("a@x.example"), &binary, &[to("b@y.example")])
+        .await
+        .unwrap();
+    assert!(replies.mail.is_positive(), "{}", replies.mail);
+    assert_eq!(up.data().await.unwrap().code, 354);
+    let content = b"Subject: bin\r\n\r\n\x00\x01 bare\nLF\rCR\r\n.\r\n\xff no end";
+    for piece in content.chunks(7) {
+        up.body(piece).await.unwrap();
+    }
+    assert!(up.end_of_data().await.unwrap().is_positive());
+    let t = up.transcript();
+    assert!(t.iter().any(|l| l.contains("BODY=BINARYMIME")), "{t:?}");
+    assert!(
+        t.iter()
+            .any(|l| l.starts_with("C: BDAT") && l.ends_with(" LAST")),
+        "{t:?}"
+    );
+    assert!(!t.iter().any(|l| l == "C: DATA"), "{t:?}");
+    up.quit().await;
+    let got = h.wait_for(1, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(got[0].content.as_slice(), &content[..]);
+    h.shutdown().await;
+
+    let h = fake("163", "binarymime-163", vec![]).await;
+    let mut up = Upstream::connect(&upstream(&h, TlsMode::Implicit, alice()))
+        .await
+        .unwrap();
+    assert!(!up.capabilities().binarymime());
+    let replies = up
+        .envelope(&from("alice@163.com"), &binary, &[to("bob@163.com")])
+        .await
+        .unwrap();
+    assert!(
+        replies
+            .mail
+            .to_string()
+            .starts_with("554 5.6.3 message is binary"),
+        "{}",
+        replies.mail
+    );
+    assert!(
+        !up.transcript().iter().any(|l| l.contains("BINARYMIME")),
+        "the MAIL was not sent: {:?}",
+        up.transcript()
+    );
+    up.quit().await;
+    h.shutdown().await;
+}
+
 /// A chunk the upstream refuses (the message grew past its size limit): the refusal is the
 /// message's verdict, and the session goes on after it.
 #[tokio::test]

@@ -452,6 +452,11 @@ impl Capabilities {
         self.any(|e| *e == Extension::Chunking)
     }
 
+    /// RFC 3030 3: content that need not be lines, sent in BDAT only.
+    pub fn binarymime(&self) -> bool {
+        self.any(|e| *e == Extension::BinaryMime)
+    }
+
     pub fn enhanced_status_codes(&self) -> bool {
         self.any(|e| *e == Extension::EnhancedStatusCodes)
     }

@@ -115,6 +115,7 @@ pub(super) fn server_config(shared: &Shared, peer: SocketAddr) -> Arc<ServerConf
         // RFC 6531 3.1: SMTPUTF8 comes with 8BITMIME.
         smtputf8: shared.smtputf8() && shared.eight_bit_mime(),
         eight_bit_mime: shared.eight_bit_mime(),
+        binarymime: cfg.chunking && shared.binarymime(),
     };
     let mut known = shared
         .server_configs
@@ -126,8 +127,8 @@ pub(super) fn server_config(shared: &Shared, peer: SocketAddr) -> Arc<ServerConf
         .clone()
 }
 
-/// What a client session's protocol settings depend on besides the configuration: four
-/// answers, so at most sixteen settings, shared by every session of their kind (an idle
+/// What a client session's protocol settings depend on besides the configuration: five
+/// answers, so at most 32 settings, shared by every session of their kind (an idle
 /// session does not carry its own copy).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(super) struct ConfigKind {
@@ -138,6 +139,8 @@ pub(super) struct ConfigKind {
     /// Every route's upstream offered it when last seen.
     smtputf8: bool,
     eight_bit_mime: bool,
+    /// Every route's upstream offered CHUNKING and BINARYMIME when last seen.
+    binarymime: bool,
 }
 
 impl ConfigKind {
@@ -160,6 +163,7 @@ impl ConfigKind {
             smtputf8: self.smtputf8,
             eight_bit_mime: self.eight_bit_mime,
             chunking: cfg.chunking,
+            binarymime: self.binarymime,
             ..ServerConfig::default()
         }
     }

@@ -132,6 +132,8 @@ struct Shared {
     smtputf8: std::sync::Mutex<Vec<Option<bool>>>,
     /// Per route: whether its upstream offered 8BITMIME when last seen.
     eight_bit_mime: std::sync::Mutex<Vec<Option<bool>>>,
+    /// Per route: whether its upstream offered CHUNKING and BINARYMIME when last seen.
+    binarymime: std::sync::Mutex<Vec<Option<bool>>>,
     /// Store and forward: the queue, and the scheduler's bell.
     queue: Option<crate::queue::store::Queue>,
     /// The queue and the spool share a file system: a large message is one file, hard-linked.
@@ -172,6 +174,19 @@ impl Shared {
         if let Some(slot) = known.get_mut(r.slot()) {
             *slot = Some(caps.eightbitmime());
         }
+        drop(known);
+        let mut known = self.binarymime.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(slot) = known.get_mut(r.slot()) {
+            *slot = Some(caps.chunking() && caps.binarymime());
+        }
+    }
+
+    /// BINARYMIME (with CHUNKING) is offered to clients only when every route's upstream
+    /// offered both when last seen: binary content cannot go on in DATA, nor be made lines
+    /// (RFC 3030 3); the relay passes it on in BDAT as it came.
+    fn binarymime(&self) -> bool {
+        let known = self.binarymime.lock().unwrap_or_else(|e| e.into_inner());
+        known.iter().all(|k| *k == Some(true))
     }
 
     /// SMTPUTF8 is offered to clients only when every route's upstream offers it.
@@ -283,6 +298,7 @@ pub async fn start(mut config: RelayConfig) -> std::io::Result<RelayHandle> {
         per_ip: Default::default(),
         smtputf8: std::sync::Mutex::new(vec![None; config.routes.len() + 1]),
         eight_bit_mime: std::sync::Mutex::new(vec![None; config.routes.len() + 1]),
+        binarymime: std::sync::Mutex::new(vec![None; config.routes.len() + 1]),
         queue,
         queue_shares_spool,
         wake: Arc::default(),

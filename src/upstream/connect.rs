@@ -84,6 +84,7 @@ impl Upstream {
             slot: None,
             bdat: config.bdat,
             chunks: None,
+            binary: false,
         };
         up.handshake_times.push((Phase::Connect, connected));
         if let Some(tls) = tls_time {

@@ -77,6 +77,9 @@ pub struct Upstream {
     bdat: Option<usize>,
     /// The message under way goes in BDAT chunks.
     chunks: Option<Chunks>,
+    /// The transaction's MAIL said `BODY=BINARYMIME`: its content goes in BDAT chunks as it
+    /// came (no line ends made CRLF, no NUL left out), or not at all (RFC 3030 3).
+    binary: bool,
 }
 
 /// A message going in BDAT chunks.
@@ -362,11 +365,34 @@ impl Upstream {
         p
     }
 
+    /// Binary content for an upstream that does not take it: the MAIL is not sent (it would
+    /// be refused as a parameter not offered), and this is the answer (RFC 3030 3; 5.6.3:
+    /// conversion required and not supported).
+    fn refuse_binary(&self, params: &MailParams) -> Option<Reply> {
+        let caps = self.capabilities();
+        (params.body == Some(smtp_wire::Body::BinaryMime)
+            && !(caps.chunking() && caps.binarymime()))
+        .then(|| {
+            Reply::new(
+                554,
+                (5, 6, 3),
+                format!(
+                    "message is binary (BODY=BINARYMIME) and upstream {} does not accept it (no CHUNKING and BINARYMIME)",
+                    self.name
+                ),
+            )
+        })
+    }
+
     pub async fn mail(
         &mut self,
         from: &ReversePath,
         params: &MailParams,
     ) -> Result<Reply, UpstreamError> {
+        if let Some(refused) = self.refuse_binary(params) {
+            return Ok(refused);
+        }
+        self.binary = params.body == Some(smtp_wire::Body::BinaryMime);
         let out = self.session.mail(from.clone(), self.adapt(params));
         match self
             .command(out, Phase::Mail, self.timeouts.command)
@@ -434,6 +460,10 @@ impl Upstream {
     ) -> Result<(Option<Reply>, Vec<Reply>), UpstreamError> {
         let mut out = Vec::with_capacity(rcpts.len() + 1);
         if let Some((from, params)) = mail {
+            if let Some(refused) = self.refuse_binary(params) {
+                return Ok((Some(refused), Vec::new()));
+            }
+            self.binary = params.body == Some(smtp_wire::Body::BinaryMime);
             out.push(
                 self.session
                     .mail(from.clone(), self.adapt(params))
@@ -485,6 +515,13 @@ impl Upstream {
     /// will go in BDAT chunks, and the `354` is this session's own word (the upstream's
     /// verdict comes with the chunks).
     pub async fn data(&mut self) -> Result<Reply, UpstreamError> {
+        if self.binary {
+            // Binary content goes in BDAT only (the MAIL was not sent to an upstream that
+            // does not take it: `refuse_binary`).
+            self.chunks = Some(Chunks::default());
+            self.note("* the binary content goes in BDAT chunks as it came (BINARYMIME)".into());
+            return Ok(Reply::plain(354, "go on in BDAT chunks"));
+        }
         if self.bdat.is_some() && self.session.can_chunk() {
             self.encoder = DataEncoder::for_chunks();
             self.chunks = Some(Chunks::default());
@@ -508,7 +545,11 @@ impl Upstream {
     /// pieces are gathered (up to `BODY_BATCH` octets) and go out with the next one or with
     /// the end of data: a small message is one write, not one per piece.
     pub async fn body(&mut self, chunk: &[u8]) -> Result<(), UpstreamError> {
-        self.encoder.encode(chunk, &mut self.body_out);
+        if self.binary {
+            self.body_out.extend_from_slice(chunk);
+        } else {
+            self.encoder.encode(chunk, &mut self.body_out);
+        }
         let batch = match self.chunks {
             Some(_) => self.bdat.unwrap_or(BODY_BATCH).max(1),
             None => BODY_BATCH,
@@ -604,7 +645,9 @@ impl Upstream {
     /// The last chunk (`BDAT n LAST`), then the replies owed, then the final reply: the first
     /// refused chunk's, if one was (the upstream refuses the rest of such a message too).
     async fn end_of_chunks(&mut self) -> Result<Reply, UpstreamError> {
-        self.encoder.finish(&mut self.body_out);
+        if !self.binary {
+            self.encoder.finish(&mut self.body_out);
+        }
         self.send_chunk(true).await?;
         self.note("C: <message data>".into());
         self.chunk_replies().await?;
@@ -666,6 +709,7 @@ impl Upstream {
             self.encoder = DataEncoder::new();
             self.body_out.clear();
         }
+        self.binary = false;
         let out = self.session.rset();
         match self
             .command(out, Phase::Rset, self.timeouts.command)
