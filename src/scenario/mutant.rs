@@ -463,40 +463,10 @@ async fn drive(
                     return Ok(());
                 }
             }
-            // RFC 3030 2: the chunk is read whatever the verdict; the message goes on in DATA
-            // when its last chunk came.
             "BDAT" => {
-                let mut words = text.split_whitespace().skip(1);
-                let size = words.next().and_then(|n| n.parse::<usize>().ok());
-                let last = words.next().is_some_and(|w| w.eq_ignore_ascii_case("LAST"));
-                let Some(size) = size.filter(|n| *n <= MAX_MESSAGE) else {
-                    out.write_all(b"501 5.5.4 BDAT needs a size\r\n").await?;
+                let state = (&mut chunks, &mut mail_ok, &mut rcpts);
+                if !bdat(&text, input, out, up, defect, state).await? {
                     return Ok(());
-                };
-                let chunk = input.exact(size).await?;
-                let taken = chunks.as_mut().filter(|c| c.len() + size <= MAX_MESSAGE);
-                match taken {
-                    _ if !(mail_ok && rcpts > 0) => {
-                        out.write_all(b"503 5.5.1 MAIL and RCPT first\r\n").await?
-                    }
-                    None => {
-                        chunks = None;
-                        out.write_all(b"552 5.3.4 message refused\r\n").await?
-                    }
-                    Some(c) if !last => {
-                        c.extend_from_slice(&chunk);
-                        let said = format!("250 2.0.0 {} octets\r\n", c.len());
-                        out.write_all(said.as_bytes()).await?
-                    }
-                    Some(c) => {
-                        c.extend_from_slice(&chunk);
-                        let content = std::mem::take(c);
-                        (mail_ok, rcpts) = (false, 0);
-                        deliver(content, true, out, up, defect).await?;
-                    }
-                }
-                if last {
-                    chunks = Some(Vec::new());
                 }
             }
             "RSET" | "MAIL" => {
@@ -511,6 +481,52 @@ async fn drive(
         }
     }
     Ok(())
+}
+
+/// `BDAT n [LAST]` (RFC 3030 2): the chunk is read whatever the verdict, gathered, and the
+/// message goes on in DATA (stuffed) when its last chunk came. False: the session ends (a
+/// chunk too big to read).
+async fn bdat(
+    text: &str,
+    input: &mut Input,
+    out: &mut OwnedWriteHalf,
+    up: &mut Upstream,
+    defect: Defect,
+    (chunks, mail_ok, rcpts): (&mut Option<Vec<u8>>, &mut bool, &mut u32),
+) -> std::io::Result<bool> {
+    let mut words = text.split_whitespace().skip(1);
+    let size = words.next().and_then(|n| n.parse::<usize>().ok());
+    let last = words.next().is_some_and(|w| w.eq_ignore_ascii_case("LAST"));
+    let Some(size) = size.filter(|n| *n <= MAX_MESSAGE) else {
+        out.write_all(b"501 5.5.4 BDAT needs a size\r\n").await?;
+        return Ok(false);
+    };
+    let chunk = input.exact(size).await?;
+    let taken = chunks.as_mut().filter(|c| c.len() + size <= MAX_MESSAGE);
+    match taken {
+        _ if !(*mail_ok && *rcpts > 0) => {
+            out.write_all(b"503 5.5.1 MAIL and RCPT first\r\n").await?
+        }
+        None => {
+            *chunks = None;
+            out.write_all(b"552 5.3.4 message refused\r\n").await?
+        }
+        Some(c) if !last => {
+            c.extend_from_slice(&chunk);
+            let said = format!("250 2.0.0 {} octets\r\n", c.len());
+            out.write_all(said.as_bytes()).await?
+        }
+        Some(c) => {
+            c.extend_from_slice(&chunk);
+            let content = std::mem::take(c);
+            (*mail_ok, *rcpts) = (false, 0);
+            deliver(content, true, out, up, defect).await?;
+        }
+    }
+    if last {
+        *chunks = Some(Vec::new());
+    }
+    Ok(true)
 }
 
 /// A command line as it goes upstream: whatever line ending it came with, CRLF.
