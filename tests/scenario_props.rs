@@ -44,6 +44,7 @@ fn command() -> impl Strategy<Value = String> {
         Just("HELP".to_string()),
         Just("MAIL FROM:<alice@163.com>".to_string()),
         Just("mail from: <alice@163.com> BODY=8BITMIME".to_string()),
+        Just("MAIL FROM:<alice@163.com> BODY=BINARYMIME".to_string()),
         Just("MAIL FROM:<>".to_string()),
         Just("MAIL FROM:<a@example.com> SIZE=100".to_string()),
         Just("MAIL FROM:<bad".to_string()),
