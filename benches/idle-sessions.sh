@@ -9,6 +9,8 @@
 #   SESSIONS=10000 ROUNDS=3 benches/idle-sessions.sh ./target/release/smtp-relay /tmp/old-relay
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=postfix-relay.sh
+. benches/postfix-relay.sh
 SESSIONS=${SESSIONS:-10000}
 ROUNDS=${ROUNDS:-3}
 PORT=${PORT:-27325}
@@ -30,21 +32,7 @@ trap cleanup EXIT
 measure() {
   local bin=$1
   rm -rf "$tmp/spool"
-  cat >"$tmp/relay.toml" <<TOML
-hostname = "relay.idle"
-listen = "127.0.0.1:$PORT"
-spool_dir = "$tmp/spool"
-[auth]
-mode = "none"
-trusted_networks = ["127.0.0.0/8"]
-[limits]
-max_sessions = 20000
-max_sessions_per_ip = 20000
-[upstream]
-host = "127.0.0.1"
-port = 9
-tls = "none"
-TOML
+  relay_toml relay.idle "$PORT" "$tmp/spool" 9 >"$tmp/relay.toml"
   "$bin" serve --config "$tmp/relay.toml" >"$tmp/relay.out" 2>&1 &
   relay_pid=$!
   for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.1; done

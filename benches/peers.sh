@@ -94,22 +94,7 @@ for _ in $(seq 1 100); do [ -s "$certs/key.pem" ] && break; sleep 0.1; done
 cat "$certs/cert.pem" "$certs/key.pem" >"$tmp/haproxy.pem"
 
 # Our relay.
-cat >"$tmp/relay.toml" <<TOML
-hostname = "relay.peers"
-listen = "127.0.0.1:$P_RELAY"
-spool_dir = "$tmp/relay/spool"
-[auth]
-mode = "none"
-trusted_networks = ["127.0.0.0/8"]
-[limits]
-max_sessions = 20000
-max_sessions_per_ip = 20000
-max_message_size = 104857600
-[upstream]
-host = "127.0.0.1"
-port = $P_SINK
-tls = "none"
-TOML
+relay_toml relay.peers "$P_RELAY" "$tmp/relay/spool" "$P_SINK" "max_message_size = 104857600" >"$tmp/relay.toml"
 "$bin" serve --config "$tmp/relay.toml" >"$tmp/relay.out" 2>&1 &
 relay_pid=$!
 pids+=($relay_pid)

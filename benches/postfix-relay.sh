@@ -9,6 +9,8 @@
 #                                      # [127.0.0.1]:RELAYHOST_PORT; mynetworks 127.0.0.0/8
 #   postfix_relay_stop DIR
 #   wait_port PORT                     # until something listens on 127.0.0.1:PORT (10 s)
+#   relay_toml NAME PORT SPOOL UPSTREAM_PORT [LIMITS]
+#                                      # an smtp-relay configuration for load runs
 
 need_packages() {
   local missing=()
@@ -30,6 +32,29 @@ wait_port() {
   done
   echo "nothing listens on port $1" >&2
   return 1
+}
+
+# relay_toml NAME PORT SPOOL UPSTREAM_PORT [LIMITS]: an smtp-relay configuration on standard
+# output: hostname NAME, listening on 127.0.0.1:PORT, no AUTH for 127.0.0.0/8, the session
+# caps raised for load (and the LIMITS lines), the upstream 127.0.0.1:UPSTREAM_PORT in plain
+# SMTP.
+relay_toml() {
+  cat <<TOML
+hostname = "$1"
+listen = "127.0.0.1:$2"
+spool_dir = "$3"
+[auth]
+mode = "none"
+trusted_networks = ["127.0.0.0/8"]
+[limits]
+max_sessions = 20000
+max_sessions_per_ip = 20000
+${5:+$5
+}[upstream]
+host = "127.0.0.1"
+port = $4
+tls = "none"
+TOML
 }
 
 postfix_relay() {

@@ -69,21 +69,7 @@ trap cleanup EXIT
   --web "127.0.0.1:$P_WEB" --tally-load --data-dir "$tmp/fake" >"$tmp/fake.log" 2>&1 &
 pids+=($!)
 
-cat >"$tmp/relay.toml" <<TOML
-hostname = "relay.sweep"
-listen = "127.0.0.1:$P_RELAY"
-spool_dir = "$tmp/relay/spool"
-[auth]
-mode = "none"
-trusted_networks = ["127.0.0.0/8"]
-[limits]
-max_sessions = 20000
-max_sessions_per_ip = 20000
-[upstream]
-host = "127.0.0.1"
-port = $P_FAKE
-tls = "none"
-TOML
+relay_toml relay.sweep "$P_RELAY" "$tmp/relay/spool" "$P_FAKE" >"$tmp/relay.toml"
 sed -e "s|^listen = .*|listen = \"127.0.0.1:$P_QUEUE\"|" -e "s|^spool_dir = .*|spool_dir = \"$tmp/relay-queue/spool\"|" \
   -e "s|^tls = \"none\"|tls = \"none\"\nmode = \"queue\"|" "$tmp/relay.toml" >"$tmp/relay-queue.toml"
 printf '[queue]\ndir = "%s"\nfirst_retry_secs = 1\nmax_retry_secs = 5\n' "$tmp/relay-queue/queue" >>"$tmp/relay-queue.toml"
